@@ -1,0 +1,4 @@
+"""Lowerings of ONNX ops to Nestor kernels; importing this package registers all of them."""
+from .registry import (Alias, Lowered, OpContext, TensorInfo, UnsupportedOpError, lowering_for,
+                       make_context, register_op, supported_ops)
+from . import common  # noqa: F401
