@@ -1,1 +1,3 @@
-"""frontend"""
+"""ONNX → Nestor graph."""
+from .importer import import_model, load_model
+from .ops import UnsupportedOpError, supported_ops

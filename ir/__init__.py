@@ -6,3 +6,9 @@ from .expr import (Expr, Const, Var, Buffer, Load, Binary, Compare, Logic, Not, 
 from .stmt import (Stmt, For, Store, Seq, If, Allocate, Kernel, seq, store, loop_nest,
                    LOOP_KINDS, AXES, REDUCE_OPS)
 from .visit import (rewrite, rewrite_stmt, substitute, walk, walk_stmts, loads, replace_body)
+from .errors import NestorError, ModelError, InputError
+from .graph import Graph, Node, TensorType
+from .printer import print_kernel, print_stmt, print_expr
+from .parser import parse_kernel, IRSyntaxError
+from .hashing import structural_hash, structural_equal
+from .verify import verify, VerifyError

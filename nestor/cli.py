@@ -1,2 +1,160 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""The `nestor` command line: compile | run | ir | bench.
+
+Every user error (bad model, unsupported op, wrong input) is printed as one line on stderr with a
+non-zero exit status; tracebacks are for Nestor's own bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .ir.errors import InputError, NestorError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except NestorError as err:
+        print(f"nestor: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nestor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nestor", description="An autotuning tensor compiler.")
+    sub = p.add_subparsers(metavar="command")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into a deployable .nestor file")
+    c.add_argument("model", help="model.onnx")
+    c.add_argument("-o", "--output", help="output file (default: MODEL.nestor)")
+    _shape_and_schedule_args(c)
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled model (or an ONNX model, compiled first)")
+    r.add_argument("model", help="model.nestor or model.onnx")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input from a .npy file (repeatable); random inputs where none given")
+    r.add_argument("--save-outputs", metavar="OUT.npz", help="save the outputs, by name")
+    r.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    _shape_and_schedule_args(r)
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("ir", help="print the Nestor IR of a model's kernels")
+    i.add_argument("model", help="model.onnx")
+    i.add_argument("--node", help="only the kernel of this node")
+    _shape_and_schedule_args(i, default_schedule="none")
+    i.set_defaults(func=cmd_ir)
+
+    b = sub.add_parser("bench", help="benchmarks against ONNX Runtime")
+    b.add_argument("suite", choices=["models"])
+    b.add_argument("--models", help="comma-separated names (default: all)")
+    b.add_argument("--repeat", type=int, default=20)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="fix a dynamic input's shape (repeatable)")
+    p.add_argument("--schedule", default=default_schedule, choices=["default", "none"],
+                   help=f"kernel schedule (default: {default_schedule})")
+
+
+def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.rpartition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise InputError(f"--input-shape '{item}' is not NAME=D0,D1,...") from None
+        if not name:
+            raise InputError(f"--input-shape '{item}' is not NAME=D0,D1,...")
+    return shapes
+
+
+def _compile(path: str, args):
+    from .api import compile as nestor_compile
+    start = time.perf_counter()
+    model = nestor_compile(path, input_shapes=_input_shapes(args.input_shape),
+                           schedule=args.schedule, progress=lambda msg: print(f"  {msg}", flush=True))
+    return model, time.perf_counter() - start
+
+
+def cmd_compile(args) -> int:
+    model, seconds = _compile(args.model, args)
+    out = args.output or os.path.splitext(args.model)[0] + ".nestor"
+    model.save(out)
+    print(f"compiled {args.model} in {seconds:.1f} s: {len(model.plan['steps'])} kernel calls, "
+          f"{model.num_kernels} distinct kernels, arena {model.plan['arena_bytes'] / 2**20:.1f} MiB "
+          f"(unplanned {model.plan['naive_bytes'] / 2**20:.1f} MiB) -> {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .api import load
+    if args.model.endswith(".onnx"):
+        model, _ = _compile(args.model, args)
+    else:
+        if not os.path.isfile(args.model):
+            raise InputError(f"no such compiled model: '{args.model}'")
+        model = load(args.model)
+    inputs = model.random_inputs()
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--input '{item}' is not NAME=FILE.npy")
+        if name not in inputs:
+            raise InputError(f"--input '{name}': the model's inputs are {model.input_names}")
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--input '{name}': cannot read '{path}': {err}") from None
+    outputs = model.run(inputs)
+    times = [model.time_once(inputs) for _ in range(max(args.repeat, 1))]
+    for name, value in zip(model.output_names, outputs):
+        print(f"output {name}: shape {tuple(value.shape)} {value.dtype}")
+    print(f"median latency: {np.median(times) * 1e3:.3f} ms over {len(times)} runs")
+    if args.save_outputs:
+        np.savez(args.save_outputs, **dict(zip(model.output_names, outputs)))
+        print(f"outputs saved to {args.save_outputs}")
+    return 0
+
+
+def cmd_ir(args) -> int:
+    from .api import SCHEDULES, import_onnx
+    from .ir import print_kernel
+    graph = import_onnx(args.model, _input_shapes(args.input_shape))
+    schedule = SCHEDULES[args.schedule]
+    nodes = [n for n in graph.nodes if n.kernel is not None]
+    if args.node:
+        nodes = [n for n in nodes if n.name == args.node]
+        if not nodes:
+            raise InputError(f"no kernel node named '{args.node}' in {args.model}")
+    for node in nodes:
+        kernel = schedule(node.kernel) if schedule else node.kernel
+        print(f"# node '{node.name}' ({node.op_type}): {', '.join(node.inputs)} -> {', '.join(node.outputs)}")
+        print(print_kernel(kernel))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_models
+    names = args.models.split(",") if args.models else None
+    bench_models(names, repeat=args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,2 @@
-"""passes"""
+"""Kernel → kernel transformations."""
+from .default import default_schedule

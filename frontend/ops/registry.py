@@ -19,9 +19,10 @@ import onnx
 from onnx import helper
 
 from ...ir import Kernel
+from ...ir.errors import NestorError
 
 
-class UnsupportedOpError(Exception):
+class UnsupportedOpError(NestorError):
     """An op type, attribute or input form Nestor cannot compile; the message names the node."""
 
 

@@ -1,0 +1,214 @@
+"""A whole model as one deployable artifact: compiled kernels + an execution plan + weights.
+
+`compile_graph` builds every distinct kernel of a graph (structurally equal kernels share one
+function) into a single module and plans intermediate memory into one arena. The artifact is a
+zip file holding `kernels.so`, `plan.json` and `constants.npz`; `CompiledModel.load` needs only
+the TVM runtime and NumPy to run it (no ONNX, no compiler).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from typing import Callable, Mapping
+
+import numpy as np
+import tvm
+
+from ..ir import Graph, Kernel
+from ..ir.hashing import structural_hash
+from ..ir.errors import InputError, ModelError
+from .build import build, load as load_module
+from .memory import plan_memory
+
+FORMAT_VERSION = 1
+
+
+def compile_graph(graph: Graph, target=None,
+                  schedule: Callable[[Kernel], Kernel] | None = None,
+                  progress: Callable[[str], None] | None = None) -> "CompiledModel":
+    """Compile a graph; `schedule` maps each distinct kernel to its scheduled form."""
+    funcs: dict[str, str] = {}          # structural hash → function name
+    kernels: list[Kernel] = []
+    steps = []
+    for node in graph.nodes:
+        if node.kernel is None:
+            continue
+        key = structural_hash(node.kernel)
+        if key not in funcs:
+            funcs[key] = f"{node.kernel.name}_{key[:12]}"
+            k = schedule(node.kernel) if schedule else node.kernel
+            kernels.append(Kernel(funcs[key], k.inputs, k.outputs, k.body))
+        steps.append({"node": node.name, "op": node.op_type, "func": funcs[key],
+                      "args": node.inputs + node.outputs})
+    if progress:
+        progress(f"building {len(kernels)} distinct kernels for {len(steps)} nodes")
+    module = build(kernels, target) if kernels else None
+    mem = plan_memory(graph)
+    live = set(graph.inputs) | set(graph.outputs) | {a for s in steps for a in s["args"]}
+    tensors = {name: {"shape": list(graph.types[name].shape), "dtype": graph.types[name].dtype,
+                      "place": mem.placements[name].kind, "key": mem.placements[name].key}
+               for name in sorted(live)}
+    plan = {"version": FORMAT_VERSION, "name": graph.name,
+            "inputs": graph.inputs, "outputs": graph.outputs,
+            "tensors": tensors, "arena_bytes": mem.arena_bytes, "naive_bytes": mem.naive_bytes,
+            "steps": steps}
+    constants = {k: v for k, v in graph.constants.items() if k in live}
+    return CompiledModel(module, plan, constants)
+
+
+class CompiledModel:
+    def __init__(self, module, plan: dict, constants: Mapping[str, np.ndarray]):
+        self.module = module
+        self.plan = plan
+        self.constants = dict(constants)
+        self.device = tvm.cpu()
+        self._bind()
+
+    # --- description -------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.plan["inputs"])
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.plan["outputs"])
+
+    def tensor_type(self, name: str) -> tuple[tuple[int, ...], str]:
+        t = self.plan["tensors"][name]
+        return tuple(t["shape"]), t["dtype"]
+
+    @property
+    def num_kernels(self) -> int:
+        return len({s["func"] for s in self.plan["steps"]})
+
+    # --- running -----------------------------------------------------------------------------
+    def _bind(self) -> None:
+        """Create every tensor (arena views, inputs, constants) and bind each step's arguments."""
+        dev = self.device
+        arena = tvm.runtime.empty((max(self.plan["arena_bytes"], 1),), "uint8", dev)
+        base: dict[str, tvm.runtime.Tensor] = {}
+        self._inputs = []
+        for name in self.plan["inputs"]:
+            shape, dtype = self.tensor_type(name)
+            base[name] = tvm.runtime.empty(shape, dtype, dev)
+            self._inputs.append(base[name])
+        for name, value in self.constants.items():
+            base[name] = tvm.runtime.tensor(np.ascontiguousarray(value), dev)
+        self._tensors = {}
+        for name, t in self.plan["tensors"].items():
+            shape, dtype = tuple(t["shape"]), t["dtype"]
+            if t["place"] == "arena":
+                self._tensors[name] = arena._create_view(shape, dtype, t["key"])
+            else:
+                owner = base[self.plan["inputs"][t["key"]] if t["place"] == "input" else t["key"]]
+                same = tuple(owner.shape) == shape and str(owner.dtype) == dtype
+                self._tensors[name] = owner if same else owner._create_view(shape, dtype)
+        self._arena = arena
+        self._steps = [(self.module.get(s["func"]), [self._tensors[a] for a in s["args"]])
+                       for s in self.plan["steps"]]
+
+    def _feed(self, inputs) -> None:
+        names = self.plan["inputs"]
+        if isinstance(inputs, Mapping):
+            missing = [n for n in names if n not in inputs]
+            unknown = [n for n in inputs if n not in names]
+            if missing or unknown:
+                raise InputError(f"model inputs are {names}; missing {missing}" +
+                                 (f", unknown {unknown}" if unknown else ""))
+            values = [inputs[n] for n in names]
+        else:
+            values = list(inputs)
+            if len(values) != len(names):
+                raise InputError(f"model takes {len(names)} inputs {names}, got {len(values)}")
+        for name, value, dst in zip(names, values, self._inputs):
+            value = np.asarray(value)
+            shape, dtype = self.tensor_type(name)
+            if value.shape != shape:
+                raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")
+            if value.dtype != np.dtype(dtype):
+                raise InputError(f"input '{name}' must have dtype {dtype}, got {value.dtype}")
+            dst.copyfrom(np.ascontiguousarray(value))
+
+    def _execute(self) -> None:
+        for func, args in self._steps:
+            func(*args)
+
+    def run(self, inputs) -> list[np.ndarray]:
+        """Run on inputs (a list in input order, or a dict by name); return the outputs."""
+        self._feed(inputs)
+        self._execute()
+        return [self._tensors[n].numpy() for n in self.plan["outputs"]]
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        out = {}
+        for name in self.plan["inputs"]:
+            shape, dtype = self.tensor_type(name)
+            if dtype.startswith("float"):
+                out[name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == "bool":
+                out[name] = rng.integers(0, 2, shape).astype(bool)
+            else:
+                out[name] = rng.integers(0, 8, shape).astype(dtype)
+        return out
+
+    def time_once(self, inputs) -> float:
+        """Seconds for one full run (feeding inputs, all kernels, fetching outputs)."""
+        start = time.perf_counter()
+        self.run(inputs)
+        return time.perf_counter() - start
+
+    # --- artifact ----------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            so = os.path.join(tmp, "kernels.so")
+            if self.module is not None:
+                self.module.export(so)
+            consts = io.BytesIO()
+            np.savez(consts, **{f"c{i}": v for i, v in enumerate(self.constants.values())})
+            names = list(self.constants)
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+                z.writestr("plan.json", json.dumps({**self.plan, "constant_names": names}))
+                z.writestr("constants.npz", consts.getvalue())
+                if self.module is not None:
+                    z.write(so, "kernels.so")
+
+    @classmethod
+    def load(cls, path: str) -> "CompiledModel":
+        try:
+            z = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as err:
+            raise ModelError(f"cannot load compiled model '{path}': {err}") from None
+        with z, tempfile.TemporaryDirectory() as tmp:
+            try:
+                plan = json.loads(z.read("plan.json"))
+                names = plan.pop("constant_names")
+                npz = np.load(io.BytesIO(z.read("constants.npz")))
+                constants = {n: npz[f"c{i}"] for i, n in enumerate(names)}
+                module = None
+                if "kernels.so" in z.namelist():
+                    z.extract("kernels.so", tmp)
+                    module = load_module(os.path.join(tmp, "kernels.so"))
+            except (KeyError, ValueError) as err:
+                raise ModelError(f"'{path}' is not a Nestor compiled model: {err}") from None
+        if plan.get("version") != FORMAT_VERSION:
+            raise ModelError(f"'{path}' has format version {plan.get('version')}, "
+                             f"this Nestor reads {FORMAT_VERSION}")
+        return cls(module, plan, constants)
+
+
+def median_latency(fn: Callable[[], object], repeat: int = 20, warmup: int = 2) -> float:
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+

@@ -1,0 +1,214 @@
+"""ONNX → Nestor graph: load and check the model, infer static shapes, fold constants, lower ops.
+
+Shape inference and constant evaluation are ONNX's own (onnx.shape_inference with data
+propagation, onnx.reference for folding); Nestor only alternates them until every tensor has a
+static type: folding a Shape node can make a Reshape's target known, which inference then uses.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+from onnx.reference import ReferenceEvaluator
+
+from ..ir import Graph, Node, TensorType, canonical
+from ..ir.errors import ModelError
+from .ops import Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
+
+# Ops never folded even with constant inputs: their result is not a function of the inputs.
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                    "Multinomial", "Bernoulli"}
+# Constants smaller than this go to shape inference as values (they may be shapes or axes);
+# larger ones only as typed inputs, so big weights are never re-serialized.
+SMALL_CONSTANT = 4096
+
+
+def load_model(source) -> onnx.ModelProto:
+    """Read (if a path) and check an ONNX model; every failure is a one-line ModelError."""
+    if isinstance(source, onnx.ModelProto):
+        model, where = source, "model"
+    else:
+        where = f"'{os.fspath(source)}'"
+        if not os.path.isfile(source):
+            raise ModelError(f"cannot read model {where}: no such file")
+        try:
+            model = onnx.load(os.fspath(source))
+        except Exception as err:  # protobuf DecodeError and friends
+            raise ModelError(f"{where} is not a valid ONNX model: {_first_line(err)}") from None
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, Exception) as err:
+        raise ModelError(f"{where} fails ONNX's checks: {_first_line(err)}") from None
+    return model
+
+
+def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 name: str | None = None) -> Graph:
+    """Build a Nestor graph from an ONNX model (path or ModelProto).
+
+    `input_shapes` fixes dynamic input dimensions (e.g. the batch size).
+    """
+    model = load_model(source)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    types: dict[str, TensorType] = {n: TensorType(v.shape, canonical(v.dtype)) for n, v in consts.items()}
+    inputs = [vi.name for vi in g.input if vi.name not in consts]
+    for vi in g.input:
+        if vi.name in consts:
+            continue
+        types[vi.name] = _input_type(vi, (input_shapes or {}).get(vi.name))
+    nodes = [_named(n, i) for i, n in enumerate(g.node)]
+
+    # Alternate folding and inference until nothing changes.
+    while True:
+        _infer_types(nodes, inputs, consts, types, opsets)
+        remaining = []
+        for node in nodes:
+            value = _try_fold(node, consts, types, opsets)
+            if value is None:
+                remaining.append(node)
+                continue
+            for out, v in zip(node.output, value):
+                consts[out] = v
+                types[out] = TensorType(tuple(v.shape), canonical(v.dtype))
+        if len(remaining) == len(nodes):
+            break
+        nodes = remaining
+
+    outputs = [vi.name for vi in g.output]
+    graph_nodes = [_lower(node, opsets, consts, types) for node in nodes]
+    used = {t for n in graph_nodes for t in n.inputs} | set(outputs)
+    return Graph(name=name or _identifier(g.name or "model"), inputs=inputs, outputs=outputs,
+                 nodes=graph_nodes, types=types,
+                 constants={k: v for k, v in consts.items() if k in used})
+
+
+def _input_type(vi: onnx.ValueInfoProto, override) -> TensorType:
+    t = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise ModelError(f"input '{vi.name}' is not a tensor; Nestor compiles tensor models only")
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    if override is not None:
+        if len(override) != len(dims):
+            raise ModelError(f"input '{vi.name}' has rank {len(dims)}, but the shape given for it "
+                             f"is {tuple(override)}")
+        dims = tuple(override)
+    if any(d is None for d in dims):
+        names = [d.dim_param or "?" for d in t.shape.dim]
+        raise ModelError(f"input '{vi.name}' has dynamic shape {names}; give static dimensions "
+                         f"(e.g. --input-shape {vi.name}=1,3,224,224)")
+    return TensorType(dims, canonical(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+
+def _named(node: onnx.NodeProto, index: int) -> onnx.NodeProto:
+    if not node.name:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.name = f"{node.op_type}_{index}"
+    return node
+
+
+def _infer_types(nodes, inputs, consts, types, opsets) -> None:
+    """Run ONNX shape inference on the remaining nodes; record every tensor type it finds."""
+    needed = {i for n in nodes for i in n.input if i} | set(inputs)
+    small = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()
+             if k in needed and v.size <= SMALL_CONSTANT]
+    typed = [k for k in needed if k not in consts or consts[k].size > SMALL_CONSTANT]
+    vis = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(np.dtype(types[k].dtype)),
+                                         types[k].shape) for k in typed if k in types]
+    produced = [o for n in nodes for o in n.output if o]
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in produced]
+    model = helper.make_model(
+        helper.make_graph(nodes, "skeleton", vis, outs, initializer=small),
+        opset_imports=[helper.make_opsetid("" if d == "ai.onnx" else d, v) for d, v in opsets.items()])
+    model.ir_version = 10
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as err:
+        raise ModelError(f"shape inference failed: {_first_line(err)}") from None
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        t = vi.type.tensor_type
+        if not t.elem_type or not t.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        if None not in dims:
+            types[vi.name] = TensorType(dims, canonical(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+
+def _try_fold(node, consts, types, opsets):
+    """The node's output values if they are known at compile time, else None."""
+    if node.op_type in NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Shape", "Size") and node.input[0] in types and node.input[0] not in consts:
+        shape = np.array(types[node.input[0]].shape, dtype=np.int64)
+        if node.op_type == "Size":
+            return [np.array(np.prod(shape), dtype=np.int64)]
+        start = _attr(node, "start", 0)
+        end = _attr(node, "end", None)
+        return [shape[start:end]]
+    if not all(i in consts for i in node.input if i):
+        return None
+    opset = opsets.get("ai.onnx", 0)
+    feeds = {i: consts[i] for i in node.input if i}
+    vis = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+           for k, v in feeds.items()]
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    model = helper.make_model(helper.make_graph([node], "fold", vis, outs),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        values = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as err:
+        raise ModelError(f"{node.op_type} node '{node.name}': cannot evaluate its constant inputs: "
+                         f"{_first_line(err)}") from None
+    return [np.asarray(v) for v in values]
+
+
+def _lower(node, opsets, consts, types) -> Node:
+    opset = opsets.get(node.domain or "ai.onnx")
+    if node.domain not in ("", "ai.onnx"):
+        raise UnsupportedOpError(f"{node.op_type} node '{node.name}' (domain '{node.domain}', "
+                                 f"opset {opset}): only the default ONNX domain is supported")
+    lower = lowering_for(node.op_type)
+    if lower is None:
+        raise UnsupportedOpError(f"unsupported op {node.op_type} (node '{node.name}', opset {opset})")
+
+    def info(name):
+        if not name:
+            return None
+        if name not in types:
+            raise ModelError(f"{node.op_type} node '{node.name}': the shape of tensor '{name}' "
+                             f"could not be inferred statically")
+        t = types[name]
+        return TensorInfo(t.shape, t.dtype, consts.get(name))
+
+    ctx = make_context(node, node.name, opset, [info(i) for i in node.input],
+                       [info(o) for o in node.output if o])
+    lowered = lower(ctx)
+    outputs = [o for o in node.output if o]
+    if isinstance(lowered, Alias):
+        src = node.input[lowered.input_index]
+        if types[src].size != types[outputs[0]].size:
+            raise ModelError(f"{node.op_type} node '{node.name}': cannot view {types[src].shape} "
+                             f"as {types[outputs[0]].shape}")
+        return Node(node.name, node.op_type, [src], outputs[:1])
+    return Node(node.name, node.op_type, [node.input[i] for i in lowered.args], outputs,
+                lowered.kernel)
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _identifier(text: str) -> str:
+    return re.sub(r"\W", "_", text) or "model"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,70 @@
+"""Side-by-side benchmarks against ONNX Runtime (same process, interleaved runs, medians)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .ir.errors import NestorError
+from .zoo import LIGHT_MODELS, encoder_block, light_model
+
+MODELS = LIGHT_MODELS + ("bert_layer",)
+
+
+def example_model(name: str):
+    return encoder_block() if name == "bert_layer" else light_model(name)
+
+
+def ort_session(model, threads: int = 2):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise NestorError("this benchmark needs onnxruntime: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved_medians(fns: list, repeat: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each callable, timed in alternation so machine noise hits all alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for t, fn in zip(times, fns):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
+                 out=print) -> float:
+    from .api import compile as nestor_compile
+    names = names or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise NestorError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    out(f"{'model':<14} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")
+    ratios = []
+    for name in names:
+        model = example_model(name)
+        start = time.perf_counter()
+        compiled = nestor_compile(model, schedule=schedule)
+        compile_s = time.perf_counter() - start
+        inputs = compiled.random_inputs()
+        session = ort_session(model)
+        want = session.run(None, inputs)
+        got = compiled.run(inputs)
+        err = max(float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-30)) for g, w in zip(got, want))
+        t_nestor, t_ort = interleaved_medians(
+            [lambda: compiled.run(inputs), lambda: session.run(None, inputs)], repeat)
+        ratios.append(t_nestor / t_ort)
+        out(f"{name:<14} {compile_s:>9.1f} {t_nestor * 1e3:>10.2f} {t_ort * 1e3:>9.2f} "
+            f"{ratios[-1]:>7.2f} {err:>11.1e}")
+    geomean = float(np.exp(np.mean(np.log(ratios))))
+    out(f"geomean latency ratio vs ONNX Runtime: {geomean:.2f}")
+    return geomean
