@@ -80,7 +80,8 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
         nodes = remaining
 
     outputs = [vi.name for vi in g.output]
-    graph_nodes = [_lower(node, opsets, consts, types) for node in nodes]
+    read = {i for n in nodes for i in n.input} | set(outputs)
+    graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)
     return Graph(name=name or _identifier(g.name or "model"), inputs=inputs, outputs=outputs,
                  nodes=graph_nodes, types=types,
@@ -138,6 +139,18 @@ def _infer_types(nodes, inputs, consts, types, opsets) -> None:
             types[vi.name] = TensorType(dims, canonical(helper.tensor_dtype_to_np_dtype(t.elem_type)))
 
 
+def _drop_unread_outputs(node: onnx.NodeProto, read: set[str]) -> onnx.NodeProto:
+    """Blank optional outputs nobody reads (Dropout's mask, BatchNorm's statistics), as ONNX
+    allows, so lowerings compute only what is used."""
+    if all(o in read or i == 0 or not o for i, o in enumerate(node.output)):
+        return node
+    node = onnx.NodeProto.FromString(node.SerializeToString())
+    for i, o in enumerate(node.output):
+        if i > 0 and o not in read:
+            node.output[i] = ""
+    return node
+
+
 def _try_fold(node, consts, types, opsets):
     """The node's output values if they are known at compile time, else None."""
     if node.op_type in NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
@@ -175,9 +188,9 @@ def _lower(node, opsets, consts, types) -> Node:
     if lower is None:
         raise UnsupportedOpError(f"unsupported op {node.op_type} (node '{node.name}', opset {opset})")
 
-    def info(name):
-        if not name:
-            return None
+    def info(name, required=True):
+        if not name or (not required and name not in types):
+            return None  # an omitted input, or an output nobody reads (Dropout's mask)
         if name not in types:
             raise ModelError(f"{node.op_type} node '{node.name}': the shape of tensor '{name}' "
                              f"could not be inferred statically")
@@ -185,7 +198,7 @@ def _lower(node, opsets, consts, types) -> Node:
         return TensorInfo(t.shape, t.dtype, consts.get(name))
 
     ctx = make_context(node, node.name, opset, [info(i) for i in node.input],
-                       [info(o) for o in node.output if o])
+                       [info(o, required=False) for o in node.output if o])
     lowered = lower(ctx)
     outputs = [o for o in node.output if o]
     if isinstance(lowered, Alias):

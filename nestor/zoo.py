@@ -43,11 +43,17 @@ def randomize_constant_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.Mo
     del out.graph.node[:]
     out.graph.node.extend(kept)
     out.graph.initializer.extend(new_inits)
-    # Models of the opset-9 era list initializers as graph inputs too; drop those entries.
-    init_names = {t.name for t in out.graph.initializer}
-    real_inputs = [vi for vi in out.graph.input if vi.name not in init_names]
+    # Drop the now unused shape initializers, and list only real inputs as graph inputs (models
+    # of the IR-3 era also list initializers there; IR 4 made that optional).
+    used = {i for node in kept for i in node.input} | {o.name for o in out.graph.output}
+    inits_kept = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits_kept)
+    init_names = {t.name for t in inits_kept}
+    real_inputs = [vi for vi in out.graph.input if vi.name not in init_names and vi.name in used]
     del out.graph.input[:]
     out.graph.input.extend(real_inputs)
+    out.ir_version = max(out.ir_version, 4)
     return out
 
 

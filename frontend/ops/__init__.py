@@ -2,3 +2,5 @@
 from .registry import (Alias, Lowered, OpContext, TensorInfo, UnsupportedOpError, lowering_for,
                        make_context, register_op, supported_ops)
 from . import common  # noqa: F401
+from . import elementwise, shape  # noqa: F401
+from . import nn, linalg, reduce  # noqa: F401

@@ -1,0 +1,226 @@
+"""Elementwise ONNX ops: arithmetic, activations, comparisons, logic, Where, Cast, Identity.
+
+Every op is one loop nest over the output with numpy broadcasting (`common.elementwise`).
+Scalar constants that act as parameters (a Pow exponent, Clip bounds) are baked into the kernel.
+"""
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+from onnx import helper
+
+from ...ir import (Expr, Not, as_expr, call, canonical, cast, eq, ge, gt, is_float, le,
+                   logical_and, logical_or, lt, maximum, minimum, ne, select)
+from .common import elementwise
+from .registry import Alias, OpContext, register_op
+
+
+def _c(x: Expr, value) -> Expr:
+    """`value` as a constant of x's dtype."""
+    return as_expr(value, x.dtype)
+
+
+def _trunc(x: Expr) -> Expr:
+    return select(lt(x, _c(x, 0)), call("ceil", x), call("floor", x))
+
+
+def _pow(x: Expr, y: Expr) -> Expr:
+    """x ** y in x's dtype; integer powers go through float64 (exact up to 2**53), like numpy's
+    power followed by a cast back."""
+    if is_float(x.dtype):
+        return call("pow", x, cast(x.dtype, y))
+    return cast(x.dtype, call("pow", cast("float64", x), cast("float64", y)))
+
+
+def _fmod(a: Expr, b: Expr) -> Expr:
+    """C fmod: the result takes the sign of the dividend (integer `/` truncates already)."""
+    q = a / b
+    return a - (_trunc(q) if is_float(a.dtype) else q) * b
+
+
+def _gelu(ctx: OpContext, x: Expr) -> Expr:
+    approx = ctx.attr("approximate", "none")
+    if approx == "none":
+        inner = call("erf", x * (1 / math.sqrt(2)))
+    elif approx == "tanh":
+        inner = call("tanh", (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi))
+    else:
+        raise ctx.unsupported(f"approximate='{approx}'")
+    return x * 0.5 * (inner + 1)
+
+
+def _sign(x: Expr) -> Expr:
+    return select(gt(x, _c(x, 0)), _c(x, 1), select(lt(x, _c(x, 0)), _c(x, -1), _c(x, 0)))
+
+
+def _softplus(x: Expr) -> Expr:
+    # log(1 + exp(x)) written so that exp never overflows (numpy's logaddexp(0, x))
+    return maximum(x, 0) + call("log", call("exp", -call("abs", x)) + 1)
+
+
+def _is_inf(ctx: OpContext, x: Expr) -> Expr:
+    conds = [eq(x, _c(x, v)) for v, flag in ((math.inf, "detect_positive"),
+                                             (-math.inf, "detect_negative")) if ctx.attr(flag, 1)]
+    return reduce(logical_or, conds) if conds else as_expr(False)
+
+
+def _selu(ctx: OpContext, x: Expr) -> Expr:
+    alpha = ctx.attr("alpha", 1.67326319217681884765625)
+    gamma = ctx.attr("gamma", 1.05070102214813232421875)
+    return select(gt(x, _c(x, 0)), x, call("exp", x) * alpha - alpha) * gamma
+
+
+# Unary ops: fn(ctx, x) -> expression for one element.
+UNARY = {
+    "Relu": lambda ctx, x: maximum(x, 0),
+    "LeakyRelu": lambda ctx, x: select(lt(x, _c(x, 0)), x * ctx.attr("alpha", 0.01), x),
+    "Elu": lambda ctx, x: select(lt(x, _c(x, 0)), (call("exp", x) - 1) * ctx.attr("alpha", 1.0), x),
+    "Selu": _selu,
+    "Celu": lambda ctx, x: maximum(x, 0) + minimum(
+        (call("exp", x / ctx.attr("alpha", 1.0)) - 1) * ctx.attr("alpha", 1.0), 0),
+    "HardSigmoid": lambda ctx, x: maximum(
+        minimum(x * ctx.attr("alpha", 0.2) + ctx.attr("beta", 0.5), 1), 0),
+    "HardSwish": lambda ctx, x: x * maximum(minimum(x * (1 / 6) + 0.5, 1), 0),
+    "Sigmoid": lambda ctx, x: call("sigmoid", x),
+    "Tanh": lambda ctx, x: call("tanh", x),
+    "Erf": lambda ctx, x: call("erf", x),
+    "Sqrt": lambda ctx, x: call("sqrt", x),
+    "Exp": lambda ctx, x: call("exp", x),
+    "Log": lambda ctx, x: call("log", x),
+    "Abs": lambda ctx, x: call("abs", x),
+    "Neg": lambda ctx, x: -x,
+    "Reciprocal": lambda ctx, x: 1 / x,
+    "Floor": lambda ctx, x: call("floor", x),
+    "Ceil": lambda ctx, x: call("ceil", x),
+    "Round": lambda ctx, x: call("round", x),
+    "Sign": lambda ctx, x: _sign(x),
+    "Softplus": lambda ctx, x: _softplus(x),
+    "Softsign": lambda ctx, x: x / (call("abs", x) + 1),
+    "Gelu": _gelu,
+    "Not": lambda ctx, x: Not(x),
+    "IsInf": _is_inf,
+}
+
+# Binary ops with numpy broadcasting: fn(a, b).
+BINARY = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a / b,  # integer division truncates (C), as ONNX wants
+    "Equal": eq,
+    "Less": lt,
+    "LessOrEqual": le,
+    "Greater": gt,
+    "GreaterOrEqual": ge,
+    "And": logical_and,
+    "Or": logical_or,
+    "Xor": ne,
+    "PRelu": lambda x, slope: select(lt(x, _c(x, 0)), x * slope, x),
+}
+
+# Variadic ops folded left to right.
+VARIADIC = {"Max": maximum, "Min": minimum, "Sum": lambda a, b: a + b}
+
+
+@register_op(*UNARY)
+def lower_unary(ctx: OpContext):
+    fn = UNARY[ctx.op_type]
+    return elementwise(ctx, lambda x: fn(ctx, x), args=[0])
+
+
+@register_op(*BINARY)
+def lower_binary(ctx: OpContext):
+    return elementwise(ctx, BINARY[ctx.op_type], args=[0, 1])
+
+
+@register_op(*VARIADIC)
+def lower_variadic(ctx: OpContext):
+    return elementwise(ctx, lambda *xs: reduce(VARIADIC[ctx.op_type], xs))
+
+
+@register_op("Mean")
+def lower_mean(ctx: OpContext):
+    return elementwise(ctx, lambda *xs: reduce(lambda a, b: a + b, xs) / len(xs))
+
+
+@register_op("Mod")
+def lower_mod(ctx: OpContext):
+    # fmod=0 is the sign of the divisor (Python), which the IR's `mod` is
+    return elementwise(ctx, _fmod if ctx.attr("fmod", 0) else (lambda a, b: a % b), args=[0, 1])
+
+
+@register_op("Where")
+def lower_where(ctx: OpContext):
+    return elementwise(ctx, select, args=[0, 1, 2])
+
+
+@register_op("Pow")
+def lower_pow(ctx: OpContext):
+    exponent = ctx.inputs[1].value
+    broadcasts = tuple(ctx.outputs[0].shape) != tuple(ctx.inputs[0].shape)
+    if exponent is None or exponent.size != 1 or broadcasts:
+        return elementwise(ctx, _pow, args=[0, 1])
+    e = exponent.item()
+    if e == 2:
+        return elementwise(ctx, lambda x: x * x, args=[0])
+    if e == 0.5 and is_float(ctx.inputs[0].dtype):
+        return elementwise(ctx, lambda x: call("sqrt", x), args=[0])
+    return elementwise(ctx, lambda x: _pow(x, as_expr(e, "float64")), args=[0])
+
+
+def _clip_bound(ctx: OpContext, i: int, x: Expr, loaded: dict) -> Expr | None:
+    """Clip's min (i=1) or max (i=2): an attribute before opset 11, then an optional input that
+    is baked in when constant and otherwise loaded from its buffer."""
+    if i in loaded:
+        return loaded[i]
+    if ctx.opset < 11:
+        value = ctx.attrs.get(("min", "max")[i - 1])
+    else:
+        value = ctx.const(i)
+        value = None if value is None else value.item()
+    return None if value is None else _c(x, value)
+
+
+@register_op("Clip")
+def lower_clip(ctx: OpContext):
+    buffers = [i for i in (1, 2) if ctx.opset >= 11 and ctx.has_input(i)
+               and ctx.inputs[i].value is None]
+
+    def fn(x, *vals):
+        loaded = dict(zip(buffers, vals))
+        lo, hi = (_clip_bound(ctx, i, x, loaded) for i in (1, 2))
+        x = x if lo is None else maximum(x, lo)
+        return x if hi is None else minimum(x, hi)
+    return elementwise(ctx, fn, args=[0] + buffers)
+
+
+def _target_dtype(ctx: OpContext) -> str:
+    if ctx.op_type == "CastLike":
+        return ctx.inputs[1].dtype
+    to = ctx.attr("to")
+    try:
+        return canonical(helper.tensor_dtype_to_np_dtype(to))
+    except (ValueError, KeyError, TypeError):
+        raise ctx.unsupported(f"cast to {helper.tensor_dtype_to_string(to)}") from None
+
+
+@register_op("Cast", "CastLike")
+def lower_cast(ctx: OpContext):
+    # The IR's casts are ONNX's: float -> int truncates toward zero, x -> bool is x != 0.
+    dtype = _target_dtype(ctx)
+    return elementwise(ctx, lambda x: cast(dtype, x), args=[0])
+
+
+@register_op("Identity")
+def lower_identity(ctx: OpContext):
+    return Alias(0)
+
+
+@register_op("Dropout")
+def lower_dropout(ctx: OpContext):
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        raise ctx.unsupported("the mask output is not supported")
+    if ctx.opset >= 12 and ctx.has_input(2) and bool(ctx.const(2).item()):
+        raise ctx.unsupported("training_mode=True is not supported")
+    return Alias(0)
