@@ -1,1 +1,5 @@
-"""codegen"""
+"""codegen: Nestor kernels -> TVM TIR -> compiled modules (LLVM on CPU, CUDA on GPU)."""
+from .target import host_target, cuda_target
+from .tir import to_primfunc
+from .build import build, CompiledKernels, load, run_kernel
+from .model import CompiledModel, compile_graph, median_latency

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from ..ir import Allocate, For, Kernel, Seq, Stmt, Store, Var, replace_body, substitute, walk, walk_stmts
+from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
+                  walk, walk_stmts)
 
 VECTOR_WIDTHS = (16, 8, 4)     # float32 lanes of AVX-512, AVX2, SSE
 MIN_PARALLEL_WORK = 1 << 14    # innermost iterations below which threads cost more than they save
@@ -25,7 +26,7 @@ def default_schedule(kernel: Kernel, num_cores: int | None = None) -> Kernel:
 
 def _schedule(stmt: Stmt, cores: int) -> Stmt:
     def nest(loop: For) -> Stmt:
-        vectorized = _vectorize_innermost(loop)
+        vectorized = _vectorize_innermost(_sink_into_reduction(loop))
         return _parallelize(vectorized, cores) if cores > 1 else vectorized
     return _map_loops(stmt, nest)
 
@@ -37,31 +38,109 @@ def _vectorize_innermost(loop: For) -> Stmt:
         return loop if new_body is body else For(loop.var, loop.extent, new_body, loop.kind, loop.axis)
     if loop.axis != "spatial" or loop.kind != "serial" or not _contiguous_in(loop):
         return loop
-    if loop.extent <= VECTOR_WIDTHS[0]:
-        return For(loop.var, loop.extent, body, "vectorized", loop.axis) if loop.extent >= 4 else loop
-    width = next((w for w in VECTOR_WIDTHS if loop.extent % w == 0), None)
+    width = _vector_width(loop.extent)
     if width is None:
         return loop
+    if width == loop.extent:
+        return For(loop.var, loop.extent, body, "vectorized", loop.axis)
     outer, inner = f"{loop.var}_o", f"{loop.var}_v"
     split = substitute(body, {loop.var: Var(outer) * width + Var(inner)})
     return For(outer, loop.extent // width, For(inner, width, split, "vectorized"), axis=loop.axis)
 
 
+def _sink_into_reduction(loop: For) -> Stmt:
+    """Find the innermost spatial loop `v` whose body is a reduction (init; reduce loops; epilogue)
+    and move a vector-wide slice of it below the reduction loops:
+
+        for v: { Y[.., v] = init; for r: Y[.., v] += f(v, r); Y[.., v] = g(Y[.., v]) }
+     →  for v_o: { for v_v: init; for r: for v_v: Y[.., v] += ...; for v_v: epilogue }
+
+    Legal because every statement of iteration v touches only Y[.., v] (checked), so the
+    iterations are independent and may be distributed; the accumulators of one vector of
+    outputs then stay in registers across the whole reduction.
+    """
+    if isinstance(loop.body, For):
+        inner = _sink_into_reduction(loop.body)
+        return loop if inner is loop.body else For(loop.var, loop.extent, inner, loop.kind, loop.axis)
+    if loop.axis != "spatial" or loop.kind != "serial" or not isinstance(loop.body, Seq):
+        return loop
+    parts = loop.body.stmts
+    if not any(isinstance(p, For) and p.axis == "reduce" for p in parts) or not _owned_by(loop):
+        return loop
+    width = _vector_width(loop.extent)
+    if width is None:
+        return loop
+    outer, lane = f"{loop.var}_o", f"{loop.var}_v"
+    index = Var(outer) * width + Var(lane) if loop.extent > width else Var(lane)
+    new_parts = []
+    for part in substitute(loop.body, {loop.var: index}).stmts:
+        if isinstance(part, For):
+            new_parts.append(_innermost(part, lambda leaf: For(lane, width, leaf)))
+        else:
+            new_parts.append(For(lane, width, part))
+    body = Seq(tuple(new_parts))
+    return For(outer, loop.extent // width, body) if loop.extent > width else body
+
+
+def _owned_by(loop: For) -> bool:
+    """Every store under the loop writes an element whose last index is the loop variable, every
+    load of a written buffer reads exactly a stored element, and every other load reads along
+    its last index only (so sinking the loop keeps accesses contiguous, never gathers)."""
+    var = Var(loop.var)
+    stores = [s for s in walk_stmts(loop.body) if isinstance(s, Store)]
+    written = {s.buffer.name for s in stores}
+    if any(not s.indices or s.indices[-1] != var for s in stores):
+        return False
+    store_idx = {(s.buffer.name, s.indices) for s in stores}
+    for load in loads(loop.body):
+        if load.buffer.name in written:
+            if (load.buffer.name, load.indices) not in store_idx:
+                return False
+        elif any(var == e for idx in load.indices[:-1] for e in walk(idx)):
+            return False
+    return True
+
+
+def _innermost(loop: For, wrap) -> For:
+    """The perfect nest `loop` with its innermost body replaced by wrap(body)."""
+    if isinstance(loop.body, For):
+        return For(loop.var, loop.extent, _innermost(loop.body, wrap), loop.kind, loop.axis)
+    return For(loop.var, loop.extent, wrap(loop.body), loop.kind, loop.axis)
+
+
+def _vector_width(extent: int) -> int | None:
+    """A lane count dividing `extent`: a machine width if one divides, else the largest divisor
+    in 4..16 (7 or 14 columns of a ResNet feature map are better in one short vector than none)."""
+    for w in VECTOR_WIDTHS:
+        if extent % w == 0:
+            return w
+    return next((d for d in range(min(extent, VECTOR_WIDTHS[0]), 3, -1) if extent % d == 0), None)
+
+
 def _contiguous_in(loop: For) -> bool:
     """Every store in the loop writes an element whose last index is the loop variable itself."""
     stores = [s for s in walk_stmts(loop.body) if isinstance(s, Store)]
-    return bool(stores) and all(s.indices and s.indices[-1] == Var(loop.var) for s in stores)
+    return bool(stores) and all(s.indices and _unit_stride(s.indices[-1], Var(loop.var))
+                                for s in stores)
+
+
+def _unit_stride(index, var: Var) -> bool:
+    """`index` is `var` plus terms free of it (so consecutive iterations are adjacent)."""
+    if index == var:
+        return True
+    if isinstance(index, Binary) and index.op == "add":
+        a_has, b_has = (any(var == e for e in walk(x)) for x in (index.a, index.b))
+        return (a_has != b_has) and _unit_stride(index.a if a_has else index.b, var)
+    return False
 
 
 def _parallelize(nest: Stmt, cores: int) -> Stmt:
-    work = 1
     loop = nest
     chain = []
     while isinstance(loop, For):
         chain.append(loop)
-        work *= loop.extent
         loop = loop.body
-    if work < MIN_PARALLEL_WORK:
+    if _work(nest) < MIN_PARALLEL_WORK:
         return nest
     for depth, cand in enumerate(chain):
         if cand.axis != "spatial" or cand.kind != "serial":
@@ -87,6 +166,17 @@ def _replace_at(nest: For, depth: int, new: For) -> For:
     if depth == 0:
         return new
     return For(nest.var, nest.extent, _replace_at(nest.body, depth - 1, new), nest.kind, nest.axis)
+
+
+def _work(stmt: Stmt) -> int:
+    """Executions of innermost statements: a rough measure of what a thread would save."""
+    if isinstance(stmt, For):
+        return stmt.extent * _work(stmt.body)
+    if isinstance(stmt, Seq):
+        return sum(_work(s) for s in stmt.stmts)
+    if isinstance(stmt, Allocate):
+        return _work(stmt.body)
+    return 1
 
 
 def _map_loops(stmt: Stmt, fn) -> Stmt:

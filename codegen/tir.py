@@ -1,0 +1,225 @@
+"""Nestor Kernel -> TVM TIR PrimFunc.
+
+Built with TVM's IR builder (no TVMScript text, no parsing): a plain loop nest of For /
+BufferStore / IfThenElse / AllocBuffer, which tvm.compile lowers without any schedule.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script.builder import ir as T
+
+from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
+                       Load, Logic, Not, Seq, Select, Store, Var, is_float, walk_stmts)
+
+_FOR = {"serial": T.serial, "parallel": T.parallel, "vectorized": T.vectorized,
+        "unrolled": T.unroll}
+
+_COMPARE = {"eq": tirx.EQ, "ne": tirx.NE, "lt": tirx.LT, "le": tirx.LE, "gt": tirx.GT,
+            "ge": tirx.GE}
+
+
+_NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}
+
+_INTRIN = {
+    "exp": tirx.exp, "log": tirx.log, "sqrt": tirx.sqrt, "rsqrt": tirx.rsqrt, "tanh": tirx.tanh,
+    "erf": tirx.erf, "sigmoid": tirx.sigmoid, "abs": tirx.abs, "floor": tirx.floor,
+    "ceil": tirx.ceil,
+    "round": tirx.nearbyint,  # ONNX Round: half to even, which nearbyint gives in the default mode
+    "pow": tirx.pow, "sin": tirx.sin, "cos": tirx.cos,
+}
+
+
+@contextlib.contextmanager
+def _bound(scope: dict, key, value):
+    """Bind key to value while lowering a body (inner loops and allocations shadow outer ones)."""
+    old = scope.get(key, _bound)
+    scope[key] = value
+    try:
+        yield
+    finally:
+        if old is _bound:
+            del scope[key]
+        else:
+            scope[key] = old
+
+
+class _Lower:
+    def __init__(self, kernel: Kernel):
+        self.vars: dict[str, tirx.Var] = {}
+        self.bufs: dict[Buffer, tirx.Buffer] = {}
+        self.thread_extents: dict[str, int] = {}
+        for s in walk_stmts(kernel.body):
+            if isinstance(s, For) and s.kind not in _FOR:
+                self.thread_extents[s.kind] = max(s.extent, self.thread_extents.get(s.kind, 0))
+
+    # -- expressions -------------------------------------------------------------------------
+    def expr(self, e):
+        if isinstance(e, Const):
+            return tirx.const(e.value, e.dtype)
+        if isinstance(e, Var):
+            try:
+                return self.vars[e.name]
+            except KeyError:
+                raise ValueError(f"loop variable {e.name!r} used outside its loop") from None
+        if isinstance(e, Load):
+            return tirx.BufferLoad(self.buffer(e.buffer), [self.expr(i) for i in e.indices])
+        if isinstance(e, Binary):
+            return self.binary(e.op, self.expr(e.a), self.expr(e.b), e.dtype)
+        if isinstance(e, Compare):
+            return self.compare(e)
+        if isinstance(e, Logic):
+            a, b = self.expr(e.a), self.expr(e.b)
+            return tirx.And(a, b) if e.op == "and" else tirx.Or(a, b)
+        if isinstance(e, Not):
+            return self.negate(e.a)
+        if isinstance(e, Select):
+            # if_then_else, not Select: only the taken branch is evaluated (padding guards loads)
+            return tirx.if_then_else(self.expr(e.cond), self.expr(e.t), self.expr(e.f))
+        if isinstance(e, Cast):
+            return tirx.Cast(e.dtype, self.expr(e.value))
+        if isinstance(e, Call):
+            args = [self.expr(a) for a in e.args]
+            if e.fn == "neg":
+                return tirx.const(0, e.dtype) - args[0] if not is_float(e.dtype) else -args[0]
+            if e.dtype == "float16" and e.fn != "abs":
+                # LLVM lacks several half intrinsics (erf ...): compute in float32, round back
+                wide = [tirx.Cast("float32", a) for a in args]
+                return tirx.Cast("float16", _INTRIN[e.fn](*wide))
+            return _INTRIN[e.fn](*args)
+        raise TypeError(f"not an expression: {e!r}")
+
+    def compare(self, e: Compare):
+        a, b = self.expr(e.a), self.expr(e.b)
+        if e.a.dtype == "bool":  # TVM's LLVM codegen emits fcmp for i1 operands: compare as int8
+            return _COMPARE[e.op](tirx.Cast("int8", a), tirx.Cast("int8", b))
+        if not is_float(e.a.dtype):
+            return _COMPARE[e.op](a, b)
+        # IEEE semantics, as in NumPy: NaN compares unequal to everything, itself included.
+        # TVM folds x == x to true and emits an ordered fcmp for !=, so spell NaNs out.
+        if e.a == e.b:
+            nan = tirx.isnan(a)
+            return {"ne": nan, "lt": tirx.const(False, "bool"), "gt": tirx.const(False, "bool")
+                    }.get(e.op, tirx.Not(nan))
+        if e.op == "ne":
+            return tirx.Or(tirx.NE(a, b), tirx.Or(tirx.isnan(a), tirx.isnan(b)))
+        return _COMPARE[e.op](a, b)
+
+    def negate(self, e):
+        """not e, pushed down to the comparisons: TVM rewrites !(a < b) to b <= a, which is wrong
+        for NaN, so a float comparison is negated here with the NaN case made explicit."""
+        if isinstance(e, Not):
+            return self.expr(e.a)
+        if isinstance(e, Logic):
+            a, b = self.negate(e.a), self.negate(e.b)
+            return tirx.Or(a, b) if e.op == "and" else tirx.And(a, b)
+        if isinstance(e, Compare) and is_float(e.a.dtype):
+            if e.op == "eq":
+                return self.compare(Compare("ne", e.a, e.b))
+            flipped = self.compare(Compare(_NEGATED[e.op], e.a, e.b))
+            if e.op == "ne":
+                return flipped
+            a, b = self.expr(e.a), self.expr(e.b)
+            return tirx.Or(flipped, tirx.Or(tirx.isnan(a), tirx.isnan(b)))
+        return tirx.Not(self.expr(e))
+
+    @classmethod
+    def binary(cls, op, a, b, dtype):
+        if dtype == "bool":  # i1 arithmetic hits the same LLVM codegen gaps as i1 compares
+            wide = cls.binary(op, tirx.Cast("int8", a), tirx.Cast("int8", b), "int8")
+            return tirx.Cast("bool", wide)
+        if op == "add":
+            return tirx.Add(a, b)
+        if op == "sub":
+            return tirx.Sub(a, b)
+        if op == "mul":
+            return tirx.Mul(a, b)
+        if op == "min":
+            return tirx.Min(a, b)
+        if op == "max":
+            return tirx.Max(a, b)
+        if is_float(dtype):
+            if op == "div":
+                return tirx.Div(a, b)
+            if op == "floordiv":
+                return tirx.floor(tirx.Div(a, b))
+            if op == "mod":  # sign of the divisor, like Python and numpy
+                return tirx.Sub(a, tirx.Mul(tirx.floor(tirx.Div(a, b)), b))
+        else:
+            if op == "div":  # C semantics (truncation), like ONNX integer Div
+                return tirx.truncdiv(a, b)
+            if op == "floordiv":
+                return tirx.floordiv(a, b)
+            if op == "mod":
+                return tirx.floormod(a, b)
+        raise ValueError(f"unknown binary op {op!r}")
+
+    def buffer(self, b: Buffer):
+        try:
+            return self.bufs[b]
+        except KeyError:
+            raise ValueError(f"buffer {b.name!r} is not a parameter nor allocated here") from None
+
+    # -- statements --------------------------------------------------------------------------
+    def stmt(self, s):
+        if isinstance(s, Seq):
+            for part in s.stmts:
+                self.stmt(part)
+        elif isinstance(s, Store):
+            buf = self.buffer(s.buffer)
+            idx = [self.expr(i) for i in s.indices]
+            val = self.expr(s.value)
+            if s.reduce is not None:
+                val = self.binary(s.reduce, tirx.BufferLoad(buf, idx), val, s.buffer.dtype)
+            T.buffer_store(buf, val, idx)
+        elif isinstance(s, For):
+            if s.kind in _FOR:
+                frame, extent = _FOR[s.kind](0, s.extent), s.extent
+            else:  # GPU binding: the loop is the thread axis, launched with the kernel's largest
+                # extent for that axis (TVM does that too, silently): smaller loops are guarded
+                extent = self.thread_extents[s.kind]
+                frame = T.thread_binding(0, extent, thread=s.kind)
+            with frame as v, _bound(self.vars, s.var, v):
+                IRBuilder.name(s.var, v)
+                if extent > s.extent:
+                    with T.If(v < s.extent), T.Then():
+                        self.stmt(s.body)
+                else:
+                    self.stmt(s.body)
+        elif isinstance(s, If):
+            with T.If(self.expr(s.cond)):
+                with T.Then():
+                    self.stmt(s.then)
+                if s.otherwise is not None:
+                    with T.Else():
+                        self.stmt(s.otherwise)
+        elif isinstance(s, Allocate):
+            b = s.buffer
+            # AllocBuffer emitted inside the enclosing loop body: a parallel loop gets its own copy
+            buf = T.alloc_buffer(b.shape, b.dtype, scope=b.scope)
+            IRBuilder.name(b.name, buf)
+            with _bound(self.bufs, b, buf):
+                self.stmt(s.body)
+        else:
+            raise TypeError(f"not a statement: {s!r}")
+
+
+def to_primfunc(kernel: Kernel) -> tirx.PrimFunc:
+    """The kernel as a PrimFunc named kernel.name with params inputs + outputs, in that order."""
+    low = _Lower(kernel)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(kernel.name)
+            T.func_attr({"tirx.noalias": True})
+            for b in kernel.params:
+                if b in low.bufs:
+                    raise ValueError(f"kernel {kernel.name}: buffer {b.name!r} passed twice")
+                # offset_factor=1: elem_offset becomes a parameter, so the kernel accepts views
+                # at any byte offset (one memory arena for all intermediates) and data that is
+                # not 64-byte aligned. The default instead assumes both (byte_offset == 0 is
+                # checked, alignment is not: a misaligned numpy-backed tensor would segfault).
+                low.bufs[b] = T.arg(b.name, T.buffer(b.shape, b.dtype, offset_factor=1))
+            low.stmt(kernel.body)
+    return ib.get()

@@ -1,0 +1,58 @@
+"""Matrix products: Gemm and MatMul (numpy matmul semantics)."""
+from __future__ import annotations
+
+from ...ir import Kernel, as_expr
+from .common import broadcast_index, input_buffer, output_buffer
+from .reduce import reduction
+from .registry import Lowered, OpContext, register_op
+
+
+def _scaled(value, factor: float):
+    return value if factor == 1 else as_expr(factor, value.dtype) * value
+
+
+@register_op("Gemm")
+def lower_gemm(ctx: OpContext) -> Lowered:
+    """Y = alpha * A' B' + beta * C, with C (optional) broadcast to Y; the accumulator starts
+    at beta * C."""
+    a, b, out = input_buffer(ctx, 0, "A"), input_buffer(ctx, 1, "B"), output_buffer(ctx)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    k_extent = a.shape[0] if trans_a else a.shape[1]
+    args, inputs = [0, 1], [a, b]
+    if ctx.has_input(2):
+        c = input_buffer(ctx, 2, "C")
+        args.append(2)
+        inputs.append(c)
+        init = lambda idx: _scaled(c[broadcast_index(c.shape, idx)], beta)  # noqa: E731
+    else:
+        init = 0
+
+    def value(s, r):
+        (i, j), (k,) = s, r
+        return _scaled(a[(k, i) if trans_a else (i, k)] * b[(j, k) if trans_b else (k, j)], alpha)
+
+    body = reduction(out, out.shape, [k_extent], lambda s: s, init, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
+
+
+@register_op("MatMul")
+def lower_matmul(ctx: OpContext) -> Lowered:
+    """Batched matmul with broadcast batch dims; a 1-D operand is a row (A) or column (B)
+    vector whose unit dim is dropped from the output."""
+    a, b, out = input_buffer(ctx, 0, "A"), input_buffer(ctx, 1, "B"), output_buffer(ctx)
+    if len(a.shape) == 0 or len(b.shape) == 0:
+        raise ctx.unsupported("scalar operand")
+    a_mat, b_mat = len(a.shape) >= 2, len(b.shape) >= 2
+    k_extent = a.shape[-1]
+
+    def value(s, r):
+        s, (k,) = list(s), r
+        j = s.pop() if b_mat else None
+        i = s.pop() if a_mat else None
+        a_idx = broadcast_index(a.shape[:-2], s) + (i, k) if a_mat else (k,)
+        b_idx = broadcast_index(b.shape[:-2], s) + (k, j) if b_mat else (k,)
+        return a[a_idx] * b[b_idx]
+
+    body = reduction(out, out.shape, [k_extent], lambda s: s, 0, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), (a, b), (out,), body), [0, 1])

@@ -1,0 +1,269 @@
+"""NN, linear-algebra and reduction lowerings checked against onnx.reference, one node at a time."""
+import numpy as np
+import pytest
+from onnx import helper
+
+from nestor import codegen
+from nestor.frontend.ops import UnsupportedOpError
+from nestor.ir import parse_kernel, print_kernel, verify
+from tests.op_harness import check_node, run_nestor_node, run_reference
+
+
+@pytest.fixture(autouse=True)
+def checked_kernels(monkeypatch):
+    """Every kernel these lowerings emit must pass the verifier and print / parse back to itself."""
+    run = codegen.run_kernel
+
+    def run_checked(kernel, inputs):
+        verify(kernel)
+        assert parse_kernel(print_kernel(kernel)) == kernel
+        return run(kernel, inputs)
+    monkeypatch.setattr(codegen, "run_kernel", run_checked)
+
+
+def rand(*shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def node(op, inputs, outputs=("Y",), **attrs):
+    return helper.make_node(op, list(inputs), list(outputs), **attrs)
+
+
+# -- Conv -------------------------------------------------------------------------------------
+
+CONV_CASES = [
+    # (X shape, W shape, with bias, attrs)
+    ((1, 3, 6, 6), (4, 3, 3, 3), True, {}),
+    ((2, 3, 7, 6), (4, 3, 3, 3), False, dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    ((1, 2, 9, 8), (3, 2, 3, 2), True, dict(dilations=[2, 1], pads=[0, 1, 2, 0])),
+    ((2, 4, 5, 5), (6, 2, 3, 3), True, dict(group=2, pads=[1, 1, 1, 1])),
+    ((1, 3, 6, 6), (3, 1, 3, 3), True, dict(group=3, strides=[2, 1], pads=[1, 0, 1, 2])),
+    ((1, 2, 7, 7), (3, 2, 3, 3), False, dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    ((1, 2, 6, 6), (3, 2, 2, 2), True, dict(auto_pad="SAME_LOWER")),
+    ((1, 2, 7, 6), (3, 2, 3, 3), True, dict(auto_pad="VALID", strides=[2, 2])),
+    ((2, 3, 10), (4, 3, 3), True, dict(pads=[2, 1], dilations=[2])),
+    ((1, 2, 4, 5, 4), (2, 2, 2, 3, 2), True, dict(pads=[1, 0, 1, 0, 1, 1])),
+]
+
+
+@pytest.mark.parametrize("xs, ws, bias, attrs", CONV_CASES)
+def test_conv(xs, ws, bias, attrs):
+    inputs = {"X": rand(*xs), "W": rand(*ws, seed=1)}
+    if bias:
+        inputs["B"] = rand(ws[0], seed=2)
+    check_node(node("Conv", inputs, **attrs), inputs, opset=11, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_float64():
+    inputs = {"X": rand(1, 2, 5, 5, dtype=np.float64), "W": rand(2, 2, 3, 3, dtype=np.float64)}
+    check_node(node("Conv", inputs, pads=[1, 1, 1, 1]), inputs, opset=9)
+
+
+# -- pooling ----------------------------------------------------------------------------------
+
+POOL_CASES = [
+    ("MaxPool", 12, dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ("MaxPool", 12, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("MaxPool", 12, dict(kernel_shape=[2, 3], dilations=[2, 1], pads=[1, 0, 0, 1])),
+    ("MaxPool", 12, dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", 12, dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")),
+    ("MaxPool", 10, dict(kernel_shape=[2, 2], auto_pad="SAME_LOWER")),
+    ("AveragePool", 11, dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ("AveragePool", 11, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("AveragePool", 11, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 2, 1, 0],
+                             count_include_pad=1)),
+    ("AveragePool", 11, dict(kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1)),
+    ("AveragePool", 11, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                             ceil_mode=1, count_include_pad=1)),
+    ("AveragePool", 11, dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")),
+    ("AveragePool", 19, dict(kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 1, 1, 1])),
+]
+
+
+@pytest.mark.parametrize("op, opset, attrs", POOL_CASES)
+def test_pool(op, opset, attrs):
+    inputs = {"X": rand(2, 3, 8, 7)}
+    check_node(node(op, ["X"], **attrs), inputs, opset=opset)
+
+
+@pytest.mark.parametrize("op, xs, dtype, attrs", [
+    ("MaxPool", (1, 2, 9), np.float64, dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    # onnx.reference pads int inputs with NaN (an error) unless strides take its other path
+    ("MaxPool", (1, 2, 6, 6), np.int8, dict(kernel_shape=[2, 2], strides=[2, 2],
+                                            pads=[1, 1, 0, 0])),
+    ("AveragePool", (1, 2, 4, 5, 4), np.float32, dict(kernel_shape=[2, 3, 2], pads=[1] * 6)),
+])
+def test_pool_other_ranks_and_types(op, xs, dtype, attrs):
+    x = rand(*xs, dtype=np.float32) * 40
+    check_node(node(op, ["X"], **attrs), {"X": x.astype(dtype)}, opset=12)
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pool(op):
+    check_node(node(op, ["X"]), {"X": rand(2, 3, 5, 4)})
+
+
+def test_maxpool_indices_unsupported():
+    n = node("MaxPool", ["X"], ["Y", "I"], kernel_shape=[2, 2])
+    with pytest.raises(UnsupportedOpError, match="MaxPool.*Indices"):
+        run_nestor_node(n, {"X": rand(1, 1, 4, 4)}, opset=12)
+
+
+# -- normalizations ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset, shape", [(9, (2, 3, 4, 5)), (15, (3, 4))])
+def test_batchnorm(opset, shape):
+    """Inference mode at every opset; onnx.reference's BatchNormalization_9 always blends in
+    the batch statistics (momentum defaults to 0.9), so the expected value is opset 15's."""
+    c = shape[1]
+    inputs = {"X": rand(*shape), "S": rand(c, seed=1), "B": rand(c, seed=2),
+              "M": rand(c, seed=3), "V": np.abs(rand(c, seed=4)) + 0.5}
+    n = node("BatchNormalization", inputs, epsilon=1e-3)
+    got = run_nestor_node(n, inputs, opset=opset)[0]
+    np.testing.assert_allclose(got, run_reference(n, inputs, opset=15)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_training_unsupported():
+    inputs = {n: rand(*s) for n, s in
+              [("X", (2, 3, 4)), ("S", (3,)), ("B", (3,)), ("M", (3,)), ("V", (3,))]}
+    with pytest.raises(UnsupportedOpError, match="BatchNormalization.*training_mode"):
+        n = node("BatchNormalization", inputs, ["Y", "RM", "RV"], training_mode=1)
+        run_nestor_node(n, inputs, opset=15)
+
+
+# onnx.reference's LRN loops over range(N) instead of range(C): N == C keeps it right.
+@pytest.mark.parametrize("size, attrs", [(3, {}), (4, dict(alpha=0.01, beta=0.5, bias=2.0))])
+def test_lrn(size, attrs):
+    check_node(node("LRN", ["X"], size=size, **attrs), {"X": rand(5, 5, 3, 4)}, opset=13)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 7)])
+def test_instancenorm(shape):
+    inputs = {"X": rand(*shape), "S": rand(shape[1], seed=1), "B": rand(shape[1], seed=2)}
+    check_node(node("InstanceNormalization", inputs, epsilon=1e-4), inputs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis, bias, outputs", [
+    (-1, True, ("Y",)), (1, False, ("Y", "Mean", "InvStd")), (-2, True, ("Y", "Mean")),
+])
+def test_layernorm(axis, bias, outputs):
+    x = rand(2, 3, 4) * 3 + 1
+    inputs = {"X": x, "S": rand(*x.shape[axis:], seed=1)}
+    if bias:
+        inputs["B"] = rand(x.shape[-1], seed=2)
+    n = node("LayerNormalization", inputs, outputs, axis=axis, epsilon=1e-3)
+    check_node(n, inputs, rtol=1e-4, atol=1e-4)
+
+
+# -- softmax family ---------------------------------------------------------------------------
+
+SOFTMAX_OPS = ["Softmax", "LogSoftmax", "Hardmax"]
+
+
+def _softmax_input(op):
+    x = rand(2, 3, 4) * 5
+    return np.round(x) if op == "Hardmax" else x  # ties: the first maximum wins
+
+
+@pytest.mark.parametrize("op", SOFTMAX_OPS)
+@pytest.mark.parametrize("opset, axis", [(13, None), (13, 1), (11, 2)])
+def test_softmax(op, opset, axis):
+    attrs = {} if axis is None else {"axis": axis}
+    check_node(node(op, ["X"], **attrs), {"X": _softmax_input(op)}, opset=opset)
+
+
+@pytest.mark.parametrize("op", SOFTMAX_OPS)
+def test_softmax_before_opset13_coerces_to_2d(op):
+    """Opset < 13 normalizes over all dims from axis on. onnx.reference applies the opset-13
+    rule to every opset, so the expected value comes from the 2-D view at opset 13."""
+    x = _softmax_input(op)
+    got = run_nestor_node(node(op, ["X"]), {"X": x}, opset=11)[0]
+    want = run_reference(node(op, ["X"], axis=1), {"X": x.reshape(2, 12)}, opset=13)[0]
+    np.testing.assert_allclose(got, want.reshape(x.shape), rtol=1e-5, atol=1e-6)
+
+
+# -- Gemm and MatMul --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ta, tb, alpha, beta, c_shape", [
+    (0, 0, 1.0, 1.0, None),
+    (1, 0, 0.5, 1.0, (5,)),
+    (0, 1, 1.0, 2.0, (3, 1)),
+    (1, 1, 1.5, 0.5, (3, 5)),
+    (0, 0, 1.0, 1.0, ()),
+])
+def test_gemm(ta, tb, alpha, beta, c_shape):
+    a, b = rand(*((4, 3) if ta else (3, 4))), rand(*((5, 4) if tb else (4, 5)), seed=1)
+    inputs = {"A": a, "B": b}
+    if c_shape is not None:
+        inputs["C"] = rand(*c_shape, seed=2)
+    n = node("Gemm", inputs, transA=ta, transB=tb, alpha=alpha, beta=beta)
+    check_node(n, inputs, opset=13)
+
+
+@pytest.mark.parametrize("a_shape, b_shape, dtype", [
+    ((3, 4), (4, 5), np.float32),
+    ((4,), (4, 5), np.float32),
+    ((3, 4), (4,), np.float32),
+    ((4,), (4,), np.float64),
+    ((2, 1, 3, 4), (5, 4, 2), np.float32),
+    ((2, 3, 4), (4,), np.float32),
+    ((2, 3, 4), (2, 4, 3), np.int32),
+])
+def test_matmul(a_shape, b_shape, dtype):
+    inputs = {"A": (rand(*a_shape) * 4).astype(dtype),
+              "B": (rand(*b_shape, seed=1) * 4).astype(dtype)}
+    check_node(node("MatMul", ["A", "B"]), inputs, opset=13)
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+REDUCE_OPS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+              "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
+
+
+def _reduce(op, x, opset, axes, **attrs):
+    """Axes as attribute before the opset that made them an input, as a constant after."""
+    as_input = opset >= (13 if op == "ReduceSum" else 18)
+    consts = {"axes": np.array(axes, np.int64)} if as_input and axes is not None else {}
+    if axes is not None and not as_input:
+        attrs["axes"] = axes
+    n = node(op, ["X"] + (["axes"] if consts else []), **attrs)
+    # positive inputs keep the logs defined; long products stay small
+    check_node(n, {"X": x}, consts, opset=opset, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", REDUCE_OPS)
+@pytest.mark.parametrize("opset, axes, keepdims", [(11, [1], 1), (18, [0, -1], 0), (13, None, 1)])
+def test_reduce(op, opset, axes, keepdims):
+    x = np.abs(rand(3, 4, 5)) + 0.5
+    _reduce(op, x, opset, axes, keepdims=keepdims)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMax", "ReduceProd", "ReduceSumSquare"])
+def test_reduce_int(op):
+    x = (rand(3, 4) * 3).astype(np.int64)
+    _reduce(op, x, 18, [1], keepdims=0)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceL2"])
+def test_reduce_noop_with_empty_axes(op):
+    _reduce(op, rand(2, 3), 18, None, noop_with_empty_axes=1)
+
+
+def test_reduce_all_to_scalar():
+    _reduce("ReduceMean", rand(4, 6), 11, None, keepdims=0)
+
+
+def test_reduce_axes_must_be_constant():
+    n = node("ReduceSum", ["X", "axes"])
+    inputs = {"X": rand(2, 3), "axes": np.array([1], np.int64)}
+    with pytest.raises(UnsupportedOpError, match="ReduceSum.*opset 13.*constant"):
+        run_nestor_node(n, inputs, opset=13)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis, keepdims, last", [(1, 1, 0), (-1, 0, 1), (0, 1, 1)])
+def test_arg(op, axis, keepdims, last):
+    x = np.round(rand(3, 4, 5) * 2).astype(np.float32)  # many ties
+    n = node(op, ["X"], axis=axis, keepdims=keepdims, select_last_index=last)
+    check_node(n, {"X": x}, opset=13)
