@@ -97,7 +97,7 @@ class CompiledModel:
             base[name] = tvm.runtime.empty(shape, dtype, dev)
             self._inputs.append(base[name])
         for name, value in self.constants.items():
-            base[name] = tvm.runtime.tensor(np.ascontiguousarray(value), dev)
+            base[name] = tvm.runtime.tensor(np.asarray(value, order="C"), dev)  # keeps 0-d
         self._tensors = {}
         for name, t in self.plan["tensors"].items():
             shape, dtype = tuple(t["shape"]), t["dtype"]
@@ -131,7 +131,7 @@ class CompiledModel:
                 raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")
             if value.dtype != np.dtype(dtype):
                 raise InputError(f"input '{name}' must have dtype {dtype}, got {value.dtype}")
-            dst.copyfrom(np.ascontiguousarray(value))
+            dst.copyfrom(np.asarray(value, order="C"))
 
     def _execute(self) -> None:
         for func, args in self._steps:

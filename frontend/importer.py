@@ -188,9 +188,9 @@ def _lower(node, opsets, consts, types) -> Node:
     if lower is None:
         raise UnsupportedOpError(f"unsupported op {node.op_type} (node '{node.name}', opset {opset})")
 
-    def info(name, required=True):
-        if not name or (not required and name not in types):
-            return None  # an omitted input, or an output nobody reads (Dropout's mask)
+    def info(name):
+        if not name:
+            return None  # an omitted optional input or output
         if name not in types:
             raise ModelError(f"{node.op_type} node '{node.name}': the shape of tensor '{name}' "
                              f"could not be inferred statically")
@@ -198,7 +198,7 @@ def _lower(node, opsets, consts, types) -> Node:
         return TensorInfo(t.shape, t.dtype, consts.get(name))
 
     ctx = make_context(node, node.name, opset, [info(i) for i in node.input],
-                       [info(o, required=False) for o in node.output if o])
+                       [info(o) for o in node.output if o])
     lowered = lower(ctx)
     outputs = [o for o in node.output if o]
     if isinstance(lowered, Alias):

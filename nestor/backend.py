@@ -12,20 +12,41 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from .api import compile as nestor_compile
+from .frontend import UnsupportedOpError
+from .ir.errors import ModelError
 
 
 class NestorRep(BackendRep):
-    def __init__(self, compiled):
+    """A prepared model. Nestor compiles static programs: when a model's shapes depend on the
+    values of integer inputs (a Reshape target, Slice bounds, reduction axes fed at run time),
+    the rep compiles on first run with those inputs baked in as constants, once per value."""
+
+    def __init__(self, model: onnx.ModelProto, compiled=None, input_shapes=None):
+        self.model = model
         self.compiled = compiled
+        self.input_shapes = input_shapes
+        self._specialized: dict[bytes, object] = {}
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
-        if isinstance(inputs, np.ndarray):
+        if isinstance(inputs, (np.ndarray, onnx.TensorProto)):
             inputs = [inputs]
-        return tuple(self.compiled.run(inputs))
+        inputs = ({k: _array(v) for k, v in inputs.items()} if isinstance(inputs, dict)
+                  else [_array(v) for v in inputs])
+        if self.compiled is not None:
+            return tuple(self.compiled.run(inputs))
+        names = [vi.name for vi in self.model.graph.input
+                 if vi.name not in {t.name for t in self.model.graph.initializer}]
+        values = dict(zip(names, inputs)) if not isinstance(inputs, dict) else dict(inputs)
+        baked = {n: np.asarray(v) for n, v in values.items() if _shape_like(np.asarray(v))}
+        key = b"".join(n.encode() + v.tobytes() + str(v.shape).encode() for n, v in sorted(baked.items()))
+        if key not in self._specialized:
+            self._specialized[key] = nestor_compile(_bake(self.model, baked), input_shapes=self.input_shapes)
+        rest = {n: v for n, v in values.items() if n not in baked}
+        return tuple(self._specialized[key].run(rest))
 
 
 class NestorBackend(Backend):
@@ -37,7 +58,13 @@ class NestorBackend(Backend):
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> NestorRep:
         if not cls.supports_device(device):
             raise RuntimeError(f"Nestor's ONNX backend runs on CPU only, not {device}")
-        return NestorRep(nestor_compile(model, input_shapes=kwargs.get("input_shapes")))
+        shapes = kwargs.get("input_shapes")
+        try:
+            return NestorRep(model, nestor_compile(model, input_shapes=shapes), shapes)
+        except (UnsupportedOpError, ModelError) as err:
+            if not _needs_values(err):
+                raise
+            return NestorRep(model, None, shapes)  # compiled at run time, per input value
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any):
@@ -57,6 +84,31 @@ class NestorBackend(Backend):
         model = helper.make_model(helper.make_graph([node], "node", vis, outs),
                                   opset_imports=[helper.make_opsetid("", opset)])
         return cls.run_model(model, inputs, device)
+
+
+def _array(value) -> np.ndarray:
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
+def _needs_values(err: Exception) -> bool:
+    text = str(err)
+    return "must be a constant" in text or "could not be inferred statically" in text
+
+
+def _shape_like(value: np.ndarray) -> bool:
+    """Small integer tensors are what shapes, axes, pads and bounds are made of; scalars may
+    also be Range bounds or a Pad value."""
+    return value.ndim == 0 or (value.dtype.kind in "iu" and value.ndim <= 1 and value.size <= 16)
+
+
+def _bake(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [vi for vi in out.graph.input if vi.name not in values]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    out.graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in values.items())
+    return out
 
 
 prepare = NestorBackend.prepare

@@ -26,7 +26,7 @@ def default_schedule(kernel: Kernel, num_cores: int | None = None) -> Kernel:
 
 def _schedule(stmt: Stmt, cores: int) -> Stmt:
     def nest(loop: For) -> Stmt:
-        vectorized = _vectorize_innermost(_sink_into_reduction(loop))
+        vectorized = _map_loops(_sink_into_reduction(loop), _vectorize_innermost)
         return _parallelize(vectorized, cores) if cores > 1 else vectorized
     return _map_loops(stmt, nest)
 

@@ -10,10 +10,11 @@ from functools import reduce
 
 from onnx import helper
 
-from ...ir import (Expr, Not, as_expr, call, canonical, cast, eq, ge, gt, is_float, le,
-                   logical_and, logical_or, lt, maximum, minimum, ne, select)
-from .common import elementwise
-from .registry import Alias, OpContext, register_op
+from ...ir import (Const, Expr, Kernel, Not, as_expr, call, canonical, cast, eq, ge, gt, is_float,
+                   le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne, select, seq,
+                   store)
+from .common import elementwise, input_buffer, output_buffer
+from .registry import Alias, Lowered, OpContext, register_op
 
 
 def _c(x: Expr, value) -> Expr:
@@ -219,8 +220,16 @@ def lower_identity(ctx: OpContext):
 
 @register_op("Dropout")
 def lower_dropout(ctx: OpContext):
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        raise ctx.unsupported("the mask output is not supported")
     if ctx.opset >= 12 and ctx.has_input(2) and bool(ctx.const(2).item()):
         raise ctx.unsupported("training_mode=True is not supported")
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        return _identity_with_mask(ctx)
     return Alias(0)
+
+
+def _identity_with_mask(ctx: OpContext) -> Lowered:
+    """Inference-mode Dropout asked for its mask: Out = X, and the mask keeps every element."""
+    x, out, mask = input_buffer(ctx, 0), output_buffer(ctx, 0), output_buffer(ctx, 1, "Mask")
+    body = loop_nest(x.shape, lambda *v: seq(store(out, v, x[v] if v else x[()]),
+                                             store(mask, v, Const(True, "bool"))))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), (out, mask), body), [0])

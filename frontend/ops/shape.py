@@ -251,7 +251,10 @@ def _depth_to_space(ctx: OpContext, x: Buffer, b: int, vs) -> Expr:
 
 def _space_to_depth(ctx: OpContext, x: Buffer, b: int, vs) -> Expr:
     n, k, h, w = vs
-    c, block = k % x.shape[1], k // x.shape[1]
+    if ctx.attr("mode", "DCR") == "CRD":  # opset 28: channel-major output depth
+        c, block = k // (b * b), k % (b * b)
+    else:
+        c, block = k % x.shape[1], k // x.shape[1]
     return x[n, c, h * b + block // b, w * b + block % b]
 
 
