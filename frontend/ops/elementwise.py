@@ -40,6 +40,23 @@ def _fmod(a: Expr, b: Expr) -> Expr:
     return a - (_trunc(q) if is_float(a.dtype) else q) * b
 
 
+def _float_fmod(a: Expr, b: Expr) -> Expr:
+    """C fmod for floats, with its edge cases: a finite dividend over an infinite divisor is the
+    dividend (a - trunc(a/b)*b would be 0*inf = NaN there); inf over anything, anything over 0 and
+    NaNs give NaN, which the quotient already does."""
+    inf_b = logical_and(eq(call("abs", b), _c(b, math.inf)), ne(call("abs", a), _c(a, math.inf)))
+    return select(inf_b, a, _fmod(a, b))
+
+
+def _float_mod(a: Expr, b: Expr) -> Expr:
+    """numpy.mod (Python %) for floats: fmod, moved by one divisor when its sign differs from the
+    divisor's; a zero result takes the divisor's sign (as numpy does)."""
+    r = _float_fmod(a, b)
+    zero = select(lt(b, _c(b, 0)), _c(b, -0.0), _c(b, 0.0))
+    moved = select(ne(lt(r, _c(r, 0)), lt(b, _c(b, 0))), r + b, r)
+    return select(eq(r, _c(r, 0)), zero, moved)
+
+
 def _gelu(ctx: OpContext, x: Expr) -> Expr:
     approx = ctx.attr("approximate", "none")
     if approx == "none":
@@ -55,9 +72,17 @@ def _sign(x: Expr) -> Expr:
     return select(gt(x, _c(x, 0)), _c(x, 1), select(lt(x, _c(x, 0)), _c(x, -1), _c(x, 0)))
 
 
+def _log1p(u: Expr) -> Expr:
+    """log(1 + u), accurate for small u: log(w) * u / (w - 1) with w = 1 + u cancels the rounding
+    of 1 + u (Goldberg's trick; w == 1 means u is below half an ulp of 1, where log1p(u) = u)."""
+    w = u + 1
+    return select(eq(w, _c(w, 1)), u, call("log", w) * u / (w - 1))
+
+
 def _softplus(x: Expr) -> Expr:
-    # log(1 + exp(x)) written so that exp never overflows (numpy's logaddexp(0, x))
-    return maximum(x, 0) + call("log", call("exp", -call("abs", x)) + 1)
+    # log(1 + exp(x)) written so that exp never overflows and the small terms stay accurate
+    # (numpy's logaddexp(0, x)): max(x, 0) + log1p(exp(-|x|))
+    return maximum(x, 0) + _log1p(call("exp", -call("abs", x)))
 
 
 def _is_inf(ctx: OpContext, x: Expr) -> Expr:
@@ -98,6 +123,7 @@ UNARY = {
     "Sign": lambda ctx, x: _sign(x),
     "Softplus": lambda ctx, x: _softplus(x),
     "Softsign": lambda ctx, x: x / (call("abs", x) + 1),
+    "Mish": lambda ctx, x: x * call("tanh", _softplus(x)),
     "Gelu": _gelu,
     "Not": lambda ctx, x: Not(x),
     "IsInf": _is_inf,
@@ -147,8 +173,13 @@ def lower_mean(ctx: OpContext):
 
 @register_op("Mod")
 def lower_mod(ctx: OpContext):
-    # fmod=0 is the sign of the divisor (Python), which the IR's `mod` is
-    return elementwise(ctx, _fmod if ctx.attr("fmod", 0) else (lambda a, b: a % b), args=[0, 1])
+    # fmod=0 is the sign of the divisor (Python), which the IR's `mod` is for integers; floats
+    # spell it out to get numpy's results on infinities, zeros and NaNs
+    if is_float(ctx.inputs[0].dtype):
+        fn = _float_fmod if ctx.attr("fmod", 0) else _float_mod
+    else:
+        fn = _fmod if ctx.attr("fmod", 0) else (lambda a, b: a % b)
+    return elementwise(ctx, fn, args=[0, 1])
 
 
 @register_op("Where")

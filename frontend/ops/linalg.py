@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...ir import Kernel, as_expr
 from .common import broadcast_index, input_buffer, output_buffer
-from .reduce import reduction
+from .reduce import reduction, widen
 from .registry import Lowered, OpContext, register_op
 
 
@@ -30,7 +30,8 @@ def lower_gemm(ctx: OpContext) -> Lowered:
 
     def value(s, r):
         (i, j), (k,) = s, r
-        return _scaled(a[(k, i) if trans_a else (i, k)] * b[(j, k) if trans_b else (k, j)], alpha)
+        return _scaled(widen(a[(k, i) if trans_a else (i, k)]) * widen(b[(j, k) if trans_b else (k, j)]),
+                       alpha)
 
     body = reduction(out, out.shape, [k_extent], lambda s: s, init, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
@@ -52,7 +53,7 @@ def lower_matmul(ctx: OpContext) -> Lowered:
         i = s.pop() if a_mat else None
         a_idx = broadcast_index(a.shape[:-2], s) + (i, k) if a_mat else (k,)
         b_idx = broadcast_index(b.shape[:-2], s) + (k, j) if b_mat else (k,)
-        return a[a_idx] * b[b_idx]
+        return widen(a[a_idx]) * widen(b[b_idx])
 
     body = reduction(out, out.shape, [k_extent], lambda s: s, 0, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), (a, b), (out,), body), [0, 1])

@@ -12,7 +12,7 @@ from ...ir import (INDEX, Buffer, Expr, Kernel, Var, as_expr, call, cast, eq, ge
                    is_int, logical_and, loop_nest, lt, maximum, minimum, select, seq, store)
 from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
 from .reduce import (allocate, arg_extreme, flat_position, keep_index, keep_shape, lowest,
-                     reduce_axes, reduction, square, temp)
+                     reduce_axes, reduction, square, temp, widen)
 from .registry import Lowered, OpContext, register_op
 
 
@@ -134,7 +134,7 @@ def lower_conv(ctx: OpContext) -> Lowered:
         c, taps = r[0], r[1:]
         channel = s[1] * c_per_group + c if grouped else c
         xv = _padded_load(x, (s[0], channel), windows, s[-nsp:], taps, as_expr(0, x.dtype))
-        return xv * w[(index(s)[1], c, *taps)]
+        return widen(xv) * widen(w[(index(s)[1], c, *taps)])
 
     inputs, args, init = [x, w], [0, 1], 0
     if ctx.has_input(2):

@@ -24,6 +24,10 @@ def reduction(acc: Buffer, spatial: Sequence[int], reduce: Sequence[int],
     `init` is a number, an Expr or a function of the acc index. Loops are named
     {tag}i0, {tag}i1, ... (spatial) and {tag}r0, ... (reduce): tags keep names unique per kernel.
     """
+    wide = bool(reduce) and op in WIDENED_OPS and acc.dtype in WIDE_ACCUMULATOR
+    if wide:  # accumulate in a wider temp, then round once into acc (as numpy does for f16)
+        return _widened_reduction(acc, spatial, reduce, index, init, value, op, finalize, tag)
+
     def outer(*s: Var) -> Stmt:
         idx = index(s)
         start = as_expr(init(idx) if callable(init) else init, acc.dtype)
@@ -34,6 +38,39 @@ def reduction(acc: Buffer, spatial: Sequence[int], reduce: Sequence[int],
                          prefix=tag + "r", axis="reduce")
         return seq(store(acc, idx, start), body, end)
     return loop_nest(spatial, outer, prefix=tag + "i")
+
+
+# Sums and products of these dtypes accumulate in the wider one: numpy (and so onnx.reference)
+# adds and multiplies float16 in float32 and rounds once at the end; a float16 accumulator
+# rounds at every step and drifts by several ulps over a long reduction.
+WIDE_ACCUMULATOR = {"float16": "float32"}
+WIDENED_OPS = ("add", "mul")
+
+
+def accumulator_dtype(dtype: str) -> str:
+    return WIDE_ACCUMULATOR.get(dtype, dtype)
+
+
+def widen(x: Expr) -> Expr:
+    """x in its accumulator dtype: for the terms of a reduction whose products should not
+    round to float16 (matmul, conv)."""
+    return cast(accumulator_dtype(x.dtype), x)
+
+
+def _widened_reduction(acc: Buffer, spatial, reduce, index, init, value, op, finalize,
+                       tag) -> Stmt:
+    wide = temp(f"{acc.name}_acc", acc.shape, WIDE_ACCUMULATOR[acc.dtype])
+
+    def outer(*s: Var) -> Stmt:
+        idx = index(s)
+        start = as_expr(init(idx) if callable(init) else init, acc.dtype)
+        body = loop_nest(reduce, lambda *r: store(wide, idx, cast(wide.dtype, value(s, r)),
+                                                  reduce=op),
+                         prefix=tag + "r", axis="reduce")
+        result = cast(acc.dtype, wide[idx])
+        return seq(store(wide, idx, cast(wide.dtype, start)), body,
+                   store(acc, idx, finalize(result, idx) if finalize else result))
+    return allocate([wide], loop_nest(spatial, outer, prefix=tag + "i"))
 
 
 def reduce_axes(acc: Buffer, shape: Sequence[int], axes: Sequence[int], value: Callable,
