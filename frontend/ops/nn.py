@@ -8,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ...ir import (INDEX, Buffer, Expr, Kernel, Var, as_expr, call, cast, eq, ge, is_float,
-                   is_int, logical_and, loop_nest, lt, maximum, minimum, select, seq, store)
+from ...ir import (INDEX, Allocate, Buffer, Expr, Kernel, Stmt, Var, as_expr, call, cast, eq, ge,
+                   is_float, is_int, logical_and, loop_nest, lt, maximum, minimum, select, seq,
+                   store)
 from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
 from .reduce import (allocate, arg_extreme, flat_position, keep_index, keep_shape, lowest,
                      reduce_axes, reduction, square, temp, widen)
@@ -130,10 +131,12 @@ def lower_conv(ctx: OpContext) -> Lowered:
     def index(s):
         return (s[0], s[1] * m_per_group + s[2], *s[3:]) if grouped else s
 
+    padded, pad_stage, windows = _materialize_padding(x, windows)
+
     def value(s, r):
         c, taps = r[0], r[1:]
         channel = s[1] * c_per_group + c if grouped else c
-        xv = _padded_load(x, (s[0], channel), windows, s[-nsp:], taps, as_expr(0, x.dtype))
+        xv = _padded_load(padded, (s[0], channel), windows, s[-nsp:], taps, as_expr(0, x.dtype))
         return widen(xv) * widen(w[(index(s)[1], c, *taps)])
 
     inputs, args, init = [x, w], [0, 1], 0
@@ -143,7 +146,30 @@ def lower_conv(ctx: OpContext) -> Lowered:
         args.append(2)
         init = lambda idx: b[idx[1]]  # noqa: E731
     body = reduction(out, spatial, (c_per_group, *w.shape[2:]), index, init, value, "add")
+    if pad_stage is not None:
+        body = Allocate(padded, seq(pad_stage, body))
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
+
+
+def _materialize_padding(x: Buffer, windows):
+    """A zero-padded copy of the input when any window reaches outside it (TOPI's pad_temp):
+    the conv's hot loop then reads in-bounds, contiguous data with no per-tap condition, which
+    vectorizes (a lane-dependent lazy select does not). Returns (buffer to read, the stage that
+    fills it or None, windows over that buffer)."""
+    if not any(w.first < 0 or w.last >= w.size for w in windows):
+        return x, None, windows
+    sizes = [w.begin + max(w.size, w.last + 1) for w in windows]
+    padded = Buffer(f"{x.name}_pad", (*x.shape[:2], *sizes), x.dtype)
+
+    def fill(*v):
+        src = [p - w.begin if w.begin else p for p, w in zip(v[2:], windows)]
+        conds = [c for w, p in zip(windows, src) for c in w.inside(p)]
+        value = x[(*v[:2], *src)]
+        return store(padded, v, select(logical_and(*conds), value, as_expr(0, x.dtype)) if conds else value)
+
+    stage = loop_nest(padded.shape, fill, prefix="p")
+    inner = [_Window(size, w.kernel, w.stride, w.dilation, 0, 0, w.out) for size, w in zip(sizes, windows)]
+    return padded, stage, inner
 
 
 @register_op("MaxPool", "AveragePool")
@@ -153,8 +179,6 @@ def lower_pool(ctx: OpContext) -> Lowered:
     count_include_pad)."""
     x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
     is_max = ctx.op_type == "MaxPool"
-    if is_max and _requested(ctx, 1):
-        raise ctx.unsupported("the Indices output")
     if not (is_float(x.dtype) or (is_max and is_int(x.dtype))):
         raise ctx.unsupported(f"input type {x.dtype}")
     kernel = ctx.attr("kernel_shape")
@@ -169,7 +193,52 @@ def lower_pool(ctx: OpContext) -> Lowered:
     finalize = None if is_max else _average_divisor(ctx, windows, x.dtype)
     body = reduction(out, out.shape, kernel, lambda s: s, pad, value,
                      "max" if is_max else "add", finalize)
-    return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
+    outputs = [out]
+    if is_max and _requested(ctx, 1):
+        indices = _requested_output(ctx, 1, "Indices")
+        outputs.append(indices)
+        body = seq(body, _maxpool_indices(ctx, x, out, indices, windows, kernel))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), tuple(outputs), body), [0])
+
+
+def _maxpool_indices(ctx: OpContext, x: Buffer, out: Buffer, indices: Buffer, windows,
+                     kernel) -> Stmt:
+    """MaxPool's Indices: the flat index into X (batch and channel included) of the first tap,
+    in window order, that holds the max. Window order is row-major over the positions, so the
+    first such tap is the one with the smallest row-major index; storage_order=1 then rewrites
+    that index column-major over the spatial dims (as onnx.reference does: n, c stay outer)."""
+    storage_order = ctx.attr("storage_order", 0)
+    if storage_order not in (0, 1):
+        raise ctx.unsupported(f"storage_order={storage_order}")
+    dt = indices.dtype
+    sizes = x.shape[2:]
+    spatial = int(np.prod(sizes))
+    row = [int(np.prod(sizes[k + 1:])) for k in range(len(sizes))]   # row-major strides
+    col = [int(np.prod(sizes[:k])) for k in range(len(sizes))]       # column-major strides
+    miss = as_expr(int(np.prod(x.shape)), dt)                        # beyond every index
+
+    def base(s):
+        return (cast(dt, s[0]) * x.shape[1] + cast(dt, s[1])) * spatial
+
+    def value(s, taps):
+        positions = [w.pos(o, k) for w, o, k in zip(windows, s[2:], taps)]
+        flat = base(s)
+        for p, stride in zip(positions, row):
+            flat = flat + cast(dt, p) * stride
+        conds = [c for w, p in zip(windows, positions) for c in w.inside(p)]
+        hit = select(eq(x[(*s[:2], *positions)], out[s]), flat, miss)  # lazy: no padded load
+        return select(logical_and(*conds), hit, miss) if conds else hit
+
+    finalize = None
+    if storage_order == 1 and len(sizes) > 1:
+        def finalize(acc, idx):
+            b = base(idx)
+            rel, res = acc - b, b
+            for n, r, c in zip(sizes, row, col):
+                res = res + (rel // r) % n * c
+            return select(eq(acc, miss), acc, res)
+    return reduction(indices, out.shape, kernel, lambda s: s, miss, value, "min", finalize,
+                     tag="idx_")
 
 
 def _average_divisor(ctx: OpContext, windows, dtype: str):
