@@ -64,27 +64,37 @@ def _weight(rng, shape) -> np.ndarray:
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
 
 
+class _GraphBuilder:
+    """Collects initializers and nodes; each method returns the name of what it made."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.inits: list[onnx.TensorProto] = []
+        self.nodes: list[onnx.NodeProto] = []
+
+    def weight(self, name: str, shape, scale: float = 0.1) -> str:
+        value = (self.rng.standard_normal(shape) * scale).astype(np.float32)
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def const(self, name: str, value, dtype=np.float32) -> str:
+        self.inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+
 def exported_encoder(seq: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 128,
                      vocab: int = 100, seed: int = 0, opset: int = 14) -> onnx.ModelProto:
     """An embedding + encoder layer written the way PyTorch's TorchScript exporter writes it:
     LayerNorm decomposed (ReduceMean, Sub, Pow, Sqrt, Div), head reshapes computed from Shape /
     Gather / Unsqueeze / Concat, an int64 attention mask turned into a bias with Cast / Where /
     Expand, token and position embeddings with Gather and Slice, GELU with Tanh, a Sigmoid gate."""
-    rng = np.random.default_rng(seed)
+    b = _GraphBuilder(seed)
+    w, c, n, inits, nodes = b.weight, b.const, b.node, b.inits, b.nodes
     head = hidden // heads
-    inits, nodes = [], []
-
-    def w(name, shape, scale=0.1):
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
-        return name
-
-    def c(name, value, dtype=np.float32):
-        inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
-        return name
-
-    def n(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
     def layer_norm(x, name):
         mean = n("ReduceMean", [x], f"{name}.mean", axes=[-1], keepdims=1)
@@ -151,21 +161,9 @@ def encoder_block(seq: int = 128, hidden: int = 768, heads: int = 12, ffn: int =
                   batch: int = 1, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
     """One BERT-base encoder layer as PyTorch's exporter writes it (MatMul+Add, Reshape/Transpose
     for heads, Softmax attention, Erf GELU, LayerNormalization)."""
-    rng = np.random.default_rng(seed)
+    b = _GraphBuilder(seed)
+    w, c, n, inits, nodes = b.weight, b.const, b.node, b.inits, b.nodes
     head = hidden // heads
-    inits, nodes = [], []
-
-    def w(name, shape, scale):
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
-        return name
-
-    def c(name, value, dtype=np.float32):
-        inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
-        return name
-
-    def n(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
     def linear(x, name, k, m):
         y = n("MatMul", [x, w(f"{name}.weight", (k, m), 1 / np.sqrt(k))], f"{name}.mm")
