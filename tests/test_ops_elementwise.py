@@ -40,6 +40,12 @@ def check(node, inputs, consts, opset, tol):
 f32, i32, i64 = "float32", "int32", "int64"
 NONZERO_I32 = np.array([[3, -3, 2], [-2, 5, 7]], "int32")
 
+# numpy.mod's edge cases (ONNX's test_mod_float_edge_cases): signed zeros, infinite divisors
+# (a finite dividend keeps or crosses to the divisor's sign), inf dividends, zero divisors, NaNs
+MOD_X = np.array([0, -0.0, 0, -0.0, -3, 3, -1, 1, np.inf, -np.inf, 1, 1, np.nan, 1, 5.5, -5.5], f32)
+MOD_Y = np.array([-2, 2, 2, -2, np.inf, np.inf, -np.inf, -np.inf, 2, 2, 0, -0.0, 2, np.nan,
+                  -2, 2], f32)
+
 ARITH = [
     case("Add", [rand(2, 3, 4), rand(4)]),
     case("Add", [rand(2, 1, dtype=i64, lo=-9, hi=9), rand(3, dtype=i64, lo=-9, hi=9)],
@@ -52,6 +58,11 @@ ARITH = [
     case("Mod", [rand(2, 3, dtype=i64, lo=-20, hi=20), NONZERO_I32.astype(i64)], fmod=1,
          id="Mod-int-fmod"),
     case("Mod", [rand(2, 3, lo=-5, hi=5), np.array([1.5, -2.0, 0.7], f32)], fmod=1),
+    case("Mod", [MOD_X, MOD_Y], id="Mod-float-edge-cases"),
+    case("Mod", [MOD_X.astype("float64"), MOD_Y.astype("float64")], id="Mod-f64-edge-cases"),
+    case("Mod", [MOD_X.astype("float16"), MOD_Y.astype("float16")], tol=1e-3,
+         id="Mod-f16-edge-cases"),
+    case("Mod", [MOD_X, MOD_Y], fmod=1, id="Mod-fmod-edge-cases"),
     case("Pow", [rand(2, 3), C(2.0, f32)], id="Pow-square"),
     case("Pow", [rand(2, 3, lo=0.1), C(0.5, f32)], id="Pow-sqrt"),
     case("Pow", [rand(2, 3, lo=0.1), C(1.7, f32)], id="Pow-const"),
@@ -100,6 +111,9 @@ UNARY = [case(op, [rand(2, 3, 4)]) for op in (
     case("Abs", [rand(2, 3, dtype=i32, lo=-5, hi=5)], id="Abs-i32"),
     case("Neg", [rand(2, 3, dtype=i64, lo=-5, hi=5)], id="Neg-i64"),
     case("Softplus", [np.array([-100.0, -1.0, 0.0, 1.0, 100.0], f32)], id="Softplus-extreme"),
+    case("Mish", [rand(2, 3, 4, lo=-5, hi=5)], opset=18),
+    case("Mish", [np.array([-100, -30, -9.98, -1e-3, 0, 4.9, 5.1, 30, 100], "float16")],
+         opset=18, tol=1e-3, id="Mish-f16-extreme"),
     case("LeakyRelu", [rand(2, 3)], alpha=0.2),
     case("Elu", [rand(2, 3, dtype="float64")], alpha=0.5),
     case("Selu", [rand(2, 3)], alpha=1.5, gamma=2.0),
@@ -144,6 +158,24 @@ def test_elementwise(node, inputs, consts, opset, tol):
     check(node, inputs, consts, opset, tol)
 
 
+def test_mod_zero_takes_the_divisor_sign():
+    x, y = np.array([0.0, -0.0, 4.0, -4.0], f32), np.array([-2.0, 2.0, -2.0, 2.0], f32)
+    got = run_nestor_node(helper.make_node("Mod", ["x", "y"], ["z"]), {"x": x, "y": y})[0]
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(np.mod(x, y)))
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-13)])
+def test_softplus_and_mish_keep_small_values_accurate(dtype, rtol):
+    """log(1 + e^x) for x << 0 and tanh near 0 lose the small term; Softplus goes through a
+    log1p series and Mish through a cancellation-free identity."""
+    x = -np.logspace(-3, 1.4, 60).astype(dtype)
+    x64 = x.astype(np.float64)
+    want = {"Softplus": np.logaddexp(0, x64), "Mish": x64 * np.tanh(np.logaddexp(0, x64))}
+    for op, w in want.items():
+        got = run_nestor_node(helper.make_node(op, ["x"], ["y"]), {"x": x}, opset=18)[0]
+        np.testing.assert_allclose(got, w, rtol=rtol)
+
+
 X234 = rand(2, 3, 4)
 SHAPE = [
     case("Reshape", [X234, C([0, -1])], id="Reshape-0-minus1"),
@@ -174,6 +206,16 @@ SHAPE = [
     case("Gather", [X234, np.array([-4, 3, 0], i32)], axis=2, id="Gather-axis2-i32"),
     case("Gather", [X234, np.array(-2, i64)], axis=1, id="Gather-scalar"),
     case("Gather", [X234, C([1, 0], i64)], axis=-2, opset=13, id="Gather-const"),
+    case("GatherElements", [X234, np.array([[[1, -1, 0, 2]], [[0, 2, -3, 1]]], i64)], axis=1,
+         opset=13, id="GatherElements-axis1"),
+    case("GatherElements", [rand(3, 3, dtype=i32), np.array([[2, 0, 1], [-1, 1, 0]], i32)],
+         opset=11, id="GatherElements-axis0-i32"),
+    case("GatherElements", [X234, np.array([[[3, 0], [-1, 1], [2, 2]]] * 2, i64)], axis=2,
+         opset=13, id="GatherElements-last-axis"),
+    case("Trilu", [rand(2, 4, 5)], opset=14, id="Trilu-upper"),
+    case("Trilu", [rand(2, 4, 5), C(-1)], opset=14, upper=0, id="Trilu-lower-k-1"),
+    case("Trilu", [rand(3, 5, dtype=i64, lo=1, hi=9), C(2)], opset=14, id="Trilu-upper-k2-i64"),
+    case("Trilu", [rand(4, 3, dtype=bool), C(-7)], opset=14, upper=0, id="Trilu-bool-all-zero"),
     case("Expand", [rand(3, 1), C([2, 1, 4])]),
     case("Tile", [rand(2, 3, dtype=i32), C([2, 1])], id="Tile"),
     case("Pad", [X234], opset=2, pads=[0, 1, 0, 0, 2, 1], value=1.5),
@@ -181,6 +223,9 @@ SHAPE = [
     case("Pad", [X234, C([1, 1, 0, 0, 2, 3]), C(0.0, f32)], opset=13, mode="edge"),
     case("Pad", [rand(2, 3, dtype=i64), C([1, 2]), C(7, i64), C([-1])], opset=18, id="Pad-axes"),
     case("Pad", [X234, C([0, 2, 1, 0, 3, 2])], opset=19, mode="wrap"),
+    case("Pad", [X234, C([1, 0, 2, 0, 1, 1]), np.array(-2.5, f32)], opset=13, id="Pad-value-input"),
+    case("Pad", [rand(2, 3, dtype=i64), C([1, 2]), np.array([7], i64), C([-1])], opset=18,
+         id="Pad-value-input-1elem"),
     case("DepthToSpace", [rand(1, 8, 2, 3)], blocksize=2),
     case("DepthToSpace", [rand(2, 8, 2, 2)], blocksize=2, mode="CRD"),
     case("SpaceToDepth", [rand(1, 2, 4, 6)], blocksize=2),

@@ -103,10 +103,29 @@ def test_global_pool(op):
     check_node(node(op, ["X"]), {"X": rand(2, 3, 5, 4)})
 
 
-def test_maxpool_indices_unsupported():
-    n = node("MaxPool", ["X"], ["Y", "I"], kernel_shape=[2, 2])
-    with pytest.raises(UnsupportedOpError, match="MaxPool.*Indices"):
-        run_nestor_node(n, {"X": rand(1, 1, 4, 4)}, opset=12)
+# onnx.reference computes Indices only on its strided / dilated path (stride 1 everywhere
+# takes a path that returns Y alone), so every case here has a stride or dilation != 1.
+@pytest.mark.parametrize("storage_order", [0, 1])
+@pytest.mark.parametrize("xs, attrs", [
+    ((2, 3, 7, 6), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((2, 3, 7, 6), dict(kernel_shape=[2, 3], dilations=[2, 1], pads=[1, 0, 0, 1])),
+    ((2, 3, 7, 6), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ((1, 2, 4, 5, 3), dict(kernel_shape=[2, 2, 2], strides=[1, 2, 1], pads=[1, 0, 1, 0, 1, 1])),
+    ((2, 2, 9), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+])
+def test_maxpool_indices(xs, attrs, storage_order):
+    """Indices: flat positions in X (batch and channel included), column-major over the
+    spatial dims when storage_order=1."""
+    n = node("MaxPool", ["X"], ["Y", "I"], storage_order=storage_order, **attrs)
+    check_node(n, {"X": rand(*xs)}, opset=12)
+
+
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_maxpool_indices_ties_take_the_first_tap(storage_order):
+    x = np.round(rand(1, 2, 6, 6) * 1.5).astype(np.float32)
+    n = node("MaxPool", ["X"], ["Y", "I"], kernel_shape=[3, 3], strides=[1, 2],
+             storage_order=storage_order)
+    check_node(n, {"X": x}, opset=12)
 
 
 # -- normalizations ---------------------------------------------------------------------------
@@ -215,6 +234,30 @@ def test_matmul(a_shape, b_shape, dtype):
     check_node(node("MatMul", ["A", "B"]), inputs, opset=13)
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_float16_products_accumulate_in_float32(op):
+    """numpy (and onnx.reference) multiply and add float16 in float32 and round once; a float16
+    accumulator drifts by several ulps over k = 512."""
+    a, b = rand(8, 512, dtype=np.float16), rand(512, 6, seed=1, dtype=np.float16)
+    got = run_nestor_node(node(op, ["A", "B"]), {"A": a, "B": b}, opset=13)[0]
+    want = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float16)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3,
+                               atol=2e-2)
+    assert np.mean(got == want) > 0.9  # round-once: nearly all exactly the rounded true sum
+
+
+def test_float16_conv_and_reduce_sum_accumulate_in_float32():
+    x, w = rand(1, 64, 5, 5, dtype=np.float16), rand(2, 64, 3, 3, seed=1, dtype=np.float16)
+    got = run_nestor_node(node("Conv", ["X", "W"]), {"X": x, "W": w}, opset=11)[0]
+    want = run_reference(node("Conv", ["X", "W"]), {"X": x, "W": w}, opset=11)[0]
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-3,
+                               atol=1e-2)
+    s = rand(4, 2000, dtype=np.float16)
+    got = run_nestor_node(node("ReduceSum", ["X"], keepdims=0, axes=[1]), {"X": s}, opset=11)[0]
+    np.testing.assert_array_equal(got, s.astype(np.float32).sum(axis=1).astype(np.float16))
+
+
 # -- reductions -------------------------------------------------------------------------------
 
 REDUCE_OPS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
@@ -243,6 +286,16 @@ def test_reduce(op, opset, axes, keepdims):
 def test_reduce_int(op):
     x = (rand(3, 4) * 3).astype(np.int64)
     _reduce(op, x, 18, [1], keepdims=0)
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_bool(op, keepdims):
+    """Opset 20 allows bool: ReduceMax is any, ReduceMin all."""
+    x = rand(3, 4, 5) > 0.8
+    x[0] = True
+    x[1] = False
+    _reduce(op, x, 20, [1, 2], keepdims=keepdims)
 
 
 @pytest.mark.parametrize("op", ["ReduceSum", "ReduceL2"])

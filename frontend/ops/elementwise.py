@@ -73,16 +73,31 @@ def _sign(x: Expr) -> Expr:
 
 
 def _log1p(u: Expr) -> Expr:
-    """log(1 + u), accurate for small u: log(w) * u / (w - 1) with w = 1 + u cancels the rounding
-    of 1 + u (Goldberg's trick; w == 1 means u is below half an ulp of 1, where log1p(u) = u)."""
-    w = u + 1
-    return select(eq(w, _c(w, 1)), u, call("log", w) * u / (w - 1))
+    """log(1 + u) for u >= 0, accurate for small u: log(1 + u) loses the low bits of u in the
+    rounding of 1 + u, so below a threshold it is the series u - u^2/2 + u^3/3 - ... (8 terms:
+    a relative error under the dtype's epsilon there). The usual log(w) * u / (w - 1) trick does
+    not survive TVM's simplifier, which folds (u + 1) - 1 to u."""
+    threshold = 0.01 if u.dtype == "float64" else 0.1
+    series = _c(u, 1 / 8)
+    for k in range(7, 0, -1):  # Horner: 1/k - u * (...)
+        series = _c(u, 1 / k) - u * series
+    return select(lt(u, _c(u, threshold)), u * series, call("log", u + 1))
 
 
 def _softplus(x: Expr) -> Expr:
     # log(1 + exp(x)) written so that exp never overflows and the small terms stay accurate
     # (numpy's logaddexp(0, x)): max(x, 0) + log1p(exp(-|x|))
     return maximum(x, 0) + _log1p(call("exp", -call("abs", x)))
+
+
+def _mish(x: Expr) -> Expr:
+    """x * tanh(softplus(x)) as x * n / (n + 2) with n = e^x (e^x + 2), an identity
+    (tanh(log(1 + e)) = ((1 + e)^2 - 1) / ((1 + e)^2 + 1)) without the cancellation of tanh near
+    0; above `big` the fraction is 1 to the dtype's precision (and n would overflow)."""
+    big = 5.0 if x.dtype == "float16" else 20.0
+    e = call("exp", minimum(x, _c(x, big)))
+    n = e * (e + 2)
+    return select(gt(x, _c(x, big)), x, x * (n / (n + 2)))
 
 
 def _is_inf(ctx: OpContext, x: Expr) -> Expr:
@@ -123,7 +138,7 @@ UNARY = {
     "Sign": lambda ctx, x: _sign(x),
     "Softplus": lambda ctx, x: _softplus(x),
     "Softsign": lambda ctx, x: x / (call("abs", x) + 1),
-    "Mish": lambda ctx, x: x * call("tanh", _softplus(x)),
+    "Mish": lambda ctx, x: _mish(x),
     "Gelu": _gelu,
     "Not": lambda ctx, x: Not(x),
     "IsInf": _is_inf,

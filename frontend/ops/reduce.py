@@ -106,12 +106,16 @@ def keep_shape(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
 
 
 def lowest(dtype: str) -> Expr:
-    """The identity of max: -inf for floats, the smallest value for ints."""
+    """The identity of max: -inf for floats, the smallest value for ints, False for bools."""
+    if dtype == "bool":
+        return Const(False, "bool")
     value = float("-inf") if is_float(dtype) else int(np.iinfo(dtype).min)
     return Const(value, dtype)
 
 
 def highest(dtype: str) -> Expr:
+    if dtype == "bool":
+        return Const(True, "bool")
     value = float("inf") if is_float(dtype) else int(np.iinfo(dtype).max)
     return Const(value, dtype)
 
@@ -168,7 +172,9 @@ def _identity(op: str, dtype: str) -> Expr:
 @register_op(*_SIMPLE, "ReduceLogSumExp")
 def lower_reduce(ctx: OpContext) -> Lowered:
     x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
-    if not (is_float(x.dtype) or is_int(x.dtype)):
+    # bools: ReduceMax is any, ReduceMin all (opset 20); max / min of bools are or / and
+    bool_ok = x.dtype == "bool" and ctx.op_type in ("ReduceMax", "ReduceMin")
+    if not (is_float(x.dtype) or is_int(x.dtype) or bool_ok):
         raise ctx.unsupported(f"input type {x.dtype}")
     if ctx.op_type in _FLOAT_ONLY and not is_float(x.dtype):
         raise ctx.unsupported(f"integer input ({x.dtype})")

@@ -1,5 +1,6 @@
-"""Data-movement ONNX ops: views (Reshape & co.), Transpose, Concat, Split, Slice, Gather, Expand,
-Tile, Pad, DepthToSpace/SpaceToDepth, and the ops that produce shapes or constants.
+"""Data-movement ONNX ops: views (Reshape & co.), Transpose, Concat, Split, Slice, Gather,
+GatherElements, Expand, Tile, Pad, Trilu, DepthToSpace/SpaceToDepth, and the ops that produce
+shapes or constants.
 
 Views are Alias(0): the data is unchanged, only the (static) output shape differs. Every other op
 is one loop nest per output (or per input, for Concat) that copies with rewritten indices.
@@ -182,6 +183,41 @@ def lower_gather(ctx: OpContext):
     return Lowered(kernel, [0, 1])
 
 
+@register_op("GatherElements")
+def lower_gather_elements(ctx: OpContext):
+    """Out[i] = X[i with i[axis] replaced by Indices[i]] (negative indices count from the end);
+    the output has the shape of Indices."""
+    x, ind, out = input_buffer(ctx, 0), input_buffer(ctx, 1, "Indices"), output_buffer(ctx)
+    axis = normalize_axis(ctx, ctx.attr("axis", 0), len(x.shape))
+    dim = x.shape[axis]
+
+    def body(*vs):
+        i = cast("int32", ind[vs])
+        i = select(lt(i, 0), i + dim, i)
+        return store(out, vs, x[tuple(i if d == axis else v for d, v in enumerate(vs))])
+    kernel = Kernel(ctx.kernel_name(), (x, ind), (out,), loop_nest(out.shape, body))
+    return Lowered(kernel, [0, 1])
+
+
+@register_op("Trilu")
+def lower_trilu(ctx: OpContext):
+    """The upper (j - i >= k) or lower (j - i <= k) triangle of the last two dims, zeros
+    elsewhere; k is a constant input (default 0)."""
+    x, out = input_buffer(ctx, 0), output_buffer(ctx)
+    if len(x.shape) < 2:
+        raise ctx.unsupported(f"input of rank {len(x.shape)}")
+    k = ctx.const(1)
+    k = 0 if k is None else int(np.asarray(k).item())
+    upper = bool(ctx.attr("upper", 1))
+
+    def body(*vs):
+        i, j = vs[-2], vs[-1]
+        keep = ge(j - i, k) if upper else ge(i - j, -k)
+        zero = as_expr(False) if x.dtype == "bool" else as_expr(0, x.dtype)
+        return store(out, vs, select(keep, x[vs], zero))
+    return _kernel(ctx, [0], [out], loop_nest(out.shape, body))
+
+
 @register_op("Expand")
 def lower_expand(ctx: OpContext):
     return elementwise(ctx, lambda x: x, args=[0])
@@ -199,7 +235,8 @@ def _pad_params(ctx: OpContext, rank: int) -> tuple[list[int], float]:
     """(pads as [begin..., end...] over all axes, constant value) across the opset versions."""
     if ctx.opset < 11:
         return _ints(ctx.attr("pads")), ctx.attr("value", 0.0)
-    raw, value = _ints(ctx.const(1)), ctx.const(2)
+    raw = _ints(ctx.const(1))
+    value = ctx.inputs[2].value if ctx.has_input(2) else None  # a run-time value is loaded
     axes = _ints(ctx.const(3)) if ctx.opset >= 18 else None
     axes = [normalize_axis(ctx, a, rank) for a in axes] if axes is not None else list(range(rank))
     pads = [0] * (2 * rank)
@@ -230,6 +267,16 @@ def lower_pad(ctx: OpContext):
     if mode == "reflect" and any(p > n - 1 for p, n in zip(pads, x.shape * 2)):
         raise ctx.unsupported("reflect padding wider than the dimension minus one")
     padded = [d for d in range(rank) if pads[d] or pads[rank + d]]
+    args, bufs = [0], [x]
+    if mode == "constant" and ctx.opset >= 11 and ctx.has_input(2) and ctx.inputs[2].value is None:
+        fill = input_buffer(ctx, 2, "Value")  # a 0-d (or one-element) tensor given at run time
+        if math.prod(fill.shape) != 1:
+            raise ctx.unsupported(f"constant_value of shape {list(fill.shape)}")
+        args.append(2)
+        bufs.append(fill)
+        pad_value = fill[(0,) * len(fill.shape)] if fill.shape else fill[()]
+    else:
+        pad_value = as_expr(value, x.dtype)
 
     def body(*vs):
         if mode != "constant":
@@ -237,8 +284,8 @@ def lower_pad(ctx: OpContext):
                                           if d in padded else v for d, v in enumerate(vs))])
         idx = [v - pads[d] if d in padded else v for d, v in enumerate(vs)]
         inside = logical_and(*(c for d in padded for c in (ge(idx[d], 0), lt(idx[d], x.shape[d]))))
-        return store(out, vs, select(inside, x[tuple(idx)], as_expr(value, x.dtype)))
-    return _kernel(ctx, [0], [out], loop_nest(out.shape, body))
+        return store(out, vs, select(inside, x[tuple(idx)], pad_value))
+    return Lowered(Kernel(ctx.kernel_name(), tuple(bufs), (out,), loop_nest(out.shape, body)), args)
 
 
 def _depth_to_space(ctx: OpContext, x: Buffer, b: int, vs) -> Expr:
