@@ -1,0 +1,220 @@
+"""What every pass shares: the Pass base class, ScheduleError, and finding loops by name.
+
+A pass is a frozen dataclass whose typed fields are its parameters (like xDSL's ModulePass):
+`Split(loop="i0", factor=32)`. Its text form is the pipeline syntax, `split(i0, 32)`.
+
+Loops are named by their variable. A name used by one loop only is the loop; a name that several
+loops share (sibling nests may each have an `i0`) is ambiguous and must carry its occurrence in
+pre-order, `i0#1` for the second. Loops made by passes get names derived from the loop they come
+from (`i0_o`, `i0_i`), made unique by `fresh_name`, so the names are deterministic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..ir import Allocate, For, If, Kernel, Seq, Stmt, replace_body, walk_stmts
+from ..ir.errors import NestorError
+
+
+class ScheduleError(NestorError):
+    """An illegal or malformed schedule step; the message names the step, the loop and why."""
+
+    def __init__(self, step, loop: str | None, reason: str):
+        self.step, self.loop, self.reason = str(step), loop, reason
+        where = f" loop {loop}:" if loop else ""
+        super().__init__(f"{self.step}:{where} {reason}")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One loop of a kernel: its index in pre-order among all loops and the loops around it."""
+    index: int
+    loop: For
+    outer: tuple[For, ...]
+
+
+def loop_sites(stmt: Stmt) -> list[Site]:
+    sites: list[Site] = []
+
+    def visit(s: Stmt, outer: tuple[For, ...]) -> None:
+        if isinstance(s, For):
+            sites.append(Site(len(sites), s, outer))
+            visit(s.body, outer + (s,))
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x, outer)
+        elif isinstance(s, If):
+            visit(s.then, outer)
+            if s.otherwise is not None:
+                visit(s.otherwise, outer)
+        elif isinstance(s, Allocate):
+            visit(s.body, outer)
+    visit(stmt, ())
+    return sites
+
+
+def loop_ref(site: Site, sites: list[Site]) -> str:
+    """The name that resolves to `site`: its variable, with `#k` when the variable is shared."""
+    same = [s.index for s in sites if s.loop.var == site.loop.var]
+    return site.loop.var if len(same) == 1 else f"{site.loop.var}#{same.index(site.index)}"
+
+
+def find_loop(kernel: Kernel, ref: str, step) -> Site:
+    sites = loop_sites(kernel.body)
+    name, _, occurrence = ref.partition("#")
+    same = [s for s in sites if s.loop.var == name]
+    if not same:
+        names = ", ".join(dict.fromkeys(s.loop.var for s in sites)) or "none"
+        raise ScheduleError(step, ref, f"no such loop (loops: {names})")
+    if occurrence:
+        if not occurrence.isdigit() or int(occurrence) >= len(same):
+            raise ScheduleError(step, ref, f"there are {len(same)} loops named {name}, "
+                                           f"numbered #0..#{len(same) - 1}")
+        return same[int(occurrence)]
+    if len(same) > 1:
+        raise ScheduleError(step, ref, f"{len(same)} loops are named {name}; "
+                                       f"say which with {name}#0..{name}#{len(same) - 1}")
+    return same[0]
+
+
+def replace_loop(kernel: Kernel, site: Site, new: Stmt) -> Kernel:
+    """The kernel with the loop at `site` replaced by `new`."""
+    def count(s: Stmt) -> int:
+        return sum(isinstance(x, For) for x in walk_stmts(s))
+
+    def go(s: Stmt, start: int) -> Stmt:  # start: pre-order index of the first loop in s
+        if isinstance(s, For):
+            if start == site.index:
+                return new
+            return For(s.var, s.extent, go(s.body, start + 1), s.kind, s.axis)
+        if isinstance(s, Allocate):
+            return Allocate(s.buffer, go(s.body, start))
+        parts = s.stmts if isinstance(s, Seq) else (s.then, s.otherwise)
+        out = []
+        for part in parts:
+            n = 0 if part is None else count(part)
+            out.append(go(part, start) if start <= site.index < start + n else part)
+            start += n
+        return Seq(tuple(out)) if isinstance(s, Seq) else If(s.cond, out[0], out[1])
+    return replace_body(kernel, go(kernel.body, 0))
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is first free; the result is added to `taken`."""
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def loop_names(kernel: Kernel) -> set[str]:
+    return {s.var for s in walk_stmts(kernel.body) if isinstance(s, For)}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A kernel-to-kernel transformation; subclasses are frozen dataclasses of their parameters.
+
+    `apply` checks legality first and raises ScheduleError on an illegal step; it never returns a
+    kernel that computes something else (up to the floating-point reassociation of reductions
+    that reorder documents).
+    """
+    name: ClassVar[str] = ""
+
+    def apply(self, kernel: Kernel) -> Kernel:
+        raise NotImplementedError
+
+    def check(self, kernel: Kernel) -> None:
+        """Raise ScheduleError if the step is illegal on `kernel`. Passes are cheap on kernel-sized
+        IR, so this is `apply` with the result dropped."""
+        self.apply(kernel)
+
+    @classmethod
+    def schedule_space(cls, kernel: Kernel) -> list[Pass]:
+        """The legal instances this pass offers on `kernel` (the tuner's choices)."""
+        return []
+
+    @classmethod
+    def legal(cls, kernel: Kernel, candidates) -> list[Pass]:
+        out = []
+        for c in candidates:
+            try:
+                c.check(kernel)
+            except ScheduleError:
+                continue
+            out.append(c)
+        return out
+
+    def fail(self, loop: str | None, reason: str) -> ScheduleError:
+        return ScheduleError(self, loop, reason)
+
+    # parameters
+
+    @classmethod
+    def parameters(cls) -> dict[str, object]:
+        """Parameter name -> type, in order (for `nestor passes` and the pipeline parser)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_params(cls, params: dict) -> Pass:
+        """An instance from loosely typed values (JSON lists, pipeline literals), type-checked."""
+        types = cls.parameters()
+        unknown = set(params) - set(types)
+        if unknown:
+            raise ScheduleError(cls.name, None, f"unknown parameter(s) {', '.join(sorted(unknown))}; "
+                                               f"{cls.name} takes {', '.join(types) or 'none'}")
+        missing = [p for p in types if p not in params]
+        if missing:
+            raise ScheduleError(cls.name, None, f"missing parameter(s) {', '.join(missing)}")
+        values = {}
+        for key, tp in types.items():
+            try:
+                values[key] = _coerce(params[key], tp)
+            except TypeError as err:
+                raise ScheduleError(cls.name, None, f"parameter {key}: {err}") from None
+        return cls(**values)
+
+    def __str__(self) -> str:
+        values = list(self.params().values())
+        args = [_format(v) for v in values]
+        if values and _is_flat_tuple(values[-1]):  # a trailing list is written spread out
+            args[-1:] = [_format(v) for v in values[-1]]
+        return f"{self.name}({', '.join(args)})"
+
+
+def _coerce(value, tp):
+    if typing.get_origin(tp) is tuple:
+        (item, *_) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = (value,)  # one value where a list is expected is a list of one
+        return tuple(_coerce(v, item) for v in value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise TypeError(f"expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _is_flat_tuple(v) -> bool:
+    return isinstance(v, tuple) and bool(v) and not any(isinstance(x, tuple) for x in v)
+
+
+def _format(v, inner: bool = False) -> str:
+    if isinstance(v, tuple):
+        if inner and len(v) == 1:  # [[32], [8]] reads better as [32, 8]; _coerce undoes it
+            return _format(v[0])
+        return "[" + ", ".join(_format(x, True) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
