@@ -24,6 +24,15 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def use_all_cores() -> int:
+    """Give TVM's runtime thread pool every core this process may use, unless the user set
+    TVM_NUM_THREADS. TVM's default assumes two hyper-threads per core and takes half: on this
+    2-core machine that ran every `parallel` loop on one thread. Returns the thread count."""
+    if not os.environ.get("TVM_NUM_THREADS"):
+        os.environ["TVM_NUM_THREADS"] = str(_cores())  # read when the pool starts, at first use
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
 @functools.lru_cache(maxsize=None)
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     """LLVM target for this CPU with its real mcpu, so LLVM uses its vector width (AVX-512 ...)."""

@@ -1,7 +1,9 @@
 """Kernel → kernel transformations."""
 from .default import default_schedule
 from .base import Pass, ScheduleError
-from .loops import Split, Tile, Reorder, Fuse
+from .loops import Split, Tile, Reorder, Fuse, Distribute
+from .cache import CacheWrite, CacheRead
+from .layout import Pack
 from .annotate import Parallel, Vectorize, Unroll, Bind
 from .registry import get_pass, list_passes, plugin_errors, PassNotFound
 from .schedule import Schedule, canonical_loops, parse_pipeline, PipelineSyntaxError

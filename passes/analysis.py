@@ -133,13 +133,43 @@ def independence_problem(loop: For, outer, body: Stmt | None = None) -> str | No
     they are independent (may run in parallel or in lockstep). `body` defaults to the loop's."""
     body = loop.body if body is None else body
     extents = loop_extents(list(outer) + [loop], body)
+    fixed = {l.var for l in outer}
     for buffer, uses in written_uses(body).items():
+        if _disjoint_along(loop.var, uses.indices, fixed, extents):
+            continue
         idx = _single_index(buffer, uses)
         if isinstance(idx, str):
             return idx
         if loop.var not in determined_vars(idx, extents):
             return f"different iterations may write the same element {_show(buffer, idx)}"
     return None
+
+
+def _disjoint_along(var: str, indices, fixed: set[str], extents: dict[str, int]) -> bool:
+    """Whether some dimension reads `c * var + (the same expression of the loops around) + (a
+    part spread over fewer than |c| values)` in every index tuple: then each iteration of `var`
+    has its own slice of that dimension (the tile copies of cache_read / cache_write)."""
+    forms = [[affine(e) for e in idx] for idx in indices]
+    for d in range(len(next(iter(indices)))):
+        dims = [f[d] for f in forms]
+        if any(x is None for x in dims):
+            continue
+        c = dims[0][0].get(var, 0)
+        around = {v: k for v, k in dims[0][0].items() if v in fixed and k}
+        lo, hi = None, None
+        for coefs, const in dims:
+            if coefs.get(var, 0) != c or {v: k for v, k in coefs.items() if v in fixed and k} != around:
+                break
+            inner = {v: k for v, k in coefs.items() if v != var and v not in fixed}
+            if any(v not in extents for v in inner):
+                break
+            low = const + sum(min(0, k * (extents[v] - 1)) for v, k in inner.items())
+            high = const + sum(max(0, k * (extents[v] - 1)) for v, k in inner.items())
+            lo, hi = (low, high) if lo is None else (min(lo, low), max(hi, high))
+        else:
+            if c and hi - lo < abs(c):
+                return True
+    return False
 
 
 def reorder_problem(old: dict[str, int], new: list[str], body: Stmt, outer) -> str | None:

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..ir import Allocate, For, If, Kernel, Seq, Stmt, replace_body, walk_stmts
+from ..ir import Allocate, Buffer, For, If, Kernel, Seq, Stmt, replace_body, walk_stmts
 from ..ir.errors import NestorError
 
 
@@ -98,7 +98,9 @@ def replace_loop(kernel: Kernel, site: Site, new: Stmt) -> Kernel:
             n = 0 if part is None else count(part)
             out.append(go(part, start) if start <= site.index < start + n else part)
             start += n
-        return Seq(tuple(out)) if isinstance(s, Seq) else If(s.cond, out[0], out[1])
+        if isinstance(s, Seq):  # a loop replaced by a sequence (distribute) joins this one
+            return Seq(tuple(x for part in out for x in (part.stmts if isinstance(part, Seq) else (part,))))
+        return If(s.cond, out[0], out[1])
     return replace_body(kernel, go(kernel.body, 0))
 
 
@@ -110,6 +112,20 @@ def fresh_name(base: str, taken: set[str]) -> str:
         name = f"{base}_{n}"
     taken.add(name)
     return name
+
+
+def find_buffer(kernel: Kernel, name: str, step) -> Buffer:
+    """A kernel parameter or allocated buffer by name."""
+    found = {b.name: b for b in kernel.params}
+    found.update({s.buffer.name: s.buffer for s in walk_stmts(kernel.body) if isinstance(s, Allocate)})
+    if name not in found:
+        raise ScheduleError(step, None, f"no buffer named {name} (buffers: {', '.join(found)})")
+    return found[name]
+
+
+def buffer_names(kernel: Kernel) -> set[str]:
+    return {b.name for b in kernel.params} | {s.buffer.name for s in walk_stmts(kernel.body)
+                                              if isinstance(s, Allocate)}
 
 
 def loop_names(kernel: Kernel) -> set[str]:
@@ -172,11 +188,15 @@ class Pass:
         if unknown:
             raise ScheduleError(cls.name, None, f"unknown parameter(s) {', '.join(sorted(unknown))}; "
                                                f"{cls.name} takes {', '.join(types) or 'none'}")
-        missing = [p for p in types if p not in params]
+        defaults = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING}
+        missing = [p for p in types if p not in params and p not in defaults]
         if missing:
             raise ScheduleError(cls.name, None, f"missing parameter(s) {', '.join(missing)}")
         values = {}
         for key, tp in types.items():
+            if key not in params:
+                continue  # its default
             try:
                 values[key] = _coerce(params[key], tp)
             except TypeError as err:

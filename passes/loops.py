@@ -9,8 +9,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ..ir import For, If, Kernel, Stmt, Var, logical_and, lt, substitute
-from .analysis import reorder_problem
+from ..ir import For, If, Kernel, Seq, Stmt, Var, logical_and, lt, substitute
+from .analysis import determined_vars, loop_extents, reorder_problem, written_uses
 from .base import Pass, Site, find_loop, fresh_name, loop_names, loop_ref, loop_sites, replace_loop
 
 TILE_FACTORS = (2, 4, 8, 16, 32)  # the tile sizes schedule spaces offer
@@ -202,3 +202,46 @@ class Fuse(Pass):
         sites = loop_sites(kernel.body)
         return cls.legal(kernel, [cls(loop_ref(s, sites), loop_ref(sites[s.index + 1], sites))
                                   for s in sites if isinstance(s.loop.body, For)])
+
+
+@dataclass(frozen=True)
+class Distribute(Pass):
+    """Loop fission: the perfect nest that starts at `loop` and ends at a sequence of statements
+    becomes one nest per statement, in order (the copies' loops are renamed `i_1`, `i_2`, ...).
+    Legal when each iteration of the nest touches its own elements of every buffer written in
+    it, so no statement depends on another iteration of a later one."""
+    name = "distribute"
+    loop: str
+
+    def apply(self, kernel: Kernel) -> Kernel:
+        site = find_loop(kernel, self.loop, self)
+        chain = [site.loop]
+        while isinstance(chain[-1].body, For):
+            chain.append(chain[-1].body)
+        body = chain[-1].body
+        if not isinstance(body, Seq) or len(body.stmts) < 2:
+            raise self.fail(self.loop, "the nest it starts holds no sequence of statements to split")
+        extents = loop_extents(site.outer + tuple(chain), body)
+        for buffer, uses in written_uses(body).items():
+            idx = uses.index()
+            if idx is None:
+                raise self.fail(self.loop, f"{buffer.name} is accessed at different indices in it")
+            missing = [l.var for l in chain if l.var not in determined_vars(idx, extents)]
+            if missing:
+                raise self.fail(self.loop, f"{buffer.name}[...] may be the same element in different "
+                                           f"iterations of {', '.join(missing)}")
+        taken = loop_names(kernel)
+        nests = []
+        for n, stmt in enumerate(body.stmts):
+            names = {l.var: (l.var if n == 0 else fresh_name(l.var, taken)) for l in chain}
+            stmt = substitute(stmt, {old: Var(new) for old, new in names.items() if old != new})
+            for l in reversed(chain):
+                stmt = For(names[l.var], l.extent, stmt, l.kind, l.axis)
+            nests.append(stmt)
+        return replace_loop(kernel, site, Seq(tuple(nests)))
+
+    @classmethod
+    def schedule_space(cls, kernel: Kernel) -> list[Pass]:
+        sites = loop_sites(kernel.body)
+        return cls.legal(kernel, [cls(loop_ref(s, sites)) for s in sites
+                                  if not (s.outer and isinstance(s.outer[-1].body, For))])

@@ -18,11 +18,14 @@ import warnings
 from ..ir.errors import NestorError
 from .annotate import Bind, Parallel, Unroll, Vectorize
 from .base import Pass
-from .loops import Fuse, Reorder, Split, Tile
+from .cache import CacheRead, CacheWrite
+from .layout import Pack
+from .loops import Distribute, Fuse, Reorder, Split, Tile
 
 GROUP = "nestor.passes"
-BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (Split, Tile, Reorder, Fuse, Parallel, Vectorize,
-                                                          Unroll, Bind)}
+BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (
+    Split, Tile, Reorder, Fuse, Distribute, CacheWrite, CacheRead, Pack,
+    Parallel, Vectorize, Unroll, Bind)}
 
 
 class PassNotFound(NestorError):

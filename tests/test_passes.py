@@ -253,7 +253,7 @@ def test_builtins_are_registered():
     passes = list_passes()
     assert {"split", "tile", "reorder", "fuse", "parallel", "vectorize", "unroll", "bind"} <= set(passes)
     assert passes["split"].parameters() == {"loop": str, "factor": int}
-    with pytest.raises(PassNotFound, match="unknown pass 'splt'; known passes: bind, fuse"):
+    with pytest.raises(PassNotFound, match="unknown pass .splt.; known passes: bind, cache_read"):
         get_pass("splt")
 
 
