@@ -1,4 +1,4 @@
-"""The `nestor` command line: compile | run | ir | bench.
+"""The `nestor` command line: compile | run | ir | passes | bench.
 
 Every user error (bad model, unsupported op, wrong input) is printed as one line on stderr with a
 non-zero exit status; tracebacks are for Nestor's own bugs.
@@ -6,9 +6,15 @@ non-zero exit status; tracebacks are for Nestor's own bugs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.metadata
+import inspect
 import os
 import sys
+import textwrap
 import time
+import typing
+import warnings
 
 import numpy as np
 
@@ -56,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     _shape_and_schedule_args(i, default_schedule="none")
     i.set_defaults(func=cmd_ir)
 
+    ps = sub.add_parser("passes", help="list the schedule passes (built-ins and plugins)")
+    ps.add_argument("-v", "--verbose", action="store_true", help="full descriptions")
+    ps.set_defaults(func=cmd_passes)
+
     b = sub.add_parser("bench", help="benchmarks against ONNX Runtime")
     b.add_argument("suite", choices=["models"])
     b.add_argument("--models", help="comma-separated names (default: all)")
@@ -67,8 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="fix a dynamic input's shape (repeatable)")
-    p.add_argument("--schedule", default=default_schedule, choices=["default", "none"],
-                   help=f"kernel schedule (default: {default_schedule})")
+    p.add_argument("--schedule", default=default_schedule, metavar="default|none|FILE.json|PIPELINE",
+                   help=f"kernel schedule: default, none, a schedule file, or a pipeline string "
+                        f"such as 'split(i0, 4); vectorize(i0_i)' for every kernel "
+                        f"(default: {default_schedule})")
 
 
 def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
@@ -133,10 +145,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_ir(args) -> int:
-    from .api import SCHEDULES, import_onnx
-    from .ir import print_kernel
+    from .api import import_onnx, scheduler
+    from .ir import print_kernel, structural_hash
     graph = import_onnx(args.model, _input_shapes(args.input_shape))
-    schedule = SCHEDULES[args.schedule]
+    schedule = scheduler(args.schedule, graph)
     nodes = [n for n in graph.nodes if n.kernel is not None]
     if args.node:
         nodes = [n for n in nodes if n.name == args.node]
@@ -144,9 +156,74 @@ def cmd_ir(args) -> int:
             raise InputError(f"no kernel node named '{args.node}' in {args.model}")
     for node in nodes:
         kernel = schedule(node.kernel) if schedule else node.kernel
-        print(f"# node '{node.name}' ({node.op_type}): {', '.join(node.inputs)} -> {', '.join(node.outputs)}")
+        print(f"# node '{node.name}' ({node.op_type}): {', '.join(node.inputs)} -> {', '.join(node.outputs)}"
+              f"  [hash {structural_hash(node.kernel)[:12]}]")
         print(print_kernel(kernel))
     return 0
+
+
+def cmd_passes(args) -> int:
+    from .passes import list_passes, plugin_errors
+    from .passes.registry import BUILTINS, GROUP
+    with warnings.catch_warnings():  # broken plugins are listed below, not warned about
+        warnings.simplefilter("ignore")
+        passes, broken = list_passes(), plugin_errors()
+    entry_points = importlib.metadata.entry_points(group=GROUP)
+    for title, names in (("built-in passes", [n for n in passes if n in BUILTINS]),
+                         ("plugin passes", [n for n in passes if n not in BUILTINS])):
+        if names:
+            print(f"{title}:")
+        for name in names:
+            cls = passes[name]
+            origin = "" if name in BUILTINS else f"  [{_plugin_origin(cls, entry_points)}]"
+            print(f"  {_signature(cls)}{origin}")
+            doc = inspect.cleandoc(cls.__doc__ or "")
+            if args.verbose:
+                print(textwrap.indent(doc, " " * 6))
+            else:
+                print(textwrap.fill(_summary(doc), 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    if broken:
+        print("plugins that failed to load:")
+        for error in broken.values():
+            print(f"  {error}")
+    return 0
+
+
+def _summary(doc: str) -> str:
+    """The first sentence of a docstring, its lines joined."""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    sentence, dot, _ = paragraph.partition(". ")
+    return sentence + dot.strip()
+
+
+def _signature(cls) -> str:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    params = [f"{p}: {_type_name(tp)}" + (f" = {_value_text(defaults[p])}" if p in defaults else "")
+              for p, tp in cls.parameters().items()]
+    return f"{cls.name}({', '.join(params)})"
+
+
+def _value_text(value) -> str:
+    """A default as the pipeline syntax writes it."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def _type_name(tp) -> str:
+    """`tuple[int, ...]` as the pipeline syntax writes it: a list."""
+    if typing.get_origin(tp) is tuple:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _plugin_origin(cls, entry_points) -> str:
+    for ep in entry_points:
+        try:
+            if ep.load() is cls:
+                dist = f"{ep.dist.name} {ep.dist.version}, " if ep.dist else ""
+                return f"plugin: {dist}entry point {ep.name} = {ep.value}"
+        except Exception:  # noqa: BLE001 (a broken plugin is reported by plugin_errors)
+            continue
+    return "plugin"
 
 
 def cmd_bench(args) -> int:
