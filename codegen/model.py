@@ -21,7 +21,8 @@ import tvm
 from ..ir import Graph, Kernel
 from ..ir.hashing import structural_hash
 from ..ir.errors import InputError, ModelError
-from .build import build, load as load_module
+from .build import build, load as load_module, run_kernel
+from .constant_stages import ConstantStage, hoist_constant_stages
 from .memory import plan_memory
 
 FORMAT_VERSION = 1
@@ -31,19 +32,34 @@ def compile_graph(graph: Graph, target=None,
                   schedule: Callable[[Kernel], Kernel] | None = None,
                   progress: Callable[[str], None] | None = None) -> "CompiledModel":
     """Compile a graph; `schedule` maps each distinct kernel to its scheduled form."""
-    funcs: dict[str, str] = {}          # structural hash → function name
+    funcs: dict[tuple, tuple[str, list[ConstantStage], list[int]]] = {}
     kernels: list[Kernel] = []
     steps = []
+    packed: dict[str, np.ndarray] = {}   # constants computed by peeled stages
     for node in graph.nodes:
         if node.kernel is None:
             continue
-        key = structural_hash(node.kernel)
+        # Which inputs are constants decides what can be peeled, so it is part of the key.
+        consts = frozenset(i for i, n in enumerate(node.inputs) if n in graph.constants)
+        key = (structural_hash(node.kernel), consts)
         if key not in funcs:
-            funcs[key] = f"{node.kernel.name}_{key[:12]}"
+            name = f"{node.kernel.name}_{key[0][:12]}"
+            name += f"_{len(funcs)}" if any(f[0] == name for f in funcs.values()) else ""
             k = schedule(node.kernel) if schedule else node.kernel
-            kernels.append(Kernel(funcs[key], k.inputs, k.outputs, k.body))
-        steps.append({"node": node.name, "op": node.op_type, "func": funcs[key],
-                      "args": node.inputs + node.outputs})
+            k, stages, kept = hoist_constant_stages(k, set(consts))
+            kernels.append(Kernel(name, k.inputs, k.outputs, k.body))
+            funcs[key] = (name, stages, kept)
+        name, stages, kept = funcs[key]
+        args = [node.inputs[i] for i in kept]
+        for stage in stages:
+            const = f"{node.name}:{stage.kernel.outputs[0].name}"
+            packed[const] = run_kernel(stage.kernel, [graph.constants[node.inputs[i]] for i in stage.sources],
+                                       )[0]  # on the host, at compile time
+            args.append(const)
+        steps.append({"node": node.name, "op": node.op_type, "func": name,
+                      "args": args + node.outputs})
+    if progress and packed:
+        progress(f"computed {len(packed)} packed constants at compile time")
     if progress:
         progress(f"building {len(kernels)} distinct kernels for {len(steps)} nodes")
     module = build(kernels, target) if kernels else None
@@ -51,12 +67,15 @@ def compile_graph(graph: Graph, target=None,
     live = set(graph.inputs) | set(graph.outputs) | {a for s in steps for a in s["args"]}
     tensors = {name: {"shape": list(graph.types[name].shape), "dtype": graph.types[name].dtype,
                       "place": mem.placements[name].kind, "key": mem.placements[name].key}
-               for name in sorted(live)}
+               for name in sorted(live) if name not in packed}
     plan = {"version": FORMAT_VERSION, "name": graph.name,
             "inputs": graph.inputs, "outputs": graph.outputs,
             "tensors": tensors, "arena_bytes": mem.arena_bytes, "naive_bytes": mem.naive_bytes,
             "steps": steps}
-    constants = {k: v for k, v in graph.constants.items() if k in live}
+    for name, value in packed.items():
+        tensors[name] = {"shape": list(value.shape), "dtype": str(value.dtype), "place": "constant",
+                         "key": name}
+    constants = {k: v for k, v in {**graph.constants, **packed}.items() if k in live}
     return CompiledModel(module, plan, constants)
 
 
@@ -142,6 +161,12 @@ class CompiledModel:
         self._feed(inputs)
         self._execute()
         return [self._tensors[n].numpy() for n in self.plan["outputs"]]
+
+    def kernels_only(self, inputs) -> Callable[[], None]:
+        """Feed `inputs` once; the function returned runs the kernels alone, without copying
+        inputs or outputs (what a benchmark of the kernels against a library call times)."""
+        self._feed(inputs)
+        return self._execute
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)

@@ -27,17 +27,27 @@ def ort_session(model, threads: int = 2):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def interleaved_medians(fns: list, repeat: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each callable, timed in alternation so machine noise hits all alike."""
+def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
+                        pause: float = 0.05) -> list[float]:
+    """Median seconds of each callable, timed in alternation so machine noise hits all alike.
+
+    Runtimes' worker threads (TVM's pool, ONNX Runtime's, OpenBLAS's) spin for a while after a
+    call; a competitor timed right after another would share the cores with those spinning
+    threads. So each turn pauses, wakes its runtime with one untimed call, then times `block`
+    calls; turns alternate until every callable has `repeat` timings.
+    """
     for fn in fns:
         for _ in range(warmup):
             fn()
     times = [[] for _ in fns]
-    for _ in range(repeat):
+    while len(times[0]) < repeat:
         for t, fn in zip(times, fns):
-            start = time.perf_counter()
+            time.sleep(pause)
             fn()
-            t.append(time.perf_counter() - start)
+            for _ in range(min(block, repeat - len(t))):
+                start = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - start)
     return [float(np.median(t)) for t in times]
 
 

@@ -34,11 +34,28 @@ def _band(step: Pass, kernel: Kernel, refs) -> list[Site]:
         raise step.fail(None, "a loop is named twice")
     chain = _outer_to_inner(sites)
     for a, b in zip(chain, chain[1:]):
-        if not (isinstance(a.loop.body, For) and b.index == a.index + 1):
+        if not (isinstance(_unguarded(a.loop.body)[0], For) and b.index == a.index + 1):
             raise step.fail(b.loop.var, f"is not directly and alone inside loop {a.loop.var} "
                                         f"(the loops must be perfectly nested)")
     _serial(step, [s.loop for s in chain])
     return sites
+
+
+def _unguarded(stmt: Stmt) -> tuple[Stmt, list]:
+    """`stmt` without the guards (ifs with no else) around it, and their conditions."""
+    conds = []
+    while isinstance(stmt, If) and stmt.otherwise is None:
+        conds.append(stmt.cond)
+        stmt = stmt.then
+    return stmt, conds
+
+
+def _band_body(chain: list[Site]) -> Stmt:
+    """The body inside a band, with the guards found between its loops moved down into it (they
+    only restrict which iterations run, so they may be tested innermost)."""
+    conds = [c for site in chain[:-1] for c in _unguarded(site.loop.body)[1]]
+    body = chain[-1].loop.body
+    return _guarded(body, logical_and(*conds)) if conds else body
 
 
 def _outer_to_inner(sites: list[Site]) -> list[Site]:
@@ -76,8 +93,18 @@ def _split_band(step: Pass, kernel: Kernel, chain: list[Site], factors) -> tuple
             guards.append(lt(index, loop.extent))
         extents = [-(-loop.extent // inner), *fs]
         levels.append([(n, e, loop.axis) for n, e in zip(names, extents)])
-    body = substitute(chain[-1].loop.body, mapping)
-    return levels, If(logical_and(*guards), body) if guards else body
+    body = substitute(_band_body(chain), mapping)
+    return levels, _guarded(body, logical_and(*guards)) if guards else body
+
+
+def _guarded(body: Stmt, cond) -> Stmt:
+    """`if cond { body }`, with the test sunk through the perfect nest at the top of `body` (it
+    depends only on loops outside): the nest stays perfect, so it can still be reordered."""
+    if isinstance(body, For):
+        return For(body.var, body.extent, _guarded(body.body, cond), body.kind, body.axis)
+    if isinstance(body, If) and body.otherwise is None:  # one guard per nest: easier to move
+        return If(logical_and(cond, body.cond), body.then)
+    return If(cond, body)
 
 
 @dataclass(frozen=True)
@@ -155,7 +182,7 @@ class Reorder(Pass):
         sites = _band(self, kernel, self.order)
         chain = _outer_to_inner(sites)
         new = [s.loop for s in sites]
-        body = chain[-1].loop.body
+        body = _band_body(chain)
         problem = reorder_problem({s.loop.var: s.loop.extent for s in chain}, [l.var for l in new], body,
                                   chain[0].outer)
         if problem:
@@ -194,7 +221,7 @@ class Fuse(Pass):
             raise self.fail(a.var, f"is a {a.axis} loop and {b.var} a {b.axis} loop; "
                                    f"only loops of one axis kind fuse")
         var = fresh_name(f"{a.var}_{b.var}", loop_names(kernel))
-        body = substitute(b.body, {a.var: Var(var) // b.extent, b.var: Var(var) % b.extent})
+        body = substitute(_band_body(chain), {a.var: Var(var) // b.extent, b.var: Var(var) % b.extent})
         return replace_loop(kernel, chain[0], For(var, a.extent * b.extent, body, axis=a.axis))
 
     @classmethod
@@ -218,7 +245,9 @@ class Distribute(Pass):
         chain = [site.loop]
         while isinstance(chain[-1].body, For):
             chain.append(chain[-1].body)
-        body = chain[-1].body
+        body, guard = chain[-1].body, None
+        if isinstance(body, If) and body.otherwise is None:  # a split's guard: each piece keeps it
+            body, guard = body.then, body.cond
         if not isinstance(body, Seq) or len(body.stmts) < 2:
             raise self.fail(self.loop, "the nest it starts holds no sequence of statements to split")
         extents = loop_extents(site.outer + tuple(chain), body)
@@ -234,6 +263,7 @@ class Distribute(Pass):
         nests = []
         for n, stmt in enumerate(body.stmts):
             names = {l.var: (l.var if n == 0 else fresh_name(l.var, taken)) for l in chain}
+            stmt = stmt if guard is None else If(guard, stmt)
             stmt = substitute(stmt, {old: Var(new) for old, new in names.items() if old != new})
             for l in reversed(chain):
                 stmt = For(names[l.var], l.extent, stmt, l.kind, l.axis)

@@ -1,0 +1,177 @@
+"""distribute, cache_write, cache_read and pack: what they make, that results are kept, when they
+refuse; and the compile-time packing of constant weights."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import nestor
+from nestor.codegen import run_kernel
+from nestor.codegen.constant_stages import hoist_constant_stages
+from nestor.ir import Allocate, Store, parse_kernel, walk_stmts
+from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops,
+                           parse_pipeline)
+from nestor.passes.region import simplify_divmod
+from nestor.ir import Var
+from tests.test_passes import _onnx, checked, inputs, kernels, same_results
+
+
+def scheduled(kernel, text):
+    return checked(parse_pipeline(text).apply(kernel))
+
+
+def allocations(kernel):
+    return {s.buffer.name: (s.buffer.shape, s.buffer.scope) for s in walk_stmts(kernel.body)
+            if isinstance(s, Allocate)}
+
+
+# the register-tile matmul of examples/manual_schedules.py, on sizes that do and do not divide
+MATMUL_TILED = """split(i0, 4); split(i1, 8); reorder(i1_o, i0_o, i0_i, i1_i);
+    cache_write(Out, i0_o); distribute(i0_i); reorder(r0, i0_i_1, i1_i_1); cache_read(B, i1_o);
+    parallel(i1_o); unroll(i0_i); vectorize(i1_i); unroll(i0_i_1); vectorize(i1_i_1);
+    unroll(Out_w0); vectorize(Out_w1); vectorize(B_c1)"""
+
+
+@pytest.mark.parametrize("m, k, n", [(16, 24, 32), (6, 10, 12)])
+def test_register_tiled_matmul_keeps_results(m, k, n):
+    kernel = _onnx("MatMul", {"X": [m, k], "W": [k, n]}, [m, n])
+    out = scheduled(kernel, MATMUL_TILED)
+    assert allocations(out) == {"B_local": ((k, 8), "local"), "Out_local": ((4, 8), "local")}
+    same_results(kernel, out)
+    x, w = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(out, [x, w])[0], x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_write_without_an_initializing_store_copies_the_tile_in():
+    # Out is first updated (+=) inside i0_o: the tile must start from Out's current values.
+    kernel = kernels()["mm_perfect"]
+    out = scheduled(kernel, "split(i2, 2); cache_write(C, i2_o)")
+    text = str(out)
+    assert any(isinstance(s, Store) and s.buffer.name == "C_local" and "C_r" in repr(s.indices)
+               for s in walk_stmts(out.body)), text
+    same_results(kernel, out)
+
+
+def test_cache_write_refuses_a_loop_without_the_buffer_and_a_strided_tile():
+    kernel = canonical_loops(kernels()["matmul"])
+    with pytest.raises(ScheduleError, match=r"cache_write\(A, i0\): loop i0: A is not written inside it"):
+        CacheWrite("A", "i0").apply(kernel)
+    strided = parse_kernel("""
+    kernel s(A: f32[8]) -> (B: f32[16]) {
+      for i in 0..4 { for j in 0..2 { B[i * 4 + j * 2] = A[i * 2 + j] } }
+    }""")
+    with pytest.raises(ScheduleError, match="does not walk a dense tile"):
+        CacheWrite("B", "i").apply(strided)
+
+
+def test_cache_read_copies_the_region_in_the_order_asked():
+    kernel = kernels()["conv"]  # Out[i4.., ...] += X_pad[i4, r0, i6 + r1, i7 + r2] * W[i5, r0, r1, r2]
+    out = scheduled(kernel, "split(i7, 3); cache_read(X_pad, i7_o, local, [0, 2, 3, 1])")
+    # one output column block of 3 reads a 1 x 2 x 3 x 5 window (rows i6 + r1: 3; columns 3 + 2 - 1)
+    assert allocations(out)["X_pad_local"] == ((1, 3, 5, 2), "local")
+    same_results(kernel, out)
+
+
+def test_cache_read_refusals():
+    kernel = canonical_loops(kernels()["matmul"])
+    with pytest.raises(ScheduleError, match="Out is written inside it"):
+        CacheRead("Out", "i0").apply(kernel)
+    with pytest.raises(ScheduleError, match=r"order \[0\] is not a permutation"):
+        CacheRead("B", "i0", "local", (0,)).apply(kernel)
+    with pytest.raises(ScheduleError, match="scope 'texture' is not one of local, shared"):
+        CacheRead("B", "i0", "texture").apply(kernel)
+
+
+def test_cache_read_into_shared_memory_for_gpus():
+    out = scheduled(kernels()["matmul"], "split(i1, 4); cache_read(B, i1_o, shared)")
+    assert allocations(out)["B_shared"] == ((10, 4), "shared")
+
+
+def test_distribute_splits_a_nest_and_renames_the_copies():
+    kernel = kernels()["matmul"]
+    out = scheduled(kernel, "distribute(i0)")
+    text = str(out)
+    assert [s.var for s in walk_stmts(out.body) if hasattr(s, "var")] == ["i0", "i1", "i0_1", "i1_1", "r0"]
+    same_results(kernel, out)
+
+
+def test_distribute_refuses_when_a_later_statement_feeds_an_earlier_one():
+    k = parse_kernel("""
+    kernel d(A: f32[8]) -> (B: f32[9], C: f32[8]) {
+      for i in 0..8 {
+        C[i] = B[i]
+        B[i + 1] = A[i]
+      }
+    }""")
+    with pytest.raises(ScheduleError, match="B is accessed at different indices"):
+        Distribute("i").apply(k)
+    with pytest.raises(ScheduleError, match="holds no sequence of statements"):
+        Distribute("i0").apply(canonical_loops(kernels()["elementwise"]))
+
+
+def test_pack_blocks_a_weight_and_simplifies_the_tiled_index():
+    kernel = kernels()["conv"]
+    out = scheduled(kernel, "split(i5, 3); pack(W, 0, 3, [0, 2, 3, 4, 1])")
+    assert allocations(out)["W_packed"] == ((1, 2, 3, 3, 3), "global")
+    assert "W_packed[i5_o, r0, r1, r2, i5_i]" in str(out).replace("\n", " ") or \
+        "W_packed[i5_o, r0, r1, r2, i5_i]" in __import__("nestor").ir.print_kernel(out)
+    same_results(kernel, out)
+    with pytest.raises(ScheduleError, match="factor 2 does not divide dimension 0"):
+        Pack("W", 0, 2).apply(canonical_loops(kernel))
+    with pytest.raises(ScheduleError, match="X_pad is not an input"):
+        Pack("X_pad", 0, 1).apply(canonical_loops(kernel))
+
+
+def test_simplify_divmod_needs_the_remainder_range():
+    e = Var("a") * 16 + Var("b")
+    assert simplify_divmod(e // 16, {"a": 4, "b": 16}) == Var("a")
+    assert simplify_divmod(e % 16, {"a": 4, "b": 16}) == Var("b")
+    assert simplify_divmod(e // 16, {"a": 4, "b": 17}) == e // 16  # b may carry into a
+
+
+def test_new_passes_print_and_parse_back():
+    text = "cache_write(Out, i0_o); cache_read(B, i1_o, shared, 1, 0); pack(W, 0, 4, 0, 2, 3, 4, 1); distribute(i0)"
+    s = parse_pipeline(text)
+    assert str(s) == text and parse_pipeline(str(s)) == s
+    assert s.steps[1] == CacheRead("B", "i1_o", "shared", (1, 0))
+    assert parse_pipeline("cache_read(B, i1_o)").steps[0] == CacheRead("B", "i1_o", "local", ())
+
+
+# packed constants at compile time
+
+def _conv_model():
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["X", "W"], ["H"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["H", "W2"], ["Y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4, 6, 6]),
+         helper.make_tensor_value_info("W2", TensorProto.FLOAT, [4, 8, 3, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        initializer=[numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_packing_of_constant_weights_runs_at_compile_time(tmp_path):
+    import onnxruntime as ort
+    model = _conv_model()
+    compiled = nestor.compile(model, schedule="pack(W, 0, 4, [0, 2, 3, 4, 1])")
+    # the constant W is replaced by its packed copy; W2 is an input, so its packing stays inside
+    assert [(n, v.shape) for n, v in compiled.constants.items()] == [("Conv_0:W_packed", (2, 4, 3, 3, 4))]
+    rng = np.random.default_rng(1)
+    feeds = {"X": rng.standard_normal((1, 4, 6, 6), dtype=np.float32),
+             "W2": rng.standard_normal((4, 8, 3, 3), dtype=np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(compiled.run(feeds)[0], want, rtol=1e-4, atol=1e-4)
+    compiled.save(tmp_path / "m.nestor")
+    np.testing.assert_allclose(nestor.load(str(tmp_path / "m.nestor")).run(feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_hoisting_leaves_stages_that_read_runtime_inputs():
+    kernel = scheduled(kernels()["conv"], "pack(W, 0, 3)")
+    same, stages, kept = hoist_constant_stages(kernel, constant=set())
+    assert same == kernel and stages == [] and kept == [0, 1]
+    peeled, stages, kept = hoist_constant_stages(kernel, constant={1})
+    assert [s.kernel.outputs[0].name for s in stages] == ["W_packed"] and kept == [0]
+    assert [b.name for b in peeled.inputs] == ["X", "W_packed"]
+    x, w = inputs(kernels()["conv"])
+    packed = run_kernel(stages[0].kernel, [w])[0]
+    np.testing.assert_allclose(run_kernel(peeled, [x, packed])[0], run_kernel(kernel, [x, w])[0], rtol=1e-6)
