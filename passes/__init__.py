@@ -3,6 +3,7 @@ from .default import default_schedule
 from .base import Pass, ScheduleError
 from .loops import Split, Tile, Reorder, Fuse, Distribute
 from .cache import CacheWrite, CacheRead
+from .stages import ComputeAt, Inline
 from .layout import Pack
 from .annotate import Parallel, Vectorize, Unroll, Bind
 from .registry import get_pass, list_passes, plugin_errors, PassNotFound

@@ -21,10 +21,11 @@ from .base import Pass
 from .cache import CacheRead, CacheWrite
 from .layout import Pack
 from .loops import Distribute, Fuse, Reorder, Split, Tile
+from .stages import ComputeAt, Inline
 
 GROUP = "nestor.passes"
 BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (
-    Split, Tile, Reorder, Fuse, Distribute, CacheWrite, CacheRead, Pack,
+    Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack,
     Parallel, Vectorize, Unroll, Bind)}
 
 

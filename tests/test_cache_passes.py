@@ -1,5 +1,7 @@
 """distribute, cache_write, cache_read and pack: what they make, that results are kept, when they
 refuse; and the compile-time packing of constant weights."""
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -175,3 +177,60 @@ def test_hoisting_leaves_stages_that_read_runtime_inputs():
     x, w = inputs(kernels()["conv"])
     packed = run_kernel(stages[0].kernel, [w])[0]
     np.testing.assert_allclose(run_kernel(peeled, [x, packed])[0], run_kernel(kernel, [x, w])[0], rtol=1e-6)
+
+
+# compute_at and inline
+
+@pytest.mark.parametrize("text", ["split(i7, 3); compute_at(X_pad, i7_o)", "compute_at(X_pad, i6)",
+                                  "compute_at(X_pad, r0)", "inline(X_pad)"])
+def test_conv_padding_moves_into_the_consumer_or_inlines(text):
+    kernel = kernels()["conv"]
+    out = scheduled(kernel, text)
+    assert "X_pad" not in allocations(out)
+    same_results(kernel, out)
+
+
+def test_compute_at_computes_only_the_region_an_iteration_reads():
+    out = scheduled(kernels()["conv"], "split(i7, 3); compute_at(X_pad, i7_o)")
+    # 3 output columns of a 3x3 conv read 5 padded columns and 3 rows, of both channels
+    assert allocations(out) == {"X_pad_local": ((1, 2, 3, 5), "local")}
+
+
+def test_softmax_stages_move_into_the_row_loop():
+    kernel = kernels()["softmax"]
+    out = scheduled(kernel, "compute_at(Sum, i2); compute_at(Max, i2); parallel(i2)")
+    assert allocations(out) == {"Max_local": ((1, 1), "local"), "Sum_local": ((1, 1), "local")}
+    same_results(kernel, out)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("compute_at(Max, i2)", "loop i2: not every read of Max is inside it"),
+    ("inline(Max)", "the producer of Max is not one elementwise store"),
+    ("compute_at(Out, i2)", "Out is an input or output of the kernel"),
+    ("compute_at(Sum, i1)", "loop i1: is a loop of the producer of Sum"),
+])
+def test_stage_moves_that_are_refused(text, problem):
+    with pytest.raises(ScheduleError, match=re.escape(problem)):
+        parse_pipeline(text).apply(kernels()["softmax"])
+
+
+def test_a_producer_whose_input_is_overwritten_later_stays():
+    k = parse_kernel("""
+    kernel o(A: f32[4]) -> (B: f32[4], C: f32[4]) {
+      alloc T: f32[4] global {
+        for i in 0..4 { T[i] = A[i] * 2.0 }
+        for j in 0..4 { B[j] = 0.0 }
+        for k in 0..4 { C[k] = T[k] + B[k] }
+      }
+    }""")
+    assert str(parse_pipeline("inline(T)").apply(k))  # B is written after, but T does not read B
+    k2 = parse_kernel("""
+    kernel o(A: f32[4]) -> (B: f32[4], C: f32[4]) {
+      alloc T: f32[4] global {
+        for i in 0..4 { T[i] = B[i] * 2.0 }
+        for j in 0..4 { B[j] = A[j] }
+        for k in 0..4 { C[k] = T[k] }
+      }
+    }""")
+    with pytest.raises(ScheduleError, match="B, which the producer of T reads, is written after it"):
+        parse_pipeline("inline(T)").apply(k2)
