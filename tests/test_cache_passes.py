@@ -234,3 +234,20 @@ def test_a_producer_whose_input_is_overwritten_later_stays():
     }""")
     with pytest.raises(ScheduleError, match="B, which the producer of T reads, is written after it"):
         parse_pipeline("inline(T)").apply(k2)
+
+
+def test_gpu_schedule_with_a_shared_memory_tile_generates_cuda():
+    import tvm
+    from nestor.codegen import build, cuda_target
+    kernel = kernels()["matmul"]  # Out[6, 12] = A[6, 10] @ B[10, 12]
+    out = scheduled(kernel, "split(i0, 2); cache_read(B, i0_o, shared); bind(i0_o, blockIdx.x); "
+                            "bind(B_c1, threadIdx.x); bind(i1, threadIdx.x)")
+    assert allocations(out)["B_shared"] == ((10, 12), "shared")
+    if tvm.get_global_func("target.build.cuda", allow_missing=True) is None:
+        pytest.skip("TVM built without CUDA codegen")
+    try:
+        mod = build([out], cuda_target())
+    except Exception as err:  # e.g. nvcc missing
+        pytest.skip(f"CUDA build unavailable: {err}")
+    src = "".join(m.inspect_source() for m in mod.module.imports)
+    assert "float B_shared_ptr[120]" in src and "__shared__" in src and "__syncthreads()" in src
