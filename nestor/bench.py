@@ -28,12 +28,13 @@ def ort_session(model, threads: int = 2):
 
 
 def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
-                        pause: float = 0.05) -> list[float]:
+                        pause: float = 0.2) -> list[float]:
     """Median seconds of each callable, timed in alternation so machine noise hits all alike.
 
     Runtimes' worker threads (TVM's pool, ONNX Runtime's, OpenBLAS's) spin for a while after a
     call; a competitor timed right after another would share the cores with those spinning
-    threads. So each turn pauses, wakes its runtime with one untimed call, then times `block`
+    threads. So each turn pauses (0.2 s: enough here for both to match their times measured
+    alone), wakes its runtime with one untimed call, then times `block`
     calls; turns alternate until every callable has `repeat` timings.
     """
     for fn in fns:
