@@ -1,5 +1,5 @@
 """Kernel → kernel transformations."""
-from .default import default_schedule
+from .default import default_schedule, DefaultNest
 from .base import Pass, ScheduleError
 from .loops import Split, Tile, Reorder, Fuse, Distribute
 from .cache import CacheWrite, CacheRead

@@ -11,7 +11,9 @@ nest is treated on its own:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
+from .base import Pass, find_loop, loop_ref, loop_sites, replace_loop
 from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
                   walk, walk_stmts)
 
@@ -192,3 +194,26 @@ def _map_loops(stmt: Stmt, fn) -> Stmt:
 
 def _has_loop(stmt: Stmt) -> bool:
     return any(isinstance(s, For) for s in walk_stmts(stmt))
+
+
+@dataclass(frozen=True)
+class DefaultNest(Pass):
+    """The default schedule (vectorized inner loop, parallel outer loop, where legal) applied to
+    the top-level nest at `loop` alone: what a tuned schedule does with the stages it does not
+    tile, such as a convolution's padding."""
+    name = "default"
+    loop: str
+
+    def apply(self, kernel: Kernel) -> Kernel:
+        site = find_loop(kernel, self.loop, self)
+        if site.outer:
+            raise self.fail(self.loop, "is not the outermost loop of a top-level nest")
+        annotated = [s.var for s in walk_stmts(site.loop) if isinstance(s, For) and s.kind != "serial"]
+        if annotated:
+            raise self.fail(self.loop, f"its nest is already scheduled (loop {annotated[0]})")
+        return replace_loop(kernel, site, _schedule(site.loop, os.cpu_count() or 1))
+
+    @classmethod
+    def schedule_space(cls, kernel: Kernel) -> list[Pass]:
+        sites = loop_sites(kernel.body)
+        return cls.legal(kernel, [cls(loop_ref(s, sites)) for s in sites if not s.outer])

@@ -19,6 +19,7 @@ from ..ir.errors import NestorError
 from .annotate import Bind, Parallel, Unroll, Vectorize
 from .base import Pass
 from .cache import CacheRead, CacheWrite
+from .default import DefaultNest
 from .layout import Pack
 from .loops import Distribute, Fuse, Reorder, Split, Tile
 from .stages import ComputeAt, Inline
@@ -26,7 +27,7 @@ from .stages import ComputeAt, Inline
 GROUP = "nestor.passes"
 BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (
     Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack,
-    Parallel, Vectorize, Unroll, Bind)}
+    Parallel, Vectorize, Unroll, Bind, DefaultNest)}
 
 
 class PassNotFound(NestorError):

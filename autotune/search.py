@@ -1,0 +1,184 @@
+"""Evolutionary search over a kernel's sketch, steered by the cost model, resumable from records.
+
+Each round proposes a pool of candidates — mutations and crossovers of the fastest measured ones
+plus fresh random samples — ranks the pool with the cost model, and measures the best few plus an
+epsilon of random ones (exploration keeps the model honest). Every measurement goes to the records
+database at once, so a killed tuner loses at most the batch in flight; tuning again skips what is
+stored and trains the cost model on it before proposing anything.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
+from ..passes import Schedule, canonical_loops
+from .space import Sketch
+
+POOL = 256           # candidates ranked by the cost model per round
+EPSILON = 0.2        # share of a batch measured at random
+
+
+@dataclass
+class Progress:
+    task: str
+    trials: int
+    budget: int
+    best_seconds: float | None
+    gflops: float | None
+    errors: int
+
+
+@dataclass
+class TuneResult:
+    task: str
+    best: Schedule | None
+    best_seconds: float | None
+    trials: int                     # measured in this run
+    errors: int
+    stored: int                     # records found from earlier runs
+    seconds: float                  # wall time of this run
+    history: list = field(default_factory=list)   # (trial number, best seconds so far)
+
+
+def kernel_flops(kernel: Kernel) -> float:
+    """Arithmetic of the unscheduled kernel: 2 per multiply-add, 1 per other update."""
+    def go(s, count: int) -> float:
+        if isinstance(s, For):
+            return go(s.body, count * s.extent)
+        if isinstance(s, Store):
+            return count * (2 if s.reduce == "add" else 1)
+        if isinstance(s, Seq):
+            return sum(go(c, count) for c in s.stmts)
+        if isinstance(s, Allocate):
+            return go(s.body, count)
+        return go(s.then, count) + (go(s.otherwise, count) if s.otherwise is not None else 0)
+    return float(go(kernel.body, 1))
+
+
+class Tuner:
+    """Tunes one kernel. `measurer.measure(kernels) -> results`, `records` (autotune.records),
+    `model` (costmodel.CostModel) are shared across kernels of a model."""
+
+    def __init__(self, kernel: Kernel, measurer, records=None, model=None, target: str = "llvm",
+                 batch: int = 16, seed: int = 0):
+        self.kernel = canonical_loops(kernel)
+        self.task = structural_hash(kernel)
+        self.sketch = Sketch.of(self.kernel)
+        self.measurer, self.records, self.model = measurer, records, model
+        self.target, self.batch = target, batch
+        self.rng = random.Random(seed)
+        self.flops = kernel_flops(self.kernel)
+        self.seen: set[str] = set()
+        self.measured: list[tuple[float, dict]] = []   # (seconds, decisions) of this run's good ones
+        self.best_seconds: float | None = None
+        self.best: Schedule | None = None
+        self.stored = 0
+        self.errors = 0
+        if records is not None:
+            self._resume()
+
+    def _resume(self) -> None:
+        self.records.add_task(self.task, print_kernel(self.kernel), self.flops)
+        done = self.records.records(self.task, self.target)
+        self.stored = len(done)
+        self.seen |= {r.schedule for r in done}
+        good = [r for r in done if r.ok]
+        if good:
+            top = min(good, key=lambda r: r.median)
+            self.best_seconds, self.best = top.median, Schedule.from_json(top.schedule)
+        if self.model is not None and good:
+            kernels, secs = [], []
+            for r in good:
+                try:
+                    kernels.append(Schedule.from_json(r.schedule).apply(self.kernel))
+                    secs.append(r.median)
+                except Exception:  # a record from an older Nestor that no longer replays
+                    continue
+            if kernels:
+                self.model.update(kernels, secs, [self.task] * len(kernels))
+
+    # proposing
+
+    def _candidates(self) -> list[tuple[dict, Schedule, Kernel]]:
+        pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
+        parents = [d for _, d in sorted(self.measured, key=lambda t: t[0])[:8]]
+        tries = 0
+        while len(pool) < POOL and tries < 4 * POOL:
+            tries += 1
+            r = self.rng.random()
+            if parents and r < 0.6:
+                d = self.sketch.mutate(self.rng.choice(parents), self.rng)
+            elif len(parents) >= 2 and r < 0.75:
+                d = self.sketch.crossover(*self.rng.sample(parents, 2), self.rng)
+            else:
+                d = self.sketch.sample(self.rng)
+            schedule, kernel = self.sketch.realize(d)
+            key = schedule.to_json()
+            if key in self.seen or key in pool:
+                continue
+            pool[key] = (d, schedule, kernel)
+            if not self._model_ready() and len(pool) >= self.batch:
+                break  # no model yet: random samples are all we can do
+        return list(pool.values())
+
+    def _model_ready(self) -> bool:
+        return self.model is not None and self.model.trained
+
+    def _choose(self, pool):
+        if not self._model_ready() or len(pool) <= self.batch:
+            self.rng.shuffle(pool)
+            return pool[:self.batch]
+        scores = self.model.predict([k for _, _, k in pool])
+        ranked = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -scores[i])]
+        explore = max(1, int(self.batch * EPSILON))
+        chosen = ranked[:self.batch - explore]
+        rest = ranked[self.batch - explore:]
+        return chosen + self.rng.sample(rest, min(explore, len(rest)))
+
+    # one round
+
+    def round(self) -> int:
+        """Propose, rank, measure one batch; returns how many were measured (0: space exhausted)."""
+        batch = self._choose(self._candidates())
+        if not batch:
+            return 0
+        results = self.measurer.measure([k for _, _, k in batch])
+        good_kernels, good_secs = [], []
+        for (d, schedule, kernel), res in zip(batch, results):
+            key = schedule.to_json()
+            self.seen.add(key)
+            if self.records is not None:
+                self.records.add(self.task, self.target, key, res.median, list(res.repeats), res.error)
+            if not res.ok:
+                self.errors += 1
+                continue
+            self.measured.append((res.median, d))
+            good_kernels.append(kernel)
+            good_secs.append(res.median)
+            if self.best_seconds is None or res.median < self.best_seconds:
+                self.best_seconds, self.best = res.median, schedule
+        if self.model is not None and good_kernels:
+            self.model.update(good_kernels, good_secs, [self.task] * len(good_kernels))
+        return len(batch)
+
+    def tune(self, trials: int, deadline: float | None = None,
+             progress: Callable[[Progress], None] | None = None) -> TuneResult:
+        start = time.perf_counter()
+        done, history = 0, []
+        while done < trials and (deadline is None or time.time() < deadline):
+            self.batch = min(self.batch, trials - done)
+            n = self.round()
+            if n == 0:
+                break
+            done += n
+            history.append((done, self.best_seconds))
+            if progress:
+                progress(Progress(self.task, done, trials, self.best_seconds, self.gflops(), self.errors))
+        return TuneResult(self.task, self.best, self.best_seconds, done, self.errors, self.stored,
+                          time.perf_counter() - start, history)
+
+    def gflops(self) -> float | None:
+        return self.flops / self.best_seconds / 1e9 if self.best_seconds else None

@@ -1,0 +1,267 @@
+"""The search space of a kernel: sketches (structure) × decisions (parameters) → schedules.
+
+A sketch reads the kernel's heaviest top-level nest — spatial loops around an optional reduction
+(`Out = init; for r...: Out += ...`) — and derives a multi-level tiled schedule from a handful of
+decisions, as Ansor's sketch rules do for conv- and matmul-like nests:
+
+    split each spatial loop by its tile factor; outer loops first (in a chosen order), then the
+    tile loops, the vector loop last; fuse outer loops into one parallel loop; accumulate the
+    tile in registers (cache_write), move the reduction loops outside the tile (distribute +
+    reorder), unroll the innermost reduction loop; optionally copy an input's panel to a
+    contiguous buffer (cache_read); vectorize the vector loop and unroll the other tile loops.
+
+Other top-level nests (a convolution's padding, a softmax's maxima) get `default(loop)`. Every
+decision is a plain value, so a candidate is a dict that mutates and crosses over easily; its
+schedule is what the passes accepted, so every schedule in the records replays exactly.
+Plugin passes join the space through `extra_steps`: their `schedule_space` instances are
+offered as one more decision.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
+from ..passes import (CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Pass, Reorder, Schedule,
+                      ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes, Parallel)
+from ..passes.registry import BUILTINS
+
+TILE_FACTORS = (1, 2, 3, 4, 6, 8, 16)
+VECTOR_FACTORS = (1, 4, 8, 16, 32)
+MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
+UNROLL_FACTORS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A top-level loop nest: its perfect chain of spatial loops and the reduction inside."""
+    spatial: tuple[For, ...]
+    reduce: tuple[str, ...]       # reduction loops of the innermost body, outermost first
+    output: Buffer | None         # the buffer the nest's reduction (or store) writes
+    index: tuple[Expr, ...]
+    work: int                     # innermost iterations
+
+    @property
+    def root(self) -> str:
+        return self.spatial[0].var
+
+
+def top_level_nests(kernel: Kernel) -> list[Nest]:
+    out = []
+
+    def visit(s: Stmt) -> None:
+        if isinstance(s, Allocate):
+            visit(s.body)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x)
+        elif isinstance(s, For):
+            out.append(_nest(s))
+    visit(kernel.body)
+    return out
+
+
+def _nest(loop: For) -> Nest:
+    chain = [loop]
+    while isinstance(chain[-1].body, For) and chain[-1].body.axis == "spatial" and chain[-1].axis == "spatial":
+        chain.append(chain[-1].body)
+    body = chain[-1].body
+    stores = [s for s in walk_stmts(body) if isinstance(s, Store)]
+    reduce = []
+    for s in walk_stmts(body):
+        if isinstance(s, For) and s.axis == "reduce" and s.var not in reduce:
+            reduce.append(s.var)
+    work = 1
+    for s in walk_stmts(loop):
+        if isinstance(s, For):
+            work *= s.extent
+    target = next((s for s in stores if s.reduce), stores[0] if stores else None)
+    return Nest(tuple(chain), tuple(reduce), target.buffer if target else None,
+                target.indices if target else (), work)
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """The tiling sketch of one kernel (canonical loop names), with its decision domains."""
+    kernel: Kernel
+    nest: Nest
+    others: tuple[str, ...]                 # roots of the other top-level nests
+    vector: int | None                      # position of the vector loop in nest.spatial
+    inputs: tuple[str, ...]                 # buffers cache_read may copy
+    extra: tuple[Pass, ...] = ()            # plugin passes' instances on the kernel
+
+    @classmethod
+    def of(cls, kernel: Kernel) -> Sketch:
+        kernel = canonical_loops(kernel)
+        nests = top_level_nests(kernel)
+        main = max(nests, key=lambda n: n.work)
+        vector = None
+        if main.index and isinstance(main.index[-1], Var):
+            names = [l.var for l in main.spatial]
+            if main.index[-1].name in names:
+                vector = names.index(main.index[-1].name)
+        read = {l.buffer.name for l in loads(kernel.body)}
+        inputs = tuple(b.name for b in kernel.inputs if b.name in read)
+        extra = tuple(p for name, cls_ in list_passes().items() if name not in BUILTINS
+                      for p in cls_.schedule_space(kernel))
+        return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra)
+
+    # decisions
+
+    def sample(self, rng: random.Random) -> dict:
+        loops = self.nest.spatial
+        factors = []
+        for k, loop in enumerate(loops):
+            choices = VECTOR_FACTORS if k == self.vector else TILE_FACTORS
+            factors.append(rng.choice([f for f in choices if f <= loop.extent] or [1]))
+        d = {"factors": factors, "order": rng.randrange(24), "fuse": rng.choice([1, 2]),
+             "unroll": rng.choice(UNROLL_FACTORS), "cache_read": None, "extra": None}
+        if self.inputs and rng.random() < 0.5:
+            d["cache_read"] = (rng.choice(self.inputs), rng.randrange(4))
+        if self.extra and rng.random() < 0.3:
+            d["extra"] = rng.randrange(len(self.extra))
+        return self._bounded(d)
+
+    def mutate(self, d: dict, rng: random.Random) -> dict:
+        d = {**d, "factors": list(d["factors"])}
+        what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra"])
+        if what == "factor":
+            k = rng.randrange(len(d["factors"]))
+            choices = VECTOR_FACTORS if k == self.vector else TILE_FACTORS
+            d["factors"][k] = rng.choice([f for f in choices if f <= self.nest.spatial[k].extent] or [1])
+        elif what == "order":
+            d["order"] = rng.randrange(24)
+        elif what == "fuse":
+            d["fuse"] = 3 - d["fuse"]
+        elif what == "unroll":
+            d["unroll"] = rng.choice(UNROLL_FACTORS)
+        elif what == "cache_read":
+            d["cache_read"] = (rng.choice(self.inputs), rng.randrange(4)) if self.inputs and not d["cache_read"] else None
+        elif self.extra:
+            d["extra"] = None if d["extra"] is not None else rng.randrange(len(self.extra))
+        return self._bounded(d)
+
+    def crossover(self, a: dict, b: dict, rng: random.Random) -> dict:
+        child = {k: (a if rng.random() < 0.5 else b)[k] for k in a}
+        child["factors"] = [rng.choice(p) for p in zip(a["factors"], b["factors"])]
+        return self._bounded(child)
+
+    def _bounded(self, d: dict) -> dict:
+        """Keep the register tile small enough to stay in registers."""
+        factors = list(d["factors"])
+        while _tile_size(factors, self.vector) > MAX_REGISTER_TILE:
+            k = max((i for i in range(len(factors)) if i != self.vector), key=lambda i: factors[i])
+            factors[k] = max(f for f in TILE_FACTORS if f < factors[k])
+        return {**d, "factors": factors}
+
+    # schedule
+
+    def schedule(self, d: dict) -> Schedule:
+        return self.realize(d)[0]
+
+    def realize(self, d: dict) -> tuple[Schedule, Kernel]:
+        """The steps the decisions describe and the kernel they make. A step the passes refuse
+        is left out (so the schedule replays exactly); steps that name its loops fail with it."""
+        builder = _Builder(self.kernel)
+        loops = self.nest.spatial
+        outer, inner = [], []
+        for k, (loop, f) in enumerate(zip(loops, d["factors"])):
+            if 1 < f < loop.extent and builder.step(Split(loop.var, f)):
+                outer.append(f"{loop.var}_o")
+                inner.append((k, f"{loop.var}_i"))
+            elif f >= loop.extent and f > 1:
+                inner.append((k, loop.var))
+            else:
+                outer.append(loop.var)
+        ones = [n for n in outer if _extent(builder.kernel, n) == 1]  # kept in front, never fused
+        outer = [n for n in outer if n not in ones]
+        perms = list(itertools.permutations(range(len(outer)))) if len(outer) <= 4 else [tuple(range(len(outer)))]
+        outer = [outer[i] for i in perms[d["order"] % len(perms)]]
+        inner.sort(key=lambda t: (t[0] == self.vector, t[0]))
+        tile = [name for _, name in inner]
+        band = ones + outer + tile
+        if len(band) > 1:
+            builder.step(Reorder(tuple(band)))
+        vector_name = next((name for k, name in inner if k == self.vector), None)
+        compute_tile = tile
+        if self.nest.reduce and outer and tile and self.nest.output is not None:
+            out = self.nest.output.name
+            if builder.step(CacheWrite(out, outer[-1])) and builder.step(Distribute(tile[0])):
+                compute_tile = [builder.renamed(n) for n in tile]
+                if builder.step(Reorder(tuple(self.nest.reduce) + tuple(compute_tile))):
+                    last = self.nest.reduce[-1]
+                    if d["unroll"] > 1 and builder.step(Split(last, d["unroll"])):
+                        builder.step(Unroll(f"{last}_i"))
+                rank = len(self.nest.output.shape)
+                for tag in ("w", "r"):
+                    names = [f"{out}_{tag}{i}" for i in range(rank)]
+                    builder.step(Vectorize(names[-1]))
+                    for n in names[:-1]:
+                        builder.step(Unroll(n), max_extent=16)
+        if d["cache_read"] and outer:
+            buffer, at = d["cache_read"]
+            builder.step(CacheRead(buffer, outer[at % len(outer)]))
+            builder.step(Vectorize(f"{buffer}_c{len(self._buffer_shape(buffer)) - 1}"))
+        # fused last: tiles and copies need the outer loops' plain (affine) indices
+        if len(outer) >= 2 and d["fuse"] == 2 and builder.step(Fuse(outer[0], outer[1])):
+            outer = [f"{outer[0]}_{outer[1]}"] + outer[2:]
+        if outer:
+            builder.step(Parallel(outer[0]))
+        for names in ([n for n in tile], compute_tile):
+            for n in names:
+                if n == vector_name or n == builder.renamed(vector_name or ""):
+                    builder.step(Vectorize(n))
+                else:
+                    builder.step(Unroll(n), max_extent=16)
+        for root in self.others:
+            builder.step(DefaultNest(root))
+        if d.get("extra") is not None and d["extra"] < len(self.extra):
+            builder.step(self.extra[d["extra"]])
+        return Schedule(tuple(builder.steps)), builder.kernel
+
+    def _buffer_shape(self, name: str) -> tuple[int, ...]:
+        return next(b.shape for b in self.kernel.inputs if b.name == name)
+
+
+def _extent(kernel: Kernel, loop: str) -> int:
+    return next(s.extent for s in walk_stmts(kernel.body) if isinstance(s, For) and s.var == loop)
+
+
+def _tile_size(factors, vector) -> int:
+    size = 1
+    for k, f in enumerate(factors):
+        size *= max(1, f // 8) if k == vector else f
+    return size
+
+
+class _Builder:
+    """Applies steps as they are chosen, keeping those the passes accept."""
+
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+        self.steps: list[Pass] = []
+        self.names: dict[str, str] = {}
+
+    def step(self, step: Pass, max_extent: int | None = None) -> bool:
+        if max_extent is not None:
+            loop = next((s for s in walk_stmts(self.kernel.body) if isinstance(s, For)
+                         and s.var == getattr(step, "loop", None)), None)
+            if loop is None or loop.extent > max_extent:
+                return False
+        try:
+            before = {s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)}
+            self.kernel = step.apply(self.kernel)
+        except ScheduleError:
+            return False
+        if isinstance(step, Distribute):  # the copies' loops: `x` became `x_1` (or `x_2`, ...)
+            after = [s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)]
+            for name in after:
+                base = name.rsplit("_", 1)[0]
+                if name not in before and base in before:
+                    self.names[base] = name
+        self.steps.append(step)
+        return True
+
+    def renamed(self, name: str) -> str:
+        return self.names.get(name, name)
