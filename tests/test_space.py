@@ -1,0 +1,85 @@
+"""The tuner's search space: sketches of frontend kernels give schedules that replay exactly and
+keep results, and mutation and crossover stay inside the space."""
+import random
+
+import numpy as np
+import pytest
+
+from nestor.autotune.space import MAX_REGISTER_TILE, Sketch, _tile_size, top_level_nests
+from nestor.codegen import run_kernel
+from nestor.ir import For, parse_kernel, print_kernel, structural_equal, walk_stmts
+from nestor.passes import Schedule, canonical_loops
+from tests.test_passes import _onnx, inputs, kernels
+
+
+def sketch_kernels():
+    return {
+        "matmul": _onnx("MatMul", {"X": [24, 20], "W": [20, 40]}, [24, 40]),
+        "batch_matmul": _onnx("MatMul", {"X": [3, 8, 12], "W": [3, 12, 16]}, [3, 8, 16]),
+        "conv": _onnx("Conv", {"X": [1, 4, 10, 10], "W": [8, 4, 3, 3]}, [1, 8, 10, 10], pads=[1, 1, 1, 1]),
+        "depthwise": _onnx("Conv", {"X": [1, 4, 9, 9], "W": [4, 1, 3, 3]}, [1, 4, 9, 9], pads=[1, 1, 1, 1], group=4),
+        "softmax": kernels()["softmax"],
+        "maxpool": kernels()["maxpool"],
+        "elementwise": kernels()["elementwise"],
+    }
+
+
+@pytest.mark.parametrize("name", list(sketch_kernels()))
+def test_sampled_schedules_replay_and_keep_results(name):
+    kernel = sketch_kernels()[name]
+    sketch = Sketch.of(kernel)
+    rng = random.Random(1)
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    schedules = set()
+    for _ in range(6):
+        d = sketch.sample(rng)
+        schedule, scheduled = sketch.realize(d)
+        schedules.add(str(schedule))
+        replayed = Schedule.from_json(schedule.to_json()).apply(kernel)
+        assert structural_equal(replayed, scheduled) and replayed == scheduled
+        assert parse_kernel(print_kernel(scheduled)) == scheduled
+        for got, w in zip(run_kernel(scheduled, args), want):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=str(schedule))
+    assert len(schedules) > 1  # the decisions do change the schedule
+
+
+def test_matmul_sketch_tiles_in_registers_and_parallelizes():
+    kernel = sketch_kernels()["matmul"]
+    sketch = Sketch.of(kernel)
+    assert [l.var for l in sketch.nest.spatial] == ["i0", "i1"] and sketch.nest.reduce == ("r0",)
+    assert sketch.vector == 1 and sketch.inputs == ("A", "B")
+    d = {"factors": [4, 8], "order": 1, "fuse": 1, "unroll": 2, "cache_read": ("B", 0), "extra": None}
+    schedule, scheduled = sketch.realize(d)
+    text = str(schedule)
+    for step in ("split(i0, 4)", "split(i1, 8)", "reorder(i1_o, i0_o, i0_i, i1_i)", "cache_write(Out, i0_o)",
+                 "distribute(i0_i)", "reorder(r0, i0_i_1, i1_i_1)", "split(r0, 2)", "unroll(r0_i)",
+                 "cache_read(B, i1_o", "parallel(i1_o)", "vectorize(i1_i_1)", "unroll(i0_i_1)"):
+        assert step in text, (step, text)
+    kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
+    assert kinds["i1_o"] == "parallel" and kinds["i1_i_1"] == "vectorized"
+
+
+def test_other_stages_get_the_default_schedule():
+    sketch = Sketch.of(sketch_kernels()["conv"])
+    assert sketch.others == ("i0",)  # the padding stage
+    schedule = sketch.schedule(sketch.sample(random.Random(0)))
+    assert "default(i0)" in str(schedule)
+
+
+def test_mutation_and_crossover_keep_register_tiles_bounded():
+    sketch = Sketch.of(sketch_kernels()["conv"])
+    rng = random.Random(3)
+    pop = [sketch.sample(rng) for _ in range(20)]
+    for _ in range(200):
+        child = sketch.mutate(rng.choice(pop), rng) if rng.random() < 0.5 else \
+            sketch.crossover(*rng.sample(pop, 2), rng)
+        assert _tile_size(child["factors"], sketch.vector) <= MAX_REGISTER_TILE
+        assert all(f <= l.extent or f == 1 for f, l in zip(child["factors"], sketch.nest.spatial))
+        pop.append(child)
+
+
+def test_top_level_nests_finds_the_stages():
+    nests = top_level_nests(canonical_loops(kernels()["softmax"]))
+    assert [n.root for n in nests] == ["i0", "i1", "i2"]
+    assert [n.reduce for n in nests] == [("r0",), ("r1",), ()]
