@@ -1,1 +1,2 @@
 """autotune"""
+from .records import Record, Records, RecordsError

@@ -1,0 +1,224 @@
+"""The tuning records database: every measurement ever made, in one SQLite file.
+
+SQLite in WAL mode is the embedded default because it gives what a tuner needs for free: each record
+is committed in its own transaction, so a tuner killed with kill -9 loses at most the candidate in
+flight and leaves a readable file; several tuners (processes) can append to one file at once; and
+readers never block the writer. Resume is a query: `measured()` names what a new run may skip and
+`best()` is what `nestor compile` uses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from ..ir.errors import NestorError
+
+FORMAT = "nestor-records"   # meta['format']: tells our file from another app's SQLite database
+SCHEMA_VERSION = 1          # bump on any incompatible change to the tables below
+BUSY_TIMEOUT_MS = 60_000    # other tuners hold the write lock only for one INSERT; wait for them
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tasks (hash TEXT PRIMARY KEY, kernel TEXT NOT NULL, flops REAL NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS records (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task TEXT NOT NULL, target TEXT NOT NULL, schedule TEXT NOT NULL,
+        median REAL, repeats TEXT NOT NULL, error TEXT,  -- repeats: a JSON list of seconds
+        timestamp REAL NOT NULL, version TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS records_task_target ON records (task, target)",
+)
+_COLUMNS = "id, task, target, schedule, median, repeats, error, timestamp, version"
+
+
+def nestor_version() -> str:
+    try:
+        return _version("nestor")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0"
+
+
+class RecordsError(NestorError):
+    """A records file that cannot be opened, is not ours, has another schema version, or is corrupt."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    task: str                   # structural hash of the kernel
+    target: str
+    schedule: str               # Schedule.to_json() text
+    median: float | None        # seconds
+    repeats: tuple[float, ...]  # seconds, every repeat
+    error: str | None
+    timestamp: float            # time.time() when stored
+    version: str                # the Nestor that measured it
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.median is not None
+
+
+class Records:
+    """An open records file. Creates it when missing. One object per process (or thread)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._version = nestor_version()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as e:
+            raise RecordsError(f"cannot open records file '{self.path}': {e}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        # Everything is checked before anything is written, so another app's database is left untouched.
+        with self._guard(self._not_ours):
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables:
+                self._check(tables)
+            self._set_wal()
+            self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL a commit survives kill -9; no fsync each
+            if not tables:
+                self._create()
+
+    def _set_wal(self) -> None:
+        # Switching a new file to WAL needs an exclusive lock. When two tuners try at once, SQLite
+        # answers one of them SQLITE_BUSY at once, without waiting (it would be a deadlock): retry.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _create(self) -> None:
+        # Two tuners creating one new file: one creates, the other waits for the lock and finds it
+        # made (hence IF NOT EXISTS / OR IGNORE). Not executescript: it would commit mid-transaction.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('schema_version', ?)",
+                             (FORMAT, str(SCHEMA_VERSION)))
+            self._check({"meta"})
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _check(self, tables: set[str]) -> None:
+        if "meta" not in tables:
+            raise RecordsError(self._not_ours("it has tables but no 'meta' table"))
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError as e:  # another app's table that happens to be called meta
+            raise RecordsError(self._not_ours(f"its 'meta' table is not Nestor's ({e})")) from None
+        if meta.get("format") != FORMAT:
+            raise RecordsError(self._not_ours(f"its meta table has no format '{FORMAT}'"))
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise RecordsError(f"records file '{self.path}' has schema version {meta.get('schema_version')}, "
+                               f"this Nestor reads version {SCHEMA_VERSION}; use another records file")
+
+    def _not_ours(self, why) -> str:
+        return f"records file '{self.path}' is not a Nestor records database: {why}"
+
+    def _corrupt(self, why) -> str:
+        return f"records file '{self.path}' is corrupt: {why}"
+
+    @contextmanager
+    def _guard(self, message=None):
+        """sqlite3 errors -> RecordsError naming the file. Busy/IO errors keep their own wording."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise RecordsError(f"records file '{self.path}': {e}") from None
+        except sqlite3.DatabaseError as e:  # SQLITE_NOTADB, SQLITE_CORRUPT
+            raise RecordsError((message or self._corrupt)(e)) from None
+
+    def _query(self, sql: str, params=()) -> list[tuple]:
+        with self._guard():
+            return self._db.execute(sql, params).fetchall()
+
+    # tasks
+
+    def add_task(self, task: str, kernel_text: str, flops: float) -> None:
+        """Store a task's kernel (IR text) and flop count once; later calls for the same hash are no-ops."""
+        self._query("INSERT OR IGNORE INTO tasks VALUES (?, ?, ?)", (task, kernel_text, float(flops)))
+
+    def task_kernel(self, task: str) -> str | None:
+        rows = self._query("SELECT kernel FROM tasks WHERE hash = ?", (task,))
+        return rows[0][0] if rows else None
+
+    def tasks(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT hash FROM tasks ORDER BY rowid")]
+
+    # records
+
+    def add(self, task: str, target: str, schedule_json: str, median: float | None,
+            repeats, error: str | None = None) -> Record:
+        """Store one measurement, committed before returning (autocommit: one transaction per record)."""
+        row = (task, str(target), schedule_json, None if median is None else float(median),
+               tuple(float(r) for r in repeats), error, time.time(), self._version)
+        with self._guard():
+            cur = self._db.execute(f"INSERT INTO records ({_COLUMNS[4:]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   row[:4] + (json.dumps(row[4]),) + row[5:])
+        return Record(cur.lastrowid, *row)
+
+    def _where(self, task, target, ok_only=False) -> tuple[str, tuple]:
+        terms, params = [], []
+        if task is not None:
+            terms.append("task = ?"), params.append(task)
+        if target is not None:
+            terms.append("target = ?"), params.append(str(target))
+        if ok_only:
+            terms.append("error IS NULL AND median IS NOT NULL")
+        return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
+
+    def _records(self, sql: str, params) -> list[Record]:
+        rows = self._query(sql, params)
+        try:
+            return [Record(*r[:5], tuple(json.loads(r[5])), *r[6:]) for r in rows]
+        except (ValueError, TypeError) as e:
+            raise RecordsError(self._corrupt(f"unreadable repeats ({e})")) from None
+
+    def records(self, task: str | None = None, target: str | None = None,
+                ok_only: bool = False) -> list[Record]:
+        """The stored records, filtered, in insertion order."""
+        where, params = self._where(task, target, ok_only)
+        return self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY id", params)
+
+    def best(self, task: str, target: str) -> Record | None:
+        """The fastest correct record (lowest median) of a task on a target; the earliest on a tie."""
+        where, params = self._where(task, target, ok_only=True)
+        found = self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY median, id LIMIT 1", params)
+        return found[0] if found else None
+
+    def measured(self, task: str, target: str) -> set[str]:
+        """Schedule JSONs already measured (correct or not): a resumed search skips them."""
+        where, params = self._where(task, target)
+        return {r[0] for r in self._query(f"SELECT DISTINCT schedule FROM records{where}", params)}
+
+    def count(self, task: str | None = None, target: str | None = None) -> int:
+        where, params = self._where(task, target)
+        return self._query(f"SELECT COUNT(*) FROM records{where}", params)[0][0]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Records:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

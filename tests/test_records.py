@@ -1,0 +1,153 @@
+"""The tuning records database: round trip, resume after kill -9, concurrent tuners, bad files."""
+import multiprocessing
+import os
+import signal
+import sqlite3
+
+import pytest
+
+from nestor.autotune.records import Record, Records, RecordsError, nestor_version
+
+fork = multiprocessing.get_context("fork")  # the children need no fresh import of nestor (and TVM)
+
+
+def schedule(i: int) -> str:
+    return f'{{"steps": [["split", {{"loop": "i", "factor": {i}}}]]}}'
+
+
+def tune(path, candidates, report_fd=None, task="t", target="llvm"):
+    """A stand-in tuner: measures every candidate not yet in the records, one commit each."""
+    with Records(path) as db:
+        done = db.measured(task, target)
+        for i in candidates:
+            if schedule(i) in done:
+                continue
+            rec = db.add(task, target, schedule(i), 1.0 + i, [1.0 + i, 2.0 + i])
+            if report_fd is not None:
+                os.write(report_fd, f"{rec.id}\n".encode())
+
+
+def test_round_trip_and_best(tmp_path):
+    path = tmp_path / "r.db"
+    with Records(path) as db:
+        db.add_task("t", "kernel k() {}", 1e6)
+        db.add_task("t", "ignored: the task is stored once", 2.0)
+        added = [db.add("t", "llvm", schedule(1), 3e-3, [3e-3, 4e-3, 3e-3]),
+                 db.add("t", "llvm", schedule(2), 1e-3, (1e-3, 1e-3)),
+                 db.add("t", "llvm", schedule(3), 5e-4, [5e-4], error="wrong result"),  # fast but wrong
+                 db.add("t", "llvm", schedule(4), None, [], error="build failed"),
+                 db.add("t", "cuda", schedule(5), 1e-5, [1e-5]),
+                 db.add("u", "llvm", schedule(6), 1e-6, [1e-6])]
+    with Records(path) as db:  # reopened: everything comes back as it was returned by add
+        assert db.records() == added
+        assert [r.id for r in added] == sorted(r.id for r in added)
+        assert db.tasks() == ["t"]
+        assert db.task_kernel("t") == "kernel k() {}" and db.task_kernel("u") is None
+        assert db.records("t", "llvm") == added[:4]
+        assert db.records("t", "llvm", ok_only=True) == added[:2]
+        assert [r.ok for r in added] == [True, True, False, False, True, True]
+        assert db.best("t", "llvm") == added[1]
+        assert db.best("t", "cuda") == added[4] and db.best("v", "llvm") is None
+        assert db.measured("t", "llvm") == {schedule(i) for i in (1, 2, 3, 4)}
+        assert (db.count(), db.count("t"), db.count("t", "llvm"), db.count(target="cuda")) == (6, 5, 4, 1)
+    first = added[0]
+    assert first.repeats == (3e-3, 4e-3, 3e-3) and first.version == nestor_version()
+    assert first.timestamp <= added[-1].timestamp
+    assert isinstance(first, Record) and first.schedule == schedule(1)
+
+
+def test_resume_after_kill_9(tmp_path):
+    path = tmp_path / "r.db"
+    read_fd, write_fd = os.pipe()
+    child = fork.Process(target=tune, args=(path, range(10 ** 6), write_fd))
+    child.start()
+    os.close(write_fd)
+    reported = b""
+    while reported.count(b"\n") < 200:
+        reported += os.read(read_fd, 4096)
+    os.kill(child.pid, signal.SIGKILL)  # mid-stream: the child is still adding as fast as it can
+    child.join()
+    while chunk := os.read(read_fd, 4096):
+        reported += chunk
+    os.close(read_fd)
+    assert child.exitcode == -signal.SIGKILL
+    committed = [int(line) for line in reported.split()]
+    assert os.path.exists(f"{path}-wal")  # WAL mode; the killed writer never checkpointed
+
+    with Records(path) as db:
+        kept = db.records()
+        # Every record the child saw committed survives; at most the one in flight is lost or kept.
+        assert [r.id for r in kept][:len(committed)] == committed
+        assert len(committed) <= db.count() == len(kept) <= len(committed) + 1
+        assert [r.schedule for r in kept] == [schedule(i) for i in range(len(kept))]
+        assert db.measured("t", "llvm") == {r.schedule for r in kept}
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+    total = len(kept) + 50
+    tune(path, range(total))  # the resumed run measures only what is missing
+    with Records(path) as db:
+        again = db.records()
+        assert again[:len(kept)] == kept
+        assert [r.schedule for r in again] == [schedule(i) for i in range(total)]
+
+
+def test_concurrent_writers(tmp_path):
+    path = tmp_path / "r.db"  # new: both processes race to create it too
+    children = [fork.Process(target=tune, args=(path, range(150)), kwargs={"task": task})
+                for task in ("a", "b")]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(timeout=60)
+    assert [c.exitcode for c in children] == [0, 0]
+    with Records(path) as db:
+        assert db.count() == 300
+        for task in ("a", "b"):
+            assert [r.schedule for r in db.records(task)] == [schedule(i) for i in range(150)]
+
+
+def _valid(path):
+    with Records(path) as db:
+        for i in range(300):
+            db.add("t", "llvm", schedule(i) + "x" * 100, 1.0, [1.0])
+
+
+def _truncated(path, size=None):
+    _valid(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:size or len(data) // 2])
+
+
+def _foreign(path, sql):
+    with sqlite3.connect(path) as db:
+        db.execute(sql)
+    db.close()
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_bytes(os.urandom(4096)), "not a Nestor records database"),
+    (lambda p: p.write_text("schedule,median\nsplit,1.0\n" * 50), "not a Nestor records database"),
+    (_truncated, "not a Nestor records database"),
+    (lambda p: _truncated(p, 60), "not a Nestor records database"),
+    (lambda p: _foreign(p, "CREATE TABLE songs (title TEXT)"), "no 'meta' table"),
+    (lambda p: _foreign(p, "CREATE TABLE meta (a, b)"), "not Nestor's"),
+    (lambda p: _foreign(p, "CREATE TABLE meta (key, value)"), "no format"),
+    (lambda p: (_valid(p), _foreign(p, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")),
+     "schema version 99"),
+], ids=["random", "text", "truncated", "header-only", "foreign", "foreign-meta", "foreign-kv", "version"])
+def test_bad_file_is_a_clear_error(tmp_path, make, says):
+    path = tmp_path / "bad.db"
+    make(path)
+    for suffix in ("-wal", "-shm"):  # what _valid left behind is not part of the bad file
+        if os.path.exists(f"{path}{suffix}"):
+            os.remove(f"{path}{suffix}")
+    before = path.read_bytes()
+    with pytest.raises(RecordsError, match=f"records file '{path}'.*{says}"):
+        Records(path)
+    assert path.read_bytes() == before  # a file that is not ours is never written to
+
+
+def test_unopenable_path_is_a_clear_error(tmp_path):
+    path = tmp_path / "missing-dir" / "r.db"
+    with pytest.raises(RecordsError, match=f"cannot open records file '{path}'"):
+        Records(path)
