@@ -1,2 +1,3 @@
 """autotune"""
 from .records import Record, Records, RecordsError
+from .measure import Measurer, MeasureResult

@@ -1,0 +1,390 @@
+"""Measuring candidates: built in worker processes, timed one at a time in an isolated runner
+process, and checked against the unscheduled kernel's output before any time counts.
+
+Why processes: a candidate can crash (an out-of-bounds store segfaults), hang, or make TVM or LLVM
+fail. Each is recorded as that candidate's error, and a process it killed is replaced for the next.
+Why two phases: on a 2-core machine a build next to a timing run distorts the timing, so a batch is
+first built (in parallel) and only then timed (serially, with nothing else of ours running).
+Workers are fresh interpreters started with subprocess: not fork (TVM is not fork-safe once used),
+and not multiprocessing's spawn (it re-runs the caller's main script, so an unguarded script that
+tunes would recurse). They talk to the parent over a socket pair with pickled messages.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe, wait
+
+import numpy as np
+
+from ..ir import Kernel
+from ..ir.errors import NestorError
+
+FLUSH_BYTES = 64 << 20   # written over before each repeat: more than this host's L2 + L3 (1 + 32 MiB)
+MIN_REPEAT = 1e-3        # number=None: a repeat runs the kernel enough times to last about this long
+START_TIMEOUT = 120.0    # a worker's start: a fresh interpreter importing TVM (~1.5 s when idle)
+BUILD_TIMEOUT = 120.0    # LLVM can take minutes on a huge unrolled loop: that is an error too
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    median: float | None              # seconds per run; None when there is an error
+    repeats: tuple[float, ...] = ()
+    error: str | None = None
+    build_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Measurer:
+    """Builds and times candidate schedules of `reference` (the unscheduled kernel), whose output
+    on seeded random inputs (the same for every candidate) is the truth they are checked against.
+
+    Each candidate gets: one checked run, then `repeats` timed repeats of `number` runs (None: as
+    many as last about 1 ms), the cache flushed before each repeat; `timeout` bounds the whole.
+    `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices)."""
+
+    def __init__(self, reference: Kernel, target=None, repeats: int = 5, number: int | None = None,
+                 timeout: float = 10.0, build_workers: int = 2, rtol: float = 1e-4,
+                 atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None):
+        self.repeats, self.number, self.timeout = repeats, number, timeout
+        self._signature = _signature(reference)
+        self._count = 0
+        arrays = _random_inputs(reference, seed) if inputs is None else _checked(reference, inputs)
+        target = _target_json(target)
+        self._dir = tempfile.mkdtemp(prefix="nestor-measure-")
+        np.savez(os.path.join(self._dir, "inputs.npz"), *arrays)
+        self._builders = [_Worker("builder", {"target": target},
+                                  os.path.join(self._dir, f"builder{n}.log"))
+                          for n in range(max(1, build_workers))]
+        self._runner = _Worker("runner", {
+            "inputs": os.path.join(self._dir, "inputs.npz"),
+            "reference": os.path.join(self._dir, "reference.npz"),
+            "outputs": [(b.name, b.shape, b.dtype) for b in reference.outputs],
+            "rtol": rtol, "atol": atol}, os.path.join(self._dir, "runner.log"))
+        workers = self._builders + [self._runner]
+        self._finalizer = weakref.finalize(self, _shut_down, workers, self._dir)
+        try:
+            for w in workers:  # start all, then wait: the imports overlap
+                w.start()
+            for w in workers:
+                w.ready()
+            (ref,) = self._measure([reference], save=True)
+            if not ref.ok:
+                raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref.error}")
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, candidates: list[Kernel]) -> list[MeasureResult]:
+        """One result per candidate, in order; a bad candidate gets an error, never an exception."""
+        return self._measure(candidates)
+
+    def _measure(self, kernels: list[Kernel], save: bool = False) -> list[MeasureResult]:
+        results: list[MeasureResult | None] = [None] * len(kernels)
+        jobs = []  # (position, kernel under a unique name, .so path)
+        for n, k in enumerate(kernels):
+            if _signature(k) != self._signature:
+                results[n] = MeasureResult(None, error="parameters differ from the reference kernel's")
+                continue
+            self._count += 1
+            # A unique function name per module: nothing can resolve to another candidate's code.
+            name = f"candidate{self._count}"
+            jobs.append((n, dataclasses.replace(k, name=name), os.path.join(self._dir, name + ".so")))
+
+        built = _serve(self._builders, [(k, path) for _, k, path in jobs], BUILD_TIMEOUT, "build failed: ")
+        runnable = []
+        for job, b in zip(jobs, built):
+            if "error" in b:
+                results[job[0]] = MeasureResult(None, error=b["error"], build_seconds=b.get("seconds", 0.0))
+            else:
+                runnable.append((job, b["seconds"]))
+
+        requests = [{"path": path, "name": k.name, "repeats": self.repeats, "number": self.number,
+                     "save": save} for (_, k, path), _ in runnable]
+        for ((n, _, path), build_s), r in zip(runnable, _serve([self._runner], requests, self.timeout, "")):
+            _remove(path)
+            if "error" in r:
+                results[n] = MeasureResult(None, error=r["error"], build_seconds=build_s)
+            else:
+                reps = tuple(r["repeats"])
+                results[n] = MeasureResult(statistics.median(reps), reps, None, build_s)
+        return results
+
+    def close(self) -> None:
+        """Stop the worker processes and delete the temporary files."""
+        self._finalizer()
+
+    def __enter__(self) -> Measurer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- the parent's side of the workers ----
+
+class _Worker:
+    """A child interpreter serving one request at a time; replaced when it dies or hangs."""
+
+    def __init__(self, role: str, config: dict, log: str):
+        self.role, self.config, self.log = role, config, log
+        self.proc: subprocess.Popen | None = None
+        self.conn: Connection | None = None
+        self.since = 0.0  # when the request in flight was sent
+
+    def start(self) -> None:
+        ours, theirs = Pipe()
+        code = f"from nestor.autotune.measure import _child; _child({theirs.fileno()})"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        with open(self.log, "ab") as log:
+            # Own session: the user's Ctrl-C is the parent's to handle; it stops us in close().
+            self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                         start_new_session=True)
+        theirs.close()
+        self.conn = ours
+        ours.send((self.role, self.config))
+
+    def ready(self) -> None:
+        try:
+            if self.conn.poll(START_TIMEOUT) and self.conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        self.stop()
+        with open(self.log, errors="replace") as f:
+            tail = " | ".join(f.read().strip().splitlines()[-3:])
+        raise NestorError(f"measure: the {self.role} process did not start: {tail or 'no output'}")
+
+    def submit(self, request) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.stop()
+            self.start()
+            self.ready()
+        self.conn.send(request)
+        self.since = time.monotonic()
+
+    def reply(self) -> dict:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):  # the child died mid-request
+            try:
+                code = self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.stop()
+            if code is not None and code < 0:
+                return {"error": f"crashed (signal {-code}, {signal.Signals(-code).name})"}
+            return {"error": f"crashed (exit status {code})"}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.conn.close()
+            self.proc = self.conn = None
+
+
+def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str) -> list[dict]:
+    """Each request's reply, in order, spread over the workers (one request each at a time).
+    A worker that dies or runs past `timeout` gets that request an error ("crashed ...",
+    "timeout ...", after `prefix`) and is replaced for the next."""
+    replies: list = [None] * len(requests)
+    todo = collections.deque(range(len(requests)))
+    idle, busy = list(workers), {}
+    while todo or busy:
+        while todo and idle:
+            w = idle.pop()
+            n = todo.popleft()
+            w.submit(requests[n])
+            busy[w] = n
+        left = min(w.since + timeout for w in busy) - time.monotonic()
+        ready = wait([w.conn for w in busy], max(left, 0.0))
+        for w in list(busy):
+            if w.conn in ready:
+                r = w.reply()
+                if "error" in r and r["error"].startswith("crashed"):
+                    r["error"] = prefix + r["error"]
+            elif time.monotonic() - w.since >= timeout:
+                w.stop()
+                r = {"error": f"{prefix}timeout after {timeout:g} s"}
+            else:
+                continue
+            replies[busy.pop(w)] = r
+            idle.append(w)
+    return replies
+
+
+def _shut_down(workers: list[_Worker], directory: str) -> None:
+    for w in workers:
+        w.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _signature(kernel: Kernel) -> tuple:
+    return tuple((tuple(b.shape), b.dtype) for b in kernel.params)
+
+
+def _target_json(target) -> str | None:
+    if target is None:
+        return None
+    import tvm
+    target = tvm.target.Target(target)
+    if target.kind.name != "llvm":
+        raise NestorError(f"measure: runs on the CPU (an llvm target), not {target.kind.name}")
+    return str(target)
+
+
+def _random_inputs(kernel: Kernel, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for b in kernel.inputs:
+        dtype = np.dtype(b.dtype)
+        if dtype.kind == "f":
+            a = rng.standard_normal(b.shape)
+        elif dtype.kind == "b":
+            a = rng.random(b.shape) < 0.5
+        else:
+            a = rng.integers(0, 2, b.shape)  # in bounds for any index into an axis of 2 or more
+        arrays.append(np.asarray(a).astype(dtype))
+    return arrays
+
+
+def _checked(kernel: Kernel, inputs) -> list[np.ndarray]:
+    arrays = [np.asarray(a) for a in inputs]
+    want = [(tuple(b.shape), np.dtype(b.dtype)) for b in kernel.inputs]
+    if [(a.shape, a.dtype) for a in arrays] != want:
+        raise NestorError(f"measure: inputs of {kernel.name} must be {want}")
+    return arrays
+
+
+def _mismatch(got: list[np.ndarray], want: list[np.ndarray], names: list[str], rtol: float,
+              atol: float) -> str | None:
+    """'wrong result: ...' naming the worst element out of tolerance, or None if all agree."""
+    for name, g, w in zip(names, got, want):
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(g64 - w64)
+            if g.dtype.kind == "f":
+                finite = w64[np.isfinite(w64)]
+                rms = float(np.sqrt(np.mean(finite ** 2))) if finite.size else 0.0
+                # A reordered float reduction errs in proportion to the terms it sums, not to a
+                # result that cancels to near zero: the tolerance also scales with the output's RMS.
+                rt = max(rtol, 4 * float(np.finfo(g.dtype).eps))
+                bad = ~(err <= atol + rt * (np.abs(w64) + rms))
+                bad &= ~((g64 == w64) | (np.isnan(g64) & np.isnan(w64)))  # same inf, both NaN
+            else:
+                bad = g != w
+        if bad.any():
+            worst = np.where(bad, np.nan_to_num(err, nan=np.inf), -1.0)
+            at = np.unravel_index(np.argmax(worst), g.shape)
+            return f"wrong result: max abs err {worst[at]:.3g} at {name}[{', '.join(map(str, at))}]"
+    return None
+
+
+# ---- the children ----
+
+def _child(fd: int) -> None:
+    """A worker's main loop: serve requests until the parent closes the pipe."""
+    try:  # Linux: die with the parent, so a hanging kernel cannot outlive a killed tuner
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    conn = Connection(fd)
+    role, config = conn.recv()
+    serve = _builder(**config) if role == "builder" else _runner(**config)
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        conn.send(serve(request))
+
+
+def _brief(err: BaseException) -> str:
+    """The first line of an error, without TVM's restated condition (`Check failed: (...) is false:`)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = re.sub(r"^Check failed: \(.*?\) is false: ", "", lines[0] if lines else "")
+    return f"{type(err).__name__}: {first}"[:400]
+
+
+def _builder(target: str | None):
+    from ..codegen import build
+
+    def serve(request) -> dict:
+        kernel, path = request
+        start = time.perf_counter()
+        try:
+            build([kernel], target).export(path)
+            return {"seconds": time.perf_counter() - start}
+        except Exception as err:
+            return {"seconds": time.perf_counter() - start, "error": f"build failed: {_brief(err)}"}
+    return serve
+
+
+def _runner(inputs: str, reference: str, outputs: list, rtol: float, atol: float):
+    import tvm
+
+    from ..codegen import use_all_cores
+    use_all_cores()  # before the first kernel starts TVM's thread pool (its default takes half)
+    dev = tvm.cpu()
+    with np.load(inputs) as f:
+        args = [tvm.runtime.tensor(f[f"arr_{n}"], dev) for n in range(len(f.files))]
+    # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
+    # candidate fails to write cannot pass with a value left there by the one before.
+    fills = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
+                     (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
+    outs = [tvm.runtime.tensor(fill, dev) for fill in fills]
+    names = [name for name, _, _ in outputs]
+    truth: list[np.ndarray] = []
+    if os.path.exists(reference):  # a replacement runner: the reference ran in an earlier one
+        with np.load(reference) as f:
+            truth = [f[f"arr_{n}"] for n in range(len(f.files))]
+
+    def serve(request) -> dict:
+        try:
+            module = tvm.runtime.load_module(request["path"])
+            for t, fill in zip(outs, fills):
+                t.copyfrom(fill)
+            start = time.perf_counter()
+            module[request["name"]](*args, *outs)
+            first = time.perf_counter() - start
+            got = [t.numpy() for t in outs]
+            if request["save"]:
+                np.savez(reference, *got)
+                truth[:] = got
+                return {"repeats": [first]}
+            wrong = _mismatch(got, truth, names, rtol, atol)
+            if wrong:
+                return {"error": wrong}
+            number = request["number"] or min(10 ** 6, math.ceil(MIN_REPEAT / max(first, 1e-9)))
+            timer = module.time_evaluator(request["name"], dev, number=number,
+                                          repeat=request["repeats"], cache_flush_bytes=FLUSH_BYTES)
+            return {"repeats": list(timer(*args, *outs).results)}
+        except Exception as err:
+            return {"error": f"run failed: {_brief(err)}"}
+    return serve

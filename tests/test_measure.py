@@ -1,0 +1,125 @@
+"""Measurement: good candidates get times; wrong, crashing, hanging and unbuildable ones get errors,
+and the candidate after each still measures."""
+import os
+import re
+import statistics
+
+import numpy as np
+import pytest
+
+from nestor.autotune.measure import Measurer, MeasureResult, _mismatch
+from nestor.ir import parse_kernel
+from nestor.ir.errors import NestorError
+from nestor.passes import parse_pipeline
+
+SIG = "(A: f32[64, 64], B: f32[64, 64]) -> (C: f32[64, 64])"
+MATMUL = parse_kernel(f"""
+kernel mm{SIG} {{
+  for i in 0..64 {{ for j in 0..64 {{ C[i, j] = 0.0 }} }}
+  for i in 0..64 {{ for j in 0..64 {{ for k in 0..64 reduce {{ C[i, j] += A[i, k] * B[k, j] }} }} }}
+}}""")
+GOOD = parse_pipeline("split(i3, 16); reorder(i2, i3_o, r0, i3_i); vectorize(i3_i)").apply(MATMUL)
+BAD = {
+    # same signature, another computation
+    "wrong": (f"kernel w{SIG} {{ for i in 0..64 {{ for j in 0..64 {{ C[i, j] = A[i, j] + B[i, j] }} }} }}",
+              r"wrong result: max abs err \d.* at C\[\d+, \d+\]"),
+    # stores ~1.6 GB past C: unmapped memory, the runner dies of SIGSEGV
+    "crash": (f"kernel c{SIG} {{ for i in 0..64 {{ for j in 0..64 {{ C[i * 100000, j] = A[i, j] }} }} }}",
+              r"crashed \(signal 11, SIGSEGV\)"),
+    # 4e13 iterations
+    "hang": (f"kernel h{SIG} {{ for a in 0..1000000 {{ for b in 0..10000000 {{ for i in 0..4 {{"
+             f" C[i, 0] += A[i, 0] }} }} }} }}", r"timeout after 2 s"),
+    # TVM rejects an index constant beyond int32
+    "unbuildable": (f"kernel u{SIG} {{ for i in 0..64 {{ for j in 0..64 {{ C[i * 100000000, j] = A[i, j] }} }} }}",
+                    r"build failed: \w+: .*int32"),
+}
+
+
+@pytest.fixture(scope="module")
+def measurer():
+    with Measurer(MATMUL, repeats=3, timeout=2.0) as m:
+        yield m
+
+
+def assert_timed(r: MeasureResult, repeats=3):
+    assert r.ok and r.error is None, r.error
+    assert len(r.repeats) == repeats and all(t > 0 for t in r.repeats)
+    assert r.median == statistics.median(r.repeats)
+    assert 0 < r.build_seconds < 60
+
+
+def test_good_candidates_get_times(measurer):
+    results = measurer.measure([GOOD, MATMUL])
+    for r in results:
+        assert_timed(r)
+    # the vectorized schedule beats the naive nest: the times mean something (min: robust to
+    # preemption on a shared machine)
+    assert min(results[0].repeats) < min(results[1].repeats)
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_candidate_is_an_error_and_the_next_still_measures(measurer, kind):
+    text, error = BAD[kind]
+    bad, good = measurer.measure([parse_kernel(text), GOOD])
+    assert not bad.ok and bad.median is None and bad.repeats == ()
+    assert re.fullmatch(error, bad.error), bad.error
+    assert_timed(good)
+
+
+def test_mixed_batch_keeps_order(measurer):
+    kernels = [GOOD, parse_kernel(BAD["crash"][0]), parse_kernel(BAD["wrong"][0]), GOOD,
+               parse_kernel(BAD["unbuildable"][0]), GOOD]
+    results = measurer.measure(kernels)
+    assert [r.ok for r in results] == [True, False, False, True, False, True]
+    assert [r.error.split(" ")[0] for r in results if not r.ok] == ["crashed", "wrong", "build"]
+
+
+def test_other_signature_is_an_error(measurer):
+    (r,) = measurer.measure([parse_kernel(
+        "kernel s(A: f32[64, 64]) -> (C: f32[64, 64]) { for i in 0..64 { for j in 0..64 { C[i, j] = A[i, j] } } }")])
+    assert r.error == "parameters differ from the reference kernel's"
+
+
+def test_unwritten_output_is_wrong(measurer):
+    # writes only half of C: the rest must not pass with what an earlier candidate left there
+    half = parse_pipeline("split(i3, 32)").apply(MATMUL)
+    text = f"""kernel half{SIG} {{
+      for i in 0..32 {{ for j in 0..64 {{ C[i, j] = 0.0 }} }}
+      for i in 0..32 {{ for j in 0..64 {{ for k in 0..64 reduce {{ C[i, j] += A[i, k] * B[k, j] }} }} }}
+    }}"""
+    r_good, r_half = measurer.measure([half, parse_kernel(text)])
+    assert r_good.ok
+    assert r_half.error.startswith("wrong result: max abs err inf at C[32, ")
+
+
+def test_reference_that_fails_raises():
+    with pytest.raises(NestorError, match="reference kernel u fails: build failed"):
+        Measurer(parse_kernel(BAD["unbuildable"][0]), build_workers=1)
+
+
+def test_close_stops_workers():
+    m = Measurer(MATMUL, build_workers=1)
+    procs = [w.proc for w in m._builders + [m._runner]]
+    directory = m._dir
+    m.close()
+    assert all(p.poll() is not None for p in procs)
+    assert not os.path.exists(directory)
+    m.close()  # twice is fine
+
+
+def test_mismatch_tolerance():
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((8, 8)).astype("float32")
+    # rounding noise of a reordered sum, even on elements near zero, passes
+    noisy = want + np.float32(1e-6) * rng.standard_normal((8, 8)).astype("float32")
+    noisy[0, 0], want[0, 0] = 3e-6, 0.0
+    assert _mismatch([noisy], [want], ["Y"], 1e-4, 1e-5) is None
+    wrong = want.copy()
+    wrong[2, 5] += 3.0
+    assert _mismatch([wrong], [want], ["Y"], 1e-4, 1e-5) == "wrong result: max abs err 3 at Y[2, 5]"
+    nan = want.copy()
+    nan[1, 1] = np.nan
+    assert "inf at Y[1, 1]" in _mismatch([nan], [want], ["Y"], 1e-4, 1e-5)
+    assert _mismatch([nan], [nan], ["Y"], 1e-4, 1e-5) is None  # NaN where the reference has NaN
+    ints = np.arange(6).reshape(2, 3)
+    assert _mismatch([ints + (ints == 4)], [ints], ["I"], 1e-4, 1e-5) == "wrong result: max abs err 1 at I[1, 1]"
