@@ -21,24 +21,37 @@ def import_onnx(model, input_shapes: dict | None = None) -> Graph:
     return import_model(model, input_shapes=input_shapes)
 
 
-def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph) -> Callable[[Kernel], Kernel] | None:
+def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records: str | None = None,
+              target=None) -> Callable[[Kernel], Kernel] | None:
     """What `compile` takes as a schedule -> the function applied to each distinct kernel:
     "default", "none", a schedule file (passes/model_schedule.py), a pipeline string for every
-    kernel, or a ModelSchedule."""
+    kernel, or a ModelSchedule. With `records` (a tuning database), a kernel's best stored
+    schedule wins; kernels never tuned get `schedule`."""
     if isinstance(schedule, str) and schedule in SCHEDULES:
-        return SCHEDULES[schedule]
-    if not isinstance(schedule, ModelSchedule):
-        schedule = read_model_schedule(schedule)
-    return schedule.scheduler_for(graph)
+        base = SCHEDULES[schedule]
+    else:
+        base = (schedule if isinstance(schedule, ModelSchedule) else read_model_schedule(schedule)).scheduler_for(graph)
+    if records is None:
+        return base
+    from .autotune.tune import best_schedules
+    best = best_schedules(records, target)
+
+    def tuned_or_base(kernel: Kernel) -> Kernel:
+        found = best(kernel)
+        if found is not None:
+            return found.apply(kernel)
+        return base(kernel) if base else kernel
+    return tuned_or_base
 
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
-            schedule: str | os.PathLike | ModelSchedule = "default",
+            schedule: str | os.PathLike | ModelSchedule = "default", records: str | None = None,
             progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or an imported Graph) into a runnable model;
-    `schedule` is anything `scheduler` takes."""
+    `schedule` is anything `scheduler` takes; `records`: use the best tuned schedules stored there."""
     graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes)
-    return compile_graph(graph, target=target, schedule=scheduler(schedule, graph), progress=progress)
+    return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
+                         progress=progress)
 
 
 def load(path: str) -> CompiledModel:

@@ -1,4 +1,4 @@
-"""The `nestor` command line: compile | run | ir | passes | bench.
+"""The `nestor` command line: compile | run | ir | passes | tune | bench.
 
 Every user error (bad model, unsupported op, wrong input) is printed as one line on stderr with a
 non-zero exit status; tracebacks are for Nestor's own bugs.
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile an ONNX model into a deployable .nestor file")
     c.add_argument("model", help="model.onnx")
     c.add_argument("-o", "--output", help="output file (default: MODEL.nestor)")
+    c.add_argument("--records", help="use the best schedules tuned into this records database")
     _shape_and_schedule_args(c)
     c.set_defaults(func=cmd_compile)
 
@@ -66,9 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("-v", "--verbose", action="store_true", help="full descriptions")
     ps.set_defaults(func=cmd_passes)
 
-    b = sub.add_parser("bench", help="benchmarks against ONNX Runtime")
-    b.add_argument("suite", choices=["models"])
-    b.add_argument("--models", help="comma-separated names (default: all)")
+    t = sub.add_parser("tune", help="tune the kernels of a model (or one kernel.ir) into a records database")
+    t.add_argument("model", help="model.onnx or kernel.ir (Nestor IR text)")
+    t.add_argument("--trials", type=int, help="measurements per distinct kernel (default 64; with "
+                                              "--time-budget alone: as many as fit)")
+    t.add_argument("--time-budget", metavar="10m", help="stop after this long (s, m or h), shared by the kernels")
+    t.add_argument("--records", default="nestor_records.sqlite", help="records database (default: %(default)s)")
+    t.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
+    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    t.set_defaults(func=cmd_tune)
+
+    b = sub.add_parser("bench", help="benchmarks: models against ONNX Runtime, kernels against MetaSchedule")
+    b.add_argument("suite", choices=["models", "kernels"])
+    b.add_argument("--models", help="models: comma-separated names (default: all)")
+    b.add_argument("--kernels", help="kernels: comma-separated names (default: all)")
+    b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=int, default=20)
     b.set_defaults(func=cmd_bench)
     return p
@@ -100,7 +113,8 @@ def _compile(path: str, args):
     from .api import compile as nestor_compile
     start = time.perf_counter()
     model = nestor_compile(path, input_shapes=_input_shapes(args.input_shape),
-                           schedule=args.schedule, progress=lambda msg: print(f"  {msg}", flush=True))
+                           schedule=args.schedule, records=getattr(args, "records", None),
+                           progress=lambda msg: print(f"  {msg}", flush=True))
     return model, time.perf_counter() - start
 
 
@@ -227,9 +241,56 @@ def _plugin_origin(cls, entry_points) -> str:
 
 
 def cmd_bench(args) -> int:
+    if args.suite == "kernels":
+        from .bench_kernels import bench_kernels
+        bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat)
+        return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
     bench_models(names, repeat=args.repeat)
+    return 0
+
+
+def _seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except ValueError:
+        raise InputError(f"--time-budget '{text}' is not a duration such as 90s, 10m or 1h") from None
+
+
+def cmd_tune(args) -> int:
+    from .autotune.search import kernel_flops
+    from .autotune.tune import tune_kernels
+    if args.model.endswith(".ir"):
+        from .ir import parse_kernel
+        try:
+            with open(args.model) as f:
+                kernel = parse_kernel(f.read())
+        except OSError as err:
+            raise InputError(f"cannot read '{args.model}': {err}") from None
+        kernels = {kernel.name: kernel}
+    else:
+        from .api import import_onnx
+        graph = import_onnx(args.model, _input_shapes(args.input_shape))
+        kernels = {n.name: n.kernel for n in graph.nodes if n.kernel is not None}
+    budget = _seconds(args.time_budget)
+    trials = args.trials or (10 ** 9 if budget is not None else 64)
+    start = time.perf_counter()
+    results = tune_kernels(kernels, trials, args.records, budget, model_path=args.cost_model)
+    print(f"\n{'kernel':<28} {'trials':>6} {'errors':>6} {'stored':>6} {'best ms':>9} {'GFLOP/s':>8}")
+    shown = set()
+    for name, r in results.items():
+        if id(r) in shown:
+            continue
+        shown.add(id(r))
+        best = f"{r.best_seconds * 1e3:>9.3f}" if r.best_seconds else f"{'-':>9}"
+        gf = f"{kernel_flops(kernels[name]) / r.best_seconds / 1e9:>8.1f}" if r.best_seconds else f"{'-':>8}"
+        print(f"{name[:28]:<28} {r.trials:>6} {r.errors:>6} {r.stored:>6} {best} {gf}")
+    print(f"tuned {len(shown)} distinct kernels in {time.perf_counter() - start:.0f} s; records in "
+          f"{args.records} (use: nestor compile {args.model} --records {args.records})")
     return 0
 
 

@@ -1,0 +1,86 @@
+"""Tuning kernels end to end: records, cost model, measurement and search wired together, with a
+progress line, and the best stored schedules read back for compilation."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+from ..codegen import host_target
+from ..costmodel import CostModel
+from ..ir import Kernel, structural_hash
+from ..passes import Schedule, canonical_loops
+from .measure import Measurer
+from .records import Records
+from .search import Progress, Tuner, TuneResult
+
+
+def target_key(target=None) -> str:
+    """The records key of a target: its JSON form (kind, mcpu, cores)."""
+    return str(target or host_target())
+
+
+def progress_printer(name: str, stream=sys.stderr) -> Callable[[Progress], None]:
+    """`[name] ####------ 48/256 trials  best 1.234 ms  123.4 GFLOP/s  2 errors`, redrawn in place."""
+    def show(p: Progress) -> None:
+        width = 20
+        if p.budget >= 10 ** 8:  # tuning until a deadline: no known end
+            p = Progress(p.task, p.trials, p.trials + 1, p.best_seconds, p.gflops, p.errors)
+        filled = int(width * p.trials / max(p.budget, 1))
+        best = f"best {p.best_seconds * 1e3:8.3f} ms" if p.best_seconds else "best        -   "
+        gf = f"{p.gflops:7.1f} GFLOP/s" if p.gflops else "      - GFLOP/s"
+        end = "\n" if p.trials >= p.budget else ""
+        stream.write(f"\r[{name}] {'#' * filled}{'-' * (width - filled)} {p.trials:4d}/{p.budget} trials  "
+                     f"{best}  {gf}  {p.errors} errors{end}")
+        stream.flush()
+    return show
+
+
+def tune_kernels(kernels: dict[str, Kernel], trials: int, records_path: str | None = None,
+                 time_budget: float | None = None, target=None, show_progress: bool = True,
+                 model_path: str | None = None, seed: int = 0) -> dict[str, TuneResult]:
+    """Tune each kernel (name -> kernel; structurally equal ones once) for `trials` measurements,
+    or until `time_budget` seconds are spent (shared equally). Measurements go to the records
+    file as they arrive; the cost model is shared across kernels and saved to `model_path`."""
+    key = target_key(target)
+    records = Records(records_path) if records_path else None
+    model = CostModel.load(model_path) if model_path and os.path.exists(model_path) else CostModel(seed=seed)
+    results: dict[str, TuneResult] = {}
+    by_hash: dict[str, str] = {}
+    start = time.time()
+    distinct = {structural_hash(k) for k in kernels.values()}
+    try:
+        for n, (name, kernel) in enumerate(kernels.items()):
+            h = structural_hash(kernel)
+            if h in by_hash:
+                results[name] = results[by_hash[h]]
+                continue
+            by_hash[h] = name
+            deadline = None
+            if time_budget is not None:
+                left = len(distinct) - len(by_hash) + 1
+                deadline = time.time() + (start + time_budget - time.time()) / left
+            with Measurer(canonical_loops(kernel), target=target) as measurer:
+                tuner = Tuner(kernel, measurer, records, model, key, seed=seed + n)
+                results[name] = tuner.tune(trials, deadline,
+                                           progress_printer(name) if show_progress else None)
+            if show_progress and results[name].trials < trials:
+                sys.stderr.write("\n")
+    finally:
+        if model_path and model.trained:
+            model.save(model_path)
+        if records is not None:
+            records.close()
+    return results
+
+
+def best_schedules(records_path: str, target=None) -> Callable[[Kernel], Schedule | None]:
+    """A lookup: kernel -> the fastest schedule stored for it (by structural hash), or None."""
+    records = Records(records_path)
+    key = target_key(target)
+
+    def lookup(kernel: Kernel) -> Schedule | None:
+        best = records.best(structural_hash(kernel), key)
+        return Schedule.from_json(best.schedule) if best else None
+    return lookup
