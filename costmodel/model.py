@@ -1,0 +1,198 @@
+"""The cost model: XGBoost with a pairwise ranking objective over kernel features.
+
+Only the order of candidates of one task matters to the search (which few of hundreds to
+measure), and absolute times differ by orders of magnitude between tasks, so the model ranks:
+samples are grouped by task and XGBoost learns from pairs inside a group. The label is
+log(fastest time of the group / time), so higher means faster, and so are the predictions.
+
+Online training keeps every measured sample and refits from scratch on each update (a few
+hundred trees' worth of work on at most a few thousand rows: well under a second), which is
+simpler and steadier than stacking trees on old ones. `save` writes the samples with the
+booster, so a reloaded model keeps learning where it stopped, and `pretrain` seeds it from
+past records before a new task is tuned.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from typing import Iterable
+
+import numpy as np
+import xgboost as xgb
+
+from ..ir import Kernel
+from .features import FEATURE_NAMES, kernel_features
+
+ROUNDS = 80            # trees per fit
+MAX_SAMPLES = 20_000   # most recent samples kept for training
+FORMAT = 1
+PARAMS = {
+    "objective": "rank:pairwise",
+    "lambdarank_pair_method": "mean",     # random pairs across the whole group, not only the top
+    "lambdarank_num_pair_per_sample": 16,
+    "eta": 0.15,
+    "max_depth": 6,
+    "min_child_weight": 1,
+    "subsample": 0.8,
+    "colsample_bytree": 0.5,
+    "tree_method": "hist",
+}
+_FEATURES_ID = hashlib.sha1("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
+
+
+def features(kernels: Iterable[Kernel]) -> np.ndarray:
+    rows = [kernel_features(k) for k in kernels]
+    return np.array(rows, dtype=np.float32).reshape(len(rows), len(FEATURE_NAMES))
+
+
+class CostModel:
+    """Ranks candidate kernels of a task: `predict` gives higher scores to faster ones."""
+
+    def __init__(self, seed: int = 0, rounds: int = ROUNDS, nthread: int | None = None):
+        self.seed, self.rounds = seed, rounds
+        self.nthread = nthread or 1  # small data; threads only contend on a shared machine
+        self._x = np.zeros((0, len(FEATURE_NAMES)), np.float32)
+        self._seconds = np.zeros(0)
+        self._groups = np.zeros(0, dtype=str)
+        self._booster: xgb.Booster | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self._booster is not None
+
+    @property
+    def samples(self) -> int:
+        return len(self._seconds)
+
+    def update(self, kernels: list[Kernel], seconds: list[float], groups: list[str]) -> None:
+        """Add measured samples (failed measurements are not passed) and refit."""
+        self._add(features(kernels), seconds, groups)
+        self._fit()
+
+    def pretrain(self, samples: Iterable[tuple[Kernel, float, str]]) -> None:
+        """Learn from past records: (kernel, seconds, group) triples; bad times are skipped."""
+        rows, secs, groups = [], [], []
+        for kernel, sec, group in samples:
+            if sec is not None and math.isfinite(sec) and sec > 0:
+                rows.append(kernel_features(kernel))
+                secs.append(sec)
+                groups.append(group)
+        if rows:
+            self._add(np.array(rows, np.float32), secs, groups)
+            self._fit()
+
+    def predict(self, kernels: list[Kernel]) -> np.ndarray:
+        """A score per kernel, higher = predicted faster (comparable within one task only).
+        Zeros before any training."""
+        if not self.trained:
+            return np.zeros(len(kernels))
+        return self.predict_features(features(kernels))
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        if not self.trained:
+            return np.zeros(len(x))
+        return self._booster.predict(xgb.DMatrix(x, nthread=self.nthread)).astype(np.float64)
+
+    # training
+
+    def _add(self, x: np.ndarray, seconds, groups) -> None:
+        seconds = np.asarray(seconds, dtype=np.float64)
+        if not (len(x) == len(seconds) == len(groups)):
+            raise ValueError(f"{len(x)} kernels, {len(seconds)} times, {len(groups)} groups")
+        keep = np.isfinite(seconds) & (seconds > 0)
+        self._x = np.concatenate([self._x, x[keep]])[-MAX_SAMPLES:]
+        self._seconds = np.concatenate([self._seconds, seconds[keep]])[-MAX_SAMPLES:]
+        self._groups = np.concatenate([self._groups, np.asarray(groups, dtype=str)[keep]])[-MAX_SAMPLES:]
+
+    def _fit(self) -> None:
+        order = np.argsort(self._groups, kind="stable")  # XGBoost wants each group contiguous
+        groups = self._groups[order]
+        seconds = self._seconds[order]
+        names, starts, sizes = np.unique(groups, return_index=True, return_counts=True)
+        labels = np.empty_like(seconds)
+        for start, size in zip(starts, sizes):
+            part = seconds[start:start + size]
+            labels[start:start + size] = np.log(part.min() / part)
+        if not any(np.ptp(seconds[s:s + n]) > 0 for s, n in zip(starts, sizes)):
+            return  # no pair to learn from yet
+        data = xgb.DMatrix(self._x[order], label=labels, nthread=self.nthread)
+        data.set_group(sizes)
+        params = {**PARAMS, "seed": self.seed, "nthread": self.nthread}
+        self._booster = xgb.train(params, data, num_boost_round=self.rounds)
+
+    # persistence
+
+    def save(self, path: str) -> None:
+        """Samples and booster in one .npz file, written atomically."""
+        booster = (np.frombuffer(bytes(self._booster.save_raw("ubj")), np.uint8)
+                   if self._booster is not None else np.zeros(0, np.uint8))
+        meta = json.dumps({"format": FORMAT, "features": _FEATURES_ID, "seed": self.seed,
+                           "rounds": self.rounds})
+        buf = io.BytesIO()
+        np.savez_compressed(buf, x=self._x, seconds=self._seconds, groups=self._groups,
+                            booster=booster, meta=np.array(meta))
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> CostModel:
+        """A saved model. One saved with other features (an older Nestor) cannot predict
+        these: it is dropped with a warning and an untrained model returned."""
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS))
+            if meta.get("format") != FORMAT or meta.get("features") != _FEATURES_ID:
+                warnings.warn(f"{path}: cost model saved with other features; starting untrained")
+                return model
+            model._x, model._seconds, model._groups = f["x"], f["seconds"], f["groups"]
+            raw = f["booster"]
+        if len(raw):
+            model._booster = xgb.Booster(params={"nthread": model.nthread})
+            model._booster.load_model(bytearray(raw.tobytes()))
+        return model
+
+
+# quality measures
+
+def pairwise_accuracy(scores, seconds, groups) -> float:
+    """The fraction of same-group pairs with different times that the scores order correctly
+    (higher score ↔ lower time); a tie in score counts half. NaN when there is no such pair."""
+    scores, seconds, groups = np.asarray(scores, float), np.asarray(seconds, float), np.asarray(groups)
+    right = total = 0.0
+    for g in np.unique(groups):
+        s, t = scores[groups == g], seconds[groups == g]
+        faster = t[:, None] < t[None, :]           # i faster than j
+        ds = s[:, None] - s[None, :]
+        right += np.sum(faster & (ds > 0)) + 0.5 * np.sum(faster & (ds == 0))
+        total += np.sum(faster)
+    return right / total if total else float("nan")
+
+
+def top_k_recall(scores, seconds, k: int) -> float:
+    """For the candidates of one task: 1.0 if a truly fastest one is among the k best-scored,
+    else 0.0. Ties in score are broken against it (an untrained model earns nothing)."""
+    scores, seconds = np.asarray(scores, float), np.asarray(seconds, float)
+    best = np.flatnonzero(seconds == seconds.min())
+    ahead = [np.sum(scores >= scores[b]) - 1 for b in best]  # candidates scored at least as high
+    return float(min(ahead) < k)
+
+
+def sampled_top_k_recall(scores, seconds, groups, k: int, pool: int = 64, draws: int = 200,
+                         seed: int = 0) -> float:
+    """Mean top-k recall over random pools of `pool` candidates drawn inside each group (as a
+    search round ranks a pool and measures its best few)."""
+    scores, seconds, groups = np.asarray(scores, float), np.asarray(seconds, float), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    hits = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        for _ in range(draws if len(idx) > pool else 1):
+            pick = rng.choice(idx, size=min(pool, len(idx)), replace=False)
+            hits.append(top_k_recall(scores[pick], seconds[pick], k))
+    return float(np.mean(hits)) if hits else float("nan")
