@@ -16,6 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..ir import Graph, Node, TensorType, canonical
 from ..ir.errors import ModelError
+from .graph_passes import optimize_nodes
 from .ops import Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
 
 # Ops never folded even with constant inputs: their result is not a function of the inputs.
@@ -46,10 +47,11 @@ def load_model(source) -> onnx.ModelProto:
 
 
 def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 name: str | None = None) -> Graph:
+                 name: str | None = None, optimize: bool = True) -> Graph:
     """Build a Nestor graph from an ONNX model (path or ModelProto).
 
-    `input_shapes` fixes dynamic input dimensions (e.g. the batch size).
+    `input_shapes` fixes dynamic input dimensions (e.g. the batch size); `optimize` runs the
+    inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering.
     """
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -80,6 +82,8 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
         nodes = remaining
 
     outputs = [vi.name for vi in g.output]
+    if optimize:
+        nodes = optimize_nodes(nodes, consts, types, outputs)
     read = {i for n in nodes for i in n.input} | set(outputs)
     graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)

@@ -8,6 +8,7 @@ from .codegen import CompiledModel, compile_graph
 from .frontend import import_model
 from .ir import Graph, Kernel
 from .passes import default_schedule
+from .passes.fusion import fuse_elementwise
 from .passes.model_schedule import ModelSchedule, read_model_schedule
 
 SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
@@ -16,9 +17,12 @@ SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
 }
 
 
-def import_onnx(model, input_shapes: dict | None = None) -> Graph:
-    """ONNX model (path or ModelProto) → Nestor graph of kernels."""
-    return import_model(model, input_shapes=input_shapes)
+def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True) -> Graph:
+    """ONNX model (path or ModelProto) → Nestor graph of kernels. `optimize`: fold BatchNorms
+    into convolutions (frontend/graph_passes.py) and fuse elementwise consumers into the kernels
+    that produce their inputs (passes/fusion.py)."""
+    graph = import_model(model, input_shapes=input_shapes, optimize=optimize)
+    return fuse_elementwise(graph) if optimize else graph
 
 
 def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records: str | None = None,
@@ -46,10 +50,11 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
             schedule: str | os.PathLike | ModelSchedule = "default", records: str | None = None,
-            progress: Callable[[str], None] | None = None) -> CompiledModel:
-    """Compile an ONNX model (path, ModelProto or an imported Graph) into a runnable model;
-    `schedule` is anything `scheduler` takes; `records`: use the best tuned schedules stored there."""
-    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes)
+            optimize: bool = True, progress: Callable[[str], None] | None = None) -> CompiledModel:
+    """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
+    runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
+    schedules stored there; `optimize`: as in `import_onnx`."""
+    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
 

@@ -18,12 +18,13 @@ WEIGHT = np.random.default_rng(0).standard_normal((32, 48)).astype(np.float32)
 
 def matmul_relu_model() -> onnx.ModelProto:
     """x[16, 32] @ W -> Relu -> Relu: nodes mm, act1, act2 (kernels matmul, relu, relu; the
-    two relus are structurally equal, so one kernel)."""
+    two relus are structurally equal, so one kernel). Every intermediate is also an output, so
+    fusion leaves the three nodes apart."""
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
              helper.make_node("Relu", ["h"], ["r"], name="act1"),
              helper.make_node("Relu", ["r"], ["y"], name="act2")]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 48])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [16, 48]) for n in "yhr"],
                               [numpy_helper.from_array(WEIGHT, "W")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
