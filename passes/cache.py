@@ -107,6 +107,9 @@ class CacheWrite(Pass):
         _check_site(self, site)
         buffer = find_buffer(kernel, self.buffer, self)
         body = site.loop.body
+        if any(isinstance(s, Allocate) and s.buffer == buffer for s in walk_stmts(body)):
+            raise self.fail(self.loop, f"{buffer.name} is allocated inside it; the write-back "
+                                       f"would land outside its allocation")
         stores, loaded = accesses(body, buffer)
         if not stores:
             raise self.fail(self.loop, f"{buffer.name} is not written inside it")

@@ -2,17 +2,20 @@
 
 It is what a kernel gets before any tuning: never pathological, never clever. Each top-level loop
 nest is treated on its own:
-- the innermost loop, if it is spatial and walks the last (contiguous) index of every store in it,
-  is vectorized, split by a vector width that divides it when it is long;
+- the innermost loop, if it is spatial, walks the last (contiguous) index of every store in it
+  and its iterations are independent, is vectorized, split by a vector width that divides it
+  when it is long;
 - the outermost spatial loop of the nest with at least two iterations is made parallel when the
-  nest does enough work and every store under it is indexed by that loop (so iterations write
-  disjoint elements) or goes to a buffer allocated inside it.
+  nest does enough work and its iterations are independent.
+Independence is the dependence test the parallel and vectorize passes use (analysis.py), so a
+recurrence or a stencil that reads what a neighbouring iteration writes stays serial.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from .analysis import independence_problem
 from .base import Pass, find_loop, loop_ref, loop_sites, replace_loop
 from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
                   walk, walk_stmts)
@@ -33,12 +36,13 @@ def _schedule(stmt: Stmt, cores: int) -> Stmt:
     return _map_loops(stmt, nest)
 
 
-def _vectorize_innermost(loop: For) -> Stmt:
+def _vectorize_innermost(loop: For, outer: tuple[For, ...] = ()) -> Stmt:
     body = loop.body
     if _has_loop(body):
-        new_body = _map_loops(body, _vectorize_innermost)
+        new_body = _map_loops(body, lambda inner: _vectorize_innermost(inner, outer + (loop,)))
         return loop if new_body is body else For(loop.var, loop.extent, new_body, loop.kind, loop.axis)
-    if loop.axis != "spatial" or loop.kind != "serial" or not _contiguous_in(loop):
+    if (loop.axis != "spatial" or loop.kind != "serial" or not _contiguous_in(loop)
+            or independence_problem(loop, outer)):
         return loop
     width = _vector_width(loop.extent)
     if width is None:
@@ -148,20 +152,10 @@ def _parallelize(nest: Stmt, cores: int) -> Stmt:
         if cand.axis != "spatial" or cand.kind != "serial":
             break
         if cand.extent >= 2:
-            if _iterations_disjoint(cand):
+            if independence_problem(cand, chain[:depth]) is None:
                 return _replace_at(nest, depth, For(cand.var, cand.extent, cand.body, "parallel", cand.axis))
             break
     return nest
-
-
-def _iterations_disjoint(loop: For) -> bool:
-    local = {s.buffer.name for s in walk_stmts(loop.body) if isinstance(s, Allocate)}
-    var = Var(loop.var)
-    for s in walk_stmts(loop.body):
-        if isinstance(s, Store) and s.buffer.name not in local:
-            if not any(var == e for idx in s.indices for e in walk(idx)):
-                return False
-    return True
 
 
 def _replace_at(nest: For, depth: int, new: For) -> For:

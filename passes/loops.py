@@ -29,6 +29,8 @@ def _serial(step: Pass, loops) -> None:
 def _band(step: Pass, kernel: Kernel, refs) -> list[Site]:
     """The loops named by `refs`, in the order given; sorted by depth they must form a perfect
     nest, each loop the whole body of the one before."""
+    if not refs:
+        raise step.fail(None, "names no loop")
     sites = [find_loop(kernel, r, step) for r in refs]
     if len({s.index for s in sites}) != len(sites):
         raise step.fail(None, "a loop is named twice")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Allocate, Buffer, Const, For, If, Kernel, Load, Seq, Stmt, Store, Var, loads, seq, substitute, walk_stmts
-from ..ir.visit import rewrite_stmt
+from ..ir.visit import rewrite_stmt, stmt_exprs, walk
 from .base import (Pass, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites,
                    replace_loop)
 from .region import inner_extents, local_index, region_of
@@ -102,6 +102,18 @@ def _stage_sequence(body: Stmt) -> tuple[Stmt, ...]:
     return body.stmts if isinstance(body, Seq) else (body,)
 
 
+def _check_defined_at(step: Pass, producer: Producer, site) -> None:
+    """The loops the producer's body uses besides its own (the tile loop of a cache_write's local
+    copy, say) must enclose the loop it moves into, or the moved producer reads them undefined."""
+    own = {l.var for l in producer.loops} | {s.var for s in walk_stmts(producer.body) if isinstance(s, For)}
+    used = {e.name for s in walk_stmts(producer.body) for x in stmt_exprs(s) for e in walk(x)
+            if isinstance(e, Var)} - own
+    missing = sorted(used - {l.var for l in site.outer + (site.loop,)})
+    if missing:
+        raise step.fail(site.loop.var, f"the producer of {producer.alloc.buffer.name} uses loop "
+                                       f"{', '.join(missing)}, which is not around this one")
+
+
 @dataclass(frozen=True)
 class ComputeAt(Pass):
     """Compute the region of the intermediate `buffer` that one iteration of `loop` reads, inside
@@ -118,6 +130,7 @@ class ComputeAt(Pass):
             raise self.fail(self.loop, f"is a loop of the producer of {self.buffer}")
         if site.loop.kind == "vectorized":
             raise self.fail(self.loop, "is vectorized; a vector loop holds no statements but its body")
+        _check_defined_at(self, producer, site)
         buffer = producer.alloc.buffer
         inside = [l for l in loads(site.loop.body) if l.buffer.name == buffer.name]
         everywhere = [l for l in loads(kernel.body) if l.buffer.name == buffer.name]
