@@ -70,7 +70,11 @@ class CostModel:
 
     def update(self, kernels: list[Kernel], seconds: list[float], groups: list[str]) -> None:
         """Add measured samples (failed measurements are not passed) and refit."""
-        self._add(features(kernels), seconds, groups)
+        self.update_features(features(kernels), seconds, groups)
+
+    def update_features(self, x: np.ndarray, seconds, groups) -> None:
+        """`update` with the feature rows already computed (`features(kernels)`)."""
+        self._add(x, seconds, groups)
         self._fit()
 
     def pretrain(self, samples: Iterable[tuple[Kernel, float, str]]) -> None:

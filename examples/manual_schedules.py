@@ -23,11 +23,12 @@ from nestor.passes import parse_pipeline
 
 # Loop names are the canonical ones `nestor ir` prints: spatial i0, i1, ..., reductions r0, ...
 # Matmul: Out[i0, i1] = 0; Out[i0, i1] += A[i0, r0] * B[r0, i1].
-# A 4×16 register tile (4 rows, two 8-lane vectors): eight accumulators held across the whole r0
-# loop (cache_write + distribute + reorder puts r0 outside the tile); B's 16-column panel is
-# copied to a contiguous local buffer once per column block (cache_read) and reused by all rows.
+# A 4×64 register tile (4 rows, four 16-lane AVX-512 vectors): sixteen accumulators held across
+# the whole r0 loop (cache_write + distribute + reorder puts r0 outside the tile); B's 64-column
+# panel is copied to a contiguous local buffer once per column block (cache_read) and reused by
+# all rows.
 MATMUL = """
-    split(i0, 4); split(i1, 16); reorder(i1_o, i0_o, i0_i, i1_i);
+    split(i0, 4); split(i1, 64); reorder(i1_o, i0_o, i0_i, i1_i);
     cache_write(Out, i0_o); distribute(i0_i); reorder(r0, i0_i_1, i1_i_1);
     cache_read(B, i1_o);
     parallel(i1_o);
@@ -38,15 +39,18 @@ MATMUL = """
 
 # Conv: the padding stage writes X_pad[i0..i3]; the convolution is
 # Out[i4, i5, i6, i7] += X_pad[i4, r0, i6 + r1, i7 + r2] * W[i5, r0, r1, r2].
-# Tile: 4 output channels × 2 rows × 8 columns (one vector) = eight accumulators; W is packed
-# OIHW → OIHW4o at compile time so the four channel weights of a tap are adjacent.
+# Output channels fill the 16 lanes of an AVX-512 vector (56 columns have no 16-lane split): W is
+# packed OIHW → OIHW16o at compile time so a tap's 16 channel weights are one vector load, and
+# each of the 2 rows × 7 columns of the tile is one accumulator of 16 channels (14 registers),
+# laid out channels last by cache_write's order; every tap then costs one weight load and 14
+# broadcast FMAs. The write-back scatters each vector to its 16 channel planes once per tile.
 CONV3X3 = """
-    split(i5, 4); split(i6, 2); split(i7, 8); reorder(i5_o, i6_o, i7_o, i5_i, i6_i, i7_i);
-    cache_write(Out, i7_o); distribute(i5_i); reorder(r0, r1, r2, i5_i_1, i6_i_1, i7_i_1);
-    pack(W, 0, 4, [0, 2, 3, 4, 1]);
+    split(i5, 16); split(i6, 2); split(i7, 7); reorder(i5_o, i6_o, i7_o, i6_i, i7_i, i5_i);
+    cache_write(Out, i7_o, [0, 2, 3, 1]); distribute(i6_i); reorder(r0, r1, r2, i6_i_1, i7_i_1, i5_i_1);
+    pack(W, 0, 16, [0, 2, 3, 4, 1]);
     parallel(i5_o);
-    unroll(i5_i_1); unroll(i6_i_1); vectorize(i7_i_1);
-    unroll(i5_i); unroll(i6_i); vectorize(i7_i);
+    unroll(i6_i_1); unroll(i7_i_1); vectorize(i5_i_1);
+    unroll(i6_i); unroll(i7_i); vectorize(i5_i);
     unroll(Out_w1); unroll(Out_w2); vectorize(Out_w3);
     parallel(i1)
 """

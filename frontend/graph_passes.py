@@ -189,8 +189,9 @@ def _affine_of(node, data: str, consts, types, read) -> Affine | None:
     if op == "Div" and np.any(v == 0):
         return None
     one, zero = np.ones(1), np.zeros(1)
-    return {"Mul": Affine(axis, v, zero), "Div": Affine(axis, 1 / v, zero),
-            "Add": Affine(axis, one, v), "Sub": Affine(axis, one, -v)}[op]
+    if op in SCALES:
+        return Affine(axis, v if op == "Mul" else 1 / v, zero)
+    return Affine(axis, one, v if op == "Add" else -v)
 
 
 def _along_one_axis(c: np.ndarray, shape) -> tuple[int | None, np.ndarray] | None:

@@ -19,11 +19,10 @@ from .bench import interleaved_medians, ort_session
 from .ir.errors import NestorError
 
 
-def _tune_nestor(kernel, trials: int, workdir: str):
+def _tune_nestor(kernel, trials: int, records_path: str):
     from .autotune.tune import tune_kernels
     start = time.perf_counter()
-    result = tune_kernels({"k": kernel}, trials, records_path=os.path.join(workdir, "nestor.sqlite"),
-                          show_progress=True)["k"]
+    result = tune_kernels({"k": kernel}, trials, records_path=records_path, show_progress=True)["k"]
     return result, time.perf_counter() - start
 
 
@@ -42,7 +41,10 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
     return tvm.compile(sch.mod, target=target)["main"], seconds
 
 
-def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20, out=print) -> float:
+def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
+                  records: str | None = None, out=print) -> float:
+    """`records`: keep Nestor's measurements in this database (it resumes from what is there, so
+    use a new file for a fair count of trials); by default they go to a temporary one."""
     import tvm
     from .api import import_onnx
     from .autotune.kernel_suite import SUITE
@@ -64,7 +66,8 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
         want = session.run(None, feeds)[0]
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
-            result, nestor_s = _tune_nestor(node.kernel, trials, workdir)
+            result, nestor_s = _tune_nestor(node.kernel, trials,
+                                            records or os.path.join(workdir, "nestor.sqlite"))
             out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
             ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials, workdir, target)
         best = result.best.apply(node.kernel) if result.best else node.kernel

@@ -78,11 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tune)
 
     b = sub.add_parser("bench", help="benchmarks: models against ONNX Runtime, kernels against MetaSchedule")
-    b.add_argument("suite", choices=["models", "kernels"])
+    b.add_argument("suite", choices=["models", "kernels", "costmodel"],
+                   help="costmodel: ranking quality on held-out records of --records")
     b.add_argument("--models", help="models: comma-separated names (default: all)")
     b.add_argument("--kernels", help="kernels: comma-separated names (default: all)")
     b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=int, default=20)
+    b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
+                                     "costmodel: the records to evaluate on")
     b.set_defaults(func=cmd_bench)
     return p
 
@@ -243,7 +246,17 @@ def _plugin_origin(cls, entry_points) -> str:
 def cmd_bench(args) -> int:
     if args.suite == "kernels":
         from .bench_kernels import bench_kernels
-        bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat)
+        bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
+                      records=args.records)
+        return 0
+    if args.suite == "costmodel":
+        from .autotune.model_quality import evaluate, report
+        if not args.records:
+            raise InputError("nestor bench costmodel needs --records DB (from nestor tune or "
+                             "nestor bench kernels --records DB)")
+        if not os.path.exists(args.records):
+            raise InputError(f"records file '{args.records}' does not exist")
+        report(evaluate(args.records))
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None

@@ -180,6 +180,12 @@ class Pass:
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def given_params(self) -> dict:
+        """The parameters without those at their defaults, so that a parameter added to a pass
+        later (with a default) changes neither the text nor the JSON of existing schedules."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default}
+
     @classmethod
     def from_params(cls, params: dict) -> Pass:
         """An instance from loosely typed values (JSON lists, pipeline literals), type-checked."""
@@ -205,6 +211,9 @@ class Pass:
 
     def __str__(self) -> str:
         values = list(self.params().values())
+        given = self.given_params()
+        while values and list(self.params())[len(values) - 1] not in given:
+            values.pop()  # trailing defaults go unsaid (the parameters are positional)
         args = [_format(v) for v in values]
         if values and _is_flat_tuple(values[-1]):  # a trailing list is written spread out
             args[-1:] = [_format(v) for v in values[-1]]

@@ -96,11 +96,15 @@ def _first_access_initializes(body: Stmt, buffer: Buffer, varying: set[str]) -> 
 
 @dataclass(frozen=True)
 class CacheWrite(Pass):
-    """Accumulate the tile of `buffer` that one iteration of `loop` writes in a local buffer and
-    store it back once, at the end of the iteration (loops `<buffer>_w0`, `_w1`, ...)."""
+    """Accumulate the tile of `buffer` that one iteration of `loop` writes in a local buffer, its
+    dimensions in `order` (default: as in `buffer`), and store it back once, at the end of the
+    iteration (loops `<buffer>_w0`, `_w1`, ..., one per dimension of the local buffer). An order
+    that puts the vectorized dimension last keeps each accumulator one contiguous vector (output
+    channels of an NCHW convolution, say)."""
     name = "cache_write"
     buffer: str
     loop: str
+    order: tuple[int, ...] = ()
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)
@@ -118,6 +122,10 @@ class CacheWrite(Pass):
             raise self.fail(self.loop, f"{buffer.name} is accessed at {len(indices)} different "
                                        f"indices inside it; cache_write needs one")
         (index,) = indices
+        order = self.order or tuple(range(len(buffer.shape)))
+        if sorted(order) != list(range(len(buffer.shape))):
+            raise self.fail(self.loop, f"order {list(order)} is not a permutation of the "
+                                       f"{len(buffer.shape)} dimensions of {buffer.name}")
         inner = inner_extents(body)
         region = region_of(buffer, [index], inner)
         if isinstance(region, str):
@@ -129,30 +137,38 @@ class CacheWrite(Pass):
                 raise self.fail(self.loop, f"index {d} of {buffer.name} does not walk a dense tile "
                                            f"(each dimension must follow one inner loop, step 1)")
             varying |= set(coefs)
-        local = _local_buffer(self, kernel, buffer, region.extents, "local")
-        new_body = _redirect(body, buffer, local, lambda idx: local_index(region, idx, inner))
+        local = _local_buffer(self, kernel, buffer, [region.extents[d] for d in order], "local")
+
+        def index(idx):
+            rel = local_index(region, idx, inner)
+            return tuple(rel[d] for d in order)
+        new_body = _redirect(body, buffer, local, index)
 
         taken = loop_names(kernel)
         outer = _outer_extents(site)
-        write_back = self._copy(region, local, taken, outer, "w", into_local=False)
+        write_back = self._copy(region, order, local, taken, outer, "w", into_local=False)
         copy_in = None
         if not _first_access_initializes(body, buffer, varying):
-            copy_in = self._copy(region, local, taken, outer, "r", into_local=True)
+            copy_in = self._copy(region, order, local, taken, outer, "r", into_local=True)
         loop = site.loop
         new = Allocate(local, seq(copy_in, new_body, write_back))
         return replace_loop(kernel, site, For(loop.var, loop.extent, new, loop.kind, loop.axis))
 
-    def _copy(self, region: Region, local: Buffer, taken, outer, tag: str, into_local: bool) -> Stmt:
-        names = [fresh_name(f"{region.buffer.name}_{tag}{d}", taken) for d in range(len(region.extents))]
-        offsets = [Var(n) for n in names]
+    def _copy(self, region: Region, order, local: Buffer, taken, outer, tag: str,
+              into_local: bool) -> Stmt:
+        """The copy nest between the tile and the local buffer; loop k walks local dimension k."""
+        names = [fresh_name(f"{region.buffer.name}_{tag}{k}", taken) for k in range(len(order))]
+        offsets = [None] * len(order)
+        for k, d in enumerate(order):
+            offsets[d] = Var(names[k])
         outside = tuple(region.start(d, o) for d, o in enumerate(offsets))
-        inside = tuple(offsets)
+        inside = tuple(Var(n) for n in names)
         if into_local:
             store = Store(local, inside, Load(region.buffer, outside))
         else:
             store = Store(region.buffer, outside, Load(local, inside))
         guard = region.bounds_guard(offsets, outer)
-        return _copy_nest(names, region.extents, If(guard, store) if guard is not None else store)
+        return _copy_nest(names, local.shape, If(guard, store) if guard is not None else store)
 
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:

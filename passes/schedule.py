@@ -71,7 +71,7 @@ class Schedule:
         return kernel
 
     def to_json(self) -> str:
-        return json.dumps([{"pass": s.name, "params": s.params()} for s in self.steps])
+        return json.dumps([{"pass": s.name, "params": s.given_params()} for s in self.steps])
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:

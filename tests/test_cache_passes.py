@@ -53,6 +53,28 @@ def test_cache_write_without_an_initializing_store_copies_the_tile_in():
     same_results(kernel, out)
 
 
+# the conv of examples/manual_schedules.py: output channels in the vector lanes, so the local
+# tile is laid out channels last (cache_write's order) and the weights are packed OIHW -> OIHW16o
+CONV_CHANNELS_LAST = """split(i5, 4); split(i6, 2); split(i7, 3); reorder(i5_o, i6_o, i7_o, i6_i, i7_i, i5_i);
+    cache_write(Out, i7_o, [0, 2, 3, 1]); distribute(i6_i); reorder(r0, r1, r2, i6_i_1, i7_i_1, i5_i_1);
+    pack(W, 0, 4, [0, 2, 3, 4, 1]); parallel(i5_o); unroll(i6_i_1); unroll(i7_i_1); vectorize(i5_i_1);
+    unroll(i6_i); unroll(i7_i); vectorize(i5_i); unroll(Out_w1); unroll(Out_w2); vectorize(Out_w3)"""
+
+
+@pytest.mark.parametrize("size", [6, 7])  # 7: the 3-column tiles need guards
+def test_cache_write_order_lays_the_tile_out_channels_last(size):
+    kernel = _onnx("Conv", {"X": [1, 3, size, size], "W": [8, 3, 3, 3]}, [1, 8, size, size], pads=[1, 1, 1, 1])
+    out = scheduled(canonical_loops(kernel), CONV_CHANNELS_LAST)
+    assert allocations(out)["Out_local"] == ((1, 2, 3, 4), "local")
+    same_results(kernel, out)
+
+
+def test_cache_write_order_must_be_a_permutation():
+    kernel = canonical_loops(kernels()["matmul"])
+    with pytest.raises(ScheduleError, match=r"order \[0, 0\] is not a permutation"):
+        CacheWrite("Out", "i0", (0, 0)).apply(kernel)
+
+
 def test_cache_write_refuses_a_loop_without_the_buffer_and_a_strided_tile():
     kernel = canonical_loops(kernels()["matmul"])
     with pytest.raises(ScheduleError, match=r"cache_write\(A, i0\): loop i0: A is not written inside it"):

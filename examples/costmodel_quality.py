@@ -1,0 +1,21 @@
+"""The cost model's ranking quality on held-out records (also `nestor bench costmodel --records DB`).
+
+    python examples/bench_kernels.py --trials 256 --records kernels.sqlite   # or nestor tune ...
+    python examples/costmodel_quality.py kernels.sqlite [--folds 4] [--pool 64]
+
+Every correct record gets a score from a model trained without it (k-fold, all tasks together);
+per task the table shows pairwise ranking accuracy, top-1 and top-5 recall among `pool` random
+candidates, and `transfer` (a model trained on the other tasks only). The last line reads
+`cost model pairwise accuracy on held-out records: <X>`.
+"""
+import argparse
+
+from nestor.autotune.model_quality import evaluate, report
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", help="a records database")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--pool", type=int, default=64)
+    args = p.parse_args()
+    report(evaluate(args.records, folds=args.folds, pool=args.pool), pool=args.pool)
