@@ -10,6 +10,13 @@ decisions, as Ansor's sketch rules do for conv- and matmul-like nests:
     reorder), unroll the innermost reduction loop; optionally copy an input's panel to a
     contiguous buffer (cache_read); vectorize the vector loop and unroll the other tile loops.
 
+The vector lanes normally walk the output's last (contiguous) dimension. Where another spatial
+loop indexes one output dimension alone and every input it moves through either along its last
+dimension or along one dimension that `pack` can block (the output channels of a convolution,
+read through OIHW weights), the sketch may put the lanes on that loop instead: the weights are
+packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimension last
+(cache_write's order), so 56-wide feature maps still fill 16-lane vectors.
+
 Other top-level nests (a convolution's padding, a softmax's maxima) get `default(loop)`. Every
 decision is a plain value, so a candidate is a dict that mutates and crosses over easily; its
 schedule is what the passes accepted, so every schedule in the records replays exactly.
@@ -22,13 +29,14 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
-from ..passes import (CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Pass, Reorder, Schedule,
+from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk, walk_stmts
+from ..passes import (CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Pack, Pass, Reorder, Schedule,
                       ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes, Parallel)
 from ..passes.registry import BUILTINS
 
 TILE_FACTORS = (1, 2, 3, 4, 6, 8, 16)
-VECTOR_FACTORS = (1, 4, 8, 16, 32)
+VECTOR_FACTORS = (1, 4, 8, 16, 32, 64)
+LANE_FACTORS = (8, 16)        # vector widths for lanes on another loop (they must divide it)
 MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
 
@@ -82,6 +90,46 @@ def _nest(loop: For) -> Nest:
 
 
 @dataclass(frozen=True)
+class Lanes:
+    """A spatial loop that may hold the vector lanes instead of the output's contiguous one."""
+    loop: int                              # position in Nest.spatial
+    out_dim: int                           # the output dimension it alone indexes
+    packs: tuple[tuple[str, int], ...]     # (input, dimension) to block so its reads are contiguous
+    factors: tuple[int, ...]               # lane counts that divide the loop and every packed dimension
+
+
+def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes, ...]:
+    if not nest.reduce or nest.output is None:
+        return ()
+    inputs = {b.name: b for b in kernel.inputs}
+    body = nest.spatial[-1].body
+    out = []
+    for k, loop in enumerate(nest.spatial):
+        var = Var(loop.var)
+        dims = [d for d, e in enumerate(nest.index) if e == var]
+        if k == vector or len(dims) != 1 or any(var in _vars(e) for d, e in enumerate(nest.index) if d != dims[0]):
+            continue
+        packs, ok = [], True
+        for load in loads(body):
+            uses = [d for d, e in enumerate(load.indices) if var in _vars(e)]
+            if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
+                continue  # a broadcast, or already contiguous along the loop
+            if len(uses) == 1 and load.indices[uses[0]] == var and load.buffer.name in inputs:
+                packs.append((load.buffer.name, uses[0]))
+            else:
+                ok = False
+        sizes = [loop.extent] + [inputs[b].shape[d] for b, d in packs]
+        factors = tuple(f for f in LANE_FACTORS if all(n % f == 0 for n in sizes))
+        if ok and packs and factors:
+            out.append(Lanes(k, dims[0], tuple(dict.fromkeys(packs)), factors))
+    return tuple(out)
+
+
+def _vars(e: Expr) -> set:
+    return {x for x in walk(e) if isinstance(x, Var)}
+
+
+@dataclass(frozen=True)
 class Sketch:
     """The tiling sketch of one kernel (canonical loop names), with its decision domains."""
     kernel: Kernel
@@ -90,6 +138,7 @@ class Sketch:
     vector: int | None                      # position of the vector loop in nest.spatial
     inputs: tuple[str, ...]                 # buffers cache_read may copy
     extra: tuple[Pass, ...] = ()            # plugin passes' instances on the kernel
+    lanes: tuple[Lanes, ...] = ()           # other loops that may hold the vector lanes
 
     @classmethod
     def of(cls, kernel: Kernel) -> Sketch:
@@ -105,7 +154,8 @@ class Sketch:
         inputs = tuple(b.name for b in kernel.inputs if b.name in read)
         extra = tuple(p for name, cls_ in list_passes().items() if name not in BUILTINS
                       for p in cls_.schedule_space(kernel))
-        return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra)
+        return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra,
+                   lane_choices(kernel, main, vector))
 
     # decisions
 
@@ -121,14 +171,27 @@ class Sketch:
             d["cache_read"] = (rng.choice(self.inputs), rng.randrange(4))
         if self.extra and rng.random() < 0.3:
             d["extra"] = rng.randrange(len(self.extra))
+        d["lanes"] = self._sample_lanes(rng) if self.lanes and rng.random() < 0.5 else None
         return self._bounded(d)
+
+    def _sample_lanes(self, rng: random.Random) -> tuple[int, int]:
+        n = rng.randrange(len(self.lanes))
+        return n, rng.choice(self.lanes[n].factors)
+
+    def _lanes(self, d: dict) -> Lanes | None:
+        return self.lanes[d["lanes"][0]] if d.get("lanes") and d["lanes"][0] < len(self.lanes) else None
+
+    def vector_loop(self, d: dict) -> int | None:
+        """The position of the loop holding the vector lanes under decisions `d`."""
+        lanes = self._lanes(d)
+        return lanes.loop if lanes else self.vector
 
     def mutate(self, d: dict, rng: random.Random) -> dict:
         d = {**d, "factors": list(d["factors"])}
-        what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra"])
+        what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes"])
         if what == "factor":
             k = rng.randrange(len(d["factors"]))
-            choices = VECTOR_FACTORS if k == self.vector else TILE_FACTORS
+            choices = VECTOR_FACTORS if k == self.vector_loop(d) else TILE_FACTORS
             d["factors"][k] = rng.choice([f for f in choices if f <= self.nest.spatial[k].extent] or [1])
         elif what == "order":
             d["order"] = rng.randrange(24)
@@ -136,6 +199,8 @@ class Sketch:
             d["fuse"] = 3 - d["fuse"]
         elif what == "unroll":
             d["unroll"] = rng.choice(UNROLL_FACTORS)
+        elif what == "lanes":
+            d["lanes"] = self._sample_lanes(rng) if self.lanes and not d.get("lanes") else None
         elif what == "cache_read":
             d["cache_read"] = (rng.choice(self.inputs), rng.randrange(4)) if self.inputs and not d["cache_read"] else None
         elif self.extra:
@@ -150,8 +215,9 @@ class Sketch:
     def _bounded(self, d: dict) -> dict:
         """Keep the register tile small enough to stay in registers."""
         factors = list(d["factors"])
-        while _tile_size(factors, self.vector) > MAX_REGISTER_TILE:
-            k = max((i for i in range(len(factors)) if i != self.vector), key=lambda i: factors[i])
+        vector = self.vector_loop(d)
+        while _tile_size(factors, vector) > MAX_REGISTER_TILE:
+            k = max((i for i in range(len(factors)) if i != vector), key=lambda i: factors[i])
             factors[k] = max(f for f in TILE_FACTORS if f < factors[k])
         return {**d, "factors": factors}
 
@@ -165,8 +231,13 @@ class Sketch:
         is left out (so the schedule replays exactly); steps that name its loops fail with it."""
         builder = _Builder(self.kernel)
         loops = self.nest.spatial
+        lanes = self._lanes(d)
+        vector = self.vector_loop(d)
+        factors = list(d["factors"])
+        if lanes:
+            factors[lanes.loop] = d["lanes"][1]
         outer, inner = [], []
-        for k, (loop, f) in enumerate(zip(loops, d["factors"])):
+        for k, (loop, f) in enumerate(zip(loops, factors)):
             if 1 < f < loop.extent and builder.step(Split(loop.var, f)):
                 outer.append(f"{loop.var}_o")
                 inner.append((k, f"{loop.var}_i"))
@@ -178,27 +249,34 @@ class Sketch:
         outer = [n for n in outer if n not in ones]
         perms = list(itertools.permutations(range(len(outer)))) if len(outer) <= 4 else [tuple(range(len(outer)))]
         outer = [outer[i] for i in perms[d["order"] % len(perms)]]
-        inner.sort(key=lambda t: (t[0] == self.vector, t[0]))
+        inner.sort(key=lambda t: (t[0] == vector, t[0]))
         tile = [name for _, name in inner]
         band = ones + outer + tile
         if len(band) > 1:
             builder.step(Reorder(tuple(band)))
-        vector_name = next((name for k, name in inner if k == self.vector), None)
+        vector_name = next((name for k, name in inner if k == vector), None)
         compute_tile = tile
         if self.nest.reduce and outer and tile and self.nest.output is not None:
             out = self.nest.output.name
-            if builder.step(CacheWrite(out, outer[-1])) and builder.step(Distribute(tile[0])):
+            rank = len(self.nest.output.shape)
+            layout = ()
+            if lanes:  # the lanes' dimension last, so each accumulator is one vector
+                layout = tuple(x for x in range(rank) if x != lanes.out_dim) + (lanes.out_dim,)
+            if builder.step(CacheWrite(out, outer[-1], layout)) and builder.step(Distribute(tile[0])):
                 compute_tile = [builder.renamed(n) for n in tile]
                 if builder.step(Reorder(tuple(self.nest.reduce) + tuple(compute_tile))):
                     last = self.nest.reduce[-1]
                     if d["unroll"] > 1 and builder.step(Split(last, d["unroll"])):
                         builder.step(Unroll(f"{last}_i"))
-                rank = len(self.nest.output.shape)
                 for tag in ("w", "r"):
                     names = [f"{out}_{tag}{i}" for i in range(rank)]
                     builder.step(Vectorize(names[-1]))
                     for n in names[:-1]:
                         builder.step(Unroll(n), max_extent=16)
+        for buffer, dim in lanes.packs if lanes else ():
+            rank = len(self._buffer_shape(buffer))
+            builder.step(Pack(buffer, dim, d["lanes"][1],
+                              tuple(x for x in range(rank + 1) if x != dim + 1) + (dim + 1,)))
         if d["cache_read"] and outer:
             buffer, at = d["cache_read"]
             builder.step(CacheRead(buffer, outer[at % len(outer)]))

@@ -74,9 +74,28 @@ def test_mutation_and_crossover_keep_register_tiles_bounded():
     for _ in range(200):
         child = sketch.mutate(rng.choice(pop), rng) if rng.random() < 0.5 else \
             sketch.crossover(*rng.sample(pop, 2), rng)
-        assert _tile_size(child["factors"], sketch.vector) <= MAX_REGISTER_TILE
+        assert _tile_size(child["factors"], sketch.vector_loop(child)) <= MAX_REGISTER_TILE
         assert all(f <= l.extent or f == 1 for f, l in zip(child["factors"], sketch.nest.spatial))
         pop.append(child)
+
+
+def test_conv_lanes_on_output_channels_pack_the_weights_and_keep_results():
+    kernel = sketch_kernels()["conv"]
+    sketch = Sketch.of(kernel)
+    (lanes,) = sketch.lanes  # the output channels (i5 of Out[i4, i5, i6, i7]) through W's dim 0
+    assert (sketch.nest.spatial[lanes.loop].var, lanes.out_dim, lanes.packs) == ("i5", 1, (("W", 0),))
+    d = {"factors": [1, 8, 2, 5], "order": 0, "fuse": 1, "unroll": 1, "cache_read": None, "extra": None,
+         "lanes": (0, 8)}
+    schedule, scheduled = sketch.realize(d)
+    text = str(schedule)
+    # 8 lanes cover all 8 channels: i5 is not split, it moves into the tile whole
+    for step in ("reorder(i4, i6_o, i7_o, i6_i, i7_i, i5)", "cache_write(Out, i7_o, 0, 2, 3, 1)",
+                 "pack(W, 0, 8, 0, 2, 3, 4, 1)", "vectorize(i5_1)", "vectorize(Out_w3)"):
+        assert step in text, (step, text)
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert Sketch.of(sketch_kernels()["depthwise"]).lanes == ()  # X and W both move with c
 
 
 def test_top_level_nests_finds_the_stages():
