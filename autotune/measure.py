@@ -57,26 +57,24 @@ class Measurer:
 
     Each candidate gets: one checked run, then `repeats` timed repeats of `number` runs (None: as
     many as last about 1 ms), the cache flushed before each repeat; `timeout` bounds the whole.
-    `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices)."""
+    `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices).
 
-    def __init__(self, reference: Kernel, target=None, repeats: int = 5, number: int | None = None,
+    `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
+    take turns); a kernel switched back to keeps its inputs and reference outputs."""
+
+    def __init__(self, reference: Kernel | None, target=None, repeats: int = 5, number: int | None = None,
                  timeout: float = 10.0, build_workers: int = 2, rtol: float = 1e-4,
                  atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None):
         self.repeats, self.number, self.timeout = repeats, number, timeout
-        self._signature = _signature(reference)
+        self._rtol, self._atol = rtol, atol
         self._count = 0
-        arrays = _random_inputs(reference, seed) if inputs is None else _checked(reference, inputs)
+        self._tasks: dict[str, int] = {}  # structural hash -> number of its files in _dir
         target = _target_json(target)
         self._dir = tempfile.mkdtemp(prefix="nestor-measure-")
-        np.savez(os.path.join(self._dir, "inputs.npz"), *arrays)
         self._builders = [_Worker("builder", {"target": target},
                                   os.path.join(self._dir, f"builder{n}.log"))
                           for n in range(max(1, build_workers))]
-        self._runner = _Worker("runner", {
-            "inputs": os.path.join(self._dir, "inputs.npz"),
-            "reference": os.path.join(self._dir, "reference.npz"),
-            "outputs": [(b.name, b.shape, b.dtype) for b in reference.outputs],
-            "rtol": rtol, "atol": atol}, os.path.join(self._dir, "runner.log"))
+        self._runner = _Worker("runner", {}, os.path.join(self._dir, "runner.log"))
         workers = self._builders + [self._runner]
         self._finalizer = weakref.finalize(self, _shut_down, workers, self._dir)
         try:
@@ -84,12 +82,37 @@ class Measurer:
                 w.start()
             for w in workers:
                 w.ready()
-            (ref,) = self._measure([reference], save=True)
-            if not ref.ok:
-                raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref.error}")
+            self._signature = None
+            if reference is not None:  # else: the first switch() names it
+                self.switch(reference, seed, inputs)
         except BaseException:
             self.close()
             raise
+
+    def switch(self, reference: Kernel, seed: int = 0, inputs: list[np.ndarray] | None = None) -> None:
+        """Measure candidates of `reference` from now on. Its output on the inputs is computed
+        once (the first switch to it) and is the truth candidates are checked against."""
+        from ..ir import structural_hash
+        key = structural_hash(reference)
+        first = key not in self._tasks
+        n = self._tasks.setdefault(key, len(self._tasks))
+        config = {"inputs": os.path.join(self._dir, f"inputs{n}.npz"),
+                  "reference": os.path.join(self._dir, f"reference{n}.npz"),
+                  "outputs": [(b.name, b.shape, b.dtype) for b in reference.outputs],
+                  "rtol": self._rtol, "atol": self._atol}
+        if first:
+            arrays = _random_inputs(reference, seed) if inputs is None else _checked(reference, inputs)
+            np.savez(config["inputs"], *arrays)
+        self._signature = _signature(reference)
+        self._runner.config = config  # what a replacement runner starts with
+        (reply,) = _serve([self._runner], [{"configure": config}], self.timeout, "")
+        if "error" in reply:
+            raise NestorError(f"measure: the runner cannot take kernel {reference.name}: {reply['error']}")
+        if first:
+            (ref,) = self._measure([reference], save=True)
+            if not ref.ok:
+                del self._tasks[key]
+                raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref.error}")
 
     def measure(self, candidates: list[Kernel]) -> list[MeasureResult]:
         """One result per candidate, in order; a bad candidate gets an error, never an exception."""
@@ -346,26 +369,46 @@ def _builder(target: str | None):
     return serve
 
 
-def _runner(inputs: str, reference: str, outputs: list, rtol: float, atol: float):
+def _runner(**config):
+    """Runs candidates of one kernel at a time; a `{"configure": config}` request moves it to
+    another (inputs, reference outputs, output shapes, tolerances)."""
     import tvm
 
     from ..codegen import use_all_cores
     use_all_cores()  # before the first kernel starts TVM's thread pool (its default takes half)
     dev = tvm.cpu()
-    with np.load(inputs) as f:
-        args = [tvm.runtime.tensor(f[f"arr_{n}"], dev) for n in range(len(f.files))]
-    # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
-    # candidate fails to write cannot pass with a value left there by the one before.
-    fills = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
-                     (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
-    outs = [tvm.runtime.tensor(fill, dev) for fill in fills]
-    names = [name for name, _, _ in outputs]
-    truth: list[np.ndarray] = []
-    if os.path.exists(reference):  # a replacement runner: the reference ran in an earlier one
-        with np.load(reference) as f:
-            truth = [f[f"arr_{n}"] for n in range(len(f.files))]
+    args, outs, fills, names, truth = [], [], [], [], []
+    reference, rtol, atol = "", 0.0, 0.0
+
+    def configure(inputs: str, reference_path: str, outputs: list, tol: tuple[float, float]) -> None:
+        nonlocal reference, rtol, atol
+        reference, (rtol, atol) = reference_path, tol
+        with np.load(inputs) as f:
+            args[:] = [tvm.runtime.tensor(f[f"arr_{n}"], dev) for n in range(len(f.files))]
+        # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
+        # candidate fails to write cannot pass with a value left there by the one before.
+        fills[:] = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
+                            (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
+        outs[:] = [tvm.runtime.tensor(fill, dev) for fill in fills]
+        names[:] = [name for name, _, _ in outputs]
+        truth[:] = []
+        if os.path.exists(reference):  # computed before (by an earlier runner, or an earlier turn)
+            with np.load(reference) as f:
+                truth[:] = [f[f"arr_{n}"] for n in range(len(f.files))]
+
+    def configure_from(c: dict) -> None:
+        configure(c["inputs"], c["reference"], c["outputs"], (c["rtol"], c["atol"]))
+
+    if config:
+        configure_from(config)
 
     def serve(request) -> dict:
+        if "configure" in request:
+            try:
+                configure_from(request["configure"])
+                return {}
+            except Exception as err:
+                return {"error": f"configure failed: {_brief(err)}"}
         try:
             module = tvm.runtime.load_module(request["path"])
             for t, fill in zip(outs, fills):

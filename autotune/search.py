@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
-from ..passes import Schedule, canonical_loops
-from .space import Sketch
+from ..passes import DefaultNest, Schedule, canonical_loops
+from .space import Sketch, top_level_nests
 
 POOL = 256           # candidates ranked by the cost model per round
 EPSILON = 0.2        # share of a batch measured at random
@@ -138,11 +138,22 @@ class Tuner:
         rest = ranked[self.batch - explore:]
         return chosen + self.rng.sample(rest, min(explore, len(rest)))
 
+    def _default_candidate(self) -> tuple[None, Schedule, Kernel] | None:
+        """The untuned default schedule as steps (`default` on every top-level nest), measured
+        first, so tuning never ends worse than not tuning. None once it was measured."""
+        schedule = Schedule(tuple(DefaultNest(n.root) for n in top_level_nests(self.kernel)))
+        if schedule.to_json() in self.seen:
+            return None
+        return None, schedule, schedule.apply(self.kernel)
+
     # one round
 
     def round(self) -> int:
         """Propose, rank, measure one batch; returns how many were measured (0: space exhausted)."""
         batch = self._choose(self._candidates())
+        default = self._default_candidate()
+        if default is not None:
+            batch = [default] + batch[:max(self.batch - 1, 0)]
         if not batch:
             return 0
         results = self.measurer.measure([k for _, _, k in batch])
@@ -155,7 +166,8 @@ class Tuner:
             if not res.ok:
                 self.errors += 1
                 continue
-            self.measured.append((res.median, d))
+            if d is not None:  # the default schedule has no decisions to mutate
+                self.measured.append((res.median, d))
             good_kernels.append(kernel)
             good_secs.append(res.median)
             if self.best_seconds is None or res.median < self.best_seconds:

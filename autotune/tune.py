@@ -14,6 +14,7 @@ from ..passes import Schedule, canonical_loops
 from .measure import Measurer
 from .records import Records
 from .search import Progress, Tuner, TuneResult
+from .task_scheduler import Task, TaskScheduler, extract_tasks, round_printer
 
 
 def target_key(target=None) -> str:
@@ -73,6 +74,32 @@ def tune_kernels(kernels: dict[str, Kernel], trials: int, records_path: str | No
         if records is not None:
             records.close()
     return results
+
+
+def tune_graph(graph, trials: int | None = None, time_budget: float | None = None,
+               records_path: str | None = None, target=None, show_progress: bool = True,
+               model_path: str | None = None, seed: int = 0, batch: int = 16) -> list[Task]:
+    """Tune the kernels of a model graph together (autotune.task_scheduler): `trials` measurements
+    in all, or `time_budget` seconds. Returns the tasks with their best times and trial counts."""
+    tasks = extract_tasks(graph)
+    if not tasks:
+        return tasks
+    records = Records(records_path) if records_path else None
+    model = CostModel.load(model_path) if model_path and os.path.exists(model_path) else CostModel(seed=seed)
+    try:
+        with Measurer(None, target=target) as measurer:
+            scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), batch, seed)
+            try:
+                scheduler.tune(trials, time_budget, round_printer() if show_progress else None)
+            finally:
+                if show_progress:
+                    sys.stderr.write("\n")
+    finally:
+        if model_path and model.trained:
+            model.save(model_path)
+        if records is not None:
+            records.close()
+    return tasks
 
 
 def best_schedules(records_path: str, target=None) -> Callable[[Kernel], Schedule | None]:

@@ -53,18 +53,29 @@ def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
 
 
 def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
-                 out=print) -> float:
-    from .api import compile as nestor_compile
+                 time_budget: float | None = None, records: str | None = None, out=print) -> float:
+    """With `time_budget` (seconds per model), each model is first tuned (task scheduler) into
+    `records` (default: a temporary database per run) and compiled from its best schedules."""
+    import tempfile
+    from .api import compile as nestor_compile, import_onnx
     names = names or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise NestorError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
-    out(f"{'model':<14} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")
+    workdir = tempfile.TemporaryDirectory()
+    records = records or f"{workdir.name}/records.sqlite"
+    out(f"{'model':<14} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")
     ratios = []
     for name in names:
         model = example_model(name)
+        tune_s = 0.0
+        if time_budget:
+            from .autotune.tune import tune_graph
+            start = time.perf_counter()
+            tune_graph(import_onnx(model), time_budget=time_budget, records_path=records)
+            tune_s = time.perf_counter() - start
         start = time.perf_counter()
-        compiled = nestor_compile(model, schedule=schedule)
+        compiled = nestor_compile(model, schedule=schedule, records=records if time_budget else None)
         compile_s = time.perf_counter() - start
         inputs = compiled.random_inputs()
         session = ort_session(model)
@@ -74,7 +85,7 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
         t_nestor, t_ort = interleaved_medians(
             [lambda: compiled.run(inputs), lambda: session.run(None, inputs)], repeat)
         ratios.append(t_nestor / t_ort)
-        out(f"{name:<14} {compile_s:>9.1f} {t_nestor * 1e3:>10.2f} {t_ort * 1e3:>9.2f} "
+        out(f"{name:<14} {tune_s:>7.0f} {compile_s:>9.1f} {t_nestor * 1e3:>10.2f} {t_ort * 1e3:>9.2f} "
             f"{ratios[-1]:>7.2f} {err:>11.1e}")
     geomean = float(np.exp(np.mean(np.log(ratios))))
     out(f"geomean latency ratio vs ONNX Runtime: {geomean:.2f}")

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model.onnx")
     c.add_argument("-o", "--output", help="output file (default: MODEL.nestor)")
     c.add_argument("--records", help="use the best schedules tuned into this records database")
+    c.add_argument("--tune", action="store_true",
+                   help="tune the model's kernels first (into --records, default nestor_records.sqlite)")
+    _tuning_args(c)
     _shape_and_schedule_args(c)
     c.set_defaults(func=cmd_compile)
 
@@ -69,11 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="tune the kernels of a model (or one kernel.ir) into a records database")
     t.add_argument("model", help="model.onnx or kernel.ir (Nestor IR text)")
-    t.add_argument("--trials", type=int, help="measurements per distinct kernel (default 64; with "
-                                              "--time-budget alone: as many as fit)")
-    t.add_argument("--time-budget", metavar="10m", help="stop after this long (s, m or h), shared by the kernels")
     t.add_argument("--records", default="nestor_records.sqlite", help="records database (default: %(default)s)")
-    t.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
+    _tuning_args(t)
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     t.set_defaults(func=cmd_tune)
 
@@ -85,9 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=int, default=20)
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
-                                     "costmodel: the records to evaluate on")
+                                     "models: tune into it; costmodel: the records to evaluate on")
+    b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _tuning_args(p) -> None:
+    p.add_argument("--trials", type=int, help="measurements in all, spread over a model's kernels by "
+                                              "the task scheduler (default 64 per distinct kernel; "
+                                              "with --time-budget alone: as many as fit)")
+    p.add_argument("--time-budget", metavar="30m", help="stop tuning after this long (s, m or h)")
+    p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
 
 
 def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
@@ -122,6 +131,12 @@ def _compile(path: str, args):
 
 
 def cmd_compile(args) -> int:
+    if args.tune:
+        from .api import import_onnx
+        args.records = args.records or "nestor_records.sqlite"
+        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape)), args)
+    elif args.trials or args.time_budget:
+        raise InputError("--trials and --time-budget need --tune")
     model, seconds = _compile(args.model, args)
     out = args.output or os.path.splitext(args.model)[0] + ".nestor"
     model.save(out)
@@ -260,7 +275,7 @@ def cmd_bench(args) -> int:
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
-    bench_models(names, repeat=args.repeat)
+    bench_models(names, repeat=args.repeat, time_budget=_seconds(args.time_budget), records=args.records)
     return 0
 
 
@@ -287,8 +302,9 @@ def cmd_tune(args) -> int:
         kernels = {kernel.name: kernel}
     else:
         from .api import import_onnx
-        graph = import_onnx(args.model, _input_shapes(args.input_shape))
-        kernels = {n.name: n.kernel for n in graph.nodes if n.kernel is not None}
+        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape)), args)
+        print(f"records in {args.records} (use: nestor compile {args.model} --records {args.records})")
+        return 0
     budget = _seconds(args.time_budget)
     trials = args.trials or (10 ** 9 if budget is not None else 64)
     start = time.perf_counter()
@@ -305,6 +321,25 @@ def cmd_tune(args) -> int:
     print(f"tuned {len(shown)} distinct kernels in {time.perf_counter() - start:.0f} s; records in "
           f"{args.records} (use: nestor compile {args.model} --records {args.records})")
     return 0
+
+
+def _tune_graph(graph, args) -> None:
+    """Tune a model's kernels with the task scheduler, then print the table of tasks."""
+    from .autotune.task_scheduler import task_table
+    from .autotune.tune import tune_graph
+    from .ir import structural_hash
+    budget = _seconds(args.time_budget)
+    distinct = len({structural_hash(k) for k in graph.kernels()})
+    trials = args.trials or (None if budget is not None else 64 * distinct)
+    limit = f"{trials} trials" if trials else f"{budget:.0f} s"
+    print(f"tuning {distinct} distinct kernels of {len(graph.kernels())} calls ({limit}); "
+          f"records in {args.records}", flush=True)
+    start = time.perf_counter()
+    tasks = tune_graph(graph, trials, budget, args.records, model_path=args.cost_model)
+    task_table(tasks)
+    latency = sum(t.calls * t.best for t in tasks if t.best)
+    print(f"tuned in {time.perf_counter() - start:.0f} s: {sum(t.trials for t in tasks)} trials, "
+          f"estimated latency {latency * 1e3:.3f} ms (sum of kernel times)")
 
 
 if __name__ == "__main__":

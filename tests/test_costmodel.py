@@ -237,3 +237,36 @@ def test_quality_measures():
     assert top_k_recall([0.1, 0.9, 0.5], [1.0, 2.0, 3.0], 3) == 1.0
     assert top_k_recall([0, 0, 0], [1.0, 2.0, 3.0], 2) == 0.0  # ties count against
     assert sampled_top_k_recall([3, 2, 1, 0], [1, 2, 3, 4], ["a"] * 4, 1, pool=2) == 1.0
+
+
+def test_quality_on_held_out_records(tmp_path):
+    """autotune.model_quality: out-of-fold scores on a records database, where a candidate's time
+    is a known function of its schedule (fewer vector lanes and more loop nests: slower)."""
+    from nestor.autotune.model_quality import evaluate, report
+    from nestor.autotune.records import Records
+    from nestor.autotune.search import kernel_flops
+    from nestor.autotune.space import Sketch
+    from nestor.ir import For, print_kernel, structural_hash
+    kernels = {name: canonical_loops(frontend_kernels()[name]) for name in ("matmul", "conv")}
+    with Records(tmp_path / "r.sqlite") as db:
+        for name, kernel in kernels.items():
+            task = structural_hash(kernel)
+            db.add_task(task, print_kernel(kernel), kernel_flops(kernel))
+            sketch, rng, seen = Sketch.of(kernel), random.Random(0), set()
+            while len(seen) < 40:
+                schedule, scheduled = sketch.realize(sketch.sample(rng))
+                if schedule.to_json() in seen:
+                    continue
+                seen.add(schedule.to_json())
+                loops = [s for s in walk_stmts(scheduled.body) if isinstance(s, For)]
+                lanes = max([s.extent for s in loops if s.kind == "vectorized"] or [1])
+                t = 1e-3 * (1 + len(loops) / 10) / lanes
+                db.add(task, "cpu", schedule.to_json(), t, [t])
+    quality = evaluate(str(tmp_path / "r.sqlite"), folds=4, pool=16)
+    assert [q.records for q in quality] == [40, 40]
+    for q in quality:
+        assert q.pairwise > 0.75, q
+        assert 0 <= q.top1 <= q.top5 <= 1
+    lines = []
+    assert report(quality, pool=16, out=lines.append) == pytest.approx(np.mean([q.pairwise for q in quality]))
+    assert lines[-1].startswith("cost model pairwise accuracy on held-out records: ")

@@ -123,3 +123,16 @@ def test_mismatch_tolerance():
     assert _mismatch([nan], [nan], ["Y"], 1e-4, 1e-5) is None  # NaN where the reference has NaN
     ints = np.arange(6).reshape(2, 3)
     assert _mismatch([ints + (ints == 4)], [ints], ["I"], 1e-4, 1e-5) == "wrong result: max abs err 1 at I[1, 1]"
+
+
+def test_switch_moves_the_workers_to_another_kernel_and_back():
+    add = parse_kernel("kernel add(X: f32[32], Y: f32[32]) -> (Z: f32[32]) { for i in 0..32 { Z[i] = X[i] + Y[i] } }")
+    sub = parse_kernel("kernel sub(X: f32[32], Y: f32[32]) -> (Z: f32[32]) { for i in 0..32 { Z[i] = X[i] - Y[i] } }")
+    with Measurer(MATMUL, repeats=2, timeout=5.0) as m:
+        m.switch(add)
+        good, wrong, other = m.measure([add, sub, GOOD])
+        assert good.ok and re.match(r"wrong result", wrong.error)  # checked against add's output
+        assert other.error == "parameters differ from the reference kernel's"
+        m.switch(MATMUL)  # back: its reference is kept, not recomputed
+        good, wrong = m.measure([GOOD, parse_kernel(BAD["wrong"][0])])
+        assert good.ok and re.match(r"wrong result", wrong.error)

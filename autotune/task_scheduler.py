@@ -1,0 +1,210 @@
+"""Tuning a whole model: its kernels as tasks, the trial budget spent where it buys the most latency.
+
+Tasks are the distinct kernels of a graph (by structural hash: ResNet-50's repeated blocks are
+one task each), weighted by how many times the model calls them. The model's estimated latency
+is the sum over tasks of calls × best time. Every task first gets a warm-up round (its default
+schedule and a batch of samples); after that each round goes to the task whose next round is
+expected to cut the estimate most, as in Ansor's gradient-based task scheduler:
+
+    gradient_i = calls_i × (α · (best_i(t) − best_i(t − Δ)) / Δ  +  (1 − α) · (−best_i(t) / t))
+
+the first term is the improvement per trial over the task's last few rounds (Δ trials), the
+second the optimistic guess that the next t trials could save as much again as the first t.
+The task with the steepest (most negative) gradient is tuned next; now and then a random one,
+so that no estimate goes stale. One set of measurement workers serves all tasks (they switch
+kernels), the cost model is shared, and every measurement goes to the records database as it
+arrives, so tuning again resumes every task from what is stored.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import Graph, Kernel, structural_hash
+from ..ir.errors import NestorError
+from ..passes import canonical_loops
+from .search import Tuner, kernel_flops
+
+ALPHA = 0.2        # weight of the observed improvement against the optimistic guess
+WINDOW = 3         # rounds over which the observed improvement is taken
+EPSILON = 0.05     # share of rounds given to a random task
+
+
+@dataclass
+class Task:
+    hash: str
+    kernel: Kernel                 # canonical loop names
+    nodes: list[str]               # the graph nodes that call it
+    flops: float
+    tuner: Tuner | None = None
+    trials: int = 0                # measured in this run
+    errors: int = 0
+    failed: str | None = None      # why the task cannot be tuned (its reference fails)
+    exhausted: bool = False
+    history: list = field(default_factory=list)   # (trials, best seconds) after each round
+
+    @property
+    def calls(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def name(self) -> str:
+        return self.nodes[0] if len(self.nodes) == 1 else f"{self.nodes[0]} (+{len(self.nodes) - 1})"
+
+    @property
+    def best(self) -> float | None:
+        return self.tuner.best_seconds if self.tuner else None
+
+    @property
+    def active(self) -> bool:
+        return self.failed is None and not self.exhausted
+
+
+def extract_tasks(graph: Graph) -> list[Task]:
+    """The distinct kernels of `graph`, in order of first call."""
+    tasks: dict[str, Task] = {}
+    for node in graph.nodes:
+        if node.kernel is None:
+            continue
+        h = structural_hash(node.kernel)
+        if h in tasks:
+            tasks[h].nodes.append(node.name)
+        else:
+            kernel = canonical_loops(node.kernel)
+            tasks[h] = Task(h, kernel, [node.name], kernel_flops(kernel))
+    return list(tasks.values())
+
+
+@dataclass
+class RoundInfo:
+    """What a progress display needs after each round."""
+    round: int
+    trials: int
+    budget: int | None             # total trials, or None when only a deadline bounds the run
+    elapsed: float
+    time_budget: float | None
+    warmed: int                    # tasks that had their warm-up round
+    tasks: int
+    latency: float | None          # estimated model latency (seconds), once every task has a time
+    task: Task
+
+
+class TaskScheduler:
+    """Tunes the tasks of one model. `measurer` has `switch(kernel)` and `measure(kernels)`;
+    `records` (autotune.records) and `model` (costmodel.CostModel) are optional."""
+
+    def __init__(self, tasks: list[Task], measurer, records=None, model=None, target: str = "llvm",
+                 batch: int = 16, seed: int = 0):
+        self.tasks, self.measurer, self.records, self.model = tasks, measurer, records, model
+        self.target, self.batch = target, batch
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.rounds = 0
+
+    def latency(self) -> float | None:
+        """Estimated model latency: calls × best time summed over tasks (None until all have one)."""
+        bests = [(t.calls, t.best) for t in self.tasks if t.failed is None]
+        if not bests or any(b is None for _, b in bests):
+            return None
+        return sum(c * b for c, b in bests)
+
+    def tune(self, trials: int | None = None, time_budget: float | None = None,
+             progress: Callable[[RoundInfo], None] | None = None) -> list[Task]:
+        """Run rounds until `trials` measurements (over all tasks) or `time_budget` seconds."""
+        if trials is None and time_budget is None:
+            raise NestorError("tune: give a number of trials or a time budget")
+        start = time.time()
+        done = 0
+
+        def more() -> bool:
+            return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
+                    and any(t.active for t in self.tasks))
+
+        warm = [t for t in self.tasks]
+        while more():
+            task = warm.pop(0) if warm else self._next_task()
+            if task is None:
+                break
+            n = self._round(task, None if trials is None else trials - done)
+            done += n
+            if progress:
+                progress(RoundInfo(self.rounds, done, trials, time.time() - start, time_budget,
+                                   len(self.tasks) - len(warm), len(self.tasks), self.latency(), task))
+        return self.tasks
+
+    def _round(self, task: Task, left: int | None) -> int:
+        try:
+            self.measurer.switch(task.kernel)
+            if task.tuner is None:
+                task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target,
+                                   batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds)
+        except NestorError as err:
+            task.failed = str(err)
+            return 0
+        task.tuner.batch = min(self.batch, left) if left is not None else self.batch
+        errors = task.tuner.errors
+        n = task.tuner.round()
+        self.rounds += 1
+        task.trials += n
+        task.errors += task.tuner.errors - errors
+        task.exhausted = n == 0
+        task.history.append((task.trials, task.best))
+        return n
+
+    def _next_task(self) -> Task | None:
+        active = [t for t in self.tasks if t.active]
+        if not active:
+            return None
+        if self.rng.random() < EPSILON:
+            return self.rng.choice(active)
+        return min(active, key=self._gradient)
+
+    def _gradient(self, task: Task) -> float:
+        """The expected change of the model's latency per trial spent on `task` (negative)."""
+        best = task.best
+        if best is None or task.trials == 0:
+            return -math.inf  # nothing known yet: measure it
+        forward = -best / task.trials
+        backward = 0.0
+        if len(task.history) > WINDOW:
+            then_trials, then_best = task.history[-1 - WINDOW]
+            if then_best is not None and task.trials > then_trials:
+                backward = (best - then_best) / (task.trials - then_trials)
+        return task.calls * (ALPHA * backward + (1 - ALPHA) * forward)
+
+
+def round_printer(stream=sys.stderr) -> Callable[[RoundInfo], None]:
+    """`[tune] ####------ 480/2000 trials  round 30  warm-up 30/30  est. 45.21 ms  last: conv_3`,
+    redrawn in place; a newline when the run ends."""
+    def show(r: RoundInfo) -> None:
+        width = 20
+        if r.budget is not None:
+            frac = r.trials / max(r.budget, 1)
+            count = f"{r.trials:5d}/{r.budget} trials"
+        else:
+            frac = r.elapsed / max(r.time_budget, 1e-9)
+            count = f"{r.trials:5d} trials {r.elapsed:5.0f}/{r.time_budget:.0f} s"
+        filled = min(width, int(width * frac))
+        est = f"est. {r.latency * 1e3:9.3f} ms" if r.latency else "est.         -   "
+        stream.write(f"\r[tune] {'#' * filled}{'-' * (width - filled)} {count}  round {r.round:4d}  "
+                     f"warm-up {r.warmed}/{r.tasks}  {est}  last: {r.task.name[:24]:<24}")
+        stream.flush()
+    return show
+
+
+def task_table(tasks: list[Task], out=print) -> None:
+    """Per task: calls, share of the estimated latency, trials, best time, GFLOP/s, errors."""
+    total = sum(t.calls * t.best for t in tasks if t.best) or 1.0
+    out(f"{'task':<28} {'calls':>5} {'share':>6} {'trials':>6} {'errors':>6} {'best ms':>9} {'GFLOP/s':>8}")
+    for t in sorted(tasks, key=lambda t: -(t.calls * (t.best or 0))):
+        if t.failed:
+            out(f"{t.name[:28]:<28} {t.calls:>5} {'-':>6} {t.trials:>6} {t.errors:>6} {'failed':>9}  {t.failed}")
+            continue
+        share = f"{100 * t.calls * t.best / total:5.1f}%" if t.best else f"{'-':>6}"
+        best = f"{t.best * 1e3:9.3f}" if t.best else f"{'-':>9}"
+        gf = f"{t.flops / t.best / 1e9:8.1f}" if t.best else f"{'-':>8}"
+        out(f"{t.name[:28]:<28} {t.calls:>5} {share} {t.trials:>6} {t.errors:>6} {best} {gf}")

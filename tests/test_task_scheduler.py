@@ -1,0 +1,113 @@
+"""Model tuning: tasks are the distinct kernels (ResNet-50's repeated blocks collapse), the
+scheduler spends trials where the model's latency is, a task that cannot be measured is reported
+and the rest go on, and a tuned model compiles from its records, saves, reloads and matches ONNX
+Runtime."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import nestor
+from nestor import zoo
+from nestor.autotune.measure import MeasureResult
+from nestor.autotune.records import Records
+from nestor.autotune.task_scheduler import TaskScheduler, extract_tasks, task_table
+from nestor.autotune.tune import tune_graph
+from nestor.ir import Graph, Node, structural_hash
+from nestor.ir.errors import NestorError
+
+
+def test_resnet50_repeated_blocks_are_one_task_each():
+    graph = nestor.import_onnx(zoo.light_model("resnet50"))
+    calls = [n for n in graph.nodes if n.kernel is not None]
+    tasks = extract_tasks(graph)
+    assert len({structural_hash(n.kernel) for n in calls}) == len(tasks)
+    assert sum(t.calls for t in tasks) == len(calls)
+    assert len(tasks) < len(calls) / 2  # 16 bottleneck blocks share a handful of shapes
+    assert max(t.calls for t in tasks) >= 3
+
+
+def mlp(sizes, seed=0) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMul ... : kernels of very different cost."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for n, (k, m) in enumerate(zip(sizes, sizes[1:])):
+        inits.append(numpy_helper.from_array(rng.standard_normal((k, m)).astype(np.float32) * 0.1, f"W{n}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"W{n}"], [f"h{n}"], name=f"mm{n}"))
+        nodes.append(helper.make_node("Relu", [f"h{n}"], [f"y{n}"], name=f"relu{n}"))
+        prev = f"y{n}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, sizes[0]])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [32, sizes[-1]])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+class FakeMeasurer:
+    """Times proportional to each task's flops (so the big task dominates the model), improving
+    slowly with the number of candidates measured; `broken` tasks cannot be switched to."""
+
+    def __init__(self, broken=()):
+        self.broken, self.kernel, self.count = set(broken), None, 0
+
+    def switch(self, kernel):
+        if structural_hash(kernel) in self.broken:
+            raise NestorError(f"measure: the reference kernel {kernel.name} fails: run failed: boom")
+        self.kernel = kernel
+
+    def measure(self, kernels):
+        from nestor.autotune.search import kernel_flops
+        out = []
+        for _ in kernels:
+            self.count += 1
+            t = kernel_flops(self.kernel) * 1e-9 * (1 + 1 / self.count)
+            out.append(MeasureResult(t, (t,), None, 0.0))
+        return out
+
+
+def test_scheduler_spends_trials_where_the_latency_is():
+    graph = nestor.import_onnx(mlp([512, 512, 8]))  # mm0: 32×512×512 (+relu), mm1: 32×512×8
+    tasks = extract_tasks(graph)
+    assert len(tasks) == 2
+    scheduler = TaskScheduler(tasks, FakeMeasurer(), batch=4, seed=0)
+    scheduler.tune(trials=80)
+    big, small = sorted(tasks, key=lambda t: -t.flops)
+    assert big.trials + small.trials == 80 and small.trials >= 4  # everyone gets a warm-up round
+    assert big.trials >= 3 * small.trials, (big.trials, small.trials)
+    assert scheduler.latency() == pytest.approx(big.best + small.best)
+    lines = []
+    task_table(tasks, out=lines.append)
+    assert lines[1].split()[0] == big.name  # heaviest first
+
+
+def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
+    graph = nestor.import_onnx(mlp([64, 64, 64, 8]))
+    tasks = extract_tasks(graph)
+    broken = tasks[0].hash
+    TaskScheduler(tasks, FakeMeasurer(broken={broken}), batch=4).tune(trials=24)
+    failed = [t for t in tasks if t.failed]
+    assert [t.hash for t in failed] == [broken] and "boom" in failed[0].failed
+    assert all(t.trials > 0 for t in tasks if not t.failed)
+    lines = []
+    task_table(tasks, out=lines.append)
+    assert any("failed" in line and "boom" in line for line in lines)
+
+
+def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime(tmp_path):
+    model = mlp([64, 96, 32])
+    graph = nestor.import_onnx(model)
+    records = str(tmp_path / "r.sqlite")
+    tasks = tune_graph(graph, trials=24, records_path=records, show_progress=False)
+    assert sum(t.trials for t in tasks) == 24 and all(t.best for t in tasks)
+    with Records(records) as db:
+        assert db.count() == 24
+    compiled = nestor.compile(model, records=records)
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(compiled.run({"x": x})[0], want[0], rtol=1e-4, atol=1e-5)
+    compiled.save(tmp_path / "m.nestor")
+    again = nestor.load(tmp_path / "m.nestor")
+    np.testing.assert_array_equal(again.run({"x": x})[0], compiled.run({"x": x})[0])
+    # tuning again resumes: the stored measurements are not repeated
+    tune_graph(graph, trials=8, records_path=records, show_progress=False)
+    with Records(records) as db:
+        assert db.count() == 32 and len({(r.task, r.schedule) for r in db.records()}) == 32
