@@ -2,6 +2,7 @@
 progress line, and the best stored schedules read back for compilation."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -45,13 +46,11 @@ def tune_kernels(kernels: dict[str, Kernel], trials: int, records_path: str | No
     or until `time_budget` seconds are spent (shared equally). Measurements go to the records
     file as they arrive; the cost model is shared across kernels and saved to `model_path`."""
     key = target_key(target)
-    records = Records(records_path) if records_path else None
-    model = CostModel.load(model_path) if model_path and os.path.exists(model_path) else CostModel(seed=seed)
     results: dict[str, TuneResult] = {}
     by_hash: dict[str, str] = {}
     start = time.time()
     distinct = {structural_hash(k) for k in kernels.values()}
-    try:
+    with _tuning_state(records_path, model_path, seed) as (records, model):
         for n, (name, kernel) in enumerate(kernels.items()):
             h = structural_hash(kernel)
             if h in by_hash:
@@ -68,11 +67,6 @@ def tune_kernels(kernels: dict[str, Kernel], trials: int, records_path: str | No
                                            progress_printer(name) if show_progress else None)
             if show_progress and results[name].trials < trials:
                 sys.stderr.write("\n")
-    finally:
-        if model_path and model.trained:
-            model.save(model_path)
-        if records is not None:
-            records.close()
     return results
 
 
@@ -84,22 +78,30 @@ def tune_graph(graph, trials: int | None = None, time_budget: float | None = Non
     tasks = extract_tasks(graph)
     if not tasks:
         return tasks
+    with _tuning_state(records_path, model_path, seed) as (records, model), \
+            Measurer(None, target=target) as measurer:
+        scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), batch, seed)
+        try:
+            scheduler.tune(trials, time_budget, round_printer() if show_progress else None)
+        finally:
+            if show_progress:
+                sys.stderr.write("\n")
+    return tasks
+
+
+@contextlib.contextmanager
+def _tuning_state(records_path: str | None, model_path: str | None, seed: int):
+    """The records database and the cost model of a tuning run; the model is saved at the end,
+    interrupted or not (the records are written as they arrive)."""
     records = Records(records_path) if records_path else None
     model = CostModel.load(model_path) if model_path and os.path.exists(model_path) else CostModel(seed=seed)
     try:
-        with Measurer(None, target=target) as measurer:
-            scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), batch, seed)
-            try:
-                scheduler.tune(trials, time_budget, round_printer() if show_progress else None)
-            finally:
-                if show_progress:
-                    sys.stderr.write("\n")
+        yield records, model
     finally:
         if model_path and model.trained:
             model.save(model_path)
         if records is not None:
             records.close()
-    return tasks
 
 
 def best_schedules(records_path: str, target=None) -> Callable[[Kernel], Schedule | None]:

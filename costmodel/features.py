@@ -31,6 +31,7 @@ import numpy as np
 from ..ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, Expr, For, If, Kernel, Load,
                   Logic, Not, Select, Seq, Stmt, Store, Var)
 from ..ir import itemsize as _itemsize
+from ..ir.affine import affine_form
 
 itemsize = functools.cache(_itemsize)
 
@@ -217,7 +218,7 @@ def _pass_fraction(cond: Expr, ranges: dict[str, int]) -> float:
     if not isinstance(cond, Compare):
         return 0.5
     diff = Binary("sub", cond.a, cond.b)
-    form = _affine(diff)
+    form = affine_form(diff)
     if form is not None:
         lo = hi = form[1]
         for v, c in form[0].items():
@@ -276,30 +277,6 @@ def _count_ops(e: Expr, counts: list[int]) -> None:
 
 def _nbytes(b: Buffer) -> int:
     return b.size * itemsize(b.dtype)
-
-
-def _affine(e: Expr):
-    """`e` as ({var: coefficient}, constant) when it is affine in loop variables, else None."""
-    t = type(e)
-    if t is Var:
-        return {e.name: 1}, 0
-    if t is Const:
-        return ({}, e.value) if type(e.value) is int else None
-    if t is not Binary or e.op not in ("add", "sub", "mul"):
-        return None
-    a, b = _affine(e.a), _affine(e.b)
-    if a is None or b is None:
-        return None
-    if e.op == "mul":
-        if a[0] and b[0]:
-            return None
-        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
-        return {v: x * k for v, x in coefs.items()}, c * k
-    sign = 1 if e.op == "add" else -1
-    coefs = dict(a[0])
-    for v, x in b[0].items():
-        coefs[v] = coefs.get(v, 0) + sign * x
-    return coefs, a[1] + sign * b[1]
 
 
 def _interval(e: Expr, ranges: dict[str, int]):
@@ -361,7 +338,7 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
     flat: dict[str, int] = {}  # var -> elements the access moves when it steps by one
     known = True
     for d, e in enumerate(indices):
-        form = _affine(e)
+        form = affine_form(e)
         if form is not None:
             for v, c in form[0].items():
                 if c:

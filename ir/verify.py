@@ -8,6 +8,7 @@ of `&&` / `||`) is assumed to be protected by it and is not bounds-checked.
 """
 from __future__ import annotations
 
+from .affine import affine_form
 from .dtypes import SHORT, is_int
 from .expr import (BINARY_OPS, COMPARE_OPS, INTRINSICS, LOGIC_OPS, Binary, Buffer, Call, Cast, Compare,
                    Const, Expr, Load, Logic, Not, Select, Var)
@@ -175,7 +176,7 @@ class _Verifier:
 # ranges independently over [0, extent-1]); others are bounded node by node; None = unknown.
 
 def index_bounds(e: Expr, loops: dict) -> tuple[int, int] | None:
-    affine = _affine(e, loops)
+    affine = affine_form(e, loops)
     if affine is not None:
         coefs, lo = affine
         hi = lo
@@ -216,26 +217,3 @@ def _binary_bounds(op: str, a: tuple[int, int], b: tuple[int, int]) -> tuple[int
             return (0, min(c - 1, ahi)) if alo >= 0 else (-(c - 1), c - 1)
         return alo // c, (ahi // c if ahi >= 0 else -(-ahi // c))
     return None
-
-
-def _affine(e: Expr, loops: dict) -> tuple[dict, int] | None:
-    """`e` as ({var: coefficient}, constant) when it is affine in the loop variables."""
-    if isinstance(e, Const):
-        return ({}, e.value) if isinstance(e.value, int) and is_int(e.dtype) else None
-    if isinstance(e, Var):
-        return ({e.name: 1}, 0) if e.name in loops else None
-    if not isinstance(e, Binary) or e.op not in ("add", "sub", "mul"):
-        return None
-    a, b = _affine(e.a, loops), _affine(e.b, loops)
-    if a is None or b is None:
-        return None
-    if e.op == "mul":
-        if a[0] and b[0]:
-            return None
-        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
-        return {v: x * k for v, x in coefs.items()}, c * k
-    sign = 1 if e.op == "add" else -1
-    coefs = dict(a[0])
-    for v, x in b[0].items():
-        coefs[v] = coefs.get(v, 0) + sign * x
-    return coefs, a[1] + sign * b[1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, print_expr, walk, walk_stmts
+from ..ir.affine import affine_form
 from ..ir.visit import stmt_exprs
 
 
@@ -62,29 +63,6 @@ def variables(indices: tuple[Expr, ...]) -> set[str]:
     return {e.name for i in indices for e in walk(i) if isinstance(e, Var)}
 
 
-def affine(e: Expr) -> tuple[dict[str, int], int] | None:
-    """`e` as ({var: coefficient}, constant) when it is an affine integer expression."""
-    if isinstance(e, Const):
-        return ({}, e.value) if isinstance(e.value, int) and not isinstance(e.value, bool) else None
-    if isinstance(e, Var):
-        return {e.name: 1}, 0
-    if not isinstance(e, Binary) or e.op not in ("add", "sub", "mul"):
-        return None
-    a, b = affine(e.a), affine(e.b)
-    if a is None or b is None:
-        return None
-    if e.op == "mul":
-        if a[0] and b[0]:
-            return None
-        (coefs, c), k = (a, b[1]) if not b[0] else (b, a[1])
-        return {v: x * k for v, x in coefs.items()}, c * k
-    sign = 1 if e.op == "add" else -1
-    coefs = dict(a[0])
-    for v, x in b[0].items():
-        coefs[v] = coefs.get(v, 0) + sign * x
-    return coefs, a[1] + sign * b[1]
-
-
 def determined_vars(indices: tuple[Expr, ...], extents: dict[str, int]) -> set[str]:
     """Variables whose values the index tuple determines: x, y with equal indices agree on them.
 
@@ -100,7 +78,7 @@ def determined_vars(indices: tuple[Expr, ...], extents: dict[str, int]) -> set[s
                 dims = [x for x in dims if x not in (d, partner)] + [d.a]
     out: set[str] = set()
     for d in dims:
-        form = affine(d)
+        form = affine_form(d)
         if form is None:
             continue
         terms = sorted(((abs(c), v) for v, c in form[0].items() if c), key=lambda t: t[0])
@@ -149,7 +127,7 @@ def _disjoint_along(var: str, indices, fixed: set[str], extents: dict[str, int])
     """Whether some dimension reads `c * var + (the same expression of the loops around) + (a
     part spread over fewer than |c| values)` in every index tuple: then each iteration of `var`
     has its own slice of that dimension (the tile copies of cache_read / cache_write)."""
-    forms = [[affine(e) for e in idx] for idx in indices]
+    forms = [[affine_form(e) for e in idx] for idx in indices]
     for d in range(len(next(iter(indices)))):
         dims = [f[d] for f in forms]
         if any(x is None for x in dims):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..ir import (Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, ge, logical_and, lt,
                   walk, walk_stmts)
 from ..ir.visit import stmt_exprs
-from .analysis import affine
+from ..ir.affine import affine_form
 
 Affine = tuple[dict[str, int], int]  # ({var: coefficient}, constant)
 
@@ -85,7 +85,7 @@ class Region:
 
 def split_index(e: Expr, inner: dict[str, int]) -> tuple[dict[str, int], dict[str, int], int] | None:
     """An affine index as (fixed coefficients, varying coefficients, constant), or None."""
-    form = affine(e)
+    form = affine_form(e)
     if form is None:
         return None
     coefs, const = form
@@ -132,7 +132,7 @@ def simplify_divmod(e: Expr, extents: dict[str, int]) -> Expr:
     loop extents given: what indexing a packed layout produces after tiling by its factor."""
     if not (isinstance(e, Binary) and e.op in ("floordiv", "mod") and isinstance(e.b, Const)):
         return e
-    f, form = e.b.value, affine(e.a)
+    f, form = e.b.value, affine_form(e.a)
     if form is None or not isinstance(f, int) or f <= 0 or any(v not in extents for v in form[0]):
         return e
     coefs, const = form
