@@ -11,8 +11,8 @@ decisions, as Ansor's sketch rules do for conv- and matmul-like nests:
     contiguous buffer (cache_read); vectorize the vector loop and unroll the other tile loops.
 
 The vector lanes normally walk the output's last (contiguous) dimension. Where another spatial
-loop indexes one output dimension alone and every input it moves through either along its last
-dimension or along one dimension that `pack` can block (the output channels of a convolution,
+loop indexes one output dimension alone and every input the reduction reads moves with it either
+along its last dimension or along one dimension that `pack` can block (the output channels of a convolution,
 read through OIHW weights), the sketch may put the lanes on that loop instead: the weights are
 packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimension last
 (cache_write's order), so 56-wide feature maps still fill 16-lane vectors.
@@ -110,7 +110,10 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
         if k == vector or len(dims) != 1 or any(var in _vars(e) for d, e in enumerate(nest.index) if d != dims[0]):
             continue
         packs, ok = [], True
-        for load in loads(body):
+        # the reduction's loads decide; an epilogue (bias, residual) is read once per output
+        # element and may gather across the lanes
+        update = [x for x in walk_stmts(body) if isinstance(x, Store) and x.reduce is not None]
+        for load in (l for x in update for l in loads(x.value)):
             uses = [d for d, e in enumerate(load.indices) if var in _vars(e)]
             if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
                 continue  # a broadcast, or already contiguous along the loop

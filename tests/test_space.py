@@ -102,3 +102,33 @@ def test_top_level_nests_finds_the_stages():
     nests = top_level_nests(canonical_loops(kernels()["softmax"]))
     assert [n.root for n in nests] == ["i0", "i1", "i2"]
     assert [n.reduce for n in nests] == [("r0",), ("r1",), ()]
+
+
+def test_lanes_on_a_fused_conv_with_bias_residual_and_relu_keep_results():
+    from onnx import TensorProto, helper, numpy_helper
+    import nestor
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "B")
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "R"], ["s"]), helper.make_node("Relu", ["s"], ["Y"])]
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+    model = helper.make_model(helper.make_graph(nodes, "block", [vi("X", [1, 4, 7, 7]), vi("R", [1, 16, 7, 7])],
+                                                [vi("Y", [1, 16, 7, 7])], [w, b]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (kernel,) = nestor.import_onnx(model).kernels()  # one fused kernel
+    sketch = Sketch.of(kernel)
+    assert len(sketch.lanes) == 1  # the epilogue's residual read does not block the lanes
+    rng = random.Random(0)
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    tried = 0
+    while tried < 3:
+        d = sketch.sample(rng)
+        if not d["lanes"]:
+            continue
+        tried += 1
+        schedule, scheduled = sketch.realize(d)
+        assert "pack(W, 0" in str(schedule)
+        for got, w_ in zip(run_kernel(scheduled, args), want):
+            np.testing.assert_allclose(got, w_, rtol=1e-4, atol=1e-4, err_msg=str(schedule))
