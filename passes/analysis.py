@@ -84,6 +84,8 @@ def determined_vars(indices: tuple[Expr, ...], extents: dict[str, int]) -> set[s
         terms = sorted(((abs(c), v) for v, c in form[0].items() if c), key=lambda t: t[0])
         if any(v not in extents for _, v in terms):
             continue
+        out |= {v for _, v in terms if extents[v] == 1}  # a loop of one iteration is always 0
+        terms = [(c, v) for c, v in terms if extents[v] > 1]
         span = 0
         for c, v in terms:
             if c <= span:

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import nestor
 from nestor.codegen import run_kernel
 from nestor.ir import For, Kernel, parse_kernel, print_kernel, verify, walk_stmts
-from nestor.passes import (Bind, Fuse, Parallel, Pass, PassNotFound, Reorder, ScheduleError, Split, Tile,
+from nestor.passes import (Bind, parse_pipeline, Fuse, Parallel, Pass, PassNotFound, Reorder, ScheduleError, Split, Tile,
                            Unroll, Vectorize, canonical_loops, get_pass, list_passes, plugin_errors)
 from nestor.passes import registry
 
@@ -101,6 +101,14 @@ def test_tile_orders_levels_and_handles_remainders():
     three = checked(Tile(("i0", "i1"), ((2,), (2, 3))).apply(k))
     assert [v for v, _, _ in loops(three)][:5] == ["i0_o", "i1_o", "i0_i", "i1_i0", "i1_i1"]
     same_results(k, three)
+
+
+def test_split_by_one_then_reorder_is_legal():
+    # i0 = i0_o * 1 + i0_i with i0_i of one iteration: the store index still tells iterations apart
+    k = kernels()["matmul"]
+    out = checked(parse_pipeline("split(i0, 1); reorder(i1, i0_o, i0_i)").apply(k))
+    assert [v for v, _, _ in loops(out)][:3] == ["i1", "i0_o", "i0_i"]
+    same_results(k, out)
 
 
 def test_reorder_reduction_loops_and_spatial_inside_reduction():
