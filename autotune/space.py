@@ -289,9 +289,12 @@ class Sketch:
             outer = [f"{outer[0]}_{outer[1]}"] + outer[2:]
         if outer:
             builder.step(Parallel(outer[0]))
-        for names in ([n for n in tile], compute_tile):
+        # the tile loops of the init, reduction and epilogue nests (after distribute)
+        epilogues = [[builder.renamed(n, c) for n in tile] for c in range(1, len(builder.copies(tile[0])))] if tile else []
+        vector_names = {vector_name} | set(builder.copies(vector_name or ""))
+        for names in [list(tile), compute_tile] + epilogues:
             for n in names:
-                if n == vector_name or n == builder.renamed(vector_name or ""):
+                if n in vector_names:
                     builder.step(Vectorize(n))
                 else:
                     builder.step(Unroll(n), max_extent=16)
@@ -322,7 +325,7 @@ class _Builder:
     def __init__(self, kernel: Kernel):
         self.kernel = kernel
         self.steps: list[Pass] = []
-        self.names: dict[str, str] = {}
+        self.names: dict[str, list[str]] = {}
 
     def step(self, step: Pass, max_extent: int | None = None) -> bool:
         if max_extent is not None:
@@ -335,14 +338,20 @@ class _Builder:
             self.kernel = step.apply(self.kernel)
         except ScheduleError:
             return False
-        if isinstance(step, Distribute):  # the copies' loops: `x` became `x_1` (or `x_2`, ...)
+        if isinstance(step, Distribute):  # the copies' loops: `x` became `x_1`, `x_2`, ... in order
             after = [s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)]
             for name in after:
                 base = name.rsplit("_", 1)[0]
                 if name not in before and base in before:
-                    self.names[base] = name
+                    self.names.setdefault(base, []).append(name)
         self.steps.append(step)
         return True
 
-    def renamed(self, name: str) -> str:
-        return self.names.get(name, name)
+    def renamed(self, name: str, copy: int = 0) -> str:
+        """The loop `name` of the `copy`-th nest a distribute made (0: the first new one, the
+        reduction of `init; reduce; epilogue`); `name` itself where there is none."""
+        copies = self.names.get(name, [])
+        return copies[copy] if copy < len(copies) else name
+
+    def copies(self, name: str) -> list[str]:
+        return self.names.get(name, [])
