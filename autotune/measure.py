@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 
 import numpy as np
 
-from ..ir import Kernel
+from ..ir import Kernel, structural_hash
 from ..ir.errors import NestorError
 
 FLUSH_BYTES = 64 << 20   # written over before each repeat: more than this host's L2 + L3 (1 + 32 MiB)
@@ -92,7 +92,6 @@ class Measurer:
     def switch(self, reference: Kernel, seed: int = 0, inputs: list[np.ndarray] | None = None) -> None:
         """Measure candidates of `reference` from now on. Its output on the inputs is computed
         once (the first switch to it) and is the truth candidates are checked against."""
-        from ..ir import structural_hash
         key = structural_hash(reference)
         first = key not in self._tasks
         n = self._tasks.setdefault(key, len(self._tasks))
@@ -380,10 +379,10 @@ def _runner(**config):
     args, outs, fills, names, truth = [], [], [], [], []
     reference, rtol, atol = "", 0.0, 0.0
 
-    def configure(inputs: str, reference_path: str, outputs: list, tol: tuple[float, float]) -> None:
+    def configure(c: dict) -> None:
         nonlocal reference, rtol, atol
-        reference, (rtol, atol) = reference_path, tol
-        with np.load(inputs) as f:
+        reference, rtol, atol, outputs = c["reference"], c["rtol"], c["atol"], c["outputs"]
+        with np.load(c["inputs"]) as f:
             args[:] = [tvm.runtime.tensor(f[f"arr_{n}"], dev) for n in range(len(f.files))]
         # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
         # candidate fails to write cannot pass with a value left there by the one before.
@@ -396,16 +395,13 @@ def _runner(**config):
             with np.load(reference) as f:
                 truth[:] = [f[f"arr_{n}"] for n in range(len(f.files))]
 
-    def configure_from(c: dict) -> None:
-        configure(c["inputs"], c["reference"], c["outputs"], (c["rtol"], c["atol"]))
-
     if config:
-        configure_from(config)
+        configure(config)
 
     def serve(request) -> dict:
         if "configure" in request:
             try:
-                configure_from(request["configure"])
+                configure(request["configure"])
                 return {}
             except Exception as err:
                 return {"error": f"configure failed: {_brief(err)}"}

@@ -29,9 +29,10 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk, walk_stmts
+from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
 from ..passes import (CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Pack, Pass, Reorder, Schedule,
                       ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes, Parallel)
+from ..passes.analysis import variables
 from ..passes.registry import BUILTINS
 
 TILE_FACTORS = (1, 2, 3, 4, 6, 8, 16)
@@ -107,14 +108,15 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
     for k, loop in enumerate(nest.spatial):
         var = Var(loop.var)
         dims = [d for d, e in enumerate(nest.index) if e == var]
-        if k == vector or len(dims) != 1 or any(var in _vars(e) for d, e in enumerate(nest.index) if d != dims[0]):
+        if k == vector or len(dims) != 1 or any(loop.var in variables((e,)) for d, e in enumerate(nest.index)
+                                                if d != dims[0]):
             continue
         packs, ok = [], True
         # the reduction's loads decide; an epilogue (bias, residual) is read once per output
         # element and may gather across the lanes
         update = [x for x in walk_stmts(body) if isinstance(x, Store) and x.reduce is not None]
         for load in (l for x in update for l in loads(x.value)):
-            uses = [d for d, e in enumerate(load.indices) if var in _vars(e)]
+            uses = [d for d, e in enumerate(load.indices) if loop.var in variables((e,))]
             if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
                 continue  # a broadcast, or already contiguous along the loop
             if len(uses) == 1 and load.indices[uses[0]] == var and load.buffer.name in inputs:
@@ -126,10 +128,6 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
         if ok and packs and factors:
             out.append(Lanes(k, dims[0], tuple(dict.fromkeys(packs)), factors))
     return tuple(out)
-
-
-def _vars(e: Expr) -> set:
-    return {x for x in walk(e) if isinstance(x, Var)}
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class TaskScheduler:
             return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
                     and any(t.active for t in self.tasks))
 
-        warm = [t for t in self.tasks]
+        warm = list(self.tasks)
         while more():
             task = warm.pop(0) if warm else self._next_task()
             if task is None:

@@ -62,8 +62,8 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise NestorError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
-    workdir = tempfile.TemporaryDirectory()
-    records = records or f"{workdir.name}/records.sqlite"
+    workdir = tempfile.TemporaryDirectory() if time_budget and not records else None
+    records = records or (f"{workdir.name}/records.sqlite" if workdir else None)
     out(f"{'model':<14} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")
     ratios = []
     for name in names:
