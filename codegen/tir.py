@@ -11,6 +11,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as T
 
+from .fast_math import FAST_FLOAT32
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
                        Load, Logic, Not, Seq, Select, Store, Var, is_float, walk_stmts)
 
@@ -30,6 +31,11 @@ _INTRIN = {
     "round": tirx.nearbyint,  # ONNX Round: half to even, which nearbyint gives in the default mode
     "pow": tirx.pow, "sin": tirx.sin, "cos": tirx.cos,
 }
+
+
+def _float32_intrinsic(fn: str, args):
+    """Where libm's would be scalar calls even in a vector loop, arithmetic that vectorizes."""
+    return FAST_FLOAT32[fn](*args) if fn in FAST_FLOAT32 else _INTRIN[fn](*args)
 
 
 @contextlib.contextmanager
@@ -87,7 +93,9 @@ class _Lower:
             if e.dtype == "float16" and e.fn != "abs":
                 # LLVM lacks several half intrinsics (erf ...): compute in float32, round back
                 wide = [tirx.Cast("float32", a) for a in args]
-                return tirx.Cast("float16", _INTRIN[e.fn](*wide))
+                return tirx.Cast("float16", _float32_intrinsic(e.fn, wide))
+            if e.dtype == "float32":
+                return _float32_intrinsic(e.fn, args)
             return _INTRIN[e.fn](*args)
         raise TypeError(f"not an expression: {e!r}")
 

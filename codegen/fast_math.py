@@ -1,0 +1,70 @@
+"""float32 exp, sigmoid, tanh and erf as plain TIR arithmetic, so that vector loops stay vector.
+
+TVM lowers `tirx.exp` & co. to LLVM intrinsics that x86 has no vector form of: LLVM splits a
+16-lane exp into 16 calls of libm's expf (measured here: a vectorized exp over 128×3072 floats
+ran 23× slower than a multiply). These are the polynomial and rational approximations of TVM's
+own topi `fast_exp` / `fast_tanh` / `fast_erf` (Cephes' exp, Eigen's tanh and erf), within a few
+float32 ulp of libm, plus what those leave out: NaN in gives NaN out, exp(±inf) is inf / 0.
+"""
+from __future__ import annotations
+
+from tvm import tirx
+
+F32 = "float32"
+
+
+def _c(value: float):
+    return tirx.const(value, F32)
+
+
+def _poly(x, coefficients):
+    """Horner's rule, highest power first."""
+    acc = _c(coefficients[0])
+    for c in coefficients[1:]:
+        acc = acc * x + _c(c)
+    return acc
+
+
+def _keep_nan(x, result):
+    return tirx.Select(tirx.isnan(x), x, result)
+
+
+def fast_exp(x):
+    clamped = tirx.Max(tirx.Min(x, _c(88.3762626647950)), _c(-88.3762626647949))
+    n = tirx.floor(clamped * _c(1.44269504088896341) + _c(0.5))     # x = n ln2 + f, |f| <= ln2 / 2
+    f = clamped - n * _c(0.693147180559945)
+    y = _poly(f, (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                  1.6666665459e-1, 5.0000001201e-1)) * f * f + f + _c(1.0)
+    two_n = tirx.reinterpret(F32, tirx.shift_left(tirx.Cast("int32", n + _c(127.0)), tirx.const(23, "int32")))
+    # clamped at -88.38 the exponent field is 0: exp(-inf) = 0; at +88.38 it is 255: +inf
+    return _keep_nan(x, two_n * y)
+
+
+def fast_sigmoid(x):
+    return _c(1.0) / (_c(1.0) + fast_exp(-x))
+
+
+def fast_tanh(x):
+    clamped = tirx.Max(tirx.Min(x, _c(9.0)), _c(-9.0))
+    x2 = clamped * clamped
+    p = _poly(x2, (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                   4.89352455891786e-03)) * clamped
+    q = _poly(x2, (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                   4.89352518554385e-03))
+    # below 4e-4 tanh(x) = x to float precision; the rational form loses relative accuracy there
+    return _keep_nan(x, tirx.Select(tirx.abs(x) < _c(0.0004), x, p / q))
+
+
+def fast_erf(x):
+    clamped = tirx.Max(tirx.Min(x, _c(4.0)), _c(-4.0))
+    x2 = clamped * clamped
+    p = _poly(x2, (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                   -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                   -1.60960333262415e-02)) * clamped
+    q = _poly(x2, (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                   -7.37332916720468e-03, -1.42647390514189e-02))
+    return _keep_nan(x, p / q)
+
+
+FAST_FLOAT32 = {"exp": fast_exp, "sigmoid": fast_sigmoid, "tanh": fast_tanh, "erf": fast_erf}
