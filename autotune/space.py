@@ -17,6 +17,13 @@ read through OIHW weights), the sketch may put the lanes on that loop instead: t
 packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimension last
 (cache_write's order), so 56-wide feature maps still fill 16-lane vectors.
 
+An intermediate the main nest reads (a convolution's padded input) may be computed at one of the
+tile's outer loops (compute_at), a tile's region at a time, instead of in a pass of its own.
+
+Row reductions (softmax, layer normalization: reductions along the inputs' contiguous axis
+only) have a second sketch: every such reduction split by rfactor into vector lanes of partial
+results, its nest parallel.
+
 Other top-level nests (a convolution's padding, a softmax's maxima) get `default(loop)`. Every
 decision is a plain value, so a candidate is a dict that mutates and crosses over easily; its
 schedule is what the passes accepted, so every schedule in the records replays exactly.
@@ -30,8 +37,8 @@ import random
 from dataclasses import dataclass
 
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
-from ..passes import (CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Pack, Pass, Reorder, Schedule,
-                      ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes, Parallel)
+from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Pack, Parallel, Pass, Reorder,
+                      Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
 from ..passes.analysis import variables
 from ..passes.registry import BUILTINS
 
@@ -40,6 +47,7 @@ VECTOR_FACTORS = (1, 4, 8, 16, 32, 64)
 LANE_FACTORS = (8, 16)        # vector widths for lanes on another loop (they must divide it)
 MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
+RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class Sketch:
     inputs: tuple[str, ...]                 # buffers cache_read may copy
     extra: tuple[Pass, ...] = ()            # plugin passes' instances on the kernel
     lanes: tuple[Lanes, ...] = ()           # other loops that may hold the vector lanes
+    rows: tuple[tuple[str, str], ...] = ()  # (nest root, reduction loop) pairs rfactor can split
+    stages: tuple[str, ...] = ()            # intermediates the main nest reads (a padded input)
 
     @classmethod
     def of(cls, kernel: Kernel) -> Sketch:
@@ -156,7 +166,7 @@ class Sketch:
         extra = tuple(p for name, cls_ in list_passes().items() if name not in BUILTINS
                       for p in cls_.schedule_space(kernel))
         return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra,
-                   lane_choices(kernel, main, vector))
+                   lane_choices(kernel, main, vector), row_reductions(kernel, nests), stages_read(kernel, main))
 
     # decisions
 
@@ -173,6 +183,8 @@ class Sketch:
         if self.extra and rng.random() < 0.3:
             d["extra"] = rng.randrange(len(self.extra))
         d["lanes"] = self._sample_lanes(rng) if self.lanes and rng.random() < 0.5 else None
+        d["rfactor"] = rng.choice(RFACTOR_FACTORS) if self.rows and rng.random() < 0.5 else None
+        d["stage_at"] = rng.randrange(4) if self.stages and rng.random() < 0.6 else None
         return self._bounded(d)
 
     def _sample_lanes(self, rng: random.Random) -> tuple[int, int]:
@@ -189,7 +201,8 @@ class Sketch:
 
     def mutate(self, d: dict, rng: random.Random) -> dict:
         d = {**d, "factors": list(d["factors"])}
-        what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes"])
+        what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes",
+                           "rfactor", "stage_at"])
         if what == "factor":
             k = rng.randrange(len(d["factors"]))
             choices = VECTOR_FACTORS if k == self.vector_loop(d) else TILE_FACTORS
@@ -200,6 +213,10 @@ class Sketch:
             d["fuse"] = 3 - d["fuse"]
         elif what == "unroll":
             d["unroll"] = rng.choice(UNROLL_FACTORS)
+        elif what == "stage_at":
+            d["stage_at"] = rng.choice([None, 0, 1, 2, 3]) if self.stages else None
+        elif what == "rfactor":
+            d["rfactor"] = rng.choice([None, *RFACTOR_FACTORS]) if self.rows else None
         elif what == "lanes":
             d["lanes"] = self._sample_lanes(rng) if self.lanes and not d.get("lanes") else None
         elif what == "cache_read":
@@ -230,6 +247,8 @@ class Sketch:
     def realize(self, d: dict) -> tuple[Schedule, Kernel]:
         """The steps the decisions describe and the kernel they make. A step the passes refuse
         is left out (so the schedule replays exactly); steps that name its loops fail with it."""
+        if d.get("rfactor") and self.rows:
+            return self._realize_rows(d["rfactor"])
         builder = _Builder(self.kernel)
         loops = self.nest.spatial
         lanes = self._lanes(d)
@@ -274,6 +293,13 @@ class Sketch:
                     builder.step(Vectorize(names[-1]))
                     for n in names[:-1]:
                         builder.step(Unroll(n), max_extent=16)
+        if d.get("stage_at") is not None and outer:
+            # each padded input computed where it is read, one tile's region at a time: no
+            # pass over the whole padded copy before the main nest (before fuse: its indices
+            # must stay affine)
+            at = outer[d["stage_at"] % len(outer)]
+            for stage in self.stages:
+                builder.step(ComputeAt(stage, at))
         for buffer, dim in lanes.packs if lanes else ():
             rank = len(self._buffer_shape(buffer))
             builder.step(Pack(buffer, dim, d["lanes"][1],
@@ -302,8 +328,55 @@ class Sketch:
             builder.step(self.extra[d["extra"]])
         return Schedule(tuple(builder.steps)), builder.kernel
 
+    def _realize_rows(self, factor: int) -> tuple[Schedule, Kernel]:
+        """Row reductions (softmax, layer norm, reduce-mean over the contiguous axis): each
+        reduction split into `factor` vector lanes of partial results, its nest parallel; the
+        other nests get the default schedule."""
+        builder = _Builder(self.kernel)
+        split_roots = set()
+        for root, loop in self.rows:
+            if builder.step(Rfactor(loop, factor)):
+                builder.step(Vectorize(f"{loop}_i"))
+                builder.step(Vectorize(f"{loop}_z"))
+                split_roots.add(root)
+        for root in [self.nest.root, *self.others]:
+            builder.step(Parallel(root) if root in split_roots else DefaultNest(root))
+        return Schedule(tuple(builder.steps)), builder.kernel
+
     def _buffer_shape(self, name: str) -> tuple[int, ...]:
         return next(b.shape for b in self.kernel.inputs if b.name == name)
+
+
+def row_reductions(kernel: Kernel, nests: list[Nest]) -> tuple[tuple[str, str], ...]:
+    """(nest root, loop) of every reduction loop that reads inputs along their contiguous axis,
+    and only along it, and that rfactor splits at some RFACTOR_FACTORS width."""
+    out = []
+    for nest in nests:
+        spatial = {Var(l.var) for l in nest.spatial}
+        for loop in (s for s in walk_stmts(nest.spatial[0]) if isinstance(s, For) and s.axis == "reduce"):
+            last = {l.indices[-1] for l in loads(loop.body) if l.indices}
+            # along the reduction only: where a spatial loop is contiguous too (a matmul's
+            # columns), vectorizing that loop is better and the tiling sketch does it
+            if Var(loop.var) in last and not last & spatial and any(
+                    _accepts(Rfactor(loop.var, f), kernel) for f in RFACTOR_FACTORS):
+                out.append((nest.root, loop.var))
+    return tuple(out)
+
+
+def stages_read(kernel: Kernel, main: Nest) -> tuple[str, ...]:
+    """Buffers the kernel allocates, writes in another top-level nest and reads in `main`."""
+    allocated = {s.buffer.name for s in walk_stmts(kernel.body) if isinstance(s, Allocate)}
+    read = {l.buffer.name for l in loads(main.spatial[0])}
+    written = {s.buffer.name for s in walk_stmts(main.spatial[0]) if isinstance(s, Store)}
+    return tuple(sorted((allocated & read) - written))
+
+
+def _accepts(step: Pass, kernel: Kernel) -> bool:
+    try:
+        step.check(kernel)
+    except ScheduleError:
+        return False
+    return True
 
 
 def _extent(kernel: Kernel, loop: str) -> int:

@@ -22,11 +22,12 @@ from .cache import CacheRead, CacheWrite
 from .default import DefaultNest
 from .layout import Pack
 from .loops import Distribute, Fuse, Reorder, Split, Tile
+from .rfactor import Rfactor
 from .stages import ComputeAt, Inline
 
 GROUP = "nestor.passes"
 BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (
-    Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack,
+    Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack, Rfactor,
     Parallel, Vectorize, Unroll, Bind, DefaultNest)}
 
 

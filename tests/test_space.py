@@ -7,7 +7,7 @@ import pytest
 
 from nestor.autotune.space import MAX_REGISTER_TILE, Sketch, _tile_size, top_level_nests
 from nestor.codegen import run_kernel
-from nestor.ir import For, parse_kernel, print_kernel, structural_equal, walk_stmts
+from nestor.ir import Allocate, For, parse_kernel, print_kernel, structural_equal, walk_stmts
 from nestor.passes import Schedule, canonical_loops
 from tests.test_passes import _onnx, inputs, kernels
 
@@ -19,6 +19,8 @@ def sketch_kernels():
         "conv": _onnx("Conv", {"X": [1, 4, 10, 10], "W": [8, 4, 3, 3]}, [1, 8, 10, 10], pads=[1, 1, 1, 1]),
         "depthwise": _onnx("Conv", {"X": [1, 4, 9, 9], "W": [4, 1, 3, 3]}, [1, 4, 9, 9], pads=[1, 1, 1, 1], group=4),
         "softmax": kernels()["softmax"],
+        "softmax_rows": _onnx("Softmax", {"X": [3, 32]}, [3, 32], axis=-1),
+        "layernorm": _onnx("LayerNormalization", {"X": [4, 32], "gamma": [32], "beta": [32]}, [4, 32], axis=-1),
         "maxpool": kernels()["maxpool"],
         "elementwise": kernels()["elementwise"],
     }
@@ -63,8 +65,43 @@ def test_matmul_sketch_tiles_in_registers_and_parallelizes():
 def test_other_stages_get_the_default_schedule():
     sketch = Sketch.of(sketch_kernels()["conv"])
     assert sketch.others == ("i0",)  # the padding stage
-    schedule = sketch.schedule(sketch.sample(random.Random(0)))
-    assert "default(i0)" in str(schedule)
+    d = {**sketch.sample(random.Random(0)), "stage_at": None}
+    assert "default(i0)" in str(sketch.schedule(d))
+
+
+def test_padding_computed_at_a_tile_loop_keeps_results():
+    kernel = sketch_kernels()["conv"]
+    sketch = Sketch.of(kernel)
+    assert sketch.stages == ("X_pad",)
+    d = {"factors": [1, 2, 1, 2, 8], "order": 0, "fuse": 1, "unroll": 1, "cache_read": None, "extra": None,
+         "lanes": None, "stage_at": 1}
+    schedule, scheduled = sketch.realize(d)
+    assert "compute_at(X_pad, " in str(schedule) and "default(i0)" not in str(schedule)
+    allocs = {s.buffer.name: s.buffer.scope for s in walk_stmts(scheduled.body) if isinstance(s, Allocate)}
+    assert allocs.get("X_pad_local") == "local" and "X_pad" not in allocs  # no whole padded copy
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["softmax_rows", "layernorm"])
+def test_row_reductions_split_into_vector_lanes(name):
+    kernel = sketch_kernels()[name]
+    sketch = Sketch.of(kernel)
+    assert sketch.rows == (("i0", "r0"), ("i1", "r1"))  # e.g. max and sum; mean and variance
+    d = {**sketch.sample(random.Random(0)), "rfactor": 16}
+    schedule, scheduled = sketch.realize(d)
+    kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
+    assert kinds["r0_i"] == kinds["r1_i"] == "vectorized"
+    assert kinds["i0"] == kinds["i1"] == "parallel" and "default(i2)" in str(schedule)
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_row_reductions_leave_matmuls_to_the_tiling_sketch():
+    assert Sketch.of(sketch_kernels()["matmul"]).rows == ()
+    assert Sketch.of(sketch_kernels()["conv"]).rows == ()
 
 
 def test_mutation_and_crossover_keep_register_tiles_bounded():

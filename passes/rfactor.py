@@ -1,0 +1,85 @@
+"""rfactor: split one reduction into independent partial reductions, combined at the end.
+
+    for r in 0..N reduce { S[i] max= f(r) }
+becomes, with factor F,
+    alloc S_rf: [F] local {
+      for r_z in 0..F { S_rf[r_z] = -inf }
+      for r_o in 0..N/F reduce { for r_i in 0..F { S_rf[r_i] max= f(r_o * F + r_i) } }
+      for r_c in 0..F reduce { S[i] max= S_rf[r_c] }
+    }
+`r_i` is a spatial loop (each lane owns its partial), so it vectorizes: a row sum, maximum or
+variance over a contiguous axis runs F lanes wide instead of one scalar chain. The partials
+reassociate the reduction, as any reordering of a float reduction does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import Allocate, Buffer, Const, For, Kernel, Load, Store, Var, is_float, seq, substitute, walk
+from ..ir.visit import stmt_exprs
+from .analysis import variables
+from .base import Pass, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites, replace_loop
+
+_INT_LIMITS = {"int8": 7, "int16": 15, "int32": 31, "int64": 63}
+
+
+def identity(op: str, dtype: str) -> Const:
+    """The value `x op= identity` leaves unchanged."""
+    if op == "add":
+        return Const(0.0 if is_float(dtype) else 0, dtype)
+    if op == "mul":
+        return Const(1.0 if is_float(dtype) else 1, dtype)
+    if is_float(dtype):
+        return Const(float("-inf") if op == "max" else float("inf"), dtype)
+    if dtype not in _INT_LIMITS:
+        raise ValueError(f"no {op} identity for {dtype}")
+    bits = _INT_LIMITS[dtype]
+    return Const(-(1 << bits) if op == "max" else (1 << bits) - 1, dtype)
+
+
+@dataclass(frozen=True)
+class Rfactor(Pass):
+    """Reduce `loop` in `factor` partial results (loop `<loop>_i`, to vectorize), combined after it."""
+    name = "rfactor"
+    loop: str
+    factor: int
+
+    def apply(self, kernel: Kernel) -> Kernel:
+        site = find_loop(kernel, self.loop, self)
+        loop = site.loop
+        if loop.axis != "reduce" or loop.kind != "serial":
+            raise self.fail(self.loop, f"is a {loop.kind} {loop.axis} loop; rfactor splits a serial reduction loop")
+        if self.factor < 2 or loop.extent % self.factor:
+            raise self.fail(self.loop, f"factor {self.factor} does not divide its extent {loop.extent} "
+                                       f"(or is below 2)")
+        update = loop.body
+        if not isinstance(update, Store) or update.reduce is None:
+            raise self.fail(self.loop, "its body must be one reduction store (`S[...] op= value`)")
+        if loop.var in variables(update.indices):
+            raise self.fail(self.loop, f"{update.buffer.name} is updated at an index that moves with the "
+                                       f"loop; that is not one reduction")
+        if any(isinstance(x, Load) and x.buffer.name == update.buffer.name
+               for e in stmt_exprs(update) for x in walk(e)):
+            raise self.fail(self.loop, f"the update reads {update.buffer.name} besides accumulating it")
+        try:
+            init = identity(update.reduce, update.buffer.dtype)
+        except ValueError as err:
+            raise self.fail(self.loop, str(err)) from None
+        partial = Buffer(fresh_name(f"{update.buffer.name}_rf", buffer_names(kernel)), (self.factor,),
+                         update.buffer.dtype, "local")
+        taken = loop_names(kernel)
+        zero, outer, lane, combine = (fresh_name(f"{loop.var}_{tag}", taken) for tag in "zoic")
+        value = substitute(update.value, {loop.var: Var(outer) * self.factor + Var(lane)})
+        new = Allocate(partial, seq(
+            For(zero, self.factor, Store(partial, (Var(zero),), init)),
+            For(outer, loop.extent // self.factor,
+                For(lane, self.factor, Store(partial, (Var(lane),), value, update.reduce)), axis="reduce"),
+            For(combine, self.factor, Store(update.buffer, update.indices, Load(partial, (Var(combine),)),
+                                            update.reduce), axis="reduce")))
+        return replace_loop(kernel, site, new)
+
+    @classmethod
+    def schedule_space(cls, kernel: Kernel) -> list[Pass]:
+        sites = loop_sites(kernel.body)
+        return cls.legal(kernel, [cls(loop_ref(s, sites), f) for s in sites if s.loop.axis == "reduce"
+                                  for f in (8, 16, 32, 64)])
