@@ -63,7 +63,7 @@ class Tuner:
     `model` (costmodel.CostModel) are shared across kernels of a model."""
 
     def __init__(self, kernel: Kernel, measurer, records=None, model=None, target: str = "llvm",
-                 batch: int = 16, seed: int = 0):
+                 batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
         self.sketch = Sketch.of(self.kernel)
@@ -77,6 +77,9 @@ class Tuner:
         self.best: Schedule | None = None
         self.stored = 0
         self.errors = 0
+        # good decisions of similar kernels (the task scheduler's other tasks): offered first,
+        # and mutated until this kernel has measured parents of its own
+        self.seeds = [a for a in (self.sketch.adopt(d) for d in seeds) if a is not None]
         if records is not None:
             self._resume()
 
@@ -104,12 +107,15 @@ class Tuner:
 
     def _candidates(self) -> list[tuple[dict, Schedule, Kernel]]:
         pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
-        parents = [d for _, d in sorted(self.measured, key=lambda t: t[0])[:8]]
+        parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
+        offered = [] if self.measured else list(self.seeds)
         while len(pool) < POOL and tries < 4 * POOL:
             tries += 1
             r = self.rng.random()
-            if parents and r < 0.6:
+            if offered:
+                d = offered.pop(0)
+            elif parents and r < 0.6:
                 d = self.sketch.mutate(self.rng.choice(parents), self.rng)
             elif len(parents) >= 2 and r < 0.75:
                 d = self.sketch.crossover(*self.rng.sample(parents, 2), self.rng)
@@ -124,10 +130,18 @@ class Tuner:
                 break  # no model yet: random samples are all we can do
         return list(pool.values())
 
+    def good_decisions(self, n: int) -> list[dict]:
+        """The decisions of this run's `n` fastest measured candidates, fastest first."""
+        return [d for _, d in sorted(self.measured, key=lambda t: t[0])[:n]]
+
     def _model_ready(self) -> bool:
         return self.model is not None and self.model.trained
 
     def _choose(self, pool):
+        seeded = [c for c in pool if any(c[0] is d for d in self.seeds)][:self.batch // 2]
+        if seeded:  # measured whatever the model thinks: it has not seen this kernel yet
+            rest = self._choose([c for c in pool if all(c is not x for x in seeded)])
+            return seeded + rest[:self.batch - len(seeded)]
         if not self._model_ready() or len(pool) <= self.batch:
             self.rng.shuffle(pool)
             return pool[:self.batch]

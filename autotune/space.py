@@ -230,6 +230,33 @@ class Sketch:
         child["factors"] = [rng.choice(p) for p in zip(a["factors"], b["factors"])]
         return self._bounded(child)
 
+    def adopt(self, d: dict) -> dict | None:
+        """Decisions of a similar kernel's sketch (another conv of the same shape of nest) made
+        valid here: factors clipped to what each loop offers, choices this sketch lacks dropped.
+        None when the nests differ in depth."""
+        loops = self.nest.spatial
+        if len(d.get("factors", ())) != len(loops):
+            return None
+        d = {**d}
+        lanes = d.get("lanes")
+        if lanes and not (lanes[0] < len(self.lanes) and lanes[1] in self.lanes[lanes[0]].factors):
+            d["lanes"] = None
+        vector = self.vector_loop(d)
+        factors = []
+        for k, (loop, f) in enumerate(zip(loops, d["factors"])):
+            choices = [c for c in (VECTOR_FACTORS if k == vector else TILE_FACTORS) if c <= loop.extent] or [1]
+            factors.append(max((c for c in choices if c <= f), default=choices[0]))
+        d["factors"] = factors
+        if d.get("cache_read") and d["cache_read"][0] not in self.inputs:
+            d["cache_read"] = None
+        if not self.rows:
+            d["rfactor"] = None
+        if not self.stages:
+            d["stage_at"] = None
+        if d.get("extra") is not None and d["extra"] >= len(self.extra):
+            d["extra"] = None
+        return self._bounded(d)
+
     def _bounded(self, d: dict) -> dict:
         """Keep the register tile small enough to stay in registers."""
         factors = list(d["factors"])

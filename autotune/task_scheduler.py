@@ -28,10 +28,12 @@ from ..ir import Graph, Kernel, structural_hash
 from ..ir.errors import NestorError
 from ..passes import canonical_loops
 from .search import Tuner, kernel_flops
+from .space import top_level_nests
 
 ALPHA = 0.2        # weight of the observed improvement against the optimistic guess
 WINDOW = 3         # rounds over which the observed improvement is taken
 EPSILON = 0.05     # share of rounds given to a random task
+SEEDS_PER_TASK = 2 # best decisions of each task offered to the similar tasks tuned after it
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TaskScheduler:
         self.rng = random.Random(seed)
         self.seed = seed
         self.rounds = 0
+        self.good: dict[tuple, dict[str, list[dict]]] = {}  # similar kernels -> task -> best decisions
 
     def latency(self) -> float | None:
         """Estimated model latency: calls × best time summed over tasks (None until all have one)."""
@@ -140,8 +143,10 @@ class TaskScheduler:
         try:
             self.measurer.switch(task.kernel)
             if task.tuner is None:
+                seeds = [d for ds in self.good.get(_similarity(task.kernel), {}).values() for d in ds]
                 task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target,
-                                   batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds)
+                                   batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds,
+                                   seeds=tuple(seeds))
         except NestorError as err:
             task.failed = str(err)
             return 0
@@ -153,6 +158,9 @@ class TaskScheduler:
         task.errors += task.tuner.errors - errors
         task.exhausted = n == 0
         task.history.append((task.trials, task.best))
+        good = task.tuner.good_decisions(SEEDS_PER_TASK)
+        if good:
+            self.good.setdefault(_similarity(task.kernel), {})[task.hash] = good
         return n
 
     def _next_task(self) -> Task | None:
@@ -175,6 +183,12 @@ class TaskScheduler:
             if then_best is not None and task.trials > then_trials:
                 backward = (best - then_best) / (task.trials - then_trials)
         return task.calls * (ALPHA * backward + (1 - ALPHA) * forward)
+
+
+def _similarity(kernel: Kernel) -> tuple:
+    """Kernels whose sketch decisions transfer: the same computation (name: conv_relu, matmul ...)
+    over nests of the same depth; shapes may differ."""
+    return kernel.name, tuple(len(n.spatial) for n in top_level_nests(kernel))
 
 
 def round_printer(stream=sys.stderr) -> Callable[[RoundInfo], None]:

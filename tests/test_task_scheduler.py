@@ -111,3 +111,41 @@ def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime
     tune_graph(graph, trials=8, records_path=records, show_progress=False)
     with Records(records) as db:
         assert db.count() == 32 and len({(r.task, r.schedule) for r in db.records()}) == 32
+
+
+class RecordingMeasurer(FakeMeasurer):
+    """Remembers the kernels measured for each task."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    def measure(self, kernels):
+        self.seen.setdefault(structural_hash(self.kernel), []).extend(kernels)
+        return super().measure(kernels)
+
+
+def test_similar_tasks_start_from_each_others_best_decisions():
+    graph = nestor.import_onnx(mlp([64, 96, 48]))  # two matmul+relu kernels of different shapes
+    first, second = extract_tasks(graph)
+    measurer = RecordingMeasurer()
+    scheduler = TaskScheduler([first, second], measurer, batch=6, seed=0)
+    scheduler.tune(trials=12)  # the two warm-up rounds, the first task's before the second's
+    best = first.tuner.good_decisions(2)
+    assert len(best) == 2 and len(second.tuner.seeds) == 2
+    adopted = [second.tuner.sketch.adopt(d) for d in best]
+    measured = {str(k) for k in measurer.seen[second.hash]}
+    wanted = {str(second.tuner.sketch.realize(d)[1]) for d in adopted}
+    assert wanted <= measured, "the adopted decisions are measured in the first round"
+
+
+def test_adopt_fits_decisions_to_another_sketch():
+    from nestor.autotune.space import Sketch
+    small = Sketch.of(nestor.import_onnx(mlp([64, 8, 8])).nodes[0].kernel)    # 32×8 output
+    large = Sketch.of(nestor.import_onnx(mlp([64, 96, 8])).nodes[0].kernel)   # 32×96 output
+    d = {"factors": [16, 64], "order": 1, "fuse": 2, "unroll": 4, "cache_read": ("B", 1), "extra": None,
+         "lanes": None, "rfactor": None, "stage_at": None}
+    fitted = small.adopt(large.adopt(d))
+    assert fitted["factors"][1] <= 8 and fitted["order"] == 1 and fitted["unroll"] == 4
+    small.realize(fitted)  # a valid decision set for the small kernel
+    assert small.adopt({**d, "factors": [4]}) is None  # nests of another depth do not transfer
