@@ -67,6 +67,7 @@ class Measurer:
                  atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None):
         self.repeats, self.number, self.timeout = repeats, number, timeout
         self._rtol, self._atol = rtol, atol
+        self._constants: set[int] = set()
         self._count = 0
         self._tasks: dict[str, int] = {}  # structural hash -> number of its files in _dir
         target = _target_json(target)
@@ -89,9 +90,14 @@ class Measurer:
             self.close()
             raise
 
-    def switch(self, reference: Kernel, seed: int = 0, inputs: list[np.ndarray] | None = None) -> None:
+    def switch(self, reference: Kernel, seed: int = 0, inputs: list[np.ndarray] | None = None,
+               constants: tuple[int, ...] = ()) -> None:
         """Measure candidates of `reference` from now on. Its output on the inputs is computed
-        once (the first switch to it) and is the truth candidates are checked against."""
+        once (the first switch to it) and is the truth candidates are checked against.
+        `constants`: the inputs that are model constants (weights). Stages of a candidate that
+        read only those (packing a weight) run once before the timing, not in it, as they run
+        once at compile time in the deployed model."""
+        self._constants = set(constants)
         key = structural_hash(reference)
         first = key not in self._tasks
         n = self._tasks.setdefault(key, len(self._tasks))
@@ -113,6 +119,21 @@ class Measurer:
                 del self._tasks[key]
                 raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref.error}")
 
+    def _constant_stages(self, kernel: Kernel) -> tuple[list[Kernel], dict]:
+        """The kernels to build for a candidate, and the runner's instructions: `stages` (name,
+        input indices, output shape and dtype, run once before timing) and `kept` (the inputs
+        the timed kernel takes, before the stages' outputs)."""
+        if not self._constants:
+            return [kernel], {}
+        from ..codegen.constant_stages import hoist_constant_stages
+        main, stages, kept = hoist_constant_stages(kernel, self._constants)
+        if not stages:
+            return [kernel], {}
+        named = [dataclasses.replace(st.kernel, name=f"{kernel.name}_stage{j}") for j, st in enumerate(stages)]
+        calls = {"stages": [(k.name, list(st.sources), k.outputs[0].shape, k.outputs[0].dtype)
+                            for k, st in zip(named, stages)], "kept": kept}
+        return [main, *named], calls
+
     def measure(self, candidates: list[Kernel]) -> list[MeasureResult]:
         """One result per candidate, in order; a bad candidate gets an error, never an exception."""
         return self._measure(candidates)
@@ -128,17 +149,22 @@ class Measurer:
             # A unique function name per module: nothing can resolve to another candidate's code.
             name = f"candidate{self._count}"
             jobs.append((n, dataclasses.replace(k, name=name), os.path.join(self._dir, name + ".so")))
+        # per job: the kernels to build (the candidate, or its part after constant stages, then
+        # those stages) and how the runner calls them
+        parts = [self._constant_stages(k) for _, k, _ in jobs]
 
-        built = _serve(self._builders, [(k, path) for _, k, path in jobs], BUILD_TIMEOUT, "build failed: ")
+        built = _serve(self._builders, [(kernels, path) for (_, _, path), (kernels, _) in zip(jobs, parts)],
+                       BUILD_TIMEOUT, "build failed: ")
         runnable = []
-        for job, b in zip(jobs, built):
+        for job, part, b in zip(jobs, parts, built):
             if "error" in b:
                 results[job[0]] = MeasureResult(None, error=b["error"], build_seconds=b.get("seconds", 0.0))
             else:
-                runnable.append((job, b["seconds"]))
+                runnable.append((job, b["seconds"], part[1]))
 
         requests = [{"path": path, "name": k.name, "repeats": self.repeats, "number": self.number,
-                     "save": save} for (_, k, path), _ in runnable]
+                     "save": save, **calls} for (_, k, path), _, calls in runnable]
+        runnable = [(job, seconds) for job, seconds, _ in runnable]
         for ((n, _, path), build_s), r in zip(runnable, _serve([self._runner], requests, self.timeout, "")):
             _remove(path)
             if "error" in r:
@@ -358,10 +384,10 @@ def _builder(target: str | None):
     from ..codegen import build
 
     def serve(request) -> dict:
-        kernel, path = request
+        kernels, path = request
         start = time.perf_counter()
         try:
-            build([kernel], target).export(path)
+            build(kernels if isinstance(kernels, list) else [kernels], target).export(path)
             return {"seconds": time.perf_counter() - start}
         except Exception as err:
             return {"seconds": time.perf_counter() - start, "error": f"build failed: {_brief(err)}"}
@@ -409,8 +435,15 @@ def _runner(**config):
             module = tvm.runtime.load_module(request["path"])
             for t, fill in zip(outs, fills):
                 t.copyfrom(fill)
+            call_args = args
+            if request.get("stages"):  # constant stages (weight packing): run once, untimed
+                call_args = [args[i] for i in request["kept"]]
+                for name, sources, shape, dtype in request["stages"]:
+                    produced = tvm.runtime.tensor(np.empty(shape, dtype), dev)
+                    module[name](*[args[i] for i in sources], produced)
+                    call_args.append(produced)
             start = time.perf_counter()
-            module[request["name"]](*args, *outs)
+            module[request["name"]](*call_args, *outs)
             first = time.perf_counter() - start
             got = [t.numpy() for t in outs]
             if request["save"]:
@@ -423,7 +456,7 @@ def _runner(**config):
             number = request["number"] or min(10 ** 6, math.ceil(MIN_REPEAT / max(first, 1e-9)))
             timer = module.time_evaluator(request["name"], dev, number=number,
                                           repeat=request["repeats"], cache_flush_bytes=FLUSH_BYTES)
-            return {"repeats": list(timer(*args, *outs).results)}
+            return {"repeats": list(timer(*call_args, *outs).results)}
         except Exception as err:
             return {"error": f"run failed: {_brief(err)}"}
     return serve

@@ -42,9 +42,9 @@ from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute,
 from ..passes.analysis import variables
 from ..passes.registry import BUILTINS
 
-TILE_FACTORS = (1, 2, 3, 4, 6, 8, 16)
+TILE_FACTORS = (1, 2, 3, 4, 6, 7, 8, 16)   # 7: feature maps of 7, 14, 28, 56, 112
 VECTOR_FACTORS = (1, 4, 8, 16, 32, 64)
-LANE_FACTORS = (8, 16)        # vector widths for lanes on another loop (they must divide it)
+LANE_FACTORS = (8, 16, 32, 64)  # lanes on another loop (they must divide it); 32, 64: 2-4 vectors
 MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
 RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction

@@ -42,6 +42,7 @@ class Task:
     kernel: Kernel                 # canonical loop names
     nodes: list[str]               # the graph nodes that call it
     flops: float
+    constants: tuple[int, ...] = ()  # inputs that are model constants in every call (weights)
     tuner: Tuner | None = None
     trials: int = 0                # measured in this run
     errors: int = 0
@@ -73,11 +74,13 @@ def extract_tasks(graph: Graph) -> list[Task]:
         if node.kernel is None:
             continue
         h = structural_hash(node.kernel)
+        constants = tuple(i for i, name in enumerate(node.inputs) if name in graph.constants)
         if h in tasks:
             tasks[h].nodes.append(node.name)
+            tasks[h].constants = tuple(i for i in tasks[h].constants if i in constants)
         else:
             kernel = canonical_loops(node.kernel)
-            tasks[h] = Task(h, kernel, [node.name], kernel_flops(kernel))
+            tasks[h] = Task(h, kernel, [node.name], kernel_flops(kernel), constants)
     return list(tasks.values())
 
 
@@ -141,7 +144,7 @@ class TaskScheduler:
 
     def _round(self, task: Task, left: int | None) -> int:
         try:
-            self.measurer.switch(task.kernel)
+            self.measurer.switch(task.kernel, constants=task.constants)
             if task.tuner is None:
                 seeds = [d for ds in self.good.get(_similarity(task.kernel), {}).values() for d in ds]
                 task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target,

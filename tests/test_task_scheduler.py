@@ -26,6 +26,8 @@ def test_resnet50_repeated_blocks_are_one_task_each():
     assert sum(t.calls for t in tasks) == len(calls)
     assert len(tasks) < len(calls) / 2  # 16 bottleneck blocks share a handful of shapes
     assert max(t.calls for t in tasks) >= 3
+    convs = [t for t in tasks if t.kernel.name.startswith("conv")]
+    assert convs and all(t.constants[:2] == (1, 2) for t in convs)  # weights and biases: constants
 
 
 def mlp(sizes, seed=0) -> onnx.ModelProto:
@@ -49,7 +51,7 @@ class FakeMeasurer:
     def __init__(self, broken=()):
         self.broken, self.kernel, self.count = set(broken), None, 0
 
-    def switch(self, kernel):
+    def switch(self, kernel, constants=()):
         if structural_hash(kernel) in self.broken:
             raise NestorError(f"measure: the reference kernel {kernel.name} fails: run failed: boom")
         self.kernel = kernel
