@@ -28,14 +28,16 @@ def ort_session(model, threads: int = 2):
 
 
 def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
-                        pause: float = 0.2) -> list[float]:
+                        pause: float = 0.2, wake: float = 0.02) -> list[float]:
     """Median seconds of each callable, timed in alternation so machine noise hits all alike.
 
     Runtimes' worker threads (TVM's pool, ONNX Runtime's, OpenBLAS's) spin for a while after a
     call; a competitor timed right after another would share the cores with those spinning
     threads. So each turn pauses (0.2 s: enough here for both to match their times measured
-    alone), wakes its runtime with one untimed call, then times `block`
-    calls; turns alternate until every callable has `repeat` timings.
+    alone), wakes its runtime and the cores with untimed calls for `wake` seconds (at least
+    one call: a sub-millisecond kernel timed right after the pause ran 2-2.5x slower than in
+    steady state here, which hid most of the difference between fast competitors), then times
+    `block` calls; turns alternate until every callable has `repeat` timings.
     """
     for fn in fns:
         for _ in range(warmup):
@@ -44,7 +46,10 @@ def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
     while len(times[0]) < repeat:
         for t, fn in zip(times, fns):
             time.sleep(pause)
+            woken = time.perf_counter()
             fn()
+            while time.perf_counter() - woken < wake:
+                fn()
             for _ in range(min(block, repeat - len(t))):
                 start = time.perf_counter()
                 fn()
