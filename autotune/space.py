@@ -22,7 +22,7 @@ tile's outer loops (compute_at), a tile's region at a time, instead of in a pass
 
 Row reductions (softmax, layer normalization: reductions along the inputs' contiguous axis
 only) have a second sketch: every such reduction split by rfactor into vector lanes of partial
-results, its nest parallel.
+results, its nest parallel, and the nests optionally merged into one loop over rows.
 
 Other top-level nests (a convolution's padding, a softmax's maxima) get `default(loop)`. Every
 decision is a plain value, so a candidate is a dict that mutates and crosses over easily; its
@@ -37,8 +37,8 @@ import random
 from dataclasses import dataclass
 
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
-from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Pack, Parallel, Pass, Reorder,
-                      Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
+from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
+                      Reorder, Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
 from ..passes.analysis import variables
 from ..passes.registry import BUILTINS
 
@@ -184,6 +184,7 @@ class Sketch:
             d["extra"] = rng.randrange(len(self.extra))
         d["lanes"] = self._sample_lanes(rng) if self.lanes and rng.random() < 0.5 else None
         d["rfactor"] = rng.choice(RFACTOR_FACTORS) if self.rows and rng.random() < 0.5 else None
+        d["merge_rows"] = bool(self.rows) and rng.random() < 0.5
         d["stage_at"] = rng.randrange(4) if self.stages and rng.random() < 0.6 else None
         return self._bounded(d)
 
@@ -202,7 +203,7 @@ class Sketch:
     def mutate(self, d: dict, rng: random.Random) -> dict:
         d = {**d, "factors": list(d["factors"])}
         what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes",
-                           "rfactor", "stage_at"])
+                           "rfactor", "stage_at", "merge_rows"])
         if what == "factor":
             k = rng.randrange(len(d["factors"]))
             choices = VECTOR_FACTORS if k == self.vector_loop(d) else TILE_FACTORS
@@ -213,6 +214,8 @@ class Sketch:
             d["fuse"] = 3 - d["fuse"]
         elif what == "unroll":
             d["unroll"] = rng.choice(UNROLL_FACTORS)
+        elif what == "merge_rows":
+            d["merge_rows"] = bool(self.rows) and not d.get("merge_rows")
         elif what == "stage_at":
             d["stage_at"] = rng.choice([None, 0, 1, 2, 3]) if self.stages else None
         elif what == "rfactor":
@@ -275,7 +278,7 @@ class Sketch:
         """The steps the decisions describe and the kernel they make. A step the passes refuse
         is left out (so the schedule replays exactly); steps that name its loops fail with it."""
         if d.get("rfactor") and self.rows:
-            return self._realize_rows(d["rfactor"])
+            return self._realize_rows(d["rfactor"], d.get("merge_rows", False))
         builder = _Builder(self.kernel)
         loops = self.nest.spatial
         lanes = self._lanes(d)
@@ -355,10 +358,11 @@ class Sketch:
             builder.step(self.extra[d["extra"]])
         return Schedule(tuple(builder.steps)), builder.kernel
 
-    def _realize_rows(self, factor: int) -> tuple[Schedule, Kernel]:
+    def _realize_rows(self, factor: int, merge: bool) -> tuple[Schedule, Kernel]:
         """Row reductions (softmax, layer norm, reduce-mean over the contiguous axis): each
         reduction split into `factor` vector lanes of partial results, its nest parallel; the
-        other nests get the default schedule."""
+        other nests get the default schedule. With `merge`, the nests run as one loop over rows
+        (one parallel region; a row stays in cache across them) wherever merge allows."""
         builder = _Builder(self.kernel)
         split_roots = set()
         for root, loop in self.rows:
@@ -366,8 +370,14 @@ class Sketch:
                 builder.step(Vectorize(f"{loop}_i"))
                 builder.step(Vectorize(f"{loop}_z"))
                 split_roots.add(root)
-        for root in [self.nest.root, *self.others]:
+        roots = [n.root for n in top_level_nests(self.kernel)]
+        for root in roots:
             builder.step(Parallel(root) if root in split_roots else DefaultNest(root))
+        if merge:
+            into = roots[0]
+            for root in roots[1:]:
+                if not builder.step(Merge(into, root)):
+                    into = root  # a nest that cannot join starts the next group
         return Schedule(tuple(builder.steps)), builder.kernel
 
     def _buffer_shape(self, name: str) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ def sketch_kernels():
         "conv": _onnx("Conv", {"X": [1, 4, 10, 10], "W": [8, 4, 3, 3]}, [1, 8, 10, 10], pads=[1, 1, 1, 1]),
         "depthwise": _onnx("Conv", {"X": [1, 4, 9, 9], "W": [4, 1, 3, 3]}, [1, 4, 9, 9], pads=[1, 1, 1, 1], group=4),
         "softmax": kernels()["softmax"],
-        "softmax_rows": _onnx("Softmax", {"X": [3, 32]}, [3, 32], axis=-1),
+        "softmax_rows": _onnx("Softmax", {"X": [4, 32]}, [4, 32], axis=-1),
         "layernorm": _onnx("LayerNormalization", {"X": [4, 32], "gamma": [32], "beta": [32]}, [4, 32], axis=-1),
         "maxpool": kernels()["maxpool"],
         "elementwise": kernels()["elementwise"],
@@ -89,14 +89,17 @@ def test_row_reductions_split_into_vector_lanes(name):
     kernel = sketch_kernels()[name]
     sketch = Sketch.of(kernel)
     assert sketch.rows == (("i0", "r0"), ("i1", "r1"))  # e.g. max and sum; mean and variance
-    d = {**sketch.sample(random.Random(0)), "rfactor": 16}
-    schedule, scheduled = sketch.realize(d)
-    kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
-    assert kinds["r0_i"] == kinds["r1_i"] == "vectorized"
-    assert kinds["i0"] == kinds["i1"] == "parallel" and "default(i2)" in str(schedule)
     args = inputs(kernel)
-    for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for merge in (False, True):
+        d = {**sketch.sample(random.Random(0)), "rfactor": 16, "merge_rows": merge}
+        schedule, scheduled = sketch.realize(d)
+        kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
+        assert kinds["r0_i"] == kinds["r1_i"] == "vectorized" and kinds["i0"] == "parallel"
+        assert "default(i2)" in str(schedule)
+        # merged: one parallel loop over rows runs the three nests
+        assert ("i1" not in kinds and "i2" not in kinds) if merge else kinds["i1"] == "parallel"
+        for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_row_reductions_leave_matmuls_to_the_tiling_sketch():
