@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..ir import Allocate, For, If, Kernel, Load, Seq, Stmt, Store, Var, replace_body, seq, substitute, walk_stmts
 from ..ir.visit import stmt_exprs, walk
-from .analysis import independence_problem
+from .analysis import independence_problem, written_uses
 from .base import Pass, find_loop, loop_ref, loop_sites
 
 
@@ -32,11 +32,6 @@ def _accesses(body: Stmt) -> dict[str, list[tuple]]:
                 if isinstance(x, Load) and x.buffer.name not in local:
                     found.setdefault(x.buffer.name, []).append(x.indices)
     return found
-
-
-def _written(body: Stmt) -> set[str]:
-    local = {s.buffer.name for s in walk_stmts(body) if isinstance(s, Allocate)}
-    return {s.buffer.name for s in walk_stmts(body) if isinstance(s, Store)} - local
 
 
 def _replace_pair(s: Stmt, first: For, second: For, merged: For) -> tuple[Stmt, bool]:
@@ -97,7 +92,8 @@ class Merge(Pass):
         later = substitute(b.body, {b.var: Var(a.var)})
         row = Var(a.var)
         uses_a, uses_b = _accesses(a.body), _accesses(later)
-        for name in sorted((_written(a.body) & set(uses_b)) | (_written(later) & set(uses_a))):
+        written_a, written_b = ({b.name for b in written_uses(s)} for s in (a.body, later))
+        for name in sorted((written_a & set(uses_b)) | (written_b & set(uses_a))):
             indices = uses_a[name] + uses_b[name]
             rank = len(indices[0])
             if not any(all(len(ix) == rank and ix[d] == row for ix in indices) for d in range(rank)):

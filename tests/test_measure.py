@@ -158,5 +158,5 @@ def test_stages_of_constant_inputs_run_once_outside_the_timing():
         (not_hoisted,) = m.measure([SLOW_STAGE])
     for r in (with_stage, hoisted, not_hoisted):
         assert_timed(r)  # and checked correct against the reference
-    # ~80 M max operations per run in the stage vs ~0.3 M in the matmul: a 100x gap
-    assert hoisted.median * 20 < min(with_stage.median, not_hoisted.median), (hoisted, with_stage)
+    # the stage (~80 M max operations, which LLVM vectorizes) costs ~20x the matmul here
+    assert hoisted.median * 5 < min(with_stage.median, not_hoisted.median), (hoisted, with_stage)
