@@ -80,6 +80,7 @@ class Tuner:
         # good decisions of similar kernels (the task scheduler's other tasks): offered first,
         # and mutated until this kernel has measured parents of its own
         self.seeds = [a for a in (self.sketch.adopt(d) for d in seeds) if a is not None]
+        self.rules = self.sketch.rule_decisions()  # offered first too, after the seeds
         if records is not None:
             self._resume()
 
@@ -109,7 +110,7 @@ class Tuner:
         pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
         parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
-        offered = [] if self.measured else list(self.seeds)
+        offered = [] if self.measured else self.seeds + self.rules
         while len(pool) < POOL and tries < 4 * POOL:
             tries += 1
             r = self.rng.random()
@@ -138,7 +139,7 @@ class Tuner:
         return self.model is not None and self.model.trained
 
     def _choose(self, pool):
-        seeded = [c for c in pool if any(c[0] is d for d in self.seeds)][:self.batch // 2]
+        seeded = [c for c in pool if any(c[0] is d for d in self.seeds + self.rules)][:self.batch // 2]
         if seeded:  # measured whatever the model thinks: it has not seen this kernel yet
             rest = self._choose([c for c in pool if all(c is not x for x in seeded)])
             return seeded + rest[:self.batch - len(seeded)]

@@ -260,6 +260,41 @@ class Sketch:
             d["extra"] = None
         return self._bounded(d)
 
+    def rule_decisions(self) -> list[dict]:
+        """A few decisions that rules of thumb expect to be good, measured before random samples
+        (as Ansor's initial population starts from rule-built sketches): with a model's 28
+        tasks in 30 minutes, a task gets 50-100 trials, too few to find by chance the tile that
+        fills the registers. Row reductions: rfactor 16 and 32 lanes. Convolutions whose output
+        channels can hold the lanes: 32 lanes × a row tile of 4-8 pixels (8 accumulators of
+        up to 4 vectors), or 16 lanes × 2 rows of such a tile; the padded input computed per
+        output-channel block. Other reductions (matmuls): a vector of up to 32 lanes × 4-8 rows."""
+        loops = self.nest.spatial
+        base = {"factors": [1] * len(loops), "order": 0, "fuse": 1, "unroll": 1, "cache_read": None,
+                "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None}
+        out = [{**base, "rfactor": f} for f in (16, 32)] if self.rows else []
+        v = self.vector
+
+        def divisor(k, choices):
+            return max((c for c in choices if loops[k].extent % c == 0), default=1)
+        row = v - 1 if v else None  # the loop of the output's next-to-last dimension
+        for n, lanes in enumerate(self.lanes):
+            for f in (32, 16):
+                if f not in lanes.factors or v is None:
+                    continue
+                factors = list(base["factors"])
+                factors[v] = divisor(v, (4, 6, 7, 8))
+                if f == 16 and row is not None and row != lanes.loop:
+                    factors[row] = divisor(row, (2,))
+                out.append({**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None})
+        if self.nest.reduce and v is not None and not self.rows:
+            factors = list(base["factors"])
+            factors[v] = divisor(v, (8, 16, 32))
+            if row is not None:
+                factors[row] = divisor(row, (4, 6, 8))
+            if factors[v] > 1:
+                out.append({**base, "factors": factors, "stage_at": 0 if self.stages else None})
+        return [self._bounded(d) for d in out]
+
     def _bounded(self, d: dict) -> dict:
         """Keep the register tile small enough to stay in registers."""
         factors = list(d["factors"])

@@ -172,3 +172,24 @@ def test_lanes_on_a_fused_conv_with_bias_residual_and_relu_keep_results():
         assert "pack(W, 0" in str(schedule)
         for got, w_ in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, w_, rtol=1e-4, atol=1e-4, err_msg=str(schedule))
+
+
+@pytest.mark.parametrize("name", ["conv", "matmul", "softmax_rows", "layernorm"])
+def test_rule_decisions_fill_the_registers_and_keep_results(name):
+    kernel = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14],
+                   pads=[1, 1, 1, 1]) if name == "conv" else sketch_kernels()[name]
+    sketch = Sketch.of(kernel)
+    rules = sketch.rule_decisions()
+    assert rules
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for d in rules:
+        assert _tile_size(d["factors"], sketch.vector_loop(d)) <= MAX_REGISTER_TILE
+        schedule, scheduled = sketch.realize(d)
+        for got, w in zip(run_kernel(scheduled, args), want):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
+    if name == "conv":  # 32 output-channel lanes × a 7-pixel row; 16 lanes × 2 rows of 7
+        assert [(d["lanes"][1], d["factors"][-2:]) for d in rules[:2]] == [(32, [1, 7]), (16, [2, 7])]
+        assert all(d["stage_at"] == 0 for d in rules[:2])
+    if name in ("softmax_rows", "layernorm"):
+        assert {d["rfactor"] for d in rules} == {16, 32}
