@@ -3,7 +3,8 @@
 Tasks are the distinct kernels of a graph (by structural hash: ResNet-50's repeated blocks are
 one task each), weighted by how many times the model calls them. The model's estimated latency
 is the sum over tasks of calls × best time. Every task first gets a warm-up round (its default
-schedule and a batch of samples); after that each round goes to the task whose next round is
+schedule and a batch of samples), the heaviest tasks first and the lightest with a small batch,
+so that a short budget is spent where the arithmetic is; after that each round goes to the task whose next round is
 expected to cut the estimate most, as in Ansor's gradient-based task scheduler:
 
     gradient_i = calls_i × (α · (best_i(t) − best_i(t − Δ)) / Δ  +  (1 − α) · (−best_i(t) / t))
@@ -34,6 +35,8 @@ ALPHA = 0.2        # weight of the observed improvement against the optimistic g
 WINDOW = 3         # rounds over which the observed improvement is taken
 EPSILON = 0.05     # share of rounds given to a random task
 SEEDS_PER_TASK = 2 # best decisions of each task offered to the similar tasks tuned after it
+LIGHT_SHARE = 0.01 # a task under this share of the model's arithmetic warms up with LIGHT_BATCH
+LIGHT_BATCH = 4    # (DenseNet-121 has 192 tasks; 120 of them concats and batch-norm+relu)
 
 
 @dataclass
@@ -130,7 +133,9 @@ class TaskScheduler:
             return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
                     and any(t.active for t in self.tasks))
 
-        warm = list(self.tasks)
+        # heaviest first: where the budget ends before every task had its warm-up, the tasks
+        # left out run their default schedule, and they should be the light ones
+        warm = sorted((t for t in self.tasks if not t.history), key=lambda t: -t.calls * t.flops)
         while more():
             task = warm.pop(0) if warm else self._next_task()
             if task is None:
@@ -153,7 +158,8 @@ class TaskScheduler:
         except NestorError as err:
             task.failed = str(err)
             return 0
-        task.tuner.batch = min(self.batch, left) if left is not None else self.batch
+        batch = self.batch if task.history or self._share(task) >= LIGHT_SHARE else min(self.batch, LIGHT_BATCH)
+        task.tuner.batch = min(batch, left) if left is not None else batch
         errors = task.tuner.errors
         n = task.tuner.round()
         self.rounds += 1
@@ -165,6 +171,10 @@ class TaskScheduler:
         if good:
             self.good.setdefault(_similarity(task.kernel), {})[task.hash] = good
         return n
+
+    def _share(self, task: Task) -> float:
+        total = sum(t.calls * t.flops for t in self.tasks)
+        return task.calls * task.flops / total if total else 1.0
 
     def _next_task(self) -> Task | None:
         active = [t for t in self.tasks if t.active]

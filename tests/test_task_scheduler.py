@@ -81,6 +81,16 @@ def test_scheduler_spends_trials_where_the_latency_is():
     assert lines[1].split()[0] == big.name  # heaviest first
 
 
+def test_warm_up_goes_to_the_heaviest_tasks_first_and_light_ones_get_a_small_batch():
+    graph = nestor.import_onnx(mlp([8, 8, 512]))  # mm0: 32×8×8 (0.4% of the arithmetic), mm1: 32×8×512
+    light, heavy = extract_tasks(graph)
+    scheduler = TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0)
+    scheduler.tune(trials=16)  # room for the heavy task's warm-up only
+    assert heavy.trials == 16 and light.trials == 0
+    scheduler.tune(trials=4)
+    assert light.trials == 4  # its warm-up: the default schedule and a few candidates
+
+
 def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
     graph = nestor.import_onnx(mlp([64, 64, 64, 8]))
     tasks = extract_tasks(graph)
