@@ -20,9 +20,6 @@ packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimensio
 An intermediate the main nest reads (a convolution's padded input) may be computed at one of the
 tile's outer loops (compute_at), a tile's region at a time, instead of in a pass of its own.
 
-The reduction's first loop (input channels) may be sliced (reduce_split): the accumulator then
-covers a row of tiles, and each slice of the inputs is read for the whole row while it is in L1.
-
 Row reductions (softmax, layer normalization: reductions along the inputs' contiguous axis
 only) have a second sketch: every such reduction split by rfactor into vector lanes of partial
 results, its nest parallel, and the nests optionally merged into one loop over rows.
@@ -51,8 +48,6 @@ LANE_FACTORS = (8, 16, 32, 64)  # lanes on another loop (they must divide it); 3
 MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
 RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction
-REDUCE_SPLITS = (16, 32, 64, 128)  # slices of the reduction's first loop (input channels)
-MAX_SPLIT_ACCUMULATOR = 8192       # elements of a row of tiles' accumulator (32 KB of float32)
 
 
 @dataclass(frozen=True)
@@ -191,7 +186,6 @@ class Sketch:
         d["rfactor"] = rng.choice(RFACTOR_FACTORS) if self.rows and rng.random() < 0.5 else None
         d["merge_rows"] = bool(self.rows) and rng.random() < 0.5
         d["stage_at"] = rng.randrange(4) if self.stages and rng.random() < 0.6 else None
-        d["reduce_split"] = rng.choice(REDUCE_SPLITS) if self.nest.reduce and rng.random() < 0.3 else None
         return self._bounded(d)
 
     def _sample_lanes(self, rng: random.Random) -> tuple[int, int]:
@@ -209,7 +203,7 @@ class Sketch:
     def mutate(self, d: dict, rng: random.Random) -> dict:
         d = {**d, "factors": list(d["factors"])}
         what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes",
-                           "rfactor", "stage_at", "merge_rows", "reduce_split"])
+                           "rfactor", "stage_at", "merge_rows"])
         if what == "factor":
             k = rng.randrange(len(d["factors"]))
             choices = VECTOR_FACTORS if k == self.vector_loop(d) else TILE_FACTORS
@@ -222,8 +216,6 @@ class Sketch:
             d["unroll"] = rng.choice(UNROLL_FACTORS)
         elif what == "merge_rows":
             d["merge_rows"] = bool(self.rows) and not d.get("merge_rows")
-        elif what == "reduce_split":
-            d["reduce_split"] = rng.choice([None, *REDUCE_SPLITS]) if self.nest.reduce else None
         elif what == "stage_at":
             d["stage_at"] = rng.choice([None, 0, 1, 2, 3]) if self.stages else None
         elif what == "rfactor":
@@ -278,8 +270,7 @@ class Sketch:
         output-channel block. Other reductions (matmuls): a vector of up to 32 lanes × 4-8 rows."""
         loops = self.nest.spatial
         base = {"factors": [1] * len(loops), "order": 0, "fuse": 1, "unroll": 1, "cache_read": None,
-                "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None,
-                "reduce_split": None}
+                "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None}
         out = [{**base, "rfactor": f} for f in (16, 32)] if self.rows else []
         v = self.vector
 
@@ -356,22 +347,10 @@ class Sketch:
             layout = ()
             if lanes:  # the lanes' dimension last, so each accumulator is one vector
                 layout = tuple(x for x in range(rank) if x != lanes.out_dim) + (lanes.out_dim,)
-            # reduce_split: the accumulator covers the last outer loop too (a row of tiles, in
-            # L1), and the reduction's first loop is split with its outer part around that loop,
-            # so a slice of the inputs' reduction axis (a few input channels) serves every tile
-            # of the row before the next slice is read
-            split = self._reduce_split(d, builder.kernel, outer, tile)
-            at = outer[-2] if split else outer[-1]
-            first = outer[-1] if split else tile[0]
-            if builder.step(CacheWrite(out, at, layout)) and builder.step(Distribute(first)):
+            if builder.step(CacheWrite(out, outer[-1], layout)) and builder.step(Distribute(tile[0])):
                 compute_tile = [builder.renamed(n) for n in tile]
-                reduce = list(self.nest.reduce)
-                order = reduce + compute_tile
-                if split and builder.step(Split(reduce[0], split)):
-                    reduce = [f"{reduce[0]}_i"] + reduce[1:]
-                    order = [f"{self.nest.reduce[0]}_o", builder.renamed(outer[-1])] + reduce + compute_tile
-                if builder.step(Reorder(tuple(order))):
-                    last = reduce[-1]
+                if builder.step(Reorder(tuple(self.nest.reduce) + tuple(compute_tile))):
+                    last = self.nest.reduce[-1]
                     if d["unroll"] > 1 and builder.step(Split(last, d["unroll"])):
                         builder.step(Unroll(f"{last}_i"))
                 for tag in ("w", "r"):
@@ -413,18 +392,6 @@ class Sketch:
         if d.get("extra") is not None and d["extra"] < len(self.extra):
             builder.step(self.extra[d["extra"]])
         return Schedule(tuple(builder.steps)), builder.kernel
-
-    def _reduce_split(self, d: dict, kernel: Kernel, outer: list[str], tile: list[str]) -> int | None:
-        """The reduce_split factor where it applies: it divides the reduction's first loop, and
-        the accumulator of the last outer loop's tiles stays small (L1)."""
-        split = d.get("reduce_split")
-        if not split or len(outer) < 2 or not self.nest.reduce:
-            return None
-        first = _extent(kernel, self.nest.reduce[0])
-        size = _extent(kernel, outer[-1])
-        for name in tile:
-            size *= _extent(kernel, name)
-        return split if first % split == 0 and split < first and size <= MAX_SPLIT_ACCUMULATOR else None
 
     def _realize_rows(self, factor: int, merge: bool) -> tuple[Schedule, Kernel]:
         """Row reductions (softmax, layer norm, reduce-mean over the contiguous axis): each

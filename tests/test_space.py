@@ -193,21 +193,3 @@ def test_rule_decisions_fill_the_registers_and_keep_results(name):
         assert all(d["stage_at"] == 0 for d in rules[:2])
     if name in ("softmax_rows", "layernorm"):
         assert {d["rfactor"] for d in rules} == {16, 32}
-
-
-@pytest.mark.parametrize("lanes", [None, (0, 16)])
-def test_reduce_split_slices_input_channels_around_a_row_of_tiles(lanes):
-    kernel = _onnx("Conv", {"X": [1, 32, 7, 7], "W": [32, 32, 3, 3]}, [1, 32, 7, 7], pads=[1, 1, 1, 1])
-    sketch = Sketch.of(kernel)
-    d = {"factors": [1, 1, 1, 7], "order": 0, "fuse": 1, "unroll": 1, "cache_read": None, "extra": None,
-         "lanes": lanes, "rfactor": None, "stage_at": 0, "reduce_split": 8}
-    schedule, scheduled = sketch.realize(d)
-    assert "split(r0, 8)" in str(schedule)
-    # the slice loop is outside the row loop, and the row's accumulator outside both
-    loops = [s.var for s in walk_stmts(scheduled.body) if isinstance(s, For)]
-    assert loops.index("r0_o") < loops.index("i6_1") < loops.index("r0_i")
-    args = inputs(kernel)
-    for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    # a split that does not divide the channels is left out
-    assert "split(r0" not in str(sketch.realize({**d, "reduce_split": 5})[0])
