@@ -15,7 +15,9 @@ loop indexes one output dimension alone and every input the reduction reads move
 along its last dimension or along one dimension that `pack` can block (the output channels of a convolution,
 read through OIHW weights), the sketch may put the lanes on that loop instead: the weights are
 packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimension last
-(cache_write's order), so 56-wide feature maps still fill 16-lane vectors.
+(cache_write's order), so 56-wide feature maps still fill 16-lane vectors. The accumulator is
+then stored back either a lane vector at a time (a scatter over channels) or, transposed, along
+the output's contiguous dimension (transpose_store).
 
 An intermediate the main nest reads (a convolution's padded input) may be computed at one of the
 tile's outer loops (compute_at), a tile's region at a time, instead of in a pass of its own.
@@ -186,6 +188,7 @@ class Sketch:
         d["rfactor"] = rng.choice(RFACTOR_FACTORS) if self.rows and rng.random() < 0.5 else None
         d["merge_rows"] = bool(self.rows) and rng.random() < 0.5
         d["stage_at"] = rng.randrange(4) if self.stages and rng.random() < 0.6 else None
+        d["transpose_store"] = bool(self.lanes) and rng.random() < 0.5
         return self._bounded(d)
 
     def _sample_lanes(self, rng: random.Random) -> tuple[int, int]:
@@ -203,7 +206,7 @@ class Sketch:
     def mutate(self, d: dict, rng: random.Random) -> dict:
         d = {**d, "factors": list(d["factors"])}
         what = rng.choice(["factor", "factor", "order", "fuse", "unroll", "cache_read", "extra", "lanes",
-                           "rfactor", "stage_at", "merge_rows"])
+                           "rfactor", "stage_at", "merge_rows", "transpose_store"])
         if what == "factor":
             k = rng.randrange(len(d["factors"]))
             choices = VECTOR_FACTORS if k == self.vector_loop(d) else TILE_FACTORS
@@ -216,6 +219,8 @@ class Sketch:
             d["unroll"] = rng.choice(UNROLL_FACTORS)
         elif what == "merge_rows":
             d["merge_rows"] = bool(self.rows) and not d.get("merge_rows")
+        elif what == "transpose_store":
+            d["transpose_store"] = bool(self.lanes) and not d.get("transpose_store")
         elif what == "stage_at":
             d["stage_at"] = rng.choice([None, 0, 1, 2, 3]) if self.stages else None
         elif what == "rfactor":
@@ -270,7 +275,8 @@ class Sketch:
         output-channel block. Other reductions (matmuls): a vector of up to 32 lanes × 4-8 rows."""
         loops = self.nest.spatial
         base = {"factors": [1] * len(loops), "order": 0, "fuse": 1, "unroll": 1, "cache_read": None,
-                "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None}
+                "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None,
+                "transpose_store": False}
         out = [{**base, "rfactor": f} for f in (16, 32)] if self.rows else []
         v = self.vector
 
@@ -285,7 +291,8 @@ class Sketch:
                 factors[v] = divisor(v, (4, 6, 7, 8))
                 if f == 16 and row is not None and row != lanes.loop:
                     factors[row] = divisor(row, (2,))
-                out.append({**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None})
+                rule = {**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None}
+                out += [rule, {**rule, "transpose_store": True}] if f == 32 else [rule]
         if self.nest.reduce and v is not None and not self.rows:
             factors = list(base["factors"])
             factors[v] = divisor(v, (8, 16, 32))
@@ -355,6 +362,14 @@ class Sketch:
                         builder.step(Unroll(f"{last}_i"))
                 for tag in ("w", "r"):
                     names = [f"{out}_{tag}{i}" for i in range(rank)]
+                    if tag == "w" and lanes and d.get("transpose_store"):
+                        # the lanes' dimension is not the output's contiguous one: store along
+                        # the output's last dimension (one vector store, a strided read of the
+                        # accumulator) instead of scattering each lane to its own channel
+                        at = layout.index(rank - 1)
+                        band = names[:at] + [names[-1]] + names[at:-1]
+                        if builder.step(Reorder(tuple(band))):
+                            names = band[:at + 1] + band[at + 2:] + [band[at + 1]]
                     builder.step(Vectorize(names[-1]))
                     for n in names[:-1]:
                         builder.step(Unroll(n), max_extent=16)

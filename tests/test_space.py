@@ -189,7 +189,12 @@ def test_rule_decisions_fill_the_registers_and_keep_results(name):
         for got, w in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
     if name == "conv":  # 32 output-channel lanes × a 7-pixel row; 16 lanes × 2 rows of 7
-        assert [(d["lanes"][1], d["factors"][-2:]) for d in rules[:2]] == [(32, [1, 7]), (16, [2, 7])]
-        assert all(d["stage_at"] == 0 for d in rules[:2])
+        # (the 32-lane tile also with its accumulator stored along the output's rows)
+        assert [(d["lanes"][1], d["factors"][-2:], d["transpose_store"]) for d in rules[:3]] == [
+            (32, [1, 7], False), (32, [1, 7], True), (16, [2, 7], False)]
+        assert all(d["stage_at"] == 0 for d in rules[:3])
+        stored = sketch.realize(rules[1])[1]
+        vectors = [s.var for s in walk_stmts(stored.body) if isinstance(s, For) and s.kind == "vectorized"]
+        assert "Out_w2" in vectors and "Out_w3" not in vectors  # the pixel row, not the channels
     if name in ("softmax_rows", "layernorm"):
         assert {d["rfactor"] for d in rules} == {16, 32}
