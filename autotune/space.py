@@ -11,9 +11,10 @@ decisions, as Ansor's sketch rules do for conv- and matmul-like nests:
     contiguous buffer (cache_read); vectorize the vector loop and unroll the other tile loops.
 
 The vector lanes normally walk the output's last (contiguous) dimension. Where another spatial
-loop indexes one output dimension alone and every input the reduction reads moves with it either
-along its last dimension or along one dimension that `pack` can block (the output channels of a convolution,
-read through OIHW weights), the sketch may put the lanes on that loop instead: the weights are
+loop indexes one output dimension alone (plus multiples of its extent: a grouped convolution's
+g * M + m) and every input the reduction reads moves with it either along its last dimension or
+along one dimension that `pack` can block (the output channels of a convolution, read through
+OIHW weights), the sketch may put the lanes on that loop instead: the weights are
 packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimension last
 (cache_write's order), so 56-wide feature maps still fill 16-lane vectors. The accumulator is
 then stored back either a lane vector at a time (a scatter over channels) or, transposed, along
@@ -39,9 +40,11 @@ import random
 from dataclasses import dataclass
 
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
+from ..ir.affine import affine_form
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
                       Reorder, Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
 from ..passes.analysis import variables
+
 from ..passes.registry import BUILTINS
 
 TILE_FACTORS = (1, 2, 3, 4, 6, 7, 8, 16)   # 7: feature maps of 7, 14, 28, 56, 112
@@ -117,7 +120,7 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
     out = []
     for k, loop in enumerate(nest.spatial):
         var = Var(loop.var)
-        dims = [d for d, e in enumerate(nest.index) if e == var]
+        dims = [d for d, e in enumerate(nest.index) if _moves_with(e, loop.var, loop.extent)]
         if k == vector or len(dims) != 1 or any(loop.var in variables((e,)) for d, e in enumerate(nest.index)
                                                 if d != dims[0]):
             continue
@@ -129,7 +132,8 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
             uses = [d for d, e in enumerate(load.indices) if loop.var in variables((e,))]
             if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
                 continue  # a broadcast, or already contiguous along the loop
-            if len(uses) == 1 and load.indices[uses[0]] == var and load.buffer.name in inputs:
+            if len(uses) == 1 and _moves_with(load.indices[uses[0]], loop.var, loop.extent) \
+                    and load.buffer.name in inputs:
                 packs.append((load.buffer.name, uses[0]))
             else:
                 ok = False
@@ -138,6 +142,18 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
         if ok and packs and factors:
             out.append(Lanes(k, dims[0], tuple(dict.fromkeys(packs)), factors))
     return tuple(out)
+
+
+def _moves_with(e: Expr, var: str, extent: int) -> bool:
+    """Whether index `e` is `var` plus multiples of its extent (a grouped conv's output channel
+    g * M + m): blocks of `var` are then blocks of the dimension, and lanes on `var` stay
+    contiguous in a blocked layout of it."""
+    form = affine_form(e)
+    if form is None:
+        return False
+    coefs, const = form
+    return coefs.get(var) == 1 and const % extent == 0 and all(
+        c % extent == 0 for v, c in coefs.items() if v != var)
 
 
 @dataclass(frozen=True)
@@ -289,6 +305,8 @@ class Sketch:
                     continue
                 factors = list(base["factors"])
                 factors[v] = divisor(v, (4, 6, 7, 8))
+                if factors[v] == 1:  # no such divisor (26): the tile that wastes least
+                    factors[v] = min((6, 7, 8), key=lambda c: (-loops[v].extent % c, -c))
                 if f == 16 and row is not None and row != lanes.loop:
                     factors[row] = divisor(row, (2,))
                 rule = {**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None}

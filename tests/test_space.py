@@ -198,3 +198,16 @@ def test_rule_decisions_fill_the_registers_and_keep_results(name):
         assert "Out_w2" in vectors and "Out_w3" not in vectors  # the pixel row, not the channels
     if name in ("softmax_rows", "layernorm"):
         assert {d["rfactor"] for d in rules} == {16, 32}
+
+
+def test_grouped_conv_output_channels_take_the_lanes():
+    # group 2: the output channel is g * 16 + m; lanes on m pack W's blocks within a group
+    kernel = _onnx("Conv", {"X": [1, 8, 6, 6], "W": [32, 4, 3, 3]}, [1, 32, 6, 6], pads=[1, 1, 1, 1], group=2)
+    sketch = Sketch.of(kernel)
+    assert [(sketch.nest.spatial[l.loop].extent, l.packs) for l in sketch.lanes] == [(16, (("W", 0),))]
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for d in sketch.rule_decisions():
+        schedule, scheduled = sketch.realize(d)
+        assert "pack(W, 0, 16" in str(schedule)
+        np.testing.assert_allclose(run_kernel(scheduled, args)[0], want[0], rtol=1e-4, atol=1e-4)
