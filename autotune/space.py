@@ -438,9 +438,15 @@ class Sketch:
                 builder.step(Vectorize(f"{loop}_i"))
                 builder.step(Vectorize(f"{loop}_z"))
                 split_roots.add(root)
-        roots = [n.root for n in top_level_nests(self.kernel)]
-        for root in roots:
-            builder.step(Parallel(root) if root in split_roots else DefaultNest(root))
+        nests = top_level_nests(self.kernel)
+        roots = [n.root for n in nests]
+        for nest in nests:
+            if nest.root in split_roots:
+                # the first loop with work to share (a matrix-vector product's rows are i1,
+                # inside an i0 of extent 1)
+                builder.step(Parallel(next((l.var for l in nest.spatial if l.extent > 1), nest.root)))
+            else:
+                builder.step(DefaultNest(nest.root))
         if merge:
             into = roots[0]
             for root in roots[1:]:

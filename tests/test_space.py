@@ -211,3 +211,14 @@ def test_grouped_conv_output_channels_take_the_lanes():
         schedule, scheduled = sketch.realize(d)
         assert "pack(W, 0, 16" in str(schedule)
         np.testing.assert_allclose(run_kernel(scheduled, args)[0], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_row_reduction_of_a_matrix_vector_product_runs_its_rows_in_parallel():
+    kernel = _onnx("Gemm", {"A": [1, 64], "B": [32, 64]}, [1, 32], transB=1)
+    sketch = Sketch.of(kernel)
+    rule = next(d for d in sketch.rule_decisions() if d["rfactor"])
+    schedule, scheduled = sketch.realize(rule)
+    parallel = [s for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "parallel"]
+    assert [s.extent for s in parallel] == [32], str(schedule)  # not the batch loop of extent 1
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-4, atol=1e-4)
