@@ -151,7 +151,7 @@ class TaskScheduler:
         try:
             self.measurer.switch(task.kernel, constants=task.constants)
             if task.tuner is None:
-                seeds = [d for ds in self.good.get(_similarity(task.kernel), {}).values() for d in ds]
+                seeds = [d for ds in self.good.get(similarity_key(task.kernel), {}).values() for d in ds]
                 task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target,
                                    batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds,
                                    seeds=tuple(seeds))
@@ -169,7 +169,7 @@ class TaskScheduler:
         task.history.append((task.trials, task.best))
         good = task.tuner.good_decisions(SEEDS_PER_TASK)
         if good:
-            self.good.setdefault(_similarity(task.kernel), {})[task.hash] = good
+            self.good.setdefault(similarity_key(task.kernel), {})[task.hash] = good
         return n
 
     def _share(self, task: Task) -> float:
@@ -198,7 +198,7 @@ class TaskScheduler:
         return task.calls * (ALPHA * backward + (1 - ALPHA) * forward)
 
 
-def _similarity(kernel: Kernel) -> tuple:
+def similarity_key(kernel: Kernel) -> tuple:
     """Kernels whose sketch decisions transfer: the same computation (name: conv_relu, matmul ...)
     over nests of the same depth; shapes may differ."""
     return kernel.name, tuple(len(n.spatial) for n in top_level_nests(kernel))

@@ -3,6 +3,7 @@ progress line, and the best stored schedules read back for compilation."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -10,12 +11,13 @@ from typing import Callable
 
 from ..codegen import host_target
 from ..costmodel import CostModel
-from ..ir import Kernel, structural_hash
+from ..ir import Kernel, parse_kernel, structural_hash
+from ..ir.errors import NestorError
 from ..passes import Schedule, canonical_loops
 from .measure import Measurer
 from .records import Records
 from .search import Progress, Tuner, TuneResult
-from .task_scheduler import Task, TaskScheduler, extract_tasks, round_printer
+from .task_scheduler import Task, TaskScheduler, similarity_key, extract_tasks, round_printer
 
 
 def target_key(target=None) -> str:
@@ -104,12 +106,45 @@ def _tuning_state(records_path: str | None, model_path: str | None, seed: int):
             records.close()
 
 
-def best_schedules(records_path: str, target=None) -> Callable[[Kernel], Schedule | None]:
-    """A lookup: kernel -> the fastest schedule stored for it (by structural hash), or None."""
+def best_schedules(records_path: str, target=None, similar: bool = True) -> Callable[[Kernel], Schedule | None]:
+    """A lookup: kernel -> the fastest schedule stored for it (by structural hash). A kernel never
+    tuned (a short budget ran out before its turn) gets, with `similar`, the schedule of the
+    nearest-shaped tuned kernel of the same computation and loop structure that applies to it
+    (as AutoTVM falls back to a reference log): passes keep results whatever the shapes, and a
+    convolution tuned at one size is far faster at the next than the default schedule. None
+    when there is neither."""
     records = Records(records_path)
     key = target_key(target)
+    tuned: dict[tuple, list[tuple[Kernel, str]]] | None = None
+
+    def similar_tasks(kernel: Kernel) -> list[tuple[Kernel, str]]:
+        nonlocal tuned
+        if tuned is None:  # read once: every tuned task's kernel and best schedule, by kind
+            tuned = {}
+            for task in records.tasks():
+                text, best = records.task_kernel(task), records.best(task, key)
+                if text and best:
+                    k = parse_kernel(text)
+                    tuned.setdefault(similarity_key(k), []).append((k, best.schedule))
+        found = tuned.get(similarity_key(kernel), [])
+        return sorted(found, key=lambda t: _shape_distance(t[0], kernel))
 
     def lookup(kernel: Kernel) -> Schedule | None:
         best = records.best(structural_hash(kernel), key)
-        return Schedule.from_json(best.schedule) if best else None
+        if best:
+            return Schedule.from_json(best.schedule)
+        for _, text in similar_tasks(canonical_loops(kernel)) if similar else ():
+            schedule = Schedule.from_json(text)
+            try:
+                schedule.apply(kernel)
+            except NestorError:  # ScheduleError: a loop it names is missing or too short
+                continue
+            return schedule
+        return None
     return lookup
+
+
+def _shape_distance(a: Kernel, b: Kernel) -> float:
+    """How far apart two kernels' buffer shapes are (sum of |log2| of the dimension ratios)."""
+    pairs = [(x, y) for p, q in zip(a.inputs + a.outputs, b.inputs + b.outputs) for x, y in zip(p.shape, q.shape)]
+    return sum(abs(math.log2(max(x, 1) / max(y, 1))) for x, y in pairs)

@@ -13,7 +13,8 @@ from nestor import zoo
 from nestor.autotune.measure import MeasureResult
 from nestor.autotune.records import Records
 from nestor.autotune.task_scheduler import TaskScheduler, extract_tasks, task_table
-from nestor.autotune.tune import tune_graph
+from nestor.autotune.tune import target_key, tune_graph
+from nestor.passes import Schedule
 from nestor.ir import Graph, Node, structural_hash
 from nestor.ir.errors import NestorError
 
@@ -161,3 +162,23 @@ def test_adopt_fits_decisions_to_another_sketch():
     assert fitted["factors"][1] <= 8 and fitted["order"] == 1 and fitted["unroll"] == 4
     small.realize(fitted)  # a valid decision set for the small kernel
     assert small.adopt({**d, "factors": [4]}) is None  # nests of another depth do not transfer
+
+
+def test_kernels_never_tuned_borrow_the_schedule_of_the_nearest_tuned_similar_kernel(tmp_path):
+    from nestor.autotune.tune import best_schedules
+    records = str(tmp_path / "r.sqlite")
+    tuned = nestor.import_onnx(mlp([64, 96]))           # matmul+relu 32×64×96
+    untuned = nestor.import_onnx(mlp([64, 128, 48]))    # two more of them, other shapes
+    tune_graph(tuned, trials=8, records_path=records, show_progress=False)
+    with Records(records) as db:
+        (task,) = db.tasks()
+        want = Schedule.from_json(db.best(task, target_key()).schedule)
+    lookup = best_schedules(records)
+    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    first = next(n.kernel for n in untuned.nodes if n.kernel is not None)
+    assert lookup(first) == want   # the same loops with larger extents: every step applies
+    assert best_schedules(records, similar=False)(first) is None
+    model = mlp([64, 128, 48])
+    compiled = nestor.compile(model, records=records)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(compiled.run({"x": x})[0], ref[0], rtol=1e-4, atol=1e-4)
