@@ -67,42 +67,64 @@ def fast_erf(x):
     return _keep_nan(x, p / q)
 
 
+def _let(name: str, value, body, dtype: str = F32):
+    """`body(v)` with v bound once to `value`: these formulas use each intermediate many times,
+    and TIR expressions are trees (a shared subexpression is emitted at every use: pow written
+    without bindings ran 20x slower than libm's)."""
+    var = tirx.Var(name, dtype)
+    return tirx.Let(var, value, body(var))
+
+
 def _log_positive(a):
     """ln(a) for finite a > 0 (Cephes' logf: a = m 2^e with m in [sqrt(1/2), sqrt(2)), a
     polynomial in m - 1); subnormal a scaled by 2^23 first."""
-    tiny = a < _c(1.17549435e-38)
-    a = tirx.Select(tiny, a * _c(8388608.0), a)
-    bits = tirx.reinterpret("int32", a)
-    e = tirx.Cast(F32, tirx.shift_right(bits, tirx.const(23, "int32")) - tirx.const(126, "int32"))
-    e = tirx.Select(tiny, e - _c(23.0), e)
-    m = tirx.reinterpret(F32, tirx.bitwise_or(tirx.bitwise_and(bits, tirx.const(0x007FFFFF, "int32")),
-                                              tirx.const(0x3F000000, "int32")))   # [0.5, 1)
-    low = m < _c(0.707106781186547524)
-    e = tirx.Select(low, e - _c(1.0), e)
-    m = tirx.Select(low, m + m, m) - _c(1.0)
-    z = m * m
-    y = _poly(m, (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-                  -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)) * m * z
-    return m + (y + e * _c(-2.12194440e-4) - z * _c(0.5)) + e * _c(0.693359375)
+    def scaled(tiny):
+        def with_bits(bits):
+            e = tirx.Cast(F32, tirx.shift_right(bits, tirx.const(23, "int32")) - tirx.const(126, "int32"))
+            e = tirx.Select(tiny, e - _c(23.0), e)
+            m = tirx.reinterpret(F32, tirx.bitwise_or(tirx.bitwise_and(bits, tirx.const(0x007FFFFF, "int32")),
+                                                      tirx.const(0x3F000000, "int32")))   # [0.5, 1)
+
+            def with_m(m):
+                low = m < _c(0.707106781186547524)
+                return _let("log_e", tirx.Select(low, e - _c(1.0), e), lambda e: _let(
+                    "log_f", tirx.Select(low, m + m, m) - _c(1.0), lambda f: _let(
+                        "log_z", f * f, lambda z: f + (_poly(f, (
+                            7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                            1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                            3.3333331174e-1)) * f * z + e * _c(-2.12194440e-4) - z * _c(0.5))
+                        + e * _c(0.693359375))))
+            return _let("log_m", m, with_m)
+        return _let("log_bits", tirx.reinterpret("int32", tirx.Select(tiny, a * _c(8388608.0), a)), with_bits,
+                    "int32")
+    return _let("log_tiny", a < _c(1.17549435e-38), scaled, "bool")
 
 
 def fast_pow(b, p):
     """b ** p as exp(p ln|b|), with C's pow for the rest: a negative base takes an integer
-    exponent's sign (else NaN; pow(-inf, y) = ±inf or ±0 as C's), zero and infinite bases, pow(x, 0) = pow(1, y) = 1, NaN in gives
-    NaN out. (LRN's denominator: a scalar powf per element was its whole cost.)"""
-    a = tirx.abs(b)
+    exponent's sign (else NaN; pow(-inf, y) = ±inf or ±0 as C's), zero and infinite bases,
+    pow(x, 0) = pow(1, y) = 1, NaN in gives NaN out. (LRN's denominator: a scalar powf per
+    element was its whole cost.)"""
     inf, nan, one, zero = _c(float("inf")), _c(float("nan")), _c(1.0), _c(0.0)
-    mag = fast_exp(p * _log_positive(tirx.Max(a, _c(1e-45))))
-    mag = tirx.Select(a == zero, tirx.Select(p > zero, zero, inf), mag)
-    mag = tirx.Select(tirx.isinf(a), tirx.Select(p > zero, inf, zero), mag)
-    mag = tirx.Select(a == one, one, mag)
-    integer = tirx.floor(p) == p
-    odd = tirx.And(integer, tirx.floor(p * _c(0.5)) * _c(2.0) != p)
-    negative = tirx.reinterpret("int32", b) < tirx.const(0, "int32")   # the sign bit: -0.0 too
-    r = tirx.Select(tirx.And(negative, odd), -mag, mag)
-    r = tirx.Select(tirx.And(tirx.And(b < zero, tirx.Not(integer)), tirx.Not(tirx.isinf(b))), nan, r)
-    r = tirx.Select(tirx.Or(tirx.isnan(b), tirx.isnan(p)), nan, r)
-    return tirx.Select(tirx.Or(p == zero, b == one), one, r)
+
+    def body(b, p):
+        def with_a(a):
+            mag = fast_exp(p * _log_positive(tirx.Max(a, _c(1e-45))))
+            mag = tirx.Select(a == zero, tirx.Select(p > zero, zero, inf), mag)
+            mag = tirx.Select(tirx.isinf(a), tirx.Select(p > zero, inf, zero), mag)
+            mag = tirx.Select(a == one, one, mag)
+            integer = tirx.floor(p) == p
+            odd = tirx.And(integer, tirx.floor(p * _c(0.5)) * _c(2.0) != p)
+            negative = tirx.reinterpret("int32", b) < tirx.const(0, "int32")   # the sign bit: -0.0 too
+
+            def signed(mag):
+                r = tirx.Select(tirx.And(negative, odd), -mag, mag)
+                r = tirx.Select(tirx.And(tirx.And(b < zero, tirx.Not(integer)), tirx.Not(tirx.isinf(b))), nan, r)
+                r = tirx.Select(tirx.Or(tirx.isnan(b), tirx.isnan(p)), nan, r)
+                return tirx.Select(tirx.Or(p == zero, b == one), one, r)
+            return _let("pow_mag", mag, signed)
+        return _let("pow_a", tirx.abs(b), with_a)
+    return _let("pow_b", b, lambda b: _let("pow_p", p, lambda p: body(b, p)))
 
 
 FAST_FLOAT32 = {"exp": fast_exp, "sigmoid": fast_sigmoid, "tanh": fast_tanh, "erf": fast_erf, "pow": fast_pow}

@@ -15,7 +15,8 @@ if __name__ == "__main__":
     p.add_argument("--schedule", default="default", choices=["default", "none"],
                    help="for kernels without tuned records")
     p.add_argument("--time-budget", metavar="30m", help="tune each model this long first (s, m or h)")
-    p.add_argument("--records", help="tuning records database (default: a temporary one)")
+    p.add_argument("--records", help="tuning records database (default: a temporary one); without "
+                                     "--time-budget, compile from it untouched")
     args = p.parse_args()
     from nestor.cli import _seconds
     bench_models(args.models.split(",") if args.models else None, args.repeat, args.schedule,

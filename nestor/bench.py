@@ -60,7 +60,8 @@ def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
 def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
                  time_budget: float | None = None, records: str | None = None, out=print) -> float:
     """With `time_budget` (seconds per model), each model is first tuned (task scheduler) into
-    `records` (default: a temporary database per run) and compiled from its best schedules."""
+    `records` (default: a temporary database per run). Each model is compiled from the best
+    schedules in `records` when given (without a budget: re-time what an earlier run tuned)."""
     import tempfile
     from .api import compile as nestor_compile, import_onnx
     names = names or list(MODELS)
@@ -80,7 +81,7 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
             tune_graph(import_onnx(model), time_budget=time_budget, records_path=records)
             tune_s = time.perf_counter() - start
         start = time.perf_counter()
-        compiled = nestor_compile(model, schedule=schedule, records=records if time_budget else None)
+        compiled = nestor_compile(model, schedule=schedule, records=records)
         compile_s = time.perf_counter() - start
         inputs = compiled.random_inputs()
         session = ort_session(model)

@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=int, default=20)
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
-                                     "models: tune into it; costmodel: the records to evaluate on")
+                                     "models: tune into it, or without --time-budget compile from it; "
+                                     "costmodel: the records to evaluate on")
     b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
     b.set_defaults(func=cmd_bench)
     return p
