@@ -20,6 +20,9 @@ from .search import Progress, Tuner, TuneResult
 from .task_scheduler import Task, TaskScheduler, similarity_key, extract_tasks, round_printer
 
 
+MAX_SIMILAR_TRIES = 4   # similar tasks' schedules tried for a kernel never tuned
+
+
 def target_key(target=None) -> str:
     """The records key of a target: its JSON form (kind, mcpu, cores)."""
     return str(target or host_target())
@@ -133,7 +136,9 @@ def best_schedules(records_path: str, target=None, similar: bool = True) -> Call
         best = records.best(structural_hash(kernel), key)
         if best:
             return Schedule.from_json(best.schedule)
-        for _, text in similar_tasks(canonical_loops(kernel)) if similar else ():
+        # the nearest few only: each try replays a whole schedule, and a records file of many
+        # models holds dozens of similar tasks (a miss on all of them costs minutes of compile)
+        for _, text in similar_tasks(canonical_loops(kernel))[:MAX_SIMILAR_TRIES] if similar else ():
             schedule = Schedule.from_json(text)
             try:
                 schedule.apply(kernel)
