@@ -139,7 +139,8 @@ class Tuner:
         return self.model is not None and self.model.trained
 
     def _choose(self, pool):
-        seeded = [c for c in pool if any(c[0] is d for d in self.seeds + self.rules)][:self.batch // 2]
+        offered = self.seeds + self.rules
+        seeded = [c for c in pool if any(c[0] is d for d in offered)][:self.batch // 2]
         if seeded:  # measured whatever the model thinks: it has not seen this kernel yet
             rest = self._choose([c for c in pool if all(c is not x for x in seeded)])
             return seeded + rest[:self.batch - len(seeded)]

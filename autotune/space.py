@@ -44,7 +44,6 @@ from ..ir.affine import affine_form
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
                       Reorder, Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
 from ..passes.analysis import variables
-
 from ..passes.registry import BUILTINS
 
 TILE_FACTORS = (1, 2, 3, 4, 6, 7, 8, 16)   # 7: feature maps of 7, 14, 28, 56, 112

@@ -116,6 +116,26 @@ def best_schedules(records_path: str, target=None, similar: bool = True) -> Call
     (as AutoTVM falls back to a reference log): passes keep results whatever the shapes, and a
     convolution tuned at one size is far faster at the next than the default schedule. None
     when there is neither."""
+    best = _best_scheduled(records_path, target, similar)
+
+    def lookup(kernel: Kernel) -> Schedule | None:
+        found = best(kernel)
+        return found[0] if found else None
+    return lookup
+
+
+def best_kernels(records_path: str, target=None) -> Callable[[Kernel], Kernel | None]:
+    """As best_schedules, but the kernel scheduled (each schedule replayed once: compiling a
+    model needs the result, and a borrowed schedule is replayed anyway to see that it applies)."""
+    best = _best_scheduled(records_path, target, True)
+
+    def lookup(kernel: Kernel) -> Kernel | None:
+        found = best(kernel)
+        return found[1] if found else None
+    return lookup
+
+
+def _best_scheduled(records_path: str, target, similar: bool) -> Callable[[Kernel], tuple[Schedule, Kernel] | None]:
     records = Records(records_path)
     key = target_key(target)
     tuned: dict[tuple, list[tuple[Kernel, str]]] | None = None
@@ -132,19 +152,19 @@ def best_schedules(records_path: str, target=None, similar: bool = True) -> Call
         found = tuned.get(similarity_key(kernel), [])
         return sorted(found, key=lambda t: _shape_distance(t[0], kernel))
 
-    def lookup(kernel: Kernel) -> Schedule | None:
+    def lookup(kernel: Kernel) -> tuple[Schedule, Kernel] | None:
         best = records.best(structural_hash(kernel), key)
         if best:
-            return Schedule.from_json(best.schedule)
+            schedule = Schedule.from_json(best.schedule)
+            return schedule, schedule.apply(kernel)
         # the nearest few only: each try replays a whole schedule, and a records file of many
         # models holds dozens of similar tasks (a miss on all of them costs minutes of compile)
         for _, text in similar_tasks(canonical_loops(kernel))[:MAX_SIMILAR_TRIES] if similar else ():
             schedule = Schedule.from_json(text)
             try:
-                schedule.apply(kernel)
+                return schedule, schedule.apply(kernel)
             except NestorError:  # ScheduleError: a loop it names is missing or too short
                 continue
-            return schedule
         return None
     return lookup
 

@@ -37,13 +37,13 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
         base = (schedule if isinstance(schedule, ModelSchedule) else read_model_schedule(schedule)).scheduler_for(graph)
     if records is None:
         return base
-    from .autotune.tune import best_schedules
-    best = best_schedules(records, target)
+    from .autotune.tune import best_kernels
+    best = best_kernels(records, target)
 
     def tuned_or_base(kernel: Kernel) -> Kernel:
         found = best(kernel)
         if found is not None:
-            return found.apply(kernel)
+            return found
         return base(kernel) if base else kernel
     return tuned_or_base
 
