@@ -1,6 +1,7 @@
 """Side-by-side benchmarks against ONNX Runtime (same process, interleaved runs, medians)."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -68,6 +69,9 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise NestorError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if records and not time_budget and not os.path.exists(records):
+        raise NestorError(f"{records}: no such records file (without --time-budget, bench models "
+                          f"compiles from the records of an earlier run)")
     workdir = tempfile.TemporaryDirectory() if time_budget and not records else None
     records = records or (f"{workdir.name}/records.sqlite" if workdir else None)
     out(f"{'model':<14} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")

@@ -1,6 +1,7 @@
 """The CLI end to end: compile, run (with inputs and saved outputs), ir."""
 import numpy as np
 import onnx
+import pytest
 
 from nestor.cli import main
 from nestor.zoo import encoder_block
@@ -41,3 +42,12 @@ def test_ir_prints_parseable_kernels(tmp_path, capsys):
     assert len(kernels) > 5
     for chunk in kernels:
         parse_kernel(chunk.split("\n", 1)[1])
+
+
+def test_bench_models_without_a_budget_needs_an_existing_records_file(tmp_path):
+    from nestor.bench import bench_models
+    from nestor.ir.errors import NestorError
+    missing = tmp_path / "nope.sqlite"
+    with pytest.raises(NestorError, match="nope.sqlite: no such records file"):
+        bench_models(["resnet50"], records=str(missing), out=lambda line: None)
+    assert not missing.exists()  # not created empty on the way
