@@ -213,6 +213,19 @@ def test_grouped_conv_output_channels_take_the_lanes():
         np.testing.assert_allclose(run_kernel(scheduled, args)[0], want[0], rtol=1e-4, atol=1e-4)
 
 
+def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
+    # 12 output channels a group hold no 16 or 32 lanes: the rule tiles 4 channels × the
+    # 7 rows, the vector over a whole 7-pixel row (ShuffleNet's 136-channel groups at 7x7)
+    kernel = _onnx("Conv", {"X": [1, 24, 7, 7], "W": [24, 12, 1, 1]}, [1, 24, 7, 7], group=2)
+    sketch = Sketch.of(kernel)
+    rules = sketch.rule_decisions()
+    assert [d["factors"] for d in rules if not d["lanes"]][-1:] == [[1, 1, 4, 7, 7]]
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for d in rules:
+        np.testing.assert_allclose(run_kernel(sketch.realize(d)[1], args)[0], want[0], rtol=1e-4, atol=1e-4)
+
+
 def test_row_reduction_of_a_matrix_vector_product_runs_its_rows_in_parallel():
     kernel = _onnx("Gemm", {"A": [1, 64], "B": [32, 64]}, [1, 32], transB=1)
     sketch = Sketch.of(kernel)
