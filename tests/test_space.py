@@ -226,6 +226,21 @@ def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
         np.testing.assert_allclose(run_kernel(sketch.realize(d)[1], args)[0], want[0], rtol=1e-4, atol=1e-4)
 
 
+def test_matmul_rule_reads_its_weights_in_contiguous_panels():
+    kernel = _onnx("MatMul", {"X": [24, 64], "W": [64, 64]}, [24, 64])
+    sketch = Sketch.of(kernel)
+    assert sketch.panels == ("B",)  # the importer names MatMul's inputs A, B
+    rule = next(d for d in sketch.rule_decisions() if d["panel"])
+    schedule, scheduled = sketch.realize(rule)
+    # B[k, n] blocked to [n / 32][k][32]: a tile's 32 columns one contiguous stream over k
+    assert "pack(B, 1, 32, 1, 0, 2)" in str(schedule)
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], args[0] @ args[1], rtol=1e-4, atol=1e-4)
+    # a convolution's input is read at a shifted pixel (x + r), never as a panel
+    conv = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14], pads=[1, 1, 1, 1])
+    assert Sketch.of(conv).panels == ()
+
+
 def test_row_reduction_of_a_matrix_vector_product_runs_its_rows_in_parallel():
     kernel = _onnx("Gemm", {"A": [1, 64], "B": [32, 64]}, [1, 32], transB=1)
     sketch = Sketch.of(kernel)
