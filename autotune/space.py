@@ -20,6 +20,10 @@ packed OIHW → OIHW<f>o and the accumulator tile is laid out with that dimensio
 then stored back either a lane vector at a time (a scatter over channels) or, transposed, along
 the output's contiguous dimension (transpose_store).
 
+An input read a row per reduction step along the vector loop (a matmul's B[k, n]) may be packed
+into panels [n / tile][k][tile] (the `panel` decision), so each tile's columns are one contiguous
+stream over k instead of a row-strided walk the prefetcher loses.
+
 An intermediate the main nest reads (a convolution's padded input) may be computed at one of the
 tile's outer loops (compute_at), a tile's region at a time, instead of in a pass of its own.
 
