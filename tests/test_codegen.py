@@ -67,6 +67,23 @@ def test_padded_select_load():
     np.testing.assert_allclose(y, np.convolve(np.pad(x, 1), w[::-1], "valid"), rtol=1e-5)
 
 
+def test_padding_guard_in_a_vectorized_loop_stays_a_vector_select():
+    # a 3-wide max over a row padded by -inf at its end, vectorized over the outputs: the guard
+    # is a select of a clamped load (if_then_else is scalarized lane by lane)
+    X = Buffer("X", (16,)); Y = Buffer("Y", (16,))
+    p = i + k
+    body = For("i", 16, seq(store(Y, i, float("-inf")), For("k", 3, store(
+        Y, i, maximum(Y[i], select(lt(p, 16), X[p], float("-inf")))), axis="reduce")),
+        kind="vectorized")
+    kernel = Kernel("rowmax", (X,), (Y,), body)
+    text = to_primfunc(kernel).script()
+    assert "T.Select(" in text and "if_then_else" not in text
+    x = rand(16)
+    np.testing.assert_array_equal(run_kernel(kernel, [x])[0],
+                                  np.max(np.lib.stride_tricks.sliding_window_view(
+                                      np.pad(x, (0, 2), constant_values=-np.inf), 3), axis=1))
+
+
 def test_allocate_local_in_parallel_loop():
     A = Buffer("A", (16, 32)); B = Buffer("B", (32, 24)); C = Buffer("C", (16, 24))
     acc = Buffer("acc", (8,), scope="local")
