@@ -43,7 +43,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Expr, For, Kernel, Seq, Stmt, Store, Var, loads, walk_stmts
+from ..ir import Allocate, Buffer, Expr, For, Kernel, Load, Seq, Stmt, Store, Var, loads, walk_stmts
 from ..ir.affine import affine_form
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
                       Reorder, Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
@@ -119,7 +119,6 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
     if not nest.reduce or nest.output is None:
         return ()
     inputs = {b.name: b for b in kernel.inputs}
-    body = nest.spatial[-1].body
     out = []
     for k, loop in enumerate(nest.spatial):
         var = Var(loop.var)
@@ -130,8 +129,7 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
         packs, ok = [], True
         # the reduction's loads decide; an epilogue (bias, residual) is read once per output
         # element and may gather across the lanes
-        update = [x for x in walk_stmts(body) if isinstance(x, Store) and x.reduce is not None]
-        for load in (l for x in update for l in loads(x.value)):
+        for load in reduction_loads(nest):
             uses = [d for d, e in enumerate(load.indices) if loop.var in variables((e,))]
             if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
                 continue  # a broadcast, or already contiguous along the loop
@@ -347,7 +345,8 @@ class Sketch:
             return []
         channels = loops[channel].extent
         height = loops[row].extent if row is not None else 1
-        tiles = [(4 if channels % 4 == 0 else 2, height if height <= 8 else (2 if channels % 4 == 0 else 4))]
+        c = 4 if channels % 4 == 0 else 2
+        tiles = [(c, height if height <= 8 else 8 // c)]  # 8 rows of a vector at most
         if channels % 8 == 0:
             tiles.append((8, 1))
         out = []
@@ -522,6 +521,12 @@ def row_reductions(kernel: Kernel, nests: list[Nest]) -> tuple[tuple[str, str], 
     return tuple(out)
 
 
+def reduction_loads(nest: Nest) -> list[Load]:
+    """The loads of the nest's reduction updates (`Out += ...`), not of its init or epilogue."""
+    updates = [x for x in walk_stmts(nest.spatial[-1].body) if isinstance(x, Store) and x.reduce is not None]
+    return [l for x in updates for l in loads(x.value)]
+
+
 def panel_inputs(kernel: Kernel, main: Nest, vector: int | None) -> tuple[str, ...]:
     """Inputs of the main nest's reduction indexed by the vector loop alone in their last
     dimension and by a reduction loop in another: a matmul's B[k, n]."""
@@ -529,9 +534,8 @@ def panel_inputs(kernel: Kernel, main: Nest, vector: int | None) -> tuple[str, .
         return ()
     var = main.spatial[vector].var
     inputs = {b.name for b in kernel.inputs}
-    update = [x for x in walk_stmts(main.spatial[-1].body) if isinstance(x, Store) and x.reduce is not None]
     out = []
-    for load in (l for x in update for l in loads(x.value)):
+    for load in reduction_loads(main):
         idx = load.indices
         if load.buffer.name in inputs and len(idx) >= 2 and idx[-1] == Var(var) \
                 and set(main.reduce) & variables(idx[:-1]) and var not in variables(idx[:-1]):
