@@ -56,6 +56,7 @@ LANE_FACTORS = (8, 16, 32, 64)  # lanes on another loop (they must divide it); 3
 MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
 RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction
+BLOCK_LANES = (8, 16)         # a blocked layout's channel block (frontend/layout.py)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class Lanes:
 
 
 def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes, ...]:
-    if not nest.reduce or nest.output is None:
+    if not nest.reduce or nest.output is None or _block_lanes(nest, vector):
         return ()
     inputs = {b.name: b for b in kernel.inputs}
     out = []
@@ -143,6 +144,12 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
         if ok and packs and factors:
             out.append(Lanes(k, dims[0], tuple(dict.fromkeys(packs)), factors))
     return tuple(out)
+
+
+def _block_lanes(nest: Nest, vector: int | None) -> bool:
+    """Whether the output's contiguous dimension is a blocked layout's channel lane (NCHW16c,
+    frontend/layout.py): whole vectors already, so lanes on another loop would only stride."""
+    return vector is not None and nest.spatial[vector].extent in BLOCK_LANES
 
 
 def _moves_with(e: Expr, var: str, extent: int) -> bool:
@@ -318,6 +325,8 @@ class Sketch:
                     factors[row] = divisor(row, (2,))
                 rule = {**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None}
                 out += [rule, {**rule, "transpose_store": True}] if f == 32 else [rule]
+        if self.nest.reduce and _block_lanes(self.nest, v) and row is not None:
+            return [self._bounded(d) for d in out + self._block_tiles(base, v, row)]
         if self.nest.reduce and v is not None and not self.rows:
             factors = list(base["factors"])
             factors[v] = divisor(v, (8, 16, 32))
@@ -329,6 +338,29 @@ class Sketch:
             if not any({16, 32} & set(l.factors) for l in self.lanes):
                 out += self._channel_tiles(base, v, row)
         return [self._bounded(d) for d in out]
+
+    def _block_tiles(self, base: dict, v: int, row: int) -> list[dict]:
+        """Blocked convolutions (NCHW16c: the vector is a channel block): a row tile of 7-8
+        pixels (a whole row up to 16) × 1 or 2 channel blocks, 7-16 accumulators; the padded
+        input computed per outer block or not."""
+        loops = self.nest.spatial
+        width = loops[row].extent
+        pixels = width if width <= 16 else next((c for c in (8, 7, 6, 4) if width % c == 0),
+                                                min((6, 7, 8), key=lambda c: (-width % c, -c)))
+        channel = next((k for k, l in enumerate(loops[:row]) if l.var in variables((self.nest.index[1],))), None)
+        out = []
+        for blocks in (1, 2):
+            if blocks > 1 and (channel is None or loops[channel].extent % blocks):
+                continue
+            px = pixels if pixels * blocks <= 16 else max(c for c in (7, 8, 4) if c * blocks <= 16 and width % c == 0) \
+                if any(width % c == 0 for c in (7, 8, 4)) else pixels // blocks
+            factors = list(base["factors"])
+            factors[v], factors[row] = loops[v].extent, px
+            if channel is not None:
+                factors[channel] = blocks
+            for stage_at in ((0, None) if self.stages else (None,)):
+                out.append({**base, "factors": factors, "unroll": 4, "stage_at": stage_at})
+        return out
 
     def _channel_tiles(self, base: dict, v: int, row: int | None) -> list[dict]:
         """Convolutions whose output channels hold no 16 or 32 lanes (SqueezeNet's 1000

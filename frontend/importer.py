@@ -17,7 +17,8 @@ from onnx.reference import ReferenceEvaluator
 from ..ir import Graph, Node, TensorType, canonical
 from ..ir.errors import ModelError
 from .graph_passes import optimize_nodes
-from .ops import Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
+from .layout import blocked_layout
+from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
 
 # Ops never folded even with constant inputs: their result is not a function of the inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -47,11 +48,12 @@ def load_model(source) -> onnx.ModelProto:
 
 
 def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 name: str | None = None, optimize: bool = True) -> Graph:
+                 name: str | None = None, optimize: bool = True, blocked: bool = True) -> Graph:
     """Build a Nestor graph from an ONNX model (path or ModelProto).
 
     `input_shapes` fixes dynamic input dimensions (e.g. the batch size); `optimize` runs the
-    inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering.
+    inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering,
+    and with `blocked`, the blocked layouts of layout.py (convolutions in NCHW<b>c).
     """
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -64,6 +66,9 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
             continue
         types[vi.name] = _input_type(vi, (input_shapes or {}).get(vi.name))
     nodes = [_named(n, i) for i, n in enumerate(g.node)]
+    for node in nodes:  # Nestor's own domain is for what its graph passes write
+        if node.domain not in ("", "ai.onnx"):
+            raise _foreign_domain(node, opsets.get(node.domain))
 
     # Alternate folding and inference until nothing changes.
     while True:
@@ -84,6 +89,8 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     outputs = [vi.name for vi in g.output]
     if optimize:
         nodes = optimize_nodes(nodes, consts, types, outputs)
+        if blocked:
+            nodes = blocked_layout(nodes, consts, types, outputs)
     read = {i for n in nodes for i in n.input} | set(outputs)
     graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)
@@ -185,10 +192,9 @@ def _try_fold(node, consts, types, opsets):
 
 def _lower(node, opsets, consts, types) -> Node:
     opset = opsets.get(node.domain or "ai.onnx")
-    if node.domain not in ("", "ai.onnx"):
-        raise UnsupportedOpError(f"{node.op_type} node '{node.name}' (domain '{node.domain}', "
-                                 f"opset {opset}): only the default ONNX domain is supported")
-    lower = lowering_for(node.op_type)
+    if node.domain not in ("", "ai.onnx", NESTOR_DOMAIN):
+        raise _foreign_domain(node, opset)
+    lower = lowering_for(node.op_type, node.domain)
     if lower is None:
         raise UnsupportedOpError(f"unsupported op {node.op_type} (node '{node.name}', opset {opset})")
 
@@ -213,6 +219,11 @@ def _lower(node, opsets, consts, types) -> Node:
         return Node(node.name, node.op_type, [src], outputs[:1])
     return Node(node.name, node.op_type, [node.input[i] for i in lowered.args], outputs,
                 lowered.kernel)
+
+
+def _foreign_domain(node, opset) -> UnsupportedOpError:
+    return UnsupportedOpError(f"{node.op_type} node '{node.name}' (domain '{node.domain}', "
+                              f"opset {opset}): only the default ONNX domain is supported")
 
 
 def _attr(node, name, default):

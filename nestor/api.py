@@ -17,11 +17,13 @@ SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
 }
 
 
-def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True) -> Graph:
+def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
+                blocked: bool = True) -> Graph:
     """ONNX model (path or ModelProto) → Nestor graph of kernels. `optimize`: fold BatchNorms
-    into convolutions (frontend/graph_passes.py) and fuse elementwise consumers into the kernels
-    that produce their inputs (passes/fusion.py)."""
-    graph = import_model(model, input_shapes=input_shapes, optimize=optimize)
+    into convolutions (frontend/graph_passes.py), with `blocked` put convolutions and their
+    neighbours in NCHW<b>c (frontend/layout.py), and fuse elementwise consumers into the
+    kernels that produce their inputs (passes/fusion.py)."""
+    graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked)
     return fuse_elementwise(graph) if optimize else graph
 
 

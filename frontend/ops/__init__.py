@@ -1,6 +1,7 @@
 """Lowerings of ONNX ops to Nestor kernels; importing this package registers all of them."""
-from .registry import (Alias, Lowered, OpContext, TensorInfo, UnsupportedOpError, lowering_for,
+from .registry import (NESTOR_DOMAIN, Alias, Lowered, OpContext, TensorInfo, UnsupportedOpError, lowering_for,
                        make_context, register_op, supported_ops)
 from . import common  # noqa: F401
 from . import elementwise, shape  # noqa: F401
 from . import nn, linalg, reduce  # noqa: F401
+from . import blocked  # noqa: F401  (Nestor's own domain: frontend/layout.py writes these)

@@ -106,12 +106,13 @@ def _windows(ctx: OpContext, sizes, kernel, outs) -> list[_Window]:
     return [_Window(*args) for args in zip(sizes, kernel, strides, dilations, begins, ends, outs)]
 
 
-def _padded_load(x: Buffer, lead: Sequence[Expr], windows, outs, taps, pad_value) -> Expr:
-    """x[lead..., window positions], or pad_value where a position is padding (Select is lazy:
-    the load is not evaluated there)."""
+def _padded_load(x: Buffer, lead: Sequence[Expr], windows, outs, taps, pad_value,
+                 trail: Sequence[Expr] = ()) -> Expr:
+    """x[lead..., window positions, trail...], or pad_value where a position is padding (Select
+    is lazy: the load is not evaluated there). `trail`: a blocked layout's channel lane."""
     positions = [w.pos(o, k) for w, o, k in zip(windows, outs, taps)]
     conds = [c for w, p in zip(windows, positions) for c in w.inside(p)]
-    value = x[(*lead, *positions)]
+    value = x[(*lead, *positions, *trail)]
     return select(logical_and(*conds), value, pad_value) if conds else value
 
 
@@ -155,16 +156,18 @@ def _materialize_padding(x: Buffer, windows):
     """A zero-padded copy of the input when any window reaches outside it (TOPI's pad_temp):
     the conv's hot loop then reads in-bounds, contiguous data with no per-tap condition, which
     vectorizes (a lane-dependent lazy select does not). Returns (buffer to read, the stage that
-    fills it or None, windows over that buffer)."""
+    fills it or None, windows over that buffer). Dimensions after the windows' (a blocked
+    layout's channel lane) are copied as they are."""
     if not any(w.first < 0 or w.last >= w.size for w in windows):
         return x, None, windows
+    nsp = len(windows)
     sizes = [w.begin + max(w.size, w.last + 1) for w in windows]
-    padded = Buffer(f"{x.name}_pad", (*x.shape[:2], *sizes), x.dtype)
+    padded = Buffer(f"{x.name}_pad", (*x.shape[:2], *sizes, *x.shape[2 + nsp:]), x.dtype)
 
     def fill(*v):
-        src = [p - w.begin if w.begin else p for p, w in zip(v[2:], windows)]
+        src = [p - w.begin if w.begin else p for p, w in zip(v[2:2 + nsp], windows)]
         conds = [c for w, p in zip(windows, src) for c in w.inside(p)]
-        value = x[(*v[:2], *src)]
+        value = x[(*v[:2], *src, *v[2 + nsp:])]
         return store(padded, v, select(logical_and(*conds), value, as_expr(0, x.dtype)) if conds else value)
 
     stage = loop_nest(padded.shape, fill, prefix="p")
@@ -184,11 +187,12 @@ def lower_pool(ctx: OpContext) -> Lowered:
     kernel = ctx.attr("kernel_shape")
     if not kernel:
         raise ctx.unsupported("missing kernel_shape")
-    windows = _windows(ctx, x.shape[2:], kernel, out.shape[2:])
+    nsp = len(kernel)  # fewer than the input's dims after N, C: NCHW<b>c (frontend/layout.py)
+    windows = _windows(ctx, x.shape[2:2 + nsp], kernel, out.shape[2:2 + nsp])
     pad = lowest(x.dtype) if is_max else as_expr(0, x.dtype)
 
     def value(s, taps):
-        return _padded_load(x, s[:2], windows, s[2:], taps, pad)
+        return _padded_load(x, s[:2], windows, s[2:2 + nsp], taps, pad, s[2 + nsp:])
 
     finalize = None if is_max else _average_divisor(ctx, windows, x.dtype)
     body = reduction(out, out.shape, kernel, lambda s: s, pad, value,

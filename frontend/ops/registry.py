@@ -81,6 +81,7 @@ class OpContext:
         return self.op_type.lower()
 
 
+NESTOR_DOMAIN = "nestor"
 LowerFn = Callable[[OpContext], "Lowered | Alias"]
 _REGISTRY: dict[str, LowerFn] = {}
 
@@ -94,12 +95,14 @@ def register_op(*op_types: str):
     return deco
 
 
-def lowering_for(op_type: str) -> LowerFn | None:
-    return _REGISTRY.get(op_type)
+def lowering_for(op_type: str, domain: str = "") -> LowerFn | None:
+    """The lowering of an ONNX op, or of an op of Nestor's own domain (registered as
+    "nestor.Op": what graph passes write, never read from a model)."""
+    return _REGISTRY.get(f"{domain}.{op_type}" if domain == NESTOR_DOMAIN else op_type)
 
 
 def supported_ops() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(op for op in _REGISTRY if "." not in op)
 
 
 def make_context(node: onnx.NodeProto, name: str, opset: int,

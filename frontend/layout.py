@@ -1,0 +1,208 @@
+"""Blocked layouts for CPU convolutions: activations between convolutions live in NCHW<b>c.
+
+In NCHW a convolution's output channels are a feature map apart, so a vector of output channels
+(the layout that fills the registers: one weight vector per reduction step, one input value
+broadcast) is scattered over 16 planes when stored, and a vector along a row of 7, 14 or 56
+pixels has a tail. Blocked as [N, C/b, H, W, b] (b = 16, or 8 when 16 does not divide C), the
+b channels are adjacent: every accumulator is one vector and every store a whole vector.
+
+The pass walks the nodes in order and keeps, for each tensor it has blocked, the name of its
+blocked copy. A group-1 2-D Conv becomes ConvNCHWc (frontend/ops/blocked.py) with its weights
+packed at compile time; it reads its input blocked when the producer made it so, else plain.
+Ops that work on blocked tensors as they are then propagate the layout: elementwise ops whose
+data inputs are all blocked alike (a per-channel or scalar constant operand is re-blocked),
+MaxPool / AveragePool, Concat along the channels. Every other reader of a blocked tensor, and
+the graph's outputs, read the plain tensor under its original name, produced by a FromNCHWc
+node inserted before its first such reader: layout conversions stand only where the layout
+changes, once per tensor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..ir import TensorType, canonical
+from .graph_passes import _attr, _fresh
+from .ops.blocked import pack_conv_weight
+from .ops.elementwise import BINARY, UNARY, VARIADIC
+from .ops.registry import NESTOR_DOMAIN
+
+BLOCKS = (16, 8)
+POOLS = ("MaxPool", "AveragePool")
+
+
+def block_size(channels: int) -> int | None:
+    return next((b for b in BLOCKS if channels % b == 0), None)
+
+
+def blocked_shape(shape: tuple[int, ...], b: int) -> tuple[int, ...]:
+    return (shape[0], shape[1] // b, *shape[2:], b)
+
+
+def to_blocked(value: np.ndarray, b: int) -> np.ndarray:
+    """A plain [N, C, ...] array as [N, C/b, ..., b]."""
+    n, c, *rest = value.shape
+    split = value.reshape(n, c // b, b, *rest)
+    return np.ascontiguousarray(np.moveaxis(split, 2, -1))
+
+
+def blocked_layout(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+                   types: dict[str, TensorType], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The node list with convolutions and their neighbours in blocked layouts (module doc);
+    new tensors and constants are added to `types` and `consts`."""
+    return _Rewriter(consts, types).run(nodes, outputs)
+
+
+class _Rewriter:
+    def __init__(self, consts, types):
+        self.consts, self.types = consts, types
+        self.names = set(consts) | set(types)
+        self.blocked: dict[str, tuple[str, int]] = {}   # plain name -> (blocked name, block)
+        self.plain_ready: set[str] = set()
+        self.out: list[onnx.NodeProto] = []
+
+    def run(self, nodes, outputs):
+        self.names |= {o for n in nodes for o in n.output}
+        for node in nodes:
+            new = self._rewrite(node)
+            if new is None:
+                for name in node.input:
+                    self._need_plain(name)
+                new = node
+            self.out.append(new)
+        for name in outputs:
+            self._need_plain(name)
+        return self.out
+
+    # -- each op --------------------------------------------------------------------------
+
+    def _rewrite(self, node) -> onnx.NodeProto | None:
+        """The node on blocked tensors, or None to leave it reading plain ones."""
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") or not node.output or len(
+                [o for o in node.output if o]) != 1:
+            return None
+        if op == "Conv":
+            return self._conv(node)
+        if op in UNARY or op == "Clip":
+            return self._elementwise(node, data=node.input[:1])
+        if op in BINARY or op in VARIADIC:
+            return self._elementwise(node, data=[i for i in node.input if i and i not in self.consts])
+        if op in POOLS and len(node.output) == 1 and node.input[0] in self.blocked:
+            return self._propagate(node, [node.input[0]], self.blocked[node.input[0]][1])
+        if op == "Concat":
+            return self._concat(node)
+        return None
+
+    def _conv(self, node):
+        x, w_name = node.input[0], node.input[1]
+        w = self.consts.get(w_name)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        out_t = self.types.get(node.output[0])
+        if (w is None or w.ndim != 4 or _attr(node, "group", 1) != 1 or out_t is None
+                or canonical(w.dtype) != "float32" or (bias and bias not in self.consts)):
+            return None
+        bo = block_size(w.shape[0])
+        if bo is None:
+            return None
+        xb, bi = self.blocked.get(x, (x, 0))
+        packed = self._const(f"{w_name}_nchwc", pack_conv_weight(w, bi, bo))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs.pop("kernel_shape", None)
+        out = self._blocked_output(node.output[0], bo)
+        inputs = [xb, packed] + ([bias] if bias else [])
+        return helper.make_node("ConvNCHWc", inputs, [out], name=node.name, domain=NESTOR_DOMAIN,
+                                in_block=bi, **attrs)
+
+    def _elementwise(self, node, data):
+        """Blocked when every data input is blocked with one block and one shape equal to the
+        output's; constant operands must be scalars or vary along the channels only."""
+        if not data or any(d not in self.blocked for d in data):
+            return None
+        blocks = {self.blocked[d][1] for d in data}
+        shapes = {self.types[d].shape for d in data}
+        out_t = self.types.get(node.output[0])
+        if len(blocks) != 1 or len(shapes) != 1 or out_t is None or out_t.shape != shapes.pop():
+            return None
+        b = blocks.pop()
+        operands = {}
+        for name in node.input:
+            if name and name in self.consts:
+                value = _blocked_operand(self.consts[name], out_t.shape, b)
+                if value is None:
+                    return None
+                operands[name] = value
+        new = self._propagate(node, data, b)
+        for k, name in enumerate(new.input):
+            if name in operands and operands[name] is not self.consts[name]:
+                new.input[k] = self._const(f"{name}_nchwc", operands[name])
+        return new
+
+    def _concat(self, node):
+        inputs = [i for i in node.input if i]
+        out_t = self.types.get(node.output[0])
+        if out_t is None or any(i not in self.blocked for i in inputs):
+            return None
+        axis = _attr(node, "axis", 0)
+        blocks = {self.blocked[i][1] for i in inputs}
+        if (axis + len(out_t.shape) if axis < 0 else axis) != 1 or len(blocks) != 1:
+            return None
+        new = self._propagate(node, inputs, blocks.pop())
+        _set_attr(new, "axis", 1)
+        return new
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _propagate(self, node, data, b):
+        """A copy of `node` reading the blocked copies of `data` and writing a blocked output."""
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for k, name in enumerate(new.input):
+            if name in data:
+                new.input[k] = self.blocked[name][0]
+        new.output[0] = self._blocked_output(node.output[0], b)
+        return new
+
+    def _blocked_output(self, name, b):
+        t = self.types[name]
+        blocked = _fresh(f"{name}_nchw{b}c", self.names)
+        self.names.add(blocked)
+        self.types[blocked] = TensorType(blocked_shape(t.shape, b), t.dtype)
+        self.blocked[name] = (blocked, b)
+        return blocked
+
+    def _need_plain(self, name):
+        if name in self.blocked and name not in self.plain_ready:
+            self.plain_ready.add(name)
+            self.out.append(helper.make_node("FromNCHWc", [self.blocked[name][0]], [name],
+                                             name=f"{name}_to_nchw", domain=NESTOR_DOMAIN))
+
+    def _const(self, base, value):
+        name = _fresh(base, self.names)
+        self.names.add(name)
+        self.consts[name] = value
+        self.types[name] = TensorType(tuple(value.shape), canonical(value.dtype))
+        return name
+
+
+def _blocked_operand(c: np.ndarray, shape, b: int) -> np.ndarray | None:
+    """Constant operand `c` of an elementwise op over logical `shape`, broadcast against its
+    blocked form; None if it varies along an axis other than the channels. A scalar (or
+    size-1 everywhere) operand is returned as it is."""
+    if c.size == 1:
+        return c
+    if c.ndim > len(shape):
+        return None
+    full = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
+    if any(n != 1 for d, n in enumerate(full.shape) if d != 1):
+        return None
+    return to_blocked(full, b)
+
+
+def _set_attr(node, name, value):
+    for a in node.attribute:
+        if a.name == name:
+            node.attribute.remove(a)
+            break
+    node.attribute.append(helper.make_attribute(name, value))

@@ -1,0 +1,126 @@
+"""Blocked layouts (frontend/layout.py): convolutions and their neighbours in NCHW<b>c, layout
+conversions only where a consumer needs the plain layout; every graph checked against ONNX
+Runtime (test_models.py runs the nine light models with the layouts on, the default)."""
+import numpy as np
+import pytest
+from onnx import helper
+
+import nestor
+from nestor.autotune.space import Sketch
+from nestor.frontend.layout import to_blocked
+from nestor.frontend.ops.blocked import pack_conv_weight
+from nestor.ir import NestorError
+from tests.test_graph_passes import make_model, weights
+from tests.test_models import assert_close_to_ort
+
+CONV3 = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+
+
+def ops(model, blocked=True) -> list[str]:
+    return [n.op_type for n in nestor.import_onnx(model, blocked=blocked).nodes]
+
+
+def conv_net():
+    """conv 3->16, relu, conv 16->32 (3x3), residual-style add of a 1x1 branch, max pool,
+    concat of two pools, global average pool, flatten: one conversion, before the pool."""
+    nodes = [("Conv", ["x", "w1", "b1"], ["c1"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+             ("Relu", ["c1"], ["r1"], {}),
+             ("Conv", ["r1", "w2"], ["c2"], CONV3),
+             ("Conv", ["r1", "w3"], ["c3"], {"kernel_shape": [1, 1]}),
+             ("Add", ["c2", "c3"], ["a"], {}),
+             ("Mul", ["a", "scale"], ["m"], {}),
+             ("MaxPool", ["m"], ["p1"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+             ("AveragePool", ["m"], ["p2"], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             ("Concat", ["p1", "p2"], ["cat"], {"axis": 1}),
+             ("GlobalAveragePool", ["cat"], ["g"], {}),
+             ("Flatten", ["g"], ["y"], {})]
+    inits = {"w1": weights((16, 3, 3, 3)), "b1": weights((16,)), "w2": weights((32, 16, 3, 3)),
+             "w3": weights((32, 16, 1, 1)), "scale": weights((1, 32, 1, 1))}
+    return make_model(nodes, {"x": [1, 3, 12, 12]}, {"y": [1, 64]}, inits)
+
+
+def test_convolutions_and_their_neighbours_run_blocked_with_one_conversion():
+    model = conv_net()
+    graph = nestor.import_onnx(model)
+    assert [n.op_type for n in graph.nodes] == [
+        "ConvNCHWc+Relu", "ConvNCHWc", "ConvNCHWc+Add+Mul", "MaxPool", "AveragePool", "Concat",
+        "FromNCHWc", "GlobalAveragePool", "Flatten"]
+    convert = next(n for n in graph.nodes if n.op_type == "FromNCHWc")
+    assert graph.types[convert.inputs[0]].shape == (1, 4, 6, 6, 16)  # the concat, blocked
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_blocked_layout_can_be_turned_off():
+    model = conv_net()
+    assert "ConvNCHWc" not in ops(model, blocked=False) and "FromNCHWc" not in ops(model, blocked=False)
+    assert_close_to_ort(model, nestor.compile(nestor.import_onnx(model, blocked=False)))
+
+
+def test_a_tensor_read_plain_and_blocked_is_converted_once_and_outputs_keep_their_names():
+    """c1 feeds a conv (blocked), an LRN and a graph output (plain): one FromNCHWc makes c1."""
+    nodes = [("Conv", ["x", "w1"], ["c1"], CONV3),
+             ("Conv", ["c1", "w2"], ["c2"], CONV3),
+             ("LRN", ["c1"], ["l"], {"size": 3}),
+             ("Add", ["l", "c2"], ["y"], {})]
+    inits = {"w1": weights((16, 4, 3, 3)), "w2": weights((16, 16, 3, 3))}
+    model = make_model(nodes, {"x": [1, 4, 5, 5]}, {"y": [1, 16, 5, 5], "c1": [1, 16, 5, 5]}, inits)
+    graph = nestor.import_onnx(model)
+    converted = [n.outputs[0] for n in graph.nodes if n.op_type == "FromNCHWc"]
+    assert converted == ["c1", "c2"]  # c2 meets a plain tensor in the Add
+    assert graph.outputs == ["y", "c1"]
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_block_of_eight_where_sixteen_does_not_divide_and_none_where_eight_does_not():
+    nodes = [("Conv", ["x", "w1"], ["c1"], CONV3), ("Relu", ["c1"], ["r"], {}),
+             ("Conv", ["r", "w2"], ["y"], CONV3)]
+    inits = {"w1": weights((24, 3, 3, 3)), "w2": weights((20, 24, 3, 3))}
+    model = make_model(nodes, {"x": [1, 3, 7, 7]}, {"y": [1, 20, 7, 7]}, inits)
+    graph = nestor.import_onnx(model)
+    first = next(n for n in graph.nodes if n.kernel is not None)
+    assert first.kernel.outputs[0].shape == (1, 3, 7, 7, 8)
+    assert [n.op_type for n in graph.nodes][-2:] == ["FromNCHWc", "Conv"]  # 20 channels: plain
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_per_channel_constants_are_reblocked_and_other_operands_convert():
+    nodes = [("Conv", ["x", "w"], ["c0"], CONV3),
+             ("Relu", ["c0"], ["c"], {}),               # (an Add right after the conv folds into it)
+             ("Add", ["c", "bias"], ["a"], {}),         # per channel: blocked
+             ("Mul", ["a", "rows"], ["y"], {})]         # varies along H: plain
+    inits = {"w": weights((16, 2, 3, 3)), "bias": weights((16, 1, 1)), "rows": weights((1, 1, 4, 1))}
+    model = make_model(nodes, {"x": [1, 2, 4, 4]}, {"y": [1, 16, 4, 4]}, inits)
+    assert ops(model) == ["ConvNCHWc+Relu+Add", "FromNCHWc+Mul"]
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_packed_weights_follow_the_blocked_layouts():
+    w = np.arange(32 * 16 * 3 * 3, dtype=np.float32).reshape(32, 16, 3, 3)
+    p = pack_conv_weight(w, 8, 16)
+    assert p.shape == (2, 2, 3, 3, 8, 16)
+    assert p[1, 1, 2, 0, 5, 3] == w[1 * 16 + 3, 1 * 8 + 5, 2, 0]
+    q = pack_conv_weight(w, 0, 16)
+    assert q.shape == (2, 16, 3, 3, 16) and q[1, 7, 0, 2, 9] == w[25, 7, 0, 2]
+    x = np.arange(2 * 32 * 3 * 2).reshape(2, 32, 3, 2)
+    assert to_blocked(x, 16)[1, 1, 2, 0, 4] == x[1, 20, 2, 0]
+
+
+def test_blocked_convolution_tiles_keep_the_channel_block_in_the_vector():
+    """The sketch's rule tiles for a blocked conv: the 16-channel block is the vector loop (no
+    lanes on other loops), a row tile of 7 pixels x 1 or 2 channel blocks."""
+    nodes = [("Conv", ["x", "w"], ["y"], CONV3)]
+    model = make_model(nodes, {"x": [1, 32, 14, 14]}, {"y": [1, 64, 14, 14]}, {"w": weights((64, 32, 3, 3))})
+    conv = next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "ConvNCHWc")
+    sketch = Sketch.of(conv)
+    assert sketch.lanes == ()
+    tiles = {tuple(d["factors"]) for d in sketch.rule_decisions()}
+    assert (1, 1, 1, 14, 16) in tiles and (1, 2, 1, 7, 16) in tiles
+
+
+def test_nestor_domain_ops_are_not_accepted_from_a_model():
+    node = helper.make_node("FromNCHWc", ["x"], ["y"], name="sneaky", domain="nestor")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 1, 2, 2, 16])],
+                              [helper.make_tensor_value_info("y", 1, [1, 16, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nestor", 1)])
+    with pytest.raises(NestorError, match="sneaky.*only the default ONNX domain"):
+        nestor.import_onnx(model)
