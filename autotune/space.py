@@ -340,22 +340,21 @@ class Sketch:
         return [self._bounded(d) for d in out]
 
     def _block_tiles(self, base: dict, v: int, row: int) -> list[dict]:
-        """Blocked convolutions (NCHW16c: the vector is a channel block): a row tile of 7-8
-        pixels (a whole row up to 16) × 1 or 2 channel blocks, 7-16 accumulators; the padded
-        input computed per outer block or not."""
+        """Blocked convolutions (NCHW16c: the vector is a channel block): a row tile of the
+        whole row (up to 16 pixels) or its largest divisor of 4-8, × 1 or 2 channel blocks (at
+        most 16 accumulators); the padded input computed per outer block or before. Tiles divide
+        their loops: a guarded tail is not vectorized."""
         loops = self.nest.spatial
         width = loops[row].extent
-        pixels = width if width <= 16 else next((c for c in (8, 7, 6, 4) if width % c == 0),
-                                                min((6, 7, 8), key=lambda c: (-width % c, -c)))
         channel = next((k for k, l in enumerate(loops[:row]) if l.var in variables((self.nest.index[1],))), None)
         out = []
-        for blocks in (1, 2):
-            if blocks > 1 and (channel is None or loops[channel].extent % blocks):
+        for blocks, limit in ((1, 16), (2, 8)):
+            pixels = width if width <= limit else max(
+                (c for c in (4, 5, 6, 7, 8) if width % c == 0), default=None)
+            if pixels is None or (blocks > 1 and (channel is None or loops[channel].extent % blocks)):
                 continue
-            px = pixels if pixels * blocks <= 16 else max(c for c in (7, 8, 4) if c * blocks <= 16 and width % c == 0) \
-                if any(width % c == 0 for c in (7, 8, 4)) else pixels // blocks
             factors = list(base["factors"])
-            factors[v], factors[row] = loops[v].extent, px
+            factors[v], factors[row] = loops[v].extent, pixels
             if channel is not None:
                 factors[channel] = blocks
             for stage_at in ((0, None) if self.stages else (None,)):

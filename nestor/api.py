@@ -52,11 +52,12 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
             schedule: str | os.PathLike | ModelSchedule = "default", records: str | None = None,
-            optimize: bool = True, progress: Callable[[str], None] | None = None) -> CompiledModel:
+            optimize: bool = True, blocked: bool = True,
+            progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
     runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
-    schedules stored there; `optimize`: as in `import_onnx`."""
-    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize)
+    schedules stored there; `optimize`, `blocked`: as in `import_onnx`."""
+    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
 

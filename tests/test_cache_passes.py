@@ -177,7 +177,7 @@ def _conv_model():
 def test_packing_of_constant_weights_runs_at_compile_time(tmp_path):
     import onnxruntime as ort
     model = _conv_model()
-    compiled = nestor.compile(model, schedule="pack(W, 0, 4, [0, 2, 3, 4, 1])")
+    compiled = nestor.compile(model, schedule="pack(W, 0, 4, [0, 2, 3, 4, 1])", blocked=False)
     # the constant W is replaced by its packed copy; W2 is an input, so its packing stays inside
     assert [(n, v.shape) for n, v in compiled.constants.items()] == [("Conv_0:W_packed", (2, 4, 3, 3, 4))]
     rng = np.random.default_rng(1)
