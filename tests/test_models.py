@@ -51,7 +51,7 @@ def test_memory_plan_reuses_intermediates():
 
 def test_identical_kernels_are_compiled_once():
     compiled = nestor.compile(light_model("resnet50"))
-    assert compiled.num_kernels < len(compiled.plan["steps"]) / 2
+    assert compiled.num_kernels <= len(compiled.plan["steps"]) / 2
 
 
 def test_exported_style_encoder_matches_onnxruntime():

@@ -156,7 +156,7 @@ def test_lanes_on_a_fused_conv_with_bias_residual_and_relu_keep_results():
     model = helper.make_model(helper.make_graph(nodes, "block", [vi("X", [1, 4, 7, 7]), vi("R", [1, 16, 7, 7])],
                                                 [vi("Y", [1, 16, 7, 7])], [w, b]),
                               opset_imports=[helper.make_opsetid("", 17)])
-    (kernel,) = nestor.import_onnx(model).kernels()  # one fused kernel
+    (kernel,) = nestor.import_onnx(model, blocked=False).kernels()  # one fused NCHW kernel
     sketch = Sketch.of(kernel)
     assert len(sketch.lanes) == 1  # the epilogue's residual read does not block the lanes
     rng = random.Random(0)

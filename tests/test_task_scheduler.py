@@ -25,7 +25,7 @@ def test_resnet50_repeated_blocks_are_one_task_each():
     tasks = extract_tasks(graph)
     assert len({structural_hash(n.kernel) for n in calls}) == len(tasks)
     assert sum(t.calls for t in tasks) == len(calls)
-    assert len(tasks) < len(calls) / 2  # 16 bottleneck blocks share a handful of shapes
+    assert len(tasks) <= len(calls) / 2  # 16 bottleneck blocks share a handful of shapes
     assert max(t.calls for t in tasks) >= 3
     convs = [t for t in tasks if t.kernel.name.startswith("conv")]
     assert convs and all(t.constants[:2] == (1, 2) for t in convs)  # weights and biases: constants
