@@ -23,7 +23,7 @@ import onnx
 from onnx import helper
 
 from ..ir import TensorType, canonical
-from .graph_passes import _attr, _fresh
+from .graph_passes import _attr, _fresh, _new_const
 from .ops.blocked import pack_conv_weight
 from .ops.elementwise import BINARY, UNARY, VARIADIC
 from .ops.registry import NESTOR_DOMAIN
@@ -80,16 +80,13 @@ class _Rewriter:
     def _rewrite(self, node) -> onnx.NodeProto | None:
         """The node on blocked tensors, or None to leave it reading plain ones."""
         op = node.op_type
-        if node.domain not in ("", "ai.onnx") or not node.output or len(
-                [o for o in node.output if o]) != 1:
+        if len([o for o in node.output if o]) != 1:  # (MaxPool's Indices: plain)
             return None
         if op == "Conv":
             return self._conv(node)
-        if op in UNARY or op == "Clip":
-            return self._elementwise(node, data=node.input[:1])
-        if op in BINARY or op in VARIADIC:
+        if op in UNARY or op in BINARY or op in VARIADIC or op == "Clip":
             return self._elementwise(node, data=[i for i in node.input if i and i not in self.consts])
-        if op in POOLS and len(node.output) == 1 and node.input[0] in self.blocked:
+        if op in POOLS and node.input[0] in self.blocked:
             return self._propagate(node, [node.input[0]], self.blocked[node.input[0]][1])
         if op == "Concat":
             return self._concat(node)
@@ -167,7 +164,6 @@ class _Rewriter:
     def _blocked_output(self, name, b):
         t = self.types[name]
         blocked = _fresh(f"{name}_nchw{b}c", self.names)
-        self.names.add(blocked)
         self.types[blocked] = TensorType(blocked_shape(t.shape, b), t.dtype)
         self.blocked[name] = (blocked, b)
         return blocked
@@ -179,11 +175,7 @@ class _Rewriter:
                                              name=f"{name}_to_nchw", domain=NESTOR_DOMAIN))
 
     def _const(self, base, value):
-        name = _fresh(base, self.names)
-        self.names.add(name)
-        self.consts[name] = value
-        self.types[name] = TensorType(tuple(value.shape), canonical(value.dtype))
-        return name
+        return _new_const(base, value, self.consts, self.types, self.names)
 
 
 def _blocked_operand(c: np.ndarray, shape, b: int) -> np.ndarray | None:

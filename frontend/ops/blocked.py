@@ -4,8 +4,9 @@ A blocked tensor holds a logical N, C, spatial... tensor as [N, C/b, spatial...,
 channels a vector loop walks are adjacent, so a convolution's output channels fill whole
 vectors whatever the width of its feature map, and every store is a contiguous vector.
 
-- ConvNCHWc: a group-1 Conv whose output is blocked (block `out_block`) and whose input is
-  blocked (`in_block`) or plain (`in_block` 0: the first conv reads the model's 3-channel image).
+- ConvNCHWc: a group-1 Conv whose output is blocked (its block is the output's last dimension)
+  and whose input is blocked (attribute `in_block`) or plain (`in_block` 0: the first conv reads
+  the model's 3-channel image).
   Its weights come packed at compile time (`pack_conv_weight`): [M/bo, C/bi, kh, kw, bi, bo] or,
   for a plain input, [M/bo, C, kh, kw, bo], so a reduction step reads one contiguous vector.
 - FromNCHWc: back to the plain layout, where a consumer needs it.
