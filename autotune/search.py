@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..codegen.target import vector_unit
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .space import Sketch, top_level_nests
@@ -66,7 +67,7 @@ class Tuner:
                  batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
-        self.sketch = Sketch.of(self.kernel)
+        self.sketch = Sketch.of(self.kernel, vector_unit(target))
         self.measurer, self.records, self.model = measurer, records, model
         self.target, self.batch = target, batch
         self.rng = random.Random(seed)

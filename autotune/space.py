@@ -43,6 +43,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
+from ..codegen.target import VectorUnit, vector_unit
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Load, Seq, Stmt, Store, Var, loads, walk_stmts
 from ..ir.affine import affine_form
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
@@ -53,7 +54,6 @@ from ..passes.registry import BUILTINS
 TILE_FACTORS = (1, 2, 3, 4, 6, 7, 8, 16)   # 7: feature maps of 7, 14, 28, 56, 112
 VECTOR_FACTORS = (1, 4, 8, 16, 32, 64)
 LANE_FACTORS = (8, 16, 32, 64)  # lanes on another loop (they must divide it); 32, 64: 2-4 vectors
-MAX_REGISTER_TILE = 32        # tile loops' iterations (excluding vector lanes / 8)
 UNROLL_FACTORS = (1, 2, 4, 8)
 RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction
 BLOCK_LANES = (8, 16)         # a blocked layout's channel block (frontend/layout.py)
@@ -177,9 +177,11 @@ class Sketch:
     rows: tuple[tuple[str, str], ...] = ()  # (nest root, reduction loop) pairs rfactor can split
     stages: tuple[str, ...] = ()            # intermediates the main nest reads (a padded input)
     panels: tuple[str, ...] = ()            # inputs read along the vector loop, a row per reduction step
+    unit: VectorUnit = VectorUnit(16, 32)   # the target's vector registers, which tiles must fit
 
     @classmethod
-    def of(cls, kernel: Kernel) -> Sketch:
+    def of(cls, kernel: Kernel, unit: VectorUnit | None = None) -> Sketch:
+        """The sketch of `kernel` for a CPU with vector registers `unit` (default: this host's)."""
         kernel = canonical_loops(kernel)
         nests = top_level_nests(kernel)
         main = max(nests, key=lambda n: n.work)
@@ -194,7 +196,7 @@ class Sketch:
                       for p in cls_.schedule_space(kernel))
         return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra,
                    lane_choices(kernel, main, vector), row_reductions(kernel, nests), stages_read(kernel, main),
-                   panel_inputs(kernel, main, vector))
+                   panel_inputs(kernel, main, vector), unit or vector_unit())
 
     # decisions
 
@@ -299,11 +301,14 @@ class Sketch:
         """A few decisions that rules of thumb expect to be good, measured before random samples
         (as Ansor's initial population starts from rule-built sketches): with a model's 28
         tasks in 30 minutes, a task gets 50-100 trials, too few to find by chance the tile that
-        fills the registers. Row reductions: rfactor 16 and 32 lanes. Convolutions whose output
-        channels can hold the lanes: 32 lanes × a row tile of 4-8 pixels (8 accumulators of
-        up to 4 vectors), or 16 lanes × 2 rows of such a tile; the padded input computed per
-        output-channel block. Other reductions (matmuls): a vector of up to 32 lanes × 4-8 rows."""
+        fills the registers. Sizes are in the target's vector registers (L lanes; A accumulators:
+        16 with AVX-512, 12 with AVX2). Row reductions: rfactor 16 and 32 lanes. Convolutions
+        whose output channels can hold the lanes: 2L lanes × a row tile of 4-8 pixels (2 vectors
+        a pixel, at most A), or L lanes × 2 rows of such a tile; the padded input computed per
+        output-channel block. Other reductions (matmuls): a vector of up to 2L lanes × the 4-8
+        rows that fit."""
         loops = self.nest.spatial
+        lanes_per, acc = self.unit.lanes, self.unit.accumulators
         base = {"factors": [1] * len(loops), "order": 0, "fuse": 1, "unroll": 1, "cache_read": None,
                 "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None,
                 "transpose_store": False, "panel": False}
@@ -314,47 +319,82 @@ class Sketch:
             return max((c for c in choices if loops[k].extent % c == 0), default=1)
         row = v - 1 if v else None  # the loop of the output's next-to-last dimension
         for n, lanes in enumerate(self.lanes):
-            for f in (32, 16):
+            for f in (2 * lanes_per, lanes_per):
                 if f not in lanes.factors or v is None:
                     continue
                 factors = list(base["factors"])
-                factors[v] = divisor(v, (4, 6, 7, 8))
-                if factors[v] == 1:  # no such divisor (26): the tile that wastes least
-                    factors[v] = min((6, 7, 8), key=lambda c: (-loops[v].extent % c, -c))
-                if f == 16 and row is not None and row != lanes.loop:
+                if f == lanes_per and row is not None and row != lanes.loop:
                     factors[row] = divisor(row, (2,))
+                rows = factors[row] if row is not None else 1
+                fit = tuple(c for c in (4, 6, 7, 8) if c * rows * (f // lanes_per) <= acc)
+                factors[v] = divisor(v, fit)
+                if factors[v] == 1:  # no such divisor (26): the tile that wastes least
+                    factors[v] = min((c for c in fit if c >= 6), key=lambda c: (-loops[v].extent % c, -c))
                 rule = {**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None}
-                out += [rule, {**rule, "transpose_store": True}] if f == 32 else [rule]
+                out += [rule, {**rule, "transpose_store": True}] if f > lanes_per else [rule]
         if self.nest.reduce and _block_lanes(self.nest, v) and row is not None:
             return [self._bounded(d) for d in out + self._block_tiles(base, v, row)]
         if self.nest.reduce and v is not None and not self.rows:
             factors = list(base["factors"])
-            factors[v] = divisor(v, (8, 16, 32))
+            factors[v] = divisor(v, tuple(c for c in (8, 16, 32) if c <= 2 * lanes_per))
             if row is not None:
-                factors[row] = divisor(row, (4, 6, 8))
+                vectors = -(-factors[v] // lanes_per)
+                factors[row] = divisor(row, tuple(c for c in (4, 6, 8) if c * vectors <= acc))
             if factors[v] > 1:  # with its weights in panels if it reads them a row per step
                 out.append({**base, "factors": factors, "stage_at": 0 if self.stages else None,
                             "panel": bool(self.panels)})
-            if not any({16, 32} & set(l.factors) for l in self.lanes):
+            if not any({lanes_per, 2 * lanes_per} & set(l.factors) for l in self.lanes):
                 out += self._channel_tiles(base, v, row)
         return [self._bounded(d) for d in out]
 
     def _block_tiles(self, base: dict, v: int, row: int) -> list[dict]:
-        """Blocked convolutions (NCHW16c: the vector is a channel block): a row tile of the
-        whole row (up to 16 pixels) or its largest divisor of 4-8, × 1 or 2 channel blocks (at
-        most 16 accumulators); the padded input computed per outer block or before. Tiles divide
-        their loops: a guarded tail is not vectorized."""
+        """Blocked convolutions (NCHW16c: the vector is a channel block). Where a block is one
+        register (AVX-512): a row tile of the whole row (up to 16 pixels) or its largest divisor
+        of 4-8, × 1 or 2 channel blocks (at most 16 accumulators). Where it is more (AVX2: two),
+        8-12 accumulators as rows × pixels × blocks of 1 × p × 1, 1 × p × 2 or 2 × p × 1
+        (Zen 3, a 3x3 conv at 56x56: 1×4×1, 1×2×2 and 2×2×1 all 103-109 GF/s; 1×7×1, 14
+        accumulators, 57); 4 blocks of one pixel where the row has no such divisor (7); and
+        the widest row tile that 2 registers short of all hold (7 pixels: it spills, but its
+        weight loads serve more pixels: ResNet-50's 1x1 convs at 14-28 and its 7x7 convs ran
+        50-70 GF/s with it, 37-60 with the 8-accumulator tiles)
+        The padded input computed per outer block or before. Tiles divide their loops: a
+        guarded tail is not vectorized."""
         loops = self.nest.spatial
         width = loops[row].extent
+        height = loops[row - 1].extent if row > 0 else 1
         channel = next((k for k, l in enumerate(loops[:row]) if l.var in variables((self.nest.index[1],))), None)
+        blocks_total = loops[channel].extent if channel is not None else 1
+        per_pixel = -(-loops[v].extent // self.unit.lanes)  # registers of one pixel's block
+        acc = self.unit.accumulators
+        tiles = []  # (rows, pixels, blocks)
+        if per_pixel == 1:
+            for blocks, limit in ((1, acc), (2, acc // 2)):
+                pixels = width if width <= limit else max(
+                    (c for c in (4, 5, 6, 7, 8) if width % c == 0), default=None)
+                if pixels is not None:
+                    tiles.append((1, pixels, blocks))
+        else:
+            for rows, blocks in ((1, 1), (1, 2), (2, 1)):
+                most = acc // (rows * blocks * per_pixel)
+                pixels = max((c for c in range(1, most + 1) if width % c == 0), default=1)
+                if rows * pixels * blocks * per_pixel >= acc * 2 // 3:
+                    tiles.append((rows, pixels, blocks))
+            if not tiles:
+                tiles.append((1, 1, max(b for b in (1, 2, 4) if b * per_pixel <= acc)))
+            # a row tile that spills two accumulators but reuses each weight load on more
+            # pixels: better where the weights stream from L2 (1x1 and 7x7 convs)
+            wide = max(c for c in range(1, (self.unit.registers - 2) // per_pixel + 1) if width % c == 0)
+            if (1, wide, 1) not in tiles:
+                tiles.append((1, wide, 1))
         out = []
-        for blocks, limit in ((1, 16), (2, 8)):
-            pixels = width if width <= limit else max(
-                (c for c in (4, 5, 6, 7, 8) if width % c == 0), default=None)
-            if pixels is None or (blocks > 1 and (channel is None or loops[channel].extent % blocks)):
+        for rows, pixels, blocks in tiles:
+            if height % rows or blocks_total % blocks or (blocks > 1 and channel is None) \
+                    or (rows > 1 and row == 0):
                 continue
             factors = list(base["factors"])
             factors[v], factors[row] = loops[v].extent, pixels
+            if rows > 1:
+                factors[row - 1] = rows
             if channel is not None:
                 factors[channel] = blocks
             for stage_at in ((0, None) if self.stages else (None,)):
@@ -376,13 +416,17 @@ class Sketch:
             return []
         channels = loops[channel].extent
         height = loops[row].extent if row is not None else 1
+        budget = self.max_tile()
+        per_row = max(1, vec // 8)  # _tile_size's units
         c = 4 if channels % 4 == 0 else 2
         tiles = [(c, height if height <= 8 else 8 // c)]  # 8 rows of a vector at most
         if channels % 8 == 0:
             tiles.append((8, 1))
         out = []
         for c, rows in tiles:
-            if channels % c or height % rows:
+            while c * rows * per_row > budget and c > 1 and channels % (c // 2) == 0:
+                c //= 2  # fewer channels, all the rows: AVX2's 16 registers
+            if channels % c or height % rows or c * rows * per_row > budget:
                 continue
             factors = list(base["factors"])
             factors[v], factors[channel] = vec, c
@@ -391,11 +435,18 @@ class Sketch:
             out.append({**base, "factors": factors, "stage_at": 0 if self.stages else None})
         return out
 
+    def max_tile(self) -> int:
+        """The register tile's limit in _tile_size's units (vectors of 8 floats): all registers
+        but two for operands, 16 at most (32 with AVX-512's 16 lanes; 14 with AVX2: two spill,
+        which the rules' widest row tile accepts, see _block_tiles)."""
+        return min(self.unit.registers - 2, 16) * self.unit.lanes // 8
+
     def _bounded(self, d: dict) -> dict:
         """Keep the register tile small enough to stay in registers."""
         factors = list(d["factors"])
         vector = self.vector_loop(d)
-        while _tile_size(factors, vector) > MAX_REGISTER_TILE:
+        while _tile_size(factors, vector) > self.max_tile() and any(
+                f > 1 for i, f in enumerate(factors) if i != vector):
             k = max((i for i in range(len(factors)) if i != vector), key=lambda i: factors[i])
             factors[k] = max(f for f in TILE_FACTORS if f < factors[k])
         return {**d, "factors": factors}
@@ -595,6 +646,7 @@ def _extent(kernel: Kernel, loop: str) -> int:
 
 
 def _tile_size(factors, vector) -> int:
+    """A register tile's size in vectors of 8 floats (the vector loop's lanes / 8)."""
     size = 1
     for k, f in enumerate(factors):
         size *= max(1, f // 8) if k == vector else f

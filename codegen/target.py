@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+from dataclasses import dataclass
 
 import tvm
 
@@ -41,6 +43,54 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
     if cpu:
         spec["mcpu"] = cpu
     return tvm.target.Target(spec)
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """A CPU's SIMD registers: what a register-filling tile must fit in."""
+    lanes: int       # float32 lanes in one vector register
+    registers: int   # architectural vector registers
+
+    @property
+    def accumulators(self) -> int:
+        """Vector registers a tile's accumulators may take: the rest hold the operands (up to
+        two weight vectors and an input broadcast) and a spare; 16 at most, the tile the
+        AVX-512 rules were measured with. With AVX2, 14 accumulators spilled two of them to
+        the stack in every reduction step (Zen 3: 57 GF/s against 104 with 8)."""
+        return min(self.registers - 4, 16)
+
+
+AVX512 = VectorUnit(16, 32)
+AVX2 = VectorUnit(8, 16)     # also AVX: 16 ymm registers
+NEON = VectorUnit(4, 32)
+SSE = VectorUnit(4, 16)
+
+
+@functools.lru_cache(maxsize=None)
+def vector_unit(target=None) -> VectorUnit:
+    """The vector unit of an LLVM target (a Target, its JSON form, or None or "llvm" for this
+    host); a CPU LLVM cannot name gets SSE's, the x86-64 baseline."""
+    if target is None or target == "llvm":
+        target = host_target()
+    elif isinstance(target, str):
+        try:
+            target = tvm.target.Target(json.loads(target) if target.startswith("{") else target)
+        except Exception:
+            return SSE
+    if target.kind.name != "llvm":
+        return SSE
+    try:
+        from tvm.target import codegen
+        has = lambda feature: bool(codegen.llvm_cpu_has_features([feature], target))  # noqa: E731
+        if has("avx512f"):
+            return AVX512
+        if has("avx"):
+            return AVX2
+        if has("neon"):
+            return NEON
+    except Exception:  # TVM without LLVM, or a CPU LLVM does not know
+        pass
+    return SSE
 
 
 @functools.lru_cache(maxsize=None)

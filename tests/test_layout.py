@@ -7,6 +7,7 @@ from onnx import helper
 
 import nestor
 from nestor.autotune.space import Sketch
+from nestor.codegen import AVX2, AVX512
 from nestor.frontend.layout import to_blocked
 from nestor.frontend.ops.blocked import pack_conv_weight
 from nestor.ir import NestorError
@@ -107,14 +108,18 @@ def test_packed_weights_follow_the_blocked_layouts():
 
 def test_blocked_convolution_tiles_keep_the_channel_block_in_the_vector():
     """The sketch's rule tiles for a blocked conv: the 16-channel block is the vector loop (no
-    lanes on other loops), a row tile of 7 pixels x 1 or 2 channel blocks."""
+    lanes on other loops), a row tile that fills the accumulator registers: AVX-512's 16 (a
+    block one register): 14 pixels x 1 block, 7 x 2; AVX2's 12 (a block two): 8 of them as
+    2 pixels x 2 blocks or 2 rows x 2 pixels, and a 7-pixel row (14: two spill)."""
     nodes = [("Conv", ["x", "w"], ["y"], CONV3)]
     model = make_model(nodes, {"x": [1, 32, 14, 14]}, {"y": [1, 64, 14, 14]}, {"w": weights((64, 32, 3, 3))})
     conv = next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "ConvNCHWc")
-    sketch = Sketch.of(conv)
+    sketch = Sketch.of(conv, AVX512)
     assert sketch.lanes == ()
     tiles = {tuple(d["factors"]) for d in sketch.rule_decisions()}
     assert (1, 1, 1, 14, 16) in tiles and (1, 2, 1, 7, 16) in tiles
+    assert {tuple(d["factors"]) for d in Sketch.of(conv, AVX2).rule_decisions()} == {
+        (1, 2, 1, 2, 16), (1, 1, 2, 2, 16), (1, 1, 1, 7, 16)}
 
 
 def test_nestor_domain_ops_are_not_accepted_from_a_model():

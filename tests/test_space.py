@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from nestor.autotune.space import MAX_REGISTER_TILE, Sketch, _tile_size, top_level_nests
-from nestor.codegen import run_kernel
+from nestor.autotune.space import Sketch, _tile_size, top_level_nests
+from nestor.codegen import AVX2, AVX512, run_kernel
 from nestor.ir import Allocate, For, parse_kernel, print_kernel, structural_equal, walk_stmts
 from nestor.passes import Schedule, canonical_loops
 from tests.test_passes import _onnx, inputs, kernels
@@ -107,14 +107,16 @@ def test_row_reductions_leave_matmuls_to_the_tiling_sketch():
     assert Sketch.of(sketch_kernels()["conv"]).rows == ()
 
 
-def test_mutation_and_crossover_keep_register_tiles_bounded():
-    sketch = Sketch.of(sketch_kernels()["conv"])
+@pytest.mark.parametrize("unit", [AVX512, AVX2], ids=["avx512", "avx2"])
+def test_mutation_and_crossover_keep_register_tiles_bounded(unit):
+    sketch = Sketch.of(sketch_kernels()["conv"], unit)
+    assert sketch.max_tile() == {AVX512: 32, AVX2: 14}[unit]  # 16 zmm of 16 lanes; 14 ymm of 8
     rng = random.Random(3)
     pop = [sketch.sample(rng) for _ in range(20)]
     for _ in range(200):
         child = sketch.mutate(rng.choice(pop), rng) if rng.random() < 0.5 else \
             sketch.crossover(*rng.sample(pop, 2), rng)
-        assert _tile_size(child["factors"], sketch.vector_loop(child)) <= MAX_REGISTER_TILE
+        assert _tile_size(child["factors"], sketch.vector_loop(child)) <= sketch.max_tile()
         assert all(f <= l.extent or f == 1 for f, l in zip(child["factors"], sketch.nest.spatial))
         pop.append(child)
 
@@ -178,13 +180,13 @@ def test_lanes_on_a_fused_conv_with_bias_residual_and_relu_keep_results():
 def test_rule_decisions_fill_the_registers_and_keep_results(name):
     kernel = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14],
                    pads=[1, 1, 1, 1]) if name == "conv" else sketch_kernels()[name]
-    sketch = Sketch.of(kernel)
+    sketch = Sketch.of(kernel, AVX512)
     rules = sketch.rule_decisions()
     assert rules
     args = inputs(kernel)
     want = run_kernel(kernel, args)
     for d in rules:
-        assert _tile_size(d["factors"], sketch.vector_loop(d)) <= MAX_REGISTER_TILE
+        assert _tile_size(d["factors"], sketch.vector_loop(d)) <= sketch.max_tile()
         schedule, scheduled = sketch.realize(d)
         for got, w in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
@@ -200,10 +202,28 @@ def test_rule_decisions_fill_the_registers_and_keep_results(name):
         assert {d["rfactor"] for d in rules} == {16, 32}
 
 
+def test_rule_tiles_fit_avx2s_sixteen_registers():
+    """AVX2 has 16 registers of 8 lanes, 12 for accumulators: the conv's rule tiles are 16
+    lanes (2 vectors) × 6 pixels (guarded: 14 has no divisor 4-6) and 8 lanes × 2 rows of 6,
+    the matmul's 16 lanes × 6 rows."""
+    conv = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14], pads=[1, 1, 1, 1])
+    sketch = Sketch.of(conv, AVX2)
+    rules = sketch.rule_decisions()
+    assert [(d["lanes"][1], d["factors"][-2:], d["transpose_store"]) for d in rules[:3]] == [
+        (16, [1, 6], False), (16, [1, 6], True), (8, [2, 6], False)]
+    args = inputs(conv)
+    want = run_kernel(conv, args)
+    for d in rules:
+        assert _tile_size(d["factors"], sketch.vector_loop(d)) <= 12
+        np.testing.assert_allclose(run_kernel(sketch.realize(d)[1], args)[0], want[0], rtol=1e-4, atol=1e-4)
+    matmul = Sketch.of(_onnx("MatMul", {"X": [24, 64], "W": [64, 64]}, [24, 64]), AVX2)
+    assert [d["factors"] for d in matmul.rule_decisions() if not d["lanes"]] == [[6, 16]]
+
+
 def test_grouped_conv_output_channels_take_the_lanes():
     # group 2: the output channel is g * 16 + m; lanes on m pack W's blocks within a group
     kernel = _onnx("Conv", {"X": [1, 8, 6, 6], "W": [32, 4, 3, 3]}, [1, 32, 6, 6], pads=[1, 1, 1, 1], group=2)
-    sketch = Sketch.of(kernel)
+    sketch = Sketch.of(kernel, AVX512)
     assert [(sketch.nest.spatial[l.loop].extent, l.packs) for l in sketch.lanes] == [(16, (("W", 0),))]
     args = inputs(kernel)
     want = run_kernel(kernel, args)
@@ -217,9 +237,12 @@ def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
     # 12 output channels a group hold no 16 or 32 lanes: the rule tiles 4 channels × the
     # 7 rows, the vector over a whole 7-pixel row (ShuffleNet's 136-channel groups at 7x7)
     kernel = _onnx("Conv", {"X": [1, 24, 7, 7], "W": [24, 12, 1, 1]}, [1, 24, 7, 7], group=2)
-    sketch = Sketch.of(kernel)
+    sketch = Sketch.of(kernel, AVX512)
     rules = sketch.rule_decisions()
     assert [d["factors"] for d in rules if not d["lanes"]][-1:] == [[1, 1, 4, 7, 7]]
+    # AVX2's 14-register bound: 2 channels × the 7 rows
+    avx2 = [d["factors"] for d in Sketch.of(kernel, AVX2).rule_decisions() if not d["lanes"]]
+    assert avx2[-1:] == [[1, 1, 2, 7, 7]]
     args = inputs(kernel)
     want = run_kernel(kernel, args)
     for d in rules:
@@ -228,7 +251,7 @@ def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
 
 def test_matmul_rule_reads_its_weights_in_contiguous_panels():
     kernel = _onnx("MatMul", {"X": [24, 64], "W": [64, 64]}, [24, 64])
-    sketch = Sketch.of(kernel)
+    sketch = Sketch.of(kernel, AVX512)
     assert sketch.panels == ("B",)  # the importer names MatMul's inputs A, B
     rule = next(d for d in sketch.rule_decisions() if d["panel"])
     schedule, scheduled = sketch.realize(rule)
