@@ -243,6 +243,10 @@ def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
     # AVX2's 14-register bound: 2 channels × the 7 rows
     avx2 = [d["factors"] for d in Sketch.of(kernel, AVX2).rule_decisions() if not d["lanes"]]
     assert avx2[-1:] == [[1, 1, 2, 7, 7]]
+    # a 14-pixel row: one AVX-512 register, but two AVX2 ones (one partial): 7 lanes there
+    wide = _onnx("Conv", {"X": [1, 24, 14, 14], "W": [24, 12, 1, 1]}, [1, 24, 14, 14], group=2)
+    assert [d["factors"][-1] for d in Sketch.of(wide, AVX512).rule_decisions() if not d["lanes"]] == [14]
+    assert [d["factors"][-1] for d in Sketch.of(wide, AVX2).rule_decisions() if not d["lanes"]] == [7]
     args = inputs(kernel)
     want = run_kernel(kernel, args)
     for d in rules:
