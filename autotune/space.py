@@ -43,7 +43,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..codegen.target import VectorUnit, vector_unit
+from ..codegen.target import AVX512, VectorUnit, vector_unit
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Load, Seq, Stmt, Store, Var, loads, walk_stmts
 from ..ir.affine import affine_form
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
@@ -177,7 +177,7 @@ class Sketch:
     rows: tuple[tuple[str, str], ...] = ()  # (nest root, reduction loop) pairs rfactor can split
     stages: tuple[str, ...] = ()            # intermediates the main nest reads (a padded input)
     panels: tuple[str, ...] = ()            # inputs read along the vector loop, a row per reduction step
-    unit: VectorUnit = VectorUnit(16, 32)   # the target's vector registers, which tiles must fit
+    unit: VectorUnit = AVX512               # the target's vector registers, which tiles must fit
 
     @classmethod
     def of(cls, kernel: Kernel, unit: VectorUnit | None = None) -> Sketch:
@@ -427,16 +427,15 @@ class Sketch:
         channels = loops[channel].extent
         height = loops[row].extent if row is not None else 1
         budget = self.max_tile()
-        per_row = max(1, vec // 8)  # _tile_size's units
         c = 4 if channels % 4 == 0 else 2
         tiles = [(c, height if height <= 8 else 8 // c)]  # 8 rows of a vector at most
         if channels % 8 == 0:
             tiles.append((8, 1))
         out = []
         for c, rows in tiles:
-            while c * rows * per_row > budget and c > 1 and channels % (c // 2) == 0:
+            while _tile_size((c, rows, vec), 2) > budget and c > 1 and channels % (c // 2) == 0:
                 c //= 2  # fewer channels, all the rows: AVX2's 16 registers
-            if channels % c or height % rows or c * rows * per_row > budget:
+            if channels % c or height % rows or _tile_size((c, rows, vec), 2) > budget:
                 continue
             factors = list(base["factors"])
             factors[v], factors[channel] = vec, c

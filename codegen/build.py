@@ -24,7 +24,7 @@ from tvm.support.cc import get_cc
 
 from nestor.ir import Kernel
 
-from .target import host_target
+from .target import as_target
 from .tir import to_primfunc
 
 
@@ -56,12 +56,6 @@ def load(path: str) -> CompiledKernels:
     return CompiledKernels(tvm.runtime.load_module(str(path)))
 
 
-def _as_target(target):
-    if target is None:
-        return host_target()
-    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-
-
 def build(kernels: list[Kernel], target=None) -> CompiledKernels:
     """Compile all kernels into one module (kernel names must be unique)."""
     funcs = {}
@@ -72,7 +66,7 @@ def build(kernels: list[Kernel], target=None) -> CompiledKernels:
     # Loop partitioning peels the guarded last tile of a non-dividing split off the main loop,
     # so the hot loop carries no condition.
     with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
-        exe = tvm.compile(tvm.IRModule(funcs), target=_as_target(target))
+        exe = tvm.compile(tvm.IRModule(funcs), target=as_target(target))
     return CompiledKernels(exe.mod, list(funcs))
 
 
@@ -97,7 +91,7 @@ def _compiled(kernel: Kernel, target):
 
 def run_kernel(kernel: Kernel, inputs: list, target=None) -> list[np.ndarray]:
     """Compile (cached), run on the CPU with zero-filled outputs, return the outputs as numpy."""
-    target = _as_target(target)
+    target = as_target(target)
     if len(inputs) != len(kernel.inputs):
         raise ValueError(f"kernel {kernel.name} takes {len(kernel.inputs)} inputs, "
                          f"got {len(inputs)}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 
@@ -45,6 +44,13 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
     return tvm.target.Target(spec)
 
 
+def as_target(target) -> tvm.target.Target:
+    """A Target from a Target, its JSON or dict form, or None (this host)."""
+    if target is None:
+        return host_target()
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
 @dataclass(frozen=True)
 class VectorUnit:
     """A CPU's SIMD registers: what a register-filling tile must fit in."""
@@ -68,15 +74,9 @@ SSE = VectorUnit(4, 16)
 
 @functools.lru_cache(maxsize=None)
 def vector_unit(target=None) -> VectorUnit:
-    """The vector unit of an LLVM target (a Target, its JSON form, or None or "llvm" for this
-    host); a CPU LLVM cannot name gets SSE's, the x86-64 baseline."""
-    if target is None or target == "llvm":
-        target = host_target()
-    elif isinstance(target, str):
-        try:
-            target = tvm.target.Target(json.loads(target) if target.startswith("{") else target)
-        except Exception:
-            return SSE
+    """The vector unit of an LLVM target (anything `as_target` takes; "llvm", the tuner's
+    default key, is this host); a CPU LLVM cannot name gets SSE's, the x86-64 baseline."""
+    target = as_target(None if target == "llvm" else target)
     if target.kind.name != "llvm":
         return SSE
     try:
