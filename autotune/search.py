@@ -59,6 +59,15 @@ def kernel_flops(kernel: Kernel) -> float:
     return float(go(kernel.body, 1))
 
 
+def _unit(target_key: str):
+    """The vector unit of a records key: a target's JSON names it; any other label (a test's) is
+    this host, where the measurer builds."""
+    try:
+        return vector_unit(target_key)
+    except ValueError:
+        return vector_unit()
+
+
 class Tuner:
     """Tunes one kernel. `measurer.measure(kernels) -> results`, `records` (autotune.records),
     `model` (costmodel.CostModel) are shared across kernels of a model."""
@@ -67,7 +76,7 @@ class Tuner:
                  batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
-        self.sketch = Sketch.of(self.kernel, vector_unit(target))
+        self.sketch = Sketch.of(self.kernel, _unit(target))
         self.measurer, self.records, self.model = measurer, records, model
         self.target, self.batch = target, batch
         self.rng = random.Random(seed)
