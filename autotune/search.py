@@ -90,7 +90,7 @@ class Tuner:
         # good decisions of similar kernels (the task scheduler's other tasks): offered first,
         # and mutated until this kernel has measured parents of its own
         self.seeds = [a for a in (self.sketch.adopt(d) for d in seeds) if a is not None]
-        self.rules = self.sketch.rule_decisions()  # offered first too, after the seeds
+        self.rules = self.sketch.rule_decisions()  # offered first too: the first before the seeds
         if records is not None:
             self._resume()
 
@@ -120,7 +120,8 @@ class Tuner:
         pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
         parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
-        offered = [] if self.measured else self.seeds + self.rules
+        # the kernel's own first rule-built tile leads: a warm-up round may be only 3 trials
+        offered = [] if self.measured else self.rules[:1] + self.seeds + self.rules[1:]
         while len(pool) < POOL and tries < 4 * POOL:
             tries += 1
             r = self.rng.random()

@@ -357,8 +357,8 @@ class Sketch:
         the widest row tile that 2 registers short of all hold (7 pixels: it spills, but its
         weight loads serve more pixels: ResNet-50's 1x1 convs at 14-28 and its 7x7 convs ran
         50-70 GF/s with it, 37-60 with the 8-accumulator tiles)
-        The padded input computed per outer block or before. Tiles divide their loops: a
-        guarded tail is not vectorized."""
+        all accumulators in one row tile (6 pixels), its last tile peeled where 6 does not
+        divide the row. The padded input computed per outer block or before."""
         loops = self.nest.spatial
         width = loops[row].extent
         height = loops[row - 1].extent if row > 0 else 1
@@ -385,6 +385,12 @@ class Sketch:
                     tiles.append((rows, pixels, blocks))
             if not tiles:
                 tiles.append((1, 1, max(b for b in (1, 2, 4) if b * per_pixel <= acc)))
+            # all the accumulators in one row tile, its last tile peeled where it does not
+            # divide the row (Zen 3: 6 pixels at 56, 28 and 7: the 3x3 convs 98-105 -> 112-123
+            # GF/s against 4 pixels; the 1x1 convs at 56 and 28 stay better with 4)
+            full = acc // per_pixel
+            if width > full and (1, full, 1) not in tiles:
+                tiles.append((1, full, 1))
             # a row tile that spills two accumulators but reuses each weight load on more
             # pixels: better where the weights stream from L2 (1x1 and 7x7 convs)
             wide = max(c for c in range(1, (self.unit.registers - 2) // per_pixel + 1) if width % c == 0)
@@ -410,7 +416,7 @@ class Sketch:
         classes, ShuffleNet's 34-136 channels a group) and whose rows are short (7-28): the
         vector spans a row (or half of a 28-pixel one: a 28-lane vector ran 10x slower) and the
         tile takes 2-8 output channels × the rows that fit, 3-4x the throughput of the tiles
-        random samples found there. Tiles divide their loops: a guarded tail is not vectorized."""
+        random samples found there. Tiles divide their loops (a guard on the vector lanes would scalarize them)."""
         loops = self.nest.spatial
         width = loops[v].extent
         lanes = self.unit.lanes

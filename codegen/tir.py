@@ -13,7 +13,7 @@ from tvm.tirx.script.builder import ir as T
 
 from .fast_math import FAST_FLOAT32
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
-                       Load, Logic, Not, Seq, Select, Store, Var, is_float, walk_stmts)
+                       Load, Logic, Not, Seq, Select, Store, Var, is_float, walk, walk_stmts)
 
 _FOR = {"serial": T.serial, "parallel": T.parallel, "vectorized": T.vectorized,
         "unrolled": T.unroll}
@@ -57,9 +57,15 @@ class _Lower:
         self.vars: dict[str, tirx.Var] = {}
         self.bufs: dict[Buffer, tirx.Buffer] = {}
         self.thread_extents: dict[str, int] = {}
+        self.vector_vars: set[str] = {s.var for s in walk_stmts(kernel.body)
+                                      if isinstance(s, For) and s.kind == "vectorized"}
         for s in walk_stmts(kernel.body):
             if isinstance(s, For) and s.kind not in _FOR:
                 self.thread_extents[s.kind] = max(s.extent, self.thread_extents.get(s.kind, 0))
+
+    def _peelable(self, cond) -> bool:
+        return not any((isinstance(e, Var) and e.name in self.vector_vars)
+                       or (isinstance(e, Binary) and e.op in ("div", "floordiv", "mod")) for e in walk(cond))
 
     # -- expressions -------------------------------------------------------------------------
     def expr(self, e):
@@ -212,7 +218,15 @@ class _Lower:
                 else:
                     self.stmt(s.body)
         elif isinstance(s, If):
-            with T.If(self.expr(s.cond)):
+            # likely(): TVM's loop partitioning only splits loops on likely conditions; so a
+            # non-dividing tile's guard is peeled off into its last iteration, and the others
+            # run unguarded (ResNet-50's 14x14 1x1 conv in 6-pixel tiles: 1.39 ms peeled, 1.71
+            # guarded). Only where the peeled loops keep constant extents: not on vector lanes,
+            # not through a fused loop's // and % (TVM cannot vectorize or unroll a min(..) extent).
+            cond = self.expr(s.cond)
+            if self._peelable(s.cond):
+                cond = tirx.likely(cond)
+            with T.If(cond):
                 with T.Then():
                     self.stmt(s.then)
                 if s.otherwise is not None:

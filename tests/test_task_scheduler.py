@@ -83,13 +83,26 @@ def test_scheduler_spends_trials_where_the_latency_is():
 
 
 def test_warm_up_goes_to_the_heaviest_tasks_first_and_light_ones_get_a_small_batch():
-    graph = nestor.import_onnx(mlp([8, 8, 512]))  # mm0: 32×8×8 (0.4% of the arithmetic), mm1: 32×8×512
+    graph = nestor.import_onnx(mlp([8, 8, 2048]))  # mm0: 32×8×8 (0.4% of the arithmetic), mm1: 32×8×2048
     light, heavy = extract_tasks(graph)
     scheduler = TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0)
-    scheduler.tune(trials=16)  # room for the heavy task's warm-up only
-    assert heavy.trials == 16 and light.trials == 0
-    scheduler.tune(trials=4)
-    assert light.trials == 4  # its warm-up: the default schedule and a few candidates
+    scheduler.tune(trials=3)  # room for one warm-up round (3 trials at least)
+    assert heavy.trials == 3 and light.trials == 0
+    light, heavy = extract_tasks(graph)
+    TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0).tune(trials=200)
+    # a budget with room for full warm-ups: the batch for the heavy one, a few for the light one
+    assert heavy.history[0][0] == 16 and light.history[0][0] == 4
+
+
+def test_warm_up_rounds_shrink_so_a_short_budget_reaches_every_task():
+    graph = nestor.import_onnx(mlp([64, 72, 80, 88, 96, 104, 112]))  # 6 matmuls of different shapes
+    tasks = extract_tasks(graph)
+    assert len(tasks) == 6
+    TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=40)
+    firsts = [t.history[0][0] for t in tasks]
+    # half the budget (20 trials) shared by the warm-ups: 3 each (its floor), never 16
+    assert all(t.trials >= 3 for t in tasks) and max(firsts) <= 4, firsts
+    assert sum(t.trials for t in tasks) == 40
 
 
 def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
@@ -143,12 +156,12 @@ def test_similar_tasks_start_from_each_others_best_decisions():
     first, second = extract_tasks(graph)
     measurer = RecordingMeasurer()
     scheduler = TaskScheduler([first, second], measurer, batch=6, seed=0)
-    scheduler.tune(trials=12)  # the two warm-up rounds, the first task's before the second's
-    best = first.tuner.good_decisions(2)
-    assert len(best) == 2 and len(second.tuner.seeds) == 2
-    adopted = [second.tuner.sketch.adopt(d) for d in best]
-    measured = {str(k) for k in measurer.seen[second.hash]}
-    wanted = {str(second.tuner.sketch.realize(d)[1]) for d in adopted}
+    scheduler.tune(trials=24)  # two warm-up rounds of 6 (half the budget), the first task's first
+    seeds = second.tuner.seeds
+    assert len(seeds) == 2  # the first task's two best, adopted
+    assert all(any(seed == second.tuner.sketch.adopt(d) for _, d in first.tuner.measured) for seed in seeds)
+    measured = {str(k) for k in measurer.seen[second.hash][:second.history[0][0]]}
+    wanted = {str(second.tuner.sketch.realize(d)[1]) for d in seeds}
     assert wanted <= measured, "the adopted decisions are measured in the first round"
 
 
