@@ -39,7 +39,7 @@ SEEDS_PER_TASK = 2 # best decisions of each task offered to the similar tasks tu
 LIGHT_SHARE = 0.01 # a task under this share of the model's arithmetic warms up with LIGHT_BATCH
 LIGHT_BATCH = 4    # (DenseNet-121 has 192 tasks; 120 of them concats and batch-norm+relu)
 WARM_SHARE = 0.5   # of the budget (trials or time) the warm-up round of every task may take
-MIN_WARM_BATCH = 3 # the default schedule, and the first rule-built or seeded tiles
+MIN_WARM_BATCH = 2 # the default schedule and the first rule-built tile
 
 
 @dataclass

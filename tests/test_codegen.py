@@ -84,6 +84,33 @@ def test_padding_guard_in_a_vectorized_loop_stays_a_vector_select():
                                       np.pad(x, (0, 2), constant_values=-np.inf), 3), axis=1))
 
 
+def test_a_tile_guard_is_peeled_but_not_one_on_vector_lanes_or_a_fused_loop():
+    # 14 pixels in tiles of 6 (the last tile peeled: its guard is likely(), which TVM's loop
+    # partitioning splits on), each pixel a vector of 8 lanes
+    X = Buffer("X", (14, 8)); Y = Buffer("Y", (14, 8))
+    io, ii, v = Var("io"), Var("ii"), Var("v")
+    p = io * 6 + ii
+    tile = For("io", 3, For("ii", 6, For("v", 8, If(lt(p, 14), store(Y, (p, v), X[p, v] * 2.0)),
+                                         kind="vectorized"), kind="unrolled"))
+    kernel = Kernel("peeled", (X,), (Y,), tile)
+    assert "T.likely(" in to_primfunc(kernel).script()
+    x = rand(14, 8)
+    np.testing.assert_allclose(run_kernel(kernel, [x])[0], x * 2)
+    # guards on the lanes (12 = 8 + 4 lanes) or through a fused loop's // and % stay plain ifs:
+    # a peeled vector or unrolled loop of extent min(..) cannot be vectorized or unrolled
+    q = io * 8 + v
+    lanes = For("io", 2, For("v", 8, If(lt(q, 12), store(Y, (q, 0), X[q, 0] + 1.0)), kind="vectorized"))
+    f = Var("f")
+    r = (f % 3) * 6 + ii
+    fused = For("f", 6, For("ii", 6, If(lt(r, 14), store(Y, (r, f // 3), X[r, f // 3] - 1.0)),
+                            kind="unrolled"), kind="parallel")
+    for body, want in ((lanes, lambda y, x: np.testing.assert_allclose(y[:12, 0], x[:12, 0] + 1.0)),
+                       (fused, lambda y, x: np.testing.assert_allclose(y[:, :2], x[:, :2] - 1.0))):
+        k = Kernel("plain", (X,), (Y,), body)
+        assert "T.likely(" not in to_primfunc(k).script()
+        want(run_kernel(k, [x])[0], x)
+
+
 def test_allocate_local_in_parallel_loop():
     A = Buffer("A", (16, 32)); B = Buffer("B", (32, 24)); C = Buffer("C", (16, 24))
     acc = Buffer("acc", (8,), scope="local")

@@ -86,8 +86,8 @@ def test_warm_up_goes_to_the_heaviest_tasks_first_and_light_ones_get_a_small_bat
     graph = nestor.import_onnx(mlp([8, 8, 2048]))  # mm0: 32×8×8 (0.4% of the arithmetic), mm1: 32×8×2048
     light, heavy = extract_tasks(graph)
     scheduler = TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0)
-    scheduler.tune(trials=3)  # room for one warm-up round (3 trials at least)
-    assert heavy.trials == 3 and light.trials == 0
+    scheduler.tune(trials=2)  # room for one warm-up round (2 trials at least)
+    assert heavy.trials == 2 and light.trials == 0
     light, heavy = extract_tasks(graph)
     TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0).tune(trials=200)
     # a budget with room for full warm-ups: the batch for the heavy one, a few for the light one
@@ -99,10 +99,12 @@ def test_warm_up_rounds_shrink_so_a_short_budget_reaches_every_task():
     tasks = extract_tasks(graph)
     assert len(tasks) == 6
     TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=40)
-    firsts = [t.history[0][0] for t in tasks]
-    # half the budget (20 trials) shared by the warm-ups: 3 each (its floor), never 16
-    assert all(t.trials >= 3 for t in tasks) and max(firsts) <= 4, firsts
-    assert sum(t.trials for t in tasks) == 40
+    # half the budget (20 trials) shared by the warm-ups: 3-4 each, never the batch of 16
+    assert {t.history[0][0] for t in tasks} <= {3, 4} and sum(t.trials for t in tasks) == 40
+    tasks = extract_tasks(graph)
+    TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=12)
+    # too short for half of it to give each 2: each still gets its floor (default, first rule tile)
+    assert [t.trials for t in tasks] == [2] * 6
 
 
 def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
