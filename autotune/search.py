@@ -120,7 +120,8 @@ class Tuner:
         pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
         parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
-        # the kernel's own first rule-built tile leads: a warm-up round may be only 3 trials
+        # the kernel's own first rule-built tile leads: a warm-up round may be 2 trials (the
+        # default schedule and this)
         offered = [] if self.measured else self.rules[:1] + self.seeds + self.rules[1:]
         while len(pool) < POOL and tries < 4 * POOL:
             tries += 1

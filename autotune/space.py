@@ -356,9 +356,8 @@ class Sketch:
         accumulators, 57); 4 blocks of one pixel where the row has no such divisor (7); and
         the widest row tile that 2 registers short of all hold (7 pixels: it spills, but its
         weight loads serve more pixels: ResNet-50's 1x1 convs at 14-28 and its 7x7 convs ran
-        50-70 GF/s with it, 37-60 with the 8-accumulator tiles)
-        all accumulators in one row tile (6 pixels), its last tile peeled where 6 does not
-        divide the row. The padded input computed per outer block or before."""
+        50-70 GF/s with it, 37-60 with the 8-accumulator tiles); and all the accumulators in
+        one row tile (6 pixels), its last tile peeled where 6 does not divide the row. The padded input computed per outer block or before."""
         loops = self.nest.spatial
         width = loops[row].extent
         height = loops[row - 1].extent if row > 0 else 1

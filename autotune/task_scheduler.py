@@ -177,8 +177,10 @@ class TaskScheduler:
             task.failed = str(err)
             return 0
         batch = self.batch
-        if not task.history:
-            batch = min(batch, warm_batch or batch, batch if self._share(task) >= LIGHT_SHARE else LIGHT_BATCH)
+        if not task.history:  # its warm-up round
+            batch = min(batch, warm_batch or batch)
+            if self._share(task) < LIGHT_SHARE:
+                batch = min(batch, LIGHT_BATCH)
         task.tuner.batch = min(batch, left) if left is not None else batch
         errors = task.tuner.errors
         n = task.tuner.round()

@@ -57,10 +57,11 @@ class _Lower:
         self.vars: dict[str, tirx.Var] = {}
         self.bufs: dict[Buffer, tirx.Buffer] = {}
         self.thread_extents: dict[str, int] = {}
-        self.vector_vars: set[str] = {s.var for s in walk_stmts(kernel.body)
-                                      if isinstance(s, For) and s.kind == "vectorized"}
+        self.vector_vars: set[str] = set()  # guards on them are not peeled (see If below)
         for s in walk_stmts(kernel.body):
-            if isinstance(s, For) and s.kind not in _FOR:
+            if isinstance(s, For) and s.kind == "vectorized":
+                self.vector_vars.add(s.var)
+            elif isinstance(s, For) and s.kind not in _FOR:
                 self.thread_extents[s.kind] = max(s.extent, self.thread_extents.get(s.kind, 0))
 
     def _peelable(self, cond) -> bool:
