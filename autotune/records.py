@@ -200,10 +200,19 @@ class Records:
         return self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY id", params)
 
     def best(self, task: str, target: str) -> Record | None:
-        """The fastest correct record (lowest median) of a task on a target; the earliest on a tie."""
-        where, params = self._where(task, target, ok_only=True)
-        found = self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY median, id LIMIT 1", params)
+        """The fastest correct schedule of a task on a target (the earliest on a tie), each schedule
+        judged by its latest correct measurement: one measured again (the tuner's final re-ranking,
+        in one batch beside its rivals) by that time, not by a luckier earlier one."""
+        found = self.latest(task, target, limit=1)
         return found[0] if found else None
+
+    def latest(self, task: str, target: str, limit: int | None = None) -> list[Record]:
+        """Each correct schedule's latest measurement, fastest first (at most `limit`)."""
+        where, params = self._where(task, target, ok_only=True)
+        latest = f"SELECT MAX(id) FROM records{where} GROUP BY schedule"
+        top = f" LIMIT {int(limit)}" if limit is not None else ""
+        return self._records(f"SELECT {_COLUMNS} FROM records WHERE id IN ({latest}) ORDER BY median, id{top}",
+                             params)
 
     def measured(self, task: str, target: str) -> set[str]:
         """Schedule JSONs already measured (correct or not): a resumed search skips them."""

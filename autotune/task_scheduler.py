@@ -5,15 +5,19 @@ one task each), weighted by how many times the model calls them. The model's est
 is the sum over tasks of calls × best time. Every task first gets a warm-up round (its default
 schedule, its rule-built tiles and a batch of samples), the heaviest tasks first, the lightest
 with a small batch, and every batch small enough that the warm-ups take at most half of the
-budget, so that a short budget reaches every task and is spent where the arithmetic is; after that each round goes to the task whose next round is
-expected to cut the estimate most, as in Ansor's gradient-based task scheduler:
+budget, so that a short budget reaches every task and is spent where the arithmetic is; after
+that each round goes to the task whose next round is expected to cut the estimate most, as in
+Ansor's gradient-based task scheduler:
 
     gradient_i = calls_i × (α · (best_i(t) − best_i(t − Δ)) / Δ  +  (1 − α) · (−best_i(t) / t))
 
 the first term is the improvement per trial over the task's last few rounds (Δ trials), the
 second the optimistic guess that the next t trials could save as much again as the first t.
 The task with the steepest (most negative) gradient is tuned next; now and then a random one,
-so that no estimate goes stale. One set of measurement workers serves all tasks (they switch
+so that no estimate goes stale. The last RERANK_SHARE of the budget measures each task's
+fastest schedules again, side by side, heaviest task first: times taken minutes apart on a
+shared machine differ by more than the best schedules do, and the re-measured ones decide.
+One set of measurement workers serves all tasks (they switch
 kernels), the cost model is shared, and every measurement goes to the records database as it
 arrives, so tuning again resumes every task from what is stored.
 """
@@ -40,6 +44,8 @@ LIGHT_SHARE = 0.01 # a task under this share of the model's arithmetic warms up 
 LIGHT_BATCH = 4    # (DenseNet-121 has 192 tasks; 120 of them concats and batch-norm+relu)
 WARM_SHARE = 0.5   # of the budget (trials or time) the warm-up round of every task may take
 MIN_WARM_BATCH = 2 # the default schedule and the first rule-built tile
+RERANK_SHARE = 0.1 # of the budget kept for measuring each task's fastest schedules again at the end
+RERANK_TOP = 8     # schedules of each task measured again in one batch (twice that at most)
 
 
 @dataclass
@@ -102,6 +108,7 @@ class RoundInfo:
     tasks: int
     latency: float | None          # estimated model latency (seconds), once every task has a time
     task: Task
+    reranked: int = 0              # tasks whose fastest schedules were measured again
 
 
 class TaskScheduler:
@@ -136,20 +143,52 @@ class TaskScheduler:
             return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
                     and any(t.active for t in self.tasks))
 
+        # the last RERANK_SHARE of the budget re-ranks (of a trial budget: when that is a batch at least)
+        keep = int(RERANK_SHARE * trials) if trials is not None else 0
+        keep = keep if keep >= RERANK_TOP else 0
+
+        def reserved() -> bool:
+            return ((trials is not None and keep and trials - done <= keep) or
+                    (time_budget is not None and time_budget - (time.time() - start) <= RERANK_SHARE * time_budget))
+
         # heaviest first: where the budget ends before every task had its warm-up, the tasks
         # left out run their default schedule, and they should be the light ones
         warm = sorted((t for t in self.tasks if not t.history), key=lambda t: -t.calls * t.flops)
+        rerank: list[Task] | None = None  # the tasks left to re-rank, once that has begun
         while more():
-            first = self._warm_batch(len(warm), done, trials, time.time() - start, time_budget) if warm else None
-            task = warm.pop(0) if warm else self._next_task()
-            if task is None:
-                break
-            n = self._round(task, None if trials is None else trials - done, first)
+            if rerank is None and reserved():
+                rerank = sorted((t for t in self.tasks if t.tuner and t.best), key=lambda t: -t.calls * t.best)
+                reranking = len(rerank)
+            if rerank:
+                task = rerank.pop(0)
+                n = self._rerank(task, None if trials is None else trials - done)
+            else:  # after the re-ranking, what is left of the budget goes on searching
+                first = self._warm_batch(len(warm), done, trials, time.time() - start, time_budget) if warm else None
+                task = warm.pop(0) if warm else self._next_task()
+                if task is None:
+                    break
+                left = None if trials is None else trials - done - (keep if rerank is None else 0)
+                n = self._round(task, left, first)
             done += n
             if progress:
                 progress(RoundInfo(self.rounds, done, trials, time.time() - start, time_budget,
-                                   len(self.tasks) - len(warm), len(self.tasks), self.latency(), task))
+                                   len(self.tasks) - len(warm), len(self.tasks), self.latency(), task,
+                                   0 if rerank is None else reranking - len(rerank)))
         return self.tasks
+
+    def _rerank(self, task: Task, left: int | None) -> int:
+        """Measure the task's fastest schedules again, side by side (Tuner.rerank)."""
+        try:
+            self.measurer.switch(task.kernel, constants=task.constants)
+        except NestorError as err:
+            task.failed = str(err)
+            return 0
+        errors = task.tuner.errors
+        limit = 2 * RERANK_TOP if left is None else min(2 * RERANK_TOP, left)
+        n = task.tuner.rerank(RERANK_TOP, limit)
+        task.trials += n
+        task.errors += task.tuner.errors - errors
+        return n
 
     def _warm_batch(self, waiting: int, done: int, trials: int | None, elapsed: float,
                     time_budget: float | None) -> int:
@@ -239,8 +278,9 @@ def round_printer(stream=sys.stderr) -> Callable[[RoundInfo], None]:
             count = f"{r.trials:5d} trials {r.elapsed:5.0f}/{r.time_budget:.0f} s"
         filled = min(width, int(width * frac))
         est = f"est. {r.latency * 1e3:9.3f} ms" if r.latency else "est.         -   "
+        stage = f"re-rank {r.reranked}/{r.tasks}" if r.reranked else f"warm-up {r.warmed}/{r.tasks}"
         stream.write(f"\r[tune] {'#' * filled}{'-' * (width - filled)} {count}  round {r.round:4d}  "
-                     f"warm-up {r.warmed}/{r.tasks}  {est}  last: {r.task.name[:24]:<24}")
+                     f"{stage}  {est}  last: {r.task.name[:24]:<24}")
         stream.flush()
     return show
 

@@ -56,6 +56,18 @@ def test_round_trip_and_best(tmp_path):
     assert isinstance(first, Record) and first.schedule == schedule(1)
 
 
+def test_best_judges_each_schedule_by_its_latest_correct_measurement(tmp_path):
+    with Records(tmp_path / "r.db") as db:
+        lucky = db.add("t", "llvm", schedule(1), 1e-3, [1e-3])
+        steady = db.add("t", "llvm", schedule(2), 2e-3, [2e-3])
+        assert db.best("t", "llvm") == lucky
+        again = db.add("t", "llvm", schedule(1), 3e-3, [3e-3])  # measured again beside the others: slower
+        assert db.best("t", "llvm") == steady
+        db.add("t", "llvm", schedule(2), None, [], error="run failed: timeout")  # its earlier time stands
+        assert db.best("t", "llvm") == steady
+        assert db.latest("t", "llvm") == [steady, again] and db.latest("t", "llvm", limit=1) == [steady]
+
+
 def test_resume_after_kill_9(tmp_path):
     path = tmp_path / "r.db"
     read_fd, write_fd = os.pipe()

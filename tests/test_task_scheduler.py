@@ -2,6 +2,8 @@
 scheduler spends trials where the model's latency is, a task that cannot be measured is reported
 and the rest go on, and a tuned model compiles from its records, saves, reloads and matches ONNX
 Runtime."""
+import zlib
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -105,6 +107,55 @@ def test_warm_up_rounds_shrink_so_a_short_budget_reaches_every_task():
     TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=12)
     # too short for half of it to give each 2: each still gets its floor (default, first rule tile)
     assert [t.trials for t in tasks] == [2] * 6
+
+
+class DriftingMeasurer(FakeMeasurer):
+    """Each schedule has a true time (drawn from its text); measured the first time, a few are
+    lucky (timed 30% faster: a quiet moment of a shared machine), and the machine slows down by 3%
+    from the `slow_after`-th measurement on."""
+
+    def __init__(self, slow_after: int):
+        super().__init__()
+        self.slow_after, self.count = slow_after, 0
+        self.times = {}  # kernel text -> times given
+
+    def measure(self, kernels):
+        out = []
+        for k in kernels:
+            self.count += 1
+            times = self.times.setdefault(str(k), [])
+            draw = zlib.crc32(str(k).encode())
+            true = 1e-3 * (1 + draw % 1000 / 1000)
+            lucky = not times and draw % 20 == 0
+            t = true * (0.7 if lucky else 1) * (1.03 if self.count > self.slow_after else 1)
+            times.append(t)
+            out.append(MeasureResult(t, (t,), None, 0.0))
+        return out
+
+
+def test_the_last_share_of_the_budget_measures_each_tasks_fastest_schedules_again(tmp_path):
+    from nestor.autotune.task_scheduler import RERANK_SHARE, RERANK_TOP
+    graph = nestor.import_onnx(mlp([64, 96, 32]))
+    trials = int(4 * RERANK_TOP / RERANK_SHARE)  # the share kept: room for two batches per task
+    for slow_after in (trials, trials - 4 * RERANK_TOP):  # the machine as fast when re-ranking, or slower
+        tasks = extract_tasks(graph)
+        measurer = DriftingMeasurer(slow_after)
+        with Records(tmp_path / f"r{slow_after}.sqlite") as db:
+            TaskScheduler(tasks, measurer, records=db, target="t", batch=8, seed=0).tune(trials=trials)
+            for task in tasks:
+                records = db.records(task.hash, "t")
+                times = {key: [r.median for r in records if r.schedule == key] for key in task.tuner.times}
+                again = {key: ts for key, ts in times.items() if len(ts) == 2}
+                assert RERANK_TOP <= len(again) <= 2 * RERANK_TOP
+                began = min(max(r.id for r in records if r.schedule == key) for key in again)
+                before = sorted((key for key in times if min(r.id for r in records if r.schedule == key) < began),
+                                key=lambda key: times[key][0])
+                assert set(before[:RERANK_TOP]) <= set(again)  # the fastest by their first times
+                winner = db.best(task.hash, "t")
+                # measured again, or first measured after the re-ranking began (the rest of the budget)
+                assert winner.schedule in again or winner.schedule not in before
+                assert winner.median == min(ts[-1] for ts in times.values()) == pytest.approx(task.best)
+                assert task.tuner.best.to_json() == winner.schedule  # compile takes the tuner's best
 
 
 def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
