@@ -20,6 +20,15 @@ from .space import Sketch, top_level_nests
 
 POOL = 256           # candidates ranked by the cost model per round
 EPSILON = 0.2        # share of a batch measured at random
+RERANK_SHARE = 0.1   # of a budget kept for measuring the fastest schedules again at the end
+RERANK_TOP = 8       # schedules measured again in one batch (twice that at most: Tuner.rerank)
+RERANK_FEWEST = 4    # a task with fewer schedules measured (a short budget's warm-up) is not re-ranked
+
+
+def rerank_trials(trials: int | None) -> int:
+    """The trials of a budget kept for the re-ranking: its RERANK_SHARE, when that is a batch."""
+    keep = int(RERANK_SHARE * trials) if trials is not None else 0
+    return keep if keep >= RERANK_TOP else 0
 
 
 @dataclass
@@ -210,11 +219,15 @@ class Tuner:
         times (Records.best judges a schedule by its latest time too). Rounds measured minutes
         apart on a shared machine differ by more than the top schedules do: ResNet-50's records
         once held 1.23-1.30 ms for schedules of one conv that ran 0.59-0.99 ms side by side.
-        Where the machine is slower now and an older time not measured again comes out fastest,
-        the next `top` are measured too, up to `limit` in all (default `top`). Returns how many
-        were measured."""
+        Not with fewer than RERANK_FEWEST schedules: a short budget's warm-up of a task (its
+        default schedule and its rule-built tile, rarely close) is better spent on the warm-up
+        of another (Inception-v2 in 3 minutes: 60 tasks, 2 schedules each). Where the machine is
+        slower now and an older time not measured again comes out fastest, the next are
+        measured too, up to `limit` in all (default `top`). Returns how many were measured."""
         limit = top if limit is None else limit
         again: set[str] = set()
+        if len(self.times) < RERANK_FEWEST:
+            return 0
         while len(again) < limit:
             ranked, kernels = [], []
             for key in sorted(self.times, key=self.times.get):
@@ -252,11 +265,17 @@ class Tuner:
              progress: Callable[[Progress], None] | None = None) -> TuneResult:
         start = time.perf_counter()
         done, history = 0, []
+        keep, reranked = rerank_trials(trials), False
+        rerank_at = None if deadline is None else deadline - RERANK_SHARE * (deadline - time.time())
         while done < trials and (deadline is None or time.time() < deadline):
-            self.batch = min(self.batch, trials - done)
-            n = self.round()
-            if n == 0:
-                break
+            if not reranked and (trials - done <= keep or (rerank_at is not None and time.time() >= rerank_at)):
+                reranked = True
+                n = self.rerank(RERANK_TOP, min(2 * RERANK_TOP, trials - done))
+            else:  # after the re-ranking, what is left of the budget goes on searching
+                self.batch = min(self.batch, trials - done - (0 if reranked else keep))
+                n = self.round()
+                if n == 0:
+                    break
             done += n
             history.append((done, self.best_seconds))
             if progress:

@@ -33,7 +33,7 @@ from typing import Callable
 from ..ir import Graph, Kernel, structural_hash
 from ..ir.errors import NestorError
 from ..passes import canonical_loops
-from .search import Tuner, kernel_flops
+from .search import RERANK_SHARE, RERANK_TOP, Tuner, kernel_flops, rerank_trials
 from .space import top_level_nests
 
 ALPHA = 0.2        # weight of the observed improvement against the optimistic guess
@@ -44,8 +44,6 @@ LIGHT_SHARE = 0.01 # a task under this share of the model's arithmetic warms up 
 LIGHT_BATCH = 4    # (DenseNet-121 has 192 tasks; 120 of them concats and batch-norm+relu)
 WARM_SHARE = 0.5   # of the budget (trials or time) the warm-up round of every task may take
 MIN_WARM_BATCH = 2 # the default schedule and the first rule-built tile
-RERANK_SHARE = 0.1 # of the budget kept for measuring each task's fastest schedules again at the end
-RERANK_TOP = 8     # schedules of each task measured again in one batch (twice that at most)
 
 
 @dataclass
@@ -143,11 +141,9 @@ class TaskScheduler:
             return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
                     and any(t.active for t in self.tasks))
 
-        # the last RERANK_SHARE of the budget re-ranks (of a trial budget: when that is a batch at least)
-        keep = int(RERANK_SHARE * trials) if trials is not None else 0
-        keep = keep if keep >= RERANK_TOP else 0
+        keep = rerank_trials(trials)
 
-        def reserved() -> bool:
+        def reserved() -> bool:  # the last RERANK_SHARE of the budget has begun
             return ((trials is not None and keep and trials - done <= keep) or
                     (time_budget is not None and time_budget - (time.time() - start) <= RERANK_SHARE * time_budget))
 

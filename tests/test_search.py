@@ -69,6 +69,20 @@ def test_errors_are_recorded_and_tuning_resumes_from_the_records(tmp_path):
     assert len(schedules) == 20 and len(set(schedules)) == 20  # nothing measured twice
 
 
+def test_the_last_trials_of_a_tuning_measure_the_fastest_schedules_again(tmp_path):
+    from nestor.autotune.search import RERANK_TOP
+    from tests.test_task_scheduler import DriftingMeasurer
+    kernel = small_matmul()
+    measurer = DriftingMeasurer(slow_after=10 ** 9)  # a few first times lucky, the second true
+    with Records(tmp_path / "r.sqlite") as db:
+        result = Tuner(kernel, measurer, db, None, "t", batch=8).tune(80)
+        again = [times for times in measurer.times.values() if len(times) == 2]
+        assert result.trials == 80 and RERANK_TOP <= len(again) <= 2 * RERANK_TOP
+        assert any(first != second for first, second in again)  # a lucky time among the fastest
+        assert result.best_seconds == min(times[-1] for times in measurer.times.values())
+        assert db.best(structural_hash(kernel), "t").schedule == result.best.to_json()
+
+
 def test_compile_uses_the_best_stored_schedule(tmp_path):
     model_kernel = small_matmul()
     path = str(tmp_path / "r.sqlite")

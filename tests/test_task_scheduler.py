@@ -134,7 +134,7 @@ class DriftingMeasurer(FakeMeasurer):
 
 
 def test_the_last_share_of_the_budget_measures_each_tasks_fastest_schedules_again(tmp_path):
-    from nestor.autotune.task_scheduler import RERANK_SHARE, RERANK_TOP
+    from nestor.autotune.search import RERANK_SHARE, RERANK_TOP
     graph = nestor.import_onnx(mlp([64, 96, 32]))
     trials = int(4 * RERANK_TOP / RERANK_SHARE)  # the share kept: room for two batches per task
     for slow_after in (trials, trials - 4 * RERANK_TOP):  # the machine as fast when re-ranking, or slower
