@@ -18,7 +18,8 @@ from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_has
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .space import Sketch, top_level_nests
 
-POOL = 256           # candidates ranked by the cost model per round
+POOL = 256           # candidates ranked by the cost model per round (at most)
+POOL_PER_TRIAL = 16  # ... and per trial of the round: a 2-trial warm-up ranks 32, not 256
 EPSILON = 0.2        # share of a batch measured at random
 RERANK_SHARE = 0.1   # of a budget kept for measuring the fastest schedules again at the end
 RERANK_TOP = 8       # schedules measured again in one batch (twice that at most: Tuner.rerank)
@@ -132,7 +133,11 @@ class Tuner:
         # the kernel's own first rule-built tile leads: a warm-up round may be 2 trials (the
         # default schedule and this)
         offered = [] if self.measured else self.rules[:1] + self.seeds + self.rules[1:]
-        while len(pool) < POOL and tries < 4 * POOL:
+        # Realizing a candidate (its passes applied in Python, ~6 ms) is most of a round's cost
+        # on a short budget: a pool of 256 for Inception-v2's 2-trial warm-ups took 1-6 s a task
+        # (up to 900 realized: a small space gives many repeats) against 0.3 s of measuring.
+        size = min(POOL, POOL_PER_TRIAL * self.batch)
+        while len(pool) < size and tries < 2 * size:
             tries += 1
             r = self.rng.random()
             if offered:

@@ -681,8 +681,9 @@ class _Builder:
                          and s.var == getattr(step, "loop", None)), None)
             if loop is None or loop.extent > max_extent:
                 return False
+        before = {s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)} \
+            if isinstance(step, Distribute) else set()
         try:
-            before = {s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)}
             self.kernel = step.apply(self.kernel)
         except ScheduleError:
             return False

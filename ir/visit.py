@@ -57,10 +57,13 @@ def rewrite(expr: Expr, fn: ExprFn) -> Expr:
 
 
 def walk(expr: Expr) -> Iterator[Expr]:
-    """Every sub-expression, parents before children."""
-    yield expr
-    for k in children(expr):
-        yield from walk(k)
+    """Every sub-expression, parents before children (a stack, not nested generators: each
+    level of those costs every item it passes up, and the tuner walks millions of nodes)."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        yield e
+        stack.extend(reversed(children(e)))
 
 
 def rewrite_stmt(stmt: Stmt, expr_fn: ExprFn | None = None,
@@ -105,17 +108,19 @@ def substitute(node, mapping: dict[str, Expr]):
 
 
 def walk_stmts(stmt: Stmt) -> Iterator[Stmt]:
-    """Every statement, parents before children."""
-    yield stmt
-    if isinstance(stmt, (For, Allocate)):
-        yield from walk_stmts(stmt.body)
-    elif isinstance(stmt, Seq):
-        for s in stmt.stmts:
-            yield from walk_stmts(s)
-    elif isinstance(stmt, If):
-        yield from walk_stmts(stmt.then)
-        if stmt.otherwise is not None:
-            yield from walk_stmts(stmt.otherwise)
+    """Every statement, parents before children (in pre-order; a stack, as in `walk`)."""
+    stack = [stmt]
+    while stack:
+        s = stack.pop()
+        yield s
+        if isinstance(s, (For, Allocate)):
+            stack.append(s.body)
+        elif isinstance(s, Seq):
+            stack.extend(reversed(s.stmts))
+        elif isinstance(s, If):
+            if s.otherwise is not None:
+                stack.append(s.otherwise)
+            stack.append(s.then)
 
 
 def stmt_exprs(stmt: Stmt) -> Iterator[Expr]:

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..ir import Allocate, Buffer, For, If, Kernel, Seq, Stmt, replace_body, walk_stmts
+from ..ir import Allocate, Buffer, For, If, Kernel, Seq, Stmt, Store, replace_body, walk_stmts
 from ..ir.errors import NestorError
 
 
@@ -36,7 +36,26 @@ class Site:
     outer: tuple[For, ...]
 
 
-def loop_sites(stmt: Stmt) -> list[Site]:
+_SITES: dict[int, tuple[Stmt, tuple[Site, ...]]] = {}  # id(stmt) -> (stmt, its sites)
+_SITES_KEPT = 16
+
+
+def loop_sites(stmt: Stmt) -> tuple[Site, ...]:
+    """Every loop of `stmt` in pre-order. The IR is immutable, so the sites of the last few
+    statements asked about are kept (each schedule step looks its loops up several times; the
+    tuner applies tens of thousands of steps a minute). The statement is kept with them, so
+    its id cannot be reused while the entry lives."""
+    hit = _SITES.get(id(stmt))
+    if hit is not None and hit[0] is stmt:
+        return hit[1]
+    sites = _loop_sites(stmt)
+    if len(_SITES) >= _SITES_KEPT:
+        del _SITES[next(iter(_SITES))]
+    _SITES[id(stmt)] = (stmt, sites)
+    return sites
+
+
+def _loop_sites(stmt: Stmt) -> tuple[Site, ...]:
     sites: list[Site] = []
 
     def visit(s: Stmt, outer: tuple[For, ...]) -> None:
@@ -53,10 +72,10 @@ def loop_sites(stmt: Stmt) -> list[Site]:
         elif isinstance(s, Allocate):
             visit(s.body, outer)
     visit(stmt, ())
-    return sites
+    return tuple(sites)
 
 
-def loop_ref(site: Site, sites: list[Site]) -> str:
+def loop_ref(site: Site, sites: tuple[Site, ...]) -> str:
     """The name that resolves to `site`: its variable, with `#k` when the variable is shared."""
     same = [s.index for s in sites if s.loop.var == site.loop.var]
     return site.loop.var if len(same) == 1 else f"{site.loop.var}#{same.index(site.index)}"
@@ -82,8 +101,17 @@ def find_loop(kernel: Kernel, ref: str, step) -> Site:
 
 def replace_loop(kernel: Kernel, site: Site, new: Stmt) -> Kernel:
     """The kernel with the loop at `site` replaced by `new`."""
-    def count(s: Stmt) -> int:
-        return sum(isinstance(x, For) for x in walk_stmts(s))
+    counts: dict[int, int] = {}
+
+    def count(s: Stmt | None) -> int:  # loops in s; each subtree counted once, not once a level
+        if s is None or isinstance(s, Store):
+            return 0
+        if id(s) not in counts:
+            if isinstance(s, (For, Allocate)):
+                counts[id(s)] = isinstance(s, For) + count(s.body)
+            else:
+                counts[id(s)] = sum(count(x) for x in (s.stmts if isinstance(s, Seq) else (s.then, s.otherwise)))
+        return counts[id(s)]
 
     def go(s: Stmt, start: int) -> Stmt:  # start: pre-order index of the first loop in s
         if isinstance(s, For):
@@ -95,7 +123,7 @@ def replace_loop(kernel: Kernel, site: Site, new: Stmt) -> Kernel:
         parts = s.stmts if isinstance(s, Seq) else (s.then, s.otherwise)
         out = []
         for part in parts:
-            n = 0 if part is None else count(part)
+            n = count(part)
             out.append(go(part, start) if start <= site.index < start + n else part)
             start += n
         if isinstance(s, Seq):  # a loop replaced by a sequence (distribute) joins this one
