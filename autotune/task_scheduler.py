@@ -33,6 +33,7 @@ from typing import Callable
 from ..ir import Graph, Kernel, structural_hash
 from ..ir.errors import NestorError
 from ..passes import canonical_loops
+from ..codegen.memory import concats_in_place
 from .search import RERANK_SHARE, RERANK_TOP, Tuner, kernel_flops, rerank_trials
 from .space import top_level_nests
 
@@ -80,8 +81,9 @@ class Task:
 def extract_tasks(graph: Graph) -> list[Task]:
     """The distinct kernels of `graph`, in order of first call."""
     tasks: dict[str, Task] = {}
+    _, in_place = concats_in_place(graph)  # they run nothing in the compiled model
     for node in graph.nodes:
-        if node.kernel is None:
+        if node.kernel is None or node.name in in_place:
             continue
         h = structural_hash(node.kernel)
         constants = tuple(i for i, name in enumerate(node.inputs) if name in graph.constants)

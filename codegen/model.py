@@ -36,8 +36,9 @@ def compile_graph(graph: Graph, target=None,
     kernels: list[Kernel] = []
     steps = []
     packed: dict[str, np.ndarray] = {}   # constants computed by peeled stages
+    mem = plan_memory(graph)
     for node in graph.nodes:
-        if node.kernel is None:
+        if node.kernel is None or node.name in mem.elided:
             continue
         # Which inputs are constants decides what can be peeled, so it is part of the key.
         consts = frozenset(i for i, n in enumerate(node.inputs) if n in graph.constants)
@@ -63,7 +64,6 @@ def compile_graph(graph: Graph, target=None,
     if progress:
         progress(f"building {len(kernels)} distinct kernels for {len(steps)} nodes")
     module = build(kernels, target) if kernels else None
-    mem = plan_memory(graph)
     live = set(graph.inputs) | set(graph.outputs) | {a for s in steps for a in s["args"]}
     tensors = {name: {"shape": list(graph.types[name].shape), "dtype": graph.types[name].dtype,
                       "place": mem.placements[name].kind, "key": mem.placements[name].key}
