@@ -98,6 +98,8 @@ class Tuner:
         self.best: Schedule | None = None
         self.stored = 0
         self.errors = 0
+        self._unmeasured: dict[str, tuple[dict, Schedule, Kernel]] = {}  # the last pool, by schedule
+        self._schedule_of: dict[str, str] = {}  # repr of decisions realized -> their schedule's JSON
         # good decisions of similar kernels (the task scheduler's other tasks): offered first,
         # and mutated until this kernel has measured parents of its own
         self.seeds = [a for a in (self.sketch.adopt(d) for d in seeds) if a is not None]
@@ -127,16 +129,18 @@ class Tuner:
     # proposing
 
     def _candidates(self) -> list[tuple[dict, Schedule, Kernel]]:
-        pool: dict[str, tuple[dict, Schedule, Kernel]] = {}
+        size = min(POOL, POOL_PER_TRIAL * self.batch)
+        # Up to half the pool: the last round's newest candidates not measured, realized already.
+        # Realizing one (its passes applied in Python, ~6 ms) is much of a round's cost: a pool
+        # of 256 for Inception-v2's 2-trial warm-ups took 1-6 s a task (up to 900 realized: a
+        # small space gives many repeats) against 0.3 s of measuring.
+        carried = [(k, c) for k, c in self._unmeasured.items() if k not in self.seen]
+        pool: dict[str, tuple[dict, Schedule, Kernel]] = dict(carried[len(carried) - size // 2:] if carried else [])
         parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
         # the kernel's own first rule-built tile leads: a warm-up round may be 2 trials (the
         # default schedule and this)
         offered = [] if self.measured else self.rules[:1] + self.seeds + self.rules[1:]
-        # Realizing a candidate (its passes applied in Python, ~6 ms) is most of a round's cost
-        # on a short budget: a pool of 256 for Inception-v2's 2-trial warm-ups took 1-6 s a task
-        # (up to 900 realized: a small space gives many repeats) against 0.3 s of measuring.
-        size = min(POOL, POOL_PER_TRIAL * self.batch)
         while len(pool) < size and tries < 2 * size:
             tries += 1
             r = self.rng.random()
@@ -148,13 +152,20 @@ class Tuner:
                 d = self.sketch.crossover(*self.rng.sample(parents, 2), self.rng)
             else:
                 d = self.sketch.sample(self.rng)
+            # mutations of the same parents repeat themselves: half of a pool's tries were
+            # schedules already measured or pooled, and a decision seen before is known unrealized
+            known = self._schedule_of.get(repr(d))
+            if known is not None and (known in self.seen or known in pool):
+                continue
             schedule, kernel = self.sketch.realize(d)
             key = schedule.to_json()
+            self._schedule_of[repr(d)] = key
             if key in self.seen or key in pool:
                 continue
             pool[key] = (d, schedule, kernel)
             if not self._model_ready() and len(pool) >= self.batch:
                 break  # no model yet: random samples are all we can do
+        self._unmeasured = pool
         return list(pool.values())
 
     def good_decisions(self, n: int) -> list[dict]:

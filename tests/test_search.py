@@ -83,6 +83,42 @@ def test_the_last_trials_of_a_tuning_measure_the_fastest_schedules_again(tmp_pat
         assert db.best(structural_hash(kernel), "t").schedule == result.best.to_json()
 
 
+class TrainedModel:
+    """A cost model that ranks by a fixed random score: the tuner fills whole pools."""
+    trained = True
+
+    def predict(self, kernels):
+        return np.random.default_rng(len(kernels)).random(len(kernels))
+
+    def update(self, *args):
+        pass
+
+
+def test_a_round_realizes_no_decision_twice_and_keeps_what_it_did_not_measure(monkeypatch):
+    """Realizing a candidate is most of a round's cost: a decision realized once is never
+    realized again (its schedule is known), and up to half of the next round's pool is the
+    last pool's candidates not measured, not realized anew."""
+    from nestor.autotune import search
+    kernel = small_matmul()
+    tuner = Tuner(kernel, FlakyMeasurer(), None, TrainedModel(), "test-target", batch=4)
+    realized, pools = [], []
+    realize, candidates = type(tuner.sketch).realize, tuner._candidates
+    monkeypatch.setattr(type(tuner.sketch), "realize", lambda sk, d: realized.append(repr(d)) or realize(sk, d))
+
+    def pooled():
+        pool = candidates()
+        pools.append({c[1].to_json() for c in pool})
+        return pool
+    tuner._candidates = pooled
+    for _ in range(3):
+        tuner.round()
+    assert len(realized) == len(set(realized)) > 0
+    size = search.POOL_PER_TRIAL * 4
+    assert all(len(p) <= size for p in pools) and len(pools[0]) > size // 2
+    kept = (pools[0] & pools[1]) - tuner.seen
+    assert 0 < len(kept) <= size // 2
+
+
 def test_compile_uses_the_best_stored_schedule(tmp_path):
     model_kernel = small_matmul()
     path = str(tmp_path / "r.sqlite")
