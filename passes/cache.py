@@ -47,6 +47,17 @@ def _redirect(body: Stmt, buffer: Buffer, to: Buffer, index) -> Stmt:
     return rewrite_stmt(body, expr_fn, stmt_fn)
 
 
+def _dense(coefs: dict[str, int], extents: dict[str, int]) -> bool:
+    """Whether `sum(c * v)` over loops of these extents visits 0, 1, 2, ... in turn (a split loop
+    put back together, `i_o * 4 + i_i`): coefficients 1, n1, n1 * n2, ..."""
+    step = 1
+    for var, c in sorted(coefs.items(), key=lambda t: t[1]):
+        if c != step:
+            return False
+        step *= extents[var]
+    return True
+
+
 def _check_site(step: Pass, site: Site) -> None:
     if site.loop.kind == "vectorized":
         raise step.fail(site.loop.var, "is vectorized; a vector loop holds no statements but its body")
@@ -133,9 +144,10 @@ class CacheWrite(Pass):
         varying: set[str] = set()
         for d, e in enumerate(index):
             _, coefs, _ = split_index(e, inner)
-            if len(coefs) > 1 or any(c != 1 for c in coefs.values()) or varying & set(coefs):
+            if not _dense(coefs, inner) or varying & set(coefs):
                 raise self.fail(self.loop, f"index {d} of {buffer.name} does not walk a dense tile "
-                                           f"(each dimension must follow one inner loop, step 1)")
+                                           f"(each dimension must follow inner loops of its own, "
+                                           f"step 1: i or i_o * n + i_i with n the extent of i_i)")
             varying |= set(coefs)
         local = _local_buffer(self, kernel, buffer, [region.extents[d] for d in order], "local")
 

@@ -273,3 +273,18 @@ def test_gpu_schedule_with_a_shared_memory_tile_generates_cuda():
         pytest.skip(f"CUDA build unavailable: {err}")
     src = "".join(m.inspect_source() for m in mod.module.imports)
     assert "float B_shared_ptr[120]" in src and "__shared__" in src and "__syncthreads()" in src
+
+
+@pytest.mark.parametrize("n", [8, 7])  # 7: the split does not divide, the tile's copies are guarded
+def test_cache_write_outside_a_split_takes_its_loops_as_one_dimension(n):
+    # a chunked reduction's outer accumulator: Out[i0, i1_o * 2 + i1_i] walks its row densely
+    kernel = canonical_loops(_onnx("MatMul", {"X": [4, 16], "W": [16, n]}, [4, n]))
+    out = scheduled(kernel, "split(i1, 2); cache_write(Out, i0)")
+    assert allocations(out)["Out_local"] == ((1, 8), "local")
+    same_results(kernel, out)
+    skipping = parse_kernel("""
+    kernel s(A: f32[24]) -> (B: f32[24]) {
+      for i in 0..2 { for jo in 0..4 { for ji in 0..2 { B[i * 12 + jo * 3 + ji] = A[i * 12 + jo * 3 + ji] } } }
+    }""")  # jo * 3 + ji with ji < 2 leaves holes
+    with pytest.raises(ScheduleError, match="does not walk a dense tile"):
+        CacheWrite("B", "i").apply(skipping)

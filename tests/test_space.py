@@ -277,3 +277,45 @@ def test_row_reduction_of_a_matrix_vector_product_runs_its_rows_in_parallel():
     assert [s.extent for s in parallel] == [32], str(schedule)  # not the batch loop of extent 1
     args = inputs(kernel)
     np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-4, atol=1e-4)
+
+
+# ResNet-50's late 1x1 convs in miniature (NCHW16c): 1024 input channels, a 3x3 plane
+BLOCKED_1X1 = """
+kernel conv_relu(X: f32[1, 64, 3, 3, 16], W: f32[4, 64, 1, 1, 16, 16], B: f32[64]) -> (Out: f32[1, 4, 3, 3, 16]) {
+  for i0 in 0..1 { for i1 in 0..4 { for i2 in 0..3 { for i3 in 0..3 { for i4 in 0..16 {
+    Out[i0, i1, i2, i3, i4] = B[i1 * 16 + i4]
+    for r0 in 0..64 reduce { for r1 in 0..1 reduce { for r2 in 0..1 reduce { for r3 in 0..16 reduce {
+      Out[i0, i1, i2, i3, i4] += X[i0, r0, i2 + r1, i3 + r2, r3] * W[i1, r0, r1, r2, r3, i4]
+    } } } }
+    Out[i0, i1, i2, i3, i4] = max(Out[i0, i1, i2, i3, i4], 0.0)
+  } } } } }
+}
+"""
+
+
+def test_chunked_reduction_sweeps_each_weight_chunk_over_the_plane():
+    """The weights of one output block (64 KB) outgrow L1: the rules add a tile whose input
+    channels run in chunks of 16 KB (16 blocks), each chunk over every tile of the plane,
+    partial sums in an outer accumulator (the 12-accumulator tile, which spills, gets none)."""
+    kernel = parse_kernel(BLOCKED_1X1)
+    sketch = Sketch.of(kernel, AVX2)
+    chunked = [d for d in sketch.rule_decisions() if d["chunk"]]
+    assert [(d["factors"], d["chunk"]) for d in chunked] == [([1, 1, 1, 3, 16], (16, 0))]
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for d in chunked + [{**chunked[0], "chunk": (4, 0)}, {**chunked[0], "factors": [1, 2, 1, 1, 16]}]:
+        schedule, scheduled = sketch.realize(d)
+        assert f"split(r0, {d['chunk'][0]})" in str(schedule)
+        allocs = {s.buffer.name: s for s in walk_stmts(scheduled.body) if isinstance(s, Allocate)}
+        outer, register = allocs["Out_local"].buffer.shape, allocs["Out_local_local"].buffer.shape
+        assert outer == (1, d["factors"][1], 3, 3, 16) and register == tuple(d["factors"])
+        # the chunk loop runs inside the outer accumulator and around the register tile's
+        chunk = next(s for s in walk_stmts(allocs["Out_local"].body) if isinstance(s, For) and s.var == "r0_o")
+        assert any(s is allocs["Out_local_local"] for s in walk_stmts(chunk.body))
+        replayed = Schedule.from_json(schedule.to_json()).apply(kernel)
+        assert replayed == scheduled
+        np.testing.assert_allclose(run_kernel(scheduled, args)[0], want[0], rtol=1e-4, atol=1e-4,
+                                   err_msg=str(schedule))
+    # a conv whose weights fit L1 keeps its reduction whole
+    small = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14], pads=[1, 1, 1, 1])
+    assert not any(d.get("chunk") for d in Sketch.of(small, AVX2).rule_decisions())
