@@ -555,8 +555,8 @@ class Sketch:
                 compute_tile = [builder.renamed(n) for n in tile]
                 if builder.step(Reorder(tuple(self.nest.reduce) + tuple(compute_tile))):
                     self._unroll_reduction(builder, d)
-            for name in accumulators:
-                self._copy_loops(builder, d, name, rank, lanes, layout)
+            for name in accumulators:  # the register tile's copies unrolled, not a chunk's plane
+                self._copy_loops(builder, d, name, rank, lanes, layout, unroll=name == accumulators[-1])
         if d.get("stage_at") is not None and outer:
             # each padded input computed where it is read, one tile's region at a time: no
             # pass over the whole padded copy before the main nest (before fuse: its indices
@@ -629,10 +629,12 @@ class Sketch:
             builder.step(Unroll(f"{last}_i"))
 
     @staticmethod
-    def _copy_loops(builder: _Builder, d: dict, out: str, rank: int, lanes, layout) -> None:
-        """Vectorize and unroll the loops that copy accumulator `out` in (r) and back (w)."""
+    def _copy_loops(builder: _Builder, d: dict, out: str, rank: int, lanes, layout, unroll: bool) -> None:
+        """Vectorize (and unroll) the loops that copy accumulator `out` in (r) and back (w)."""
         for tag in ("w", "r"):
             names = [f"{out}_{tag}{i}" for i in range(rank)]
+            if names[-1] not in builder.extents():  # no such copy (an initialized tile has no copy-in)
+                continue
             if tag == "w" and lanes and d.get("transpose_store"):
                 # the lanes' dimension is not the output's contiguous one: store along
                 # the output's last dimension (one vector store, a strided read of the
@@ -642,7 +644,7 @@ class Sketch:
                 if builder.step(Reorder(tuple(band))):
                     names = band[:at + 1] + band[at + 2:] + [band[at + 1]]
             builder.step(Vectorize(names[-1]))
-            for n in names[:-1]:
+            for n in names[:-1] if unroll else ():
                 builder.step(Unroll(n), max_extent=16)
 
     def _realize_rows(self, factor: int, merge: bool) -> tuple[Schedule, Kernel]:
@@ -750,13 +752,18 @@ class _Builder:
         self.kernel = kernel
         self.steps: list[Pass] = []
         self.names: dict[str, list[str]] = {}
+        self._extents: tuple[Kernel | None, dict[str, int]] = (None, {})
+
+    def extents(self) -> dict[str, int]:
+        """The current kernel's loops and their extents (computed once per kernel)."""
+        if self._extents[0] is not self.kernel:
+            self._extents = (self.kernel, {s.var: s.extent for s in walk_stmts(self.kernel.body)
+                                           if isinstance(s, For)})
+        return self._extents[1]
 
     def step(self, step: Pass, max_extent: int | None = None) -> bool:
-        if max_extent is not None:
-            loop = next((s for s in walk_stmts(self.kernel.body) if isinstance(s, For)
-                         and s.var == getattr(step, "loop", None)), None)
-            if loop is None or loop.extent > max_extent:
-                return False
+        if max_extent is not None and self.extents().get(getattr(step, "loop", None), max_extent + 1) > max_extent:
+            return False
         before = {s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)} \
             if isinstance(step, Distribute) else set()
         try:
