@@ -554,7 +554,7 @@ class Sketch:
             elif builder.step(CacheWrite(out, outer[-1], layout)) and builder.step(Distribute(tile[0])):
                 compute_tile = [builder.renamed(n) for n in tile]
                 if builder.step(Reorder(tuple(self.nest.reduce) + tuple(compute_tile))):
-                    self._unroll_reduction(builder, d)
+                    self._unroll_reduction(builder, d, chunked=False)
             for name in accumulators:  # the register tile's copies unrolled, not a chunk's plane
                 self._copy_loops(builder, d, name, rank, lanes, layout, unroll=name == accumulators[-1])
         if d.get("stage_at") is not None and outer:
@@ -600,7 +600,7 @@ class Sketch:
         return Schedule(tuple(builder.steps)), builder.kernel
 
     def _chunked(self, builder: _Builder, d: dict, out: str, layout, outer: list[str],
-                 tile: list[str]) -> list[str]:
+                 tile: list[str]) -> tuple[list[str], list[str]]:
         """The reduction in chunks (MLAS's pointwise convolutions): the outermost reduction loop
         split, its chunks outermost below outer loop `at`, so each chunk of the weights (a few
         KB) serves every tile below `at` from L1 instead of streaming whole from L2 per tile.
@@ -618,12 +618,13 @@ class Sketch:
         compute_tile = [builder.renamed(n) for n in tile]
         if builder.step(Reorder((f"{first}_o", *below, f"{first}_i", *rest, *compute_tile))) \
                 and builder.step(CacheWrite(f"{out}_local", below[-1])):
-            self._unroll_reduction(builder, d)
+            self._unroll_reduction(builder, d, chunked=True)
         return outer[:at + 1] + below, compute_tile
 
-    def _unroll_reduction(self, builder: _Builder, d: dict) -> None:
+    def _unroll_reduction(self, builder: _Builder, d: dict, chunked: bool) -> None:
+        """Unroll the innermost reduction loop by d["unroll"] (a chunked matmul's: r0_i)."""
         last = self.nest.reduce[-1]
-        if len(self.nest.reduce) == 1 and d.get("chunk"):
+        if len(self.nest.reduce) == 1 and chunked:
             last = f"{last}_i"
         if d["unroll"] > 1 and builder.step(Split(last, d["unroll"])):
             builder.step(Unroll(f"{last}_i"))
@@ -764,14 +765,13 @@ class _Builder:
     def step(self, step: Pass, max_extent: int | None = None) -> bool:
         if max_extent is not None and self.extents().get(getattr(step, "loop", None), max_extent + 1) > max_extent:
             return False
-        before = {s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)} \
-            if isinstance(step, Distribute) else set()
+        before = set(self.extents()) if isinstance(step, Distribute) else set()
         try:
             self.kernel = step.apply(self.kernel)
         except ScheduleError:
             return False
         if isinstance(step, Distribute):  # the copies' loops: `x` became `x_1`, `x_2`, ... in order
-            after = [s.var for s in walk_stmts(self.kernel.body) if isinstance(s, For)]
+            after = list(self.extents())
             for name in after:
                 base = name.rsplit("_", 1)[0]
                 if name not in before and base in before:

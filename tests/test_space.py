@@ -319,3 +319,13 @@ def test_chunked_reduction_sweeps_each_weight_chunk_over_the_plane():
     # a conv whose weights fit L1 keeps its reduction whole
     small = _onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14], pads=[1, 1, 1, 1])
     assert not any(d.get("chunk") for d in Sketch.of(small, AVX2).rule_decisions())
+
+
+def test_a_chunk_without_two_outer_loops_leaves_the_schedule_as_it_was():
+    # one outer loop (the rows are all in the tile): nowhere to sweep a chunk over, so the
+    # decision changes nothing, the reduction's unroll included
+    sketch = Sketch.of(sketch_kernels()["matmul"])
+    d = {"factors": [24, 8], "order": 0, "fuse": 1, "unroll": 2, "cache_read": None, "extra": None}
+    plain = sketch.schedule({**d, "chunk": None})
+    assert "unroll(r0_i)" in str(plain)
+    assert sketch.schedule({**d, "chunk": (4, 0)}) == plain
