@@ -23,7 +23,8 @@ from ..ir.hashing import structural_hash
 from ..ir.errors import InputError, ModelError
 from .build import build, load as load_module, run_kernel
 from .constant_stages import ConstantStage, hoist_constant_stages
-from .memory import plan_memory
+from .memory import ALIGN, plan_memory
+from .pages import huge_page_buffer
 
 FORMAT_VERSION = 1
 
@@ -106,27 +107,35 @@ class CompiledModel:
 
     # --- running -----------------------------------------------------------------------------
     def _bind(self) -> None:
-        """Create every tensor (arena views, inputs, constants) and bind each step's arguments."""
+        """Create every tensor (arena views, inputs, constants) and bind each step's arguments.
+        The arena and the constants are each one buffer on huge pages (codegen/pages.py)."""
         dev = self.device
-        arena = tvm.runtime.empty((max(self.plan["arena_bytes"], 1),), "uint8", dev)
+        arena, arena_at = huge_page_buffer(self.plan["arena_bytes"], dev)
         base: dict[str, tvm.runtime.Tensor] = {}
         self._inputs = []
         for name in self.plan["inputs"]:
             shape, dtype = self.tensor_type(name)
             base[name] = tvm.runtime.empty(shape, dtype, dev)
             self._inputs.append(base[name])
-        for name, value in self.constants.items():
-            base[name] = tvm.runtime.tensor(np.asarray(value, order="C"), dev)  # keeps 0-d
+        values = {name: np.asarray(value, order="C") for name, value in self.constants.items()}
+        offsets, size = {}, 0
+        for name, value in values.items():
+            offsets[name] = size
+            size += -(-value.nbytes // ALIGN) * ALIGN
+        weights, weights_at = huge_page_buffer(size, dev)
+        for name, value in values.items():  # (0-d values keep their shape)
+            base[name] = weights._create_view(value.shape, str(value.dtype), weights_at + offsets[name])
+            base[name].copyfrom(value)
         self._tensors = {}
         for name, t in self.plan["tensors"].items():
             shape, dtype = tuple(t["shape"]), t["dtype"]
             if t["place"] == "arena":
-                self._tensors[name] = arena._create_view(shape, dtype, t["key"])
+                self._tensors[name] = arena._create_view(shape, dtype, arena_at + t["key"])
             else:
                 owner = base[self.plan["inputs"][t["key"]] if t["place"] == "input" else t["key"]]
                 same = tuple(owner.shape) == shape and str(owner.dtype) == dtype
                 self._tensors[name] = owner if same else owner._create_view(shape, dtype)
-        self._arena = arena
+        self._buffers = (arena, weights)
         self._steps = [(self.module.get(s["func"]), [self._tensors[a] for a in s["args"]])
                        for s in self.plan["steps"]]
 

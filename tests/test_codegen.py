@@ -1,4 +1,6 @@
 """Codegen: hand-built kernels compiled by TVM and compared with NumPy."""
+import re
+
 import numpy as np
 import pytest
 import scipy.special
@@ -329,3 +331,31 @@ def test_bool_compare_arith_and_nan_semantics():
         want = [xv != xv, xv == xv, ~(xv == 0), xv != 0, ~(xv < 1), xv.astype(bool)]
     for g, w, ex in zip(got, want, exprs):
         np.testing.assert_array_equal(g, w, err_msg=str(ex))
+
+
+def test_huge_page_buffer_is_aligned_and_advised():
+    from nestor.codegen.pages import HUGE_PAGE, huge_page_buffer
+    nbytes = 3 * HUGE_PAGE + 100
+    raw, at = huge_page_buffer(nbytes, tvm.cpu())
+    start = raw.data_ptr() + at
+    assert start % HUGE_PAGE == 0 and at + nbytes <= raw.shape[0]
+    view = raw._create_view((nbytes // 4,), "float32", at)
+    x = rand(nbytes // 4)
+    view.copyfrom(x)
+    np.testing.assert_array_equal(view.numpy(), x)
+    small, at_small = huge_page_buffer(1000, tvm.cpu())
+    assert at_small == 0 and small.shape[0] >= 1000
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        smaps = open("/proc/self/smaps").read()
+    except OSError:
+        pytest.skip("no transparent huge pages here")
+    if "[never]" in mode:
+        pytest.skip("transparent huge pages are off")
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):  # one block per mapping
+        lo, hi = (int(v, 16) for v in block.split()[0].split("-"))
+        if lo <= start < hi:
+            assert re.search(r"THPeligible:\s+1", block) and " hg" in block  # hg: advised
+            break
+    else:
+        pytest.fail("the buffer is in no mapping")
