@@ -39,7 +39,12 @@ from ..ir.errors import NestorError
 # convs up to 2x slower than they ran in place (examples/kernel_times.py) and its DRAM-bound
 # times hid the differences between tiles; these times are within 0-15% of the in-place ones.
 FLUSH = "cache_flush_cpu_non_first_arg"
-MIN_REPEAT = 1e-3        # number=None: a repeat runs the kernel enough times to last about this long
+MIN_REPEAT = 1e-3        # number=None: a repeat runs a short kernel enough times to last about this long
+# number=None: a kernel whose run lasts this long is timed one run a repeat, so every timed run
+# finds its weights flushed. Two runs a repeat timed ResNet-50's late 1x1 convs (4 MB of weights,
+# 0.66 ms) with one of them on weights still in L3: their top schedules, all 0.65-0.68 ms so,
+# ran 0.73-1.17 ms in the model, where the weights always come from DRAM.
+SINGLE_RUN = 2e-4
 START_TIMEOUT = 120.0    # a worker's start: a fresh interpreter importing TVM (~1.5 s when idle)
 BUILD_TIMEOUT = 120.0    # LLVM can take minutes on a huge unrolled loop: that is an error too
 WAKE = 0.1               # a batch's first candidate runs untimed this long before its timing
@@ -61,9 +66,9 @@ class Measurer:
     """Builds and times candidate schedules of `reference` (the unscheduled kernel), whose output
     on seeded random inputs (the same for every candidate) is the truth they are checked against.
 
-    Each candidate gets: one checked run, then `repeats` timed repeats of `number` runs (None: as
-    many as last about 1 ms), all but the first argument flushed from the caches before each
-    repeat (FLUSH); `timeout` bounds the whole.
+    Each candidate gets: one checked run, then `repeats` timed repeats of `number` runs (None:
+    runs_per_repeat), all but the first argument flushed from the caches before each repeat
+    (FLUSH); `timeout` bounds the whole.
     `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices).
 
     `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
@@ -317,6 +322,13 @@ def _target_json(target) -> str | None:
     return str(target)
 
 
+def runs_per_repeat(first: float) -> int:
+    """Runs in one timed repeat of a kernel whose checked (cold) run took `first` seconds."""
+    if first >= SINGLE_RUN:
+        return 1
+    return min(10 ** 6, math.ceil(MIN_REPEAT / max(first, 1e-9)))
+
+
 def _random_inputs(kernel: Kernel, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = []
@@ -467,7 +479,7 @@ def _runner(**config):
             wake, woken = request.get("wake", 0.0), time.perf_counter()
             while first < wake and time.perf_counter() - woken < wake:
                 module[request["name"]](*call_args, *outs)
-            number = request["number"] or min(10 ** 6, math.ceil(MIN_REPEAT / max(first, 1e-9)))
+            number = request["number"] or runs_per_repeat(first)
             timer = module.time_evaluator(request["name"], dev, number=number,
                                           repeat=request["repeats"], f_preproc=FLUSH)
             return {"repeats": list(timer(*call_args, *outs).results)}

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from nestor.autotune.measure import Measurer, MeasureResult, _mismatch
+from nestor.autotune.measure import MIN_REPEAT, SINGLE_RUN, Measurer, MeasureResult, _mismatch, runs_per_repeat
 from nestor.ir import parse_kernel
 from nestor.ir.errors import NestorError
 from nestor.passes import parse_pipeline
@@ -160,3 +160,12 @@ def test_stages_of_constant_inputs_run_once_outside_the_timing():
         assert_timed(r)  # and checked correct against the reference
     # the stage (~200 M max operations, which LLVM vectorizes) costs ~20-50x the matmul here
     assert hoisted.median * 5 < min(with_stage.median, not_hoisted.median), (hoisted, with_stage)
+
+
+def test_a_kernel_of_a_fifth_of_a_millisecond_is_timed_one_run_a_repeat():
+    # every timed run must find its weights flushed, as in a model; short kernels batch runs
+    # so that a repeat outlasts the timer's resolution
+    assert runs_per_repeat(SINGLE_RUN) == 1 and runs_per_repeat(0.7e-3) == 1
+    half = SINGLE_RUN / 2
+    assert 1 < runs_per_repeat(half) and abs(runs_per_repeat(half) * half - MIN_REPEAT) <= half
+    assert 1000 <= runs_per_repeat(1e-6) <= 1001
