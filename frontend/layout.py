@@ -23,6 +23,7 @@ import onnx
 from onnx import helper
 
 from ..ir import TensorType, canonical
+from . import winograd
 from .graph_passes import _attr, _fresh, _new_const
 from .ops.blocked import pack_conv_weight
 from .ops.elementwise import BINARY, UNARY, VARIADIC
@@ -61,6 +62,7 @@ class _Rewriter:
         self.blocked: dict[str, tuple[str, int]] = {}   # plain name -> (blocked name, block)
         self.plain_ready: set[str] = set()
         self.out: list[onnx.NodeProto] = []
+        self.shared: dict[str, str] = {}
 
     def run(self, nodes, outputs):
         self.names |= {o for n in nodes for o in n.output}
@@ -70,15 +72,16 @@ class _Rewriter:
                 for name in node.input:
                     self._need_plain(name)
                 new = node
-            self.out.append(new)
+            self.out.extend(new if isinstance(new, list) else [new])
         for name in outputs:
             self._need_plain(name)
         return self.out
 
     # -- each op --------------------------------------------------------------------------
 
-    def _rewrite(self, node) -> onnx.NodeProto | None:
-        """The node on blocked tensors, or None to leave it reading plain ones."""
+    def _rewrite(self, node) -> onnx.NodeProto | list[onnx.NodeProto] | None:
+        """The node (or the nodes replacing it) on blocked tensors, or None to leave it reading
+        plain ones."""
         op = node.op_type
         if len([o for o in node.output if o]) != 1:  # (MaxPool's Indices: plain)
             return None
@@ -104,9 +107,13 @@ class _Rewriter:
         if bo is None:
             return None
         xb, bi = self.blocked.get(x, (x, 0))
-        packed = self._const(f"{w_name}_nchwc", pack_conv_weight(w, bi, bo))
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs.pop("kernel_shape", None)
+        if winograd.applies(attrs, w, self.types[x].shape, out_t.shape, bi, bo):
+            out = self._blocked_output(node.output[0], bo)
+            return winograd.winograd_nodes(node.name, xb, w, bias, out, out_t.shape, self._shared_const,
+                                           self._tensor)
+        packed = self._const(f"{w_name}_nchwc", pack_conv_weight(w, bi, bo))
         out = self._blocked_output(node.output[0], bo)
         inputs = [xb, packed] + ([bias] if bias else [])
         return helper.make_node("ConvNCHWc", inputs, [out], name=node.name, domain=NESTOR_DOMAIN,
@@ -176,6 +183,17 @@ class _Rewriter:
 
     def _const(self, base, value):
         return _new_const(base, value, self.consts, self.types, self.names)
+
+    def _shared_const(self, base, value):
+        """A constant by `base` name, made once (the Winograd transforms' matrices)."""
+        if base not in self.shared:
+            self.shared[base] = self._const(base, value)
+        return self.shared[base]
+
+    def _tensor(self, base, t: TensorType):
+        name = _fresh(base, self.names)
+        self.types[name] = t
+        return name
 
 
 def _blocked_operand(c: np.ndarray, shape, b: int) -> np.ndarray | None:

@@ -43,9 +43,10 @@ def conv_net():
 def test_convolutions_and_their_neighbours_run_blocked_with_one_conversion():
     model = conv_net()
     graph = nestor.import_onnx(model)
+    # the 3x3 conv of a blocked 12x12 input runs as Winograd (three kernels; the add joins the last)
     assert [n.op_type for n in graph.nodes] == [
-        "ConvNCHWc+Relu", "ConvNCHWc", "ConvNCHWc+Add+Mul", "MaxPool", "AveragePool", "Concat",
-        "FromNCHWc", "GlobalAveragePool", "Flatten"]
+        "ConvNCHWc+Relu", "WinogradInput", "MatMul", "ConvNCHWc", "WinogradOutput+Add+Mul", "MaxPool",
+        "AveragePool", "Concat", "FromNCHWc", "GlobalAveragePool", "Flatten"]
     convert = next(n for n in graph.nodes if n.op_type == "FromNCHWc")
     assert graph.types[convert.inputs[0]].shape == (1, 4, 6, 6, 16)  # the concat, blocked
     assert_close_to_ort(model, nestor.compile(model))
@@ -136,3 +137,29 @@ def test_nestor_domain_ops_are_not_accepted_from_a_model():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nestor", 1)])
     with pytest.raises(NestorError, match="sneaky.*only the default ONNX domain"):
         nestor.import_onnx(model)
+
+
+@pytest.mark.parametrize("size, winograd", [((12, 10), True), ((7, 7), False)])
+def test_a_3x3_conv_on_a_blocked_input_runs_as_winograd_where_its_tiles_are_whole(size, winograd):
+    h, w = size
+    nodes = [("Conv", ["x", "w1"], ["a"], {"kernel_shape": [1, 1]}),
+             ("Conv", ["a", "w2", "b2"], ["b"], CONV3),                                  # Winograd
+             ("Conv", ["b", "w3"], ["c"], {**CONV3, "strides": [2, 2]}),                 # stride 2: direct
+             ("Relu", ["c"], ["y"], {})]
+    inits = {"w1": weights((32, 8, 1, 1)), "w2": weights((48, 32, 3, 3)), "b2": weights((48,)),
+             "w3": weights((16, 48, 3, 3))}
+    model = make_model(nodes, {"x": [1, 8, h, w]}, {"y": [1, 16, (h + 1) // 2, (w + 1) // 2]}, inits)
+    kinds = ops(model)
+    assert kinds[-2:] == ["ConvNCHWc+Relu", "FromNCHWc"]
+    assert (kinds[1:4] == ["WinogradInput", "MatMul", "WinogradOutput"]) == winograd
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_winograd_transforms_compute_a_3x3_correlation():
+    from nestor.frontend.ops.winograd import input_transform_matrix, output_transform_matrix, transform_weights
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((4, 4)), rng.standard_normal((1, 1, 3, 3))
+    m = transform_weights(g)[:, 0, 0] * (input_transform_matrix() @ d.reshape(16))
+    y = (output_transform_matrix() @ m).reshape(2, 2)
+    want = [[(d[i:i + 3, j:j + 3] * g[0, 0]).sum() for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
