@@ -48,12 +48,14 @@ def load_model(source) -> onnx.ModelProto:
 
 
 def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 name: str | None = None, optimize: bool = True, blocked: bool = True) -> Graph:
+                 name: str | None = None, optimize: bool = True, blocked: bool = True,
+                 winograd: bool = True) -> Graph:
     """Build a Nestor graph from an ONNX model (path or ModelProto).
 
     `input_shapes` fixes dynamic input dimensions (e.g. the batch size); `optimize` runs the
     inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering,
-    and with `blocked`, the blocked layouts of layout.py (convolutions in NCHW<b>c).
+    and with `blocked`, the blocked layouts of layout.py (convolutions in NCHW<b>c; with
+    `winograd`, the 3x3 stride-1 ones that winograd.py takes as Winograd F(2x2, 3x3)).
     """
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -90,7 +92,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     if optimize:
         nodes = optimize_nodes(nodes, consts, types, outputs)
         if blocked:
-            nodes = blocked_layout(nodes, consts, types, outputs)
+            nodes = blocked_layout(nodes, consts, types, outputs, winograd)
     read = {i for n in nodes for i in n.input} | set(outputs)
     graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)

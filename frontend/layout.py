@@ -15,6 +15,9 @@ MaxPool / AveragePool, Concat along the channels. Every other reader of a blocke
 the graph's outputs, read the plain tensor under its original name, produced by a FromNCHWc
 node inserted before its first such reader: layout conversions stand only where the layout
 changes, once per tensor.
+
+A 3x3 stride-1 convolution on a blocked input whose output tiles into whole 2x2 tiles becomes
+three nodes instead (Winograd F(2x2, 3x3), frontend/winograd.py); its output is blocked alike.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import onnx
 from onnx import helper
 
 from ..ir import TensorType, canonical
-from . import winograd
+from .winograd import takes_winograd, winograd_nodes
 from .graph_passes import _attr, _fresh, _new_const
 from .ops.blocked import pack_conv_weight
 from .ops.elementwise import BINARY, UNARY, VARIADIC
@@ -49,15 +52,17 @@ def to_blocked(value: np.ndarray, b: int) -> np.ndarray:
 
 
 def blocked_layout(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
-                   types: dict[str, TensorType], outputs: list[str]) -> list[onnx.NodeProto]:
+                   types: dict[str, TensorType], outputs: list[str],
+                   winograd: bool = True) -> list[onnx.NodeProto]:
     """The node list with convolutions and their neighbours in blocked layouts (module doc);
-    new tensors and constants are added to `types` and `consts`."""
-    return _Rewriter(consts, types).run(nodes, outputs)
+    new tensors and constants are added to `types` and `consts`. With `winograd`, the convs
+    that frontend/winograd.py takes become its three nodes."""
+    return _Rewriter(consts, types, winograd).run(nodes, outputs)
 
 
 class _Rewriter:
-    def __init__(self, consts, types):
-        self.consts, self.types = consts, types
+    def __init__(self, consts, types, winograd: bool):
+        self.consts, self.types, self.winograd = consts, types, winograd
         self.names = set(consts) | set(types)
         self.blocked: dict[str, tuple[str, int]] = {}   # plain name -> (blocked name, block)
         self.plain_ready: set[str] = set()
@@ -109,9 +114,9 @@ class _Rewriter:
         xb, bi = self.blocked.get(x, (x, 0))
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs.pop("kernel_shape", None)
-        if winograd.applies(attrs, w, self.types[x].shape, out_t.shape, bi, bo):
+        if self.winograd and takes_winograd(attrs, w, self.types[x].shape, out_t.shape, bi, bo):
             out = self._blocked_output(node.output[0], bo)
-            return winograd.winograd_nodes(node.name, xb, w, bias, out, out_t.shape, self._shared_const,
+            return winograd_nodes(node.name, xb, w, bias, out, out_t.shape, self._shared_const,
                                            self._tensor)
         packed = self._const(f"{w_name}_nchwc", pack_conv_weight(w, bi, bo))
         out = self._blocked_output(node.output[0], bo)

@@ -13,14 +13,11 @@ from onnx import helper
 
 from ..ir import TensorType
 from .ops.registry import NESTOR_DOMAIN
-from .ops.winograd import input_transform_matrix, output_transform_matrix, transform_weights
+from .ops.winograd import output_transform_matrix, transform_weights
 
-ENABLED = True
-
-
-def applies(node_attrs: dict, w: np.ndarray, x_shape, out_shape, in_block: int, out_block: int) -> bool:
+def takes_winograd(node_attrs: dict, w: np.ndarray, x_shape, out_shape, in_block: int, out_block: int) -> bool:
     """Whether a conv (its attributes, OIHW weights, plain input and output shapes) goes Winograd."""
-    if not ENABLED or w.ndim != 4 or w.shape[2:] != (3, 3) or not in_block or in_block != out_block:
+    if w.ndim != 4 or w.shape[2:] != (3, 3) or not in_block or in_block != out_block:
         return False
     if node_attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         return False
@@ -37,13 +34,12 @@ def winograd_nodes(name: str, x_blocked: str, w: np.ndarray, bias: str | None, o
     `new_tensor(base, TensorType)` name new constants and tensors."""
     k, c = w.shape[:2]
     tiles = (out_shape[2] // 2) * (out_shape[3] // 2)
-    bm = new_const("winograd_bt", input_transform_matrix())
     am = new_const("winograd_at", output_transform_matrix())
     u = new_const(f"{name}_winograd_u", transform_weights(w))
     v = new_tensor(f"{name}_winograd_v", TensorType((16, tiles, c), "float32"))
     m = new_tensor(f"{name}_winograd_m", TensorType((16, tiles, k), "float32"))
     return [
-        helper.make_node("WinogradInput", [x_blocked, bm], [v], name=f"{name}_wi", domain=NESTOR_DOMAIN),
+        helper.make_node("WinogradInput", [x_blocked], [v], name=f"{name}_wi", domain=NESTOR_DOMAIN),
         helper.make_node("MatMul", [v, u], [m], name=f"{name}_wm"),
         helper.make_node("WinogradOutput", [m, am] + ([bias] if bias else []), [out_blocked], name=name,
                          domain=NESTOR_DOMAIN),

@@ -18,12 +18,14 @@ SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
 
 
 def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
-                blocked: bool = True) -> Graph:
+                blocked: bool = True, winograd: bool = True) -> Graph:
     """ONNX model (path or ModelProto) → Nestor graph of kernels. `optimize`: fold BatchNorms
     into convolutions (frontend/graph_passes.py), with `blocked` put convolutions and their
-    neighbours in NCHW<b>c (frontend/layout.py), and fuse elementwise consumers into the
+    neighbours in NCHW<b>c (frontend/layout.py; with `winograd`, its 3x3 stride-1 convs as
+    Winograd F(2x2, 3x3): frontend/winograd.py), and fuse elementwise consumers into the
     kernels that produce their inputs (passes/fusion.py)."""
-    graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked)
+    graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked,
+                         winograd=winograd)
     return fuse_elementwise(graph) if optimize else graph
 
 
@@ -52,12 +54,12 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
             schedule: str | os.PathLike | ModelSchedule = "default", records: str | None = None,
-            optimize: bool = True, blocked: bool = True,
+            optimize: bool = True, blocked: bool = True, winograd: bool = True,
             progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
     runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
-    schedules stored there; `optimize`, `blocked`: as in `import_onnx`."""
-    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked)
+    schedules stored there; `optimize`, `blocked`, `winograd`: as in `import_onnx`."""
+    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
 

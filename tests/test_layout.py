@@ -153,6 +153,8 @@ def test_a_3x3_conv_on_a_blocked_input_runs_as_winograd_where_its_tiles_are_whol
     assert kinds[-2:] == ["ConvNCHWc+Relu", "FromNCHWc"]
     assert (kinds[1:4] == ["WinogradInput", "MatMul", "WinogradOutput"]) == winograd
     assert_close_to_ort(model, nestor.compile(model))
+    direct = [n.op_type for n in nestor.import_onnx(model, winograd=False).nodes]
+    assert direct[:2] == ["ConvNCHWc", "ConvNCHWc"] and "MatMul" not in direct
 
 
 def test_winograd_transforms_compute_a_3x3_correlation():

@@ -3,9 +3,10 @@
 A 3x3, stride-1 convolution computes each 2x2 output tile from a 4x4 input tile with 16
 multiplications a channel pair instead of 36: V = B^T d B (input tile transform), M = V . U
 for each of the 16 tile positions (U = G g G^T, the weights transformed at compile time: a
-batched matmul over the channels), Y = A^T M A (output tile transform). The transforms are
-written as dense linear maps (`input_transform_matrix`, `output_transform_matrix`) taken as
-constant inputs: 16 multiply-adds per transformed value, a few percent of the matmul's.
+batched matmul over the channels), Y = A^T M A (output tile transform). The input transform
+writes each value as its 4 signed terms; the output transform is a dense linear map
+(`output_transform_matrix`, a constant input): 16 multiply-adds an output value, a few percent
+of the matmul's.
 
 - WinogradInput: X blocked [N=1, C/b, H, W, b] -> V [16, T, C] with T = (H/2)(W/2) tiles, rows
   of tiles first; the input is zero-padded by one pixel on every side.
@@ -45,12 +46,14 @@ def transform_weights(w: np.ndarray) -> np.ndarray:
 @register_op(f"{DOMAIN}.WinogradInput")
 def lower_winograd_input(ctx: OpContext) -> Lowered:
     """V[e, ty*Tw + tx, cb*b + ci] = sum over (i, j) of Bm[e, 4i + j] *
-    Xpad[0, cb, 2ty + i, 2tx + j, ci], Xpad = X with a zero border of one pixel."""
-    x, bm, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "Bm"), output_buffer(ctx)
+    Xpad[0, cb, 2ty + i, 2tx + j, ci], Xpad = X with a zero border of one pixel. Each of the 16
+    values is written out as its 4 signed terms (Bm's other 12 entries a row are zeros)."""
+    x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
     _require_float(ctx, x)
     _, cb, h, w, b = x.shape
     th, tw = h // 2, w // 2
     padded = Buffer(f"{x.name}_pad", (1, cb, h + 2, w + 2, b), x.dtype)
+    bm = input_transform_matrix()
 
     def fill(n, c, y, z, ci):
         inside = logical_and(ge(y, 1), le(y, h), ge(z, 1), le(z, w))
@@ -58,13 +61,18 @@ def lower_winograd_input(ctx: OpContext) -> Lowered:
                      select(inside, x[n, c, y - 1, z - 1, ci], as_expr(0, x.dtype)))
     pad_stage = loop_nest(padded.shape, fill, prefix="p")
 
-    def value(s, r):
-        e, ty, tx, c, ci = s
-        i, j = r
-        return bm[e, i * 4 + j] * padded[0, c, ty * 2 + i, tx * 2 + j, ci]
-    body = reduction(out, (16, th, tw, cb, b), (4, 4),
-                     lambda s: (s[0], s[1] * tw + s[2], s[3] * b + s[4]), 0, value, "add")
-    return Lowered(Kernel("winograd_input", (x, bm), (out,), Allocate(padded, seq(pad_stage, body))), [0, 1])
+    def tile(ty, tx, c, ci):
+        d = lambda p: padded[0, c, ty * 2 + p // 4, tx * 2 + p % 4, ci]  # noqa: E731
+        stores = []
+        for e in range(16):
+            terms = [(bm[e, p], d(p)) for p in range(16) if bm[e, p]]
+            value = terms[0][1] if terms[0][0] > 0 else as_expr(0, x.dtype) - terms[0][1]
+            for sign, load in terms[1:]:
+                value = value + load if sign > 0 else value - load
+            stores.append(store(out, (e, ty * tw + tx, c * b + ci), value))
+        return seq(*stores)
+    body = loop_nest((th, tw, cb, b), tile)
+    return Lowered(Kernel("winograd_input", (x,), (out,), Allocate(padded, seq(pad_stage, body))), [0])
 
 
 @register_op(f"{DOMAIN}.WinogradOutput")
