@@ -41,8 +41,6 @@ def huge_page_buffer(nbytes: int, device) -> tuple[tvm.runtime.Tensor, int]:
     raw = tvm.runtime.empty((nbytes + HUGE_PAGE,), "uint8", device)
     base = raw.data_ptr()
     start = -(-base // HUGE_PAGE) * HUGE_PAGE
-    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE  # whole huge pages: the tail's is ours too
-    if start + length > base + nbytes + HUGE_PAGE:
-        length -= HUGE_PAGE
+    length = (base + raw.shape[0] - start) // HUGE_PAGE * HUGE_PAGE  # the whole pages inside
     _MADVISE(start, length, _MADV_HUGEPAGE)  # advice only: a refusal leaves small pages
     return raw, start - base

@@ -117,7 +117,7 @@ class _Rewriter:
         if self.winograd and takes_winograd(attrs, w, self.types[x].shape, out_t.shape, bi, bo):
             out = self._blocked_output(node.output[0], bo)
             return winograd_nodes(node.name, xb, w, bias, out, out_t.shape, self._shared_const,
-                                           self._tensor)
+                                  self._tensor)
         packed = self._const(f"{w_name}_nchwc", pack_conv_weight(w, bi, bo))
         out = self._blocked_output(node.output[0], bo)
         inputs = [xb, packed] + ([bias] if bias else [])

@@ -15,6 +15,7 @@ from ..ir import TensorType
 from .ops.registry import NESTOR_DOMAIN
 from .ops.winograd import output_transform_matrix, transform_weights
 
+
 def takes_winograd(node_attrs: dict, w: np.ndarray, x_shape, out_shape, in_block: int, out_block: int) -> bool:
     """Whether a conv (its attributes, OIHW weights, plain input and output shapes) goes Winograd."""
     if w.ndim != 4 or w.shape[2:] != (3, 3) or not in_block or in_block != out_block:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Allocate, Buffer, Kernel, as_expr, ge, le, logical_and, loop_nest, seq, select, store
+from ...ir import Allocate, Kernel, as_expr, loop_nest, seq, store
 from .common import input_buffer, output_buffer
-from .nn import _require_float
+from .nn import _materialize_padding, _require_float, _Window
 from .reduce import reduction
 from .registry import NESTOR_DOMAIN as DOMAIN, Lowered, OpContext, register_op
 
@@ -52,14 +52,10 @@ def lower_winograd_input(ctx: OpContext) -> Lowered:
     _require_float(ctx, x)
     _, cb, h, w, b = x.shape
     th, tw = h // 2, w // 2
-    padded = Buffer(f"{x.name}_pad", (1, cb, h + 2, w + 2, b), x.dtype)
+    # 4x4 windows at stride 2 from one pixel before the input: a copy with a one-pixel border
+    windows = [_Window(h, 4, 2, 1, 1, 1, th), _Window(w, 4, 2, 1, 1, 1, tw)]
+    padded, pad_stage, _ = _materialize_padding(x, windows)
     bm = input_transform_matrix()
-
-    def fill(n, c, y, z, ci):
-        inside = logical_and(ge(y, 1), le(y, h), ge(z, 1), le(z, w))
-        return store(padded, (n, c, y, z, ci),
-                     select(inside, x[n, c, y - 1, z - 1, ci], as_expr(0, x.dtype)))
-    pad_stage = loop_nest(padded.shape, fill, prefix="p")
 
     def tile(ty, tx, c, ci):
         d = lambda p: padded[0, c, ty * 2 + p // 4, tx * 2 + p % 4, ci]  # noqa: E731
