@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..codegen.target import vector_unit
+from ..codegen.target import machine_params
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .space import Sketch, top_level_nests
@@ -69,13 +69,13 @@ def kernel_flops(kernel: Kernel) -> float:
     return float(go(kernel.body, 1))
 
 
-def _unit(target_key: str):
-    """The vector unit of a records key: a target's JSON names it; any other label (a test's) is
+def _machine(target_key: str):
+    """The machine of a records key: a target's JSON names it; any other label (a test's) is
     this host, where the measurer builds."""
     try:
-        return vector_unit(target_key)
+        return machine_params(target_key)
     except ValueError:
-        return vector_unit()
+        return machine_params()
 
 
 class Tuner:
@@ -86,7 +86,7 @@ class Tuner:
                  batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
-        self.sketch = Sketch.of(self.kernel, _unit(target))
+        self.sketch = Sketch.of(self.kernel, _machine(target))
         self.measurer, self.records, self.model = measurer, records, model
         self.target, self.batch = target, batch
         self.rng = random.Random(seed)
@@ -194,7 +194,8 @@ class Tuner:
     def _default_candidate(self) -> tuple[None, Schedule, Kernel] | None:
         """The untuned default schedule as steps (`default` on every top-level nest), measured
         first, so tuning never ends worse than not tuning. None once it was measured."""
-        schedule = Schedule(tuple(DefaultNest(n.root) for n in top_level_nests(self.kernel)))
+        schedule = Schedule(tuple(DefaultNest.for_machine(n.root, self.sketch.machine)
+                                  for n in top_level_nests(self.kernel)))
         if schedule.to_json() in self.seen:
             return None
         return None, schedule, schedule.apply(self.kernel)

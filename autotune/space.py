@@ -46,9 +46,10 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..codegen.target import AVX512, VectorUnit, vector_unit
+from ..codegen.target import machine_params
 from ..ir import Allocate, Buffer, Expr, For, Kernel, Load, Seq, Stmt, Store, Var, loads, walk_stmts
 from ..ir.affine import affine_form
+from ..ir.machine import AVX512, MachineParams
 from ..passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Merge, Pack, Parallel, Pass,
                       Reorder, Rfactor, Schedule, ScheduleError, Split, Unroll, Vectorize, canonical_loops, list_passes)
 from ..passes.analysis import variables
@@ -60,7 +61,6 @@ LANE_FACTORS = (8, 16, 32, 64)  # lanes on another loop (they must divide it); 3
 UNROLL_FACTORS = (1, 2, 4, 8)
 RFACTOR_FACTORS = (8, 16, 32, 64)  # vector lanes of partial results for a row reduction
 CHUNK_FACTORS = (2, 4, 8, 16, 32)  # iterations of the outermost reduction loop a chunk holds
-BLOCK_LANES = (8, 16)         # a blocked layout's channel block (frontend/layout.py)
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ class Lanes:
     factors: tuple[int, ...]               # lane counts that divide the loop and every packed dimension
 
 
-def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes, ...]:
-    if not nest.reduce or nest.output is None or _block_lanes(nest, vector):
+def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: MachineParams) -> tuple[Lanes, ...]:
+    if not nest.reduce or nest.output is None or _block_lanes(nest, vector, machine):
         return ()
     inputs = {b.name: b for b in kernel.inputs}
     out = []
@@ -150,10 +150,10 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None) -> tuple[Lanes,
     return tuple(out)
 
 
-def _block_lanes(nest: Nest, vector: int | None) -> bool:
+def _block_lanes(nest: Nest, vector: int | None, machine: MachineParams) -> bool:
     """Whether the output's contiguous dimension is a blocked layout's channel lane (NCHW16c,
     frontend/layout.py): whole vectors already, so lanes on another loop would only stride."""
-    return vector is not None and nest.spatial[vector].extent in BLOCK_LANES
+    return vector is not None and nest.spatial[vector].extent in machine.channel_blocks
 
 
 def _moves_with(e: Expr, var: str, extent: int) -> bool:
@@ -181,11 +181,12 @@ class Sketch:
     rows: tuple[tuple[str, str], ...] = ()  # (nest root, reduction loop) pairs rfactor can split
     stages: tuple[str, ...] = ()            # intermediates the main nest reads (a padded input)
     panels: tuple[str, ...] = ()            # inputs read along the vector loop, a row per reduction step
-    unit: VectorUnit = AVX512               # the target's vector registers, which tiles must fit
+    machine: MachineParams = AVX512         # the target, whose vector registers tiles must fit
 
     @classmethod
-    def of(cls, kernel: Kernel, unit: VectorUnit | None = None) -> Sketch:
-        """The sketch of `kernel` for a CPU with vector registers `unit` (default: this host's)."""
+    def of(cls, kernel: Kernel, machine: MachineParams | None = None) -> Sketch:
+        """The sketch of `kernel` for `machine` (default: this host)."""
+        machine = machine or machine_params()
         kernel = canonical_loops(kernel)
         nests = top_level_nests(kernel)
         main = max(nests, key=lambda n: n.work)
@@ -199,8 +200,8 @@ class Sketch:
         extra = tuple(p for name, cls_ in list_passes().items() if name not in BUILTINS
                       for p in cls_.schedule_space(kernel))
         return cls(kernel, main, tuple(n.root for n in nests if n is not main), vector, inputs, extra,
-                   lane_choices(kernel, main, vector), row_reductions(kernel, nests), stages_read(kernel, main),
-                   panel_inputs(kernel, main, vector), unit or vector_unit())
+                   lane_choices(kernel, main, vector, machine), row_reductions(kernel, nests), stages_read(kernel, main),
+                   panel_inputs(kernel, main, vector), machine)
 
     # decisions
 
@@ -329,7 +330,7 @@ class Sketch:
         output-channel block. Other reductions (matmuls): a vector of up to 2L lanes × the 4-8
         rows that fit."""
         loops = self.nest.spatial
-        lanes_per, acc = self.unit.lanes, self.unit.accumulators
+        lanes_per, acc = self.machine.lanes(), self.machine.accumulators
         base = {"factors": [1] * len(loops), "order": 0, "fuse": 1, "unroll": 1, "cache_read": None,
                 "extra": None, "lanes": None, "rfactor": None, "merge_rows": False, "stage_at": None,
                 "transpose_store": False, "panel": False, "chunk": None}
@@ -353,7 +354,7 @@ class Sketch:
                     factors[v] = min((c for c in fit if c >= 6), key=lambda c: (-loops[v].extent % c, -c))
                 rule = {**base, "factors": factors, "lanes": (n, f), "stage_at": 0 if self.stages else None}
                 out += [rule, {**rule, "transpose_store": True}] if f > lanes_per else [rule]
-        if self.nest.reduce and _block_lanes(self.nest, v) and row is not None:
+        if self.nest.reduce and _block_lanes(self.nest, v, self.machine) and row is not None:
             return [self._bounded(d) for d in out + self._block_tiles(base, v, row)]
         if self.nest.reduce and v is not None and not self.rows:
             factors = list(base["factors"])
@@ -384,14 +385,14 @@ class Sketch:
         height = loops[row - 1].extent if row > 0 else 1
         channel = next((k for k, l in enumerate(loops[:row]) if l.var in variables((self.nest.index[1],))), None)
         blocks_total = loops[channel].extent if channel is not None else 1
-        per_pixel = -(-loops[v].extent // self.unit.lanes)  # registers of one pixel's block
-        acc = self.unit.accumulators
+        per_pixel = -(-loops[v].extent // self.machine.lanes())  # registers of one pixel's block
+        acc = self.machine.accumulators
         tiles = []  # (rows, pixels, blocks)
         if per_pixel == 1:
             for blocks, limit in ((1, acc), (2, acc // 2)):
                 pixels = width if width <= limit else max(
                     (c for c in (4, 5, 6, 7, 8) if width % c == 0), default=None)
-                if pixels is None and blocks == 1 and width <= self.unit.registers - 2:
+                if pixels is None and blocks == 1 and width <= self.machine.vector_registers - 2:
                     # a row no 4-8 divides (SqueezeNet's 13, NCHW8c with AVX2) whole: all
                     # in registers still, 1.9 ms against the tuner's best 3.9 without it
                     pixels = width
@@ -413,7 +414,7 @@ class Sketch:
                 tiles.append((1, full, 1))
             # a row tile that spills two accumulators but reuses each weight load on more
             # pixels: better where the weights stream from L2 (1x1 and 7x7 convs)
-            wide = max(c for c in range(1, (self.unit.registers - 2) // per_pixel + 1) if width % c == 0)
+            wide = max(c for c in range(1, (self.machine.vector_registers - 2) // per_pixel + 1) if width % c == 0)
             if (1, wide, 1) not in tiles:
                 tiles.append((1, wide, 1))
         out = []
@@ -443,9 +444,9 @@ class Sketch:
         per_step = channels * 4
         for r in self.nest.reduce[1:]:
             per_step *= _extent(self.kernel, r)
-        if _extent(self.kernel, self.nest.reduce[0]) * per_step <= 32 << 10:
+        if _extent(self.kernel, self.nest.reduce[0]) * per_step <= self.machine.l1_bytes:
             return None
-        fits = [f for f in self.chunk_factors if f * per_step <= 16 << 10]
+        fits = [f for f in self.chunk_factors if f * per_step <= self.machine.l1_bytes // 2]
         return max(fits) if fits else None
 
     def _channel_tiles(self, base: dict, v: int, row: int | None) -> list[dict]:
@@ -456,7 +457,7 @@ class Sketch:
         random samples found there. Tiles divide their loops (a guard on the vector lanes would scalarize them)."""
         loops = self.nest.spatial
         width = loops[v].extent
-        lanes = self.unit.lanes
+        lanes = self.machine.lanes()
         # one register's lanes where a divisor allows: with AVX2 a 14-lane vector (two ymm, one
         # partial) ran ShuffleNet's grouped 1x1 conv at 6 GF/s, 7 lanes at 37
         vec = width if width <= lanes else max((d for d in range(lanes // 2 + 1, lanes + 1) if width % d == 0),
@@ -491,7 +492,7 @@ class Sketch:
         """The register tile's limit in _tile_size's units (vectors of 8 floats): all registers
         but two for operands, 16 at most (32 with AVX-512's 16 lanes; 14 with AVX2: two spill,
         which the rules' widest row tile accepts, see _block_tiles)."""
-        return min(self.unit.registers - 2, 16) * self.unit.lanes // 8
+        return min(self.machine.vector_registers - 2, 16) * self.machine.lanes() // 8
 
     def _bounded(self, d: dict) -> dict:
         """Keep the register tile small enough to stay in registers."""
@@ -594,7 +595,7 @@ class Sketch:
                 else:
                     builder.step(Unroll(n), max_extent=16)
         for root in self.others:
-            builder.step(DefaultNest(root))
+            builder.step(DefaultNest.for_machine(root, self.machine))
         if d.get("extra") is not None and d["extra"] < len(self.extra):
             builder.step(self.extra[d["extra"]])
         return Schedule(tuple(builder.steps)), builder.kernel
@@ -668,7 +669,7 @@ class Sketch:
                 # inside an i0 of extent 1)
                 builder.step(Parallel(next((l.var for l in nest.spatial if l.extent > 1), nest.root)))
             else:
-                builder.step(DefaultNest(nest.root))
+                builder.step(DefaultNest.for_machine(nest.root, self.machine))
         if merge:
             into = roots[0]
             for root in roots[1:]:

@@ -1,5 +1,5 @@
 """codegen: Nestor kernels -> TVM TIR -> compiled modules (LLVM on CPU, CUDA on GPU)."""
-from .target import AVX2, AVX512, VectorUnit, host_target, cuda_target, use_all_cores, vector_unit
+from .target import as_target, host_target, cuda_target, machine_params, use_all_cores
 from .tir import to_primfunc
 from .build import build, CompiledKernels, load, run_kernel
 from .model import CompiledModel, compile_graph, median_latency

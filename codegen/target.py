@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 
 import tvm
+
+from ..ir.machine import CPU, CUDA, MachineParams
 
 
 def _system_cpu() -> str | None:
@@ -51,46 +52,82 @@ def as_target(target) -> tvm.target.Target:
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 
-@dataclass(frozen=True)
-class VectorUnit:
-    """A CPU's SIMD registers: what a register-filling tile must fit in."""
-    lanes: int       # float32 lanes in one vector register
-    registers: int   # architectural vector registers
-
-    @property
-    def accumulators(self) -> int:
-        """Vector registers a tile's accumulators may take: the rest hold the operands (up to
-        two weight vectors and an input broadcast) and a spare; 16 at most, the tile the
-        AVX-512 rules were measured with. With AVX2, 14 accumulators spilled two of them to
-        the stack in every reduction step (Zen 3: 57 GF/s against 104 with 8)."""
-        return min(self.registers - 4, 16)
-
-
-AVX512 = VectorUnit(16, 32)
-AVX2 = VectorUnit(8, 16)     # also AVX: 16 ymm registers
-NEON = VectorUnit(4, 32)
-SSE = VectorUnit(4, 16)
-
-
 @functools.lru_cache(maxsize=None)
-def vector_unit(target=None) -> VectorUnit:
-    """The vector unit of an LLVM target (anything `as_target` takes; "llvm", the tuner's
-    default key, is this host); a CPU LLVM cannot name gets SSE's, the x86-64 baseline."""
+def machine_params(target=None) -> MachineParams:
+    """The machine a TVM target describes (anything `as_target` takes; "llvm", the tuner's
+    default records key, is this host). The only place the host is probed: its cache sizes,
+    when the target is this CPU; the SM count, when the target is a GPU that is present."""
     target = as_target(None if target == "llvm" else target)
+    if target.kind.name == "cuda":
+        return _cuda_params(target)
     if target.kind.name != "llvm":
-        return SSE
+        raise ValueError(f"no machine description for target kind {target.kind.name!r}")
+    cores = int(target.attrs.get("num-cores", 0) or _cores())
+    vector_bytes, registers = _vector_unit(target)
+    caches = _host_caches() if _is_host(target) else {}
+    return MachineParams(CPU, cores, vector_bytes, registers, **caches)
+
+
+def _vector_unit(target) -> tuple[int, int]:
+    """(bytes of a SIMD register, architectural SIMD registers); SSE's for a CPU LLVM cannot
+    name (the x86-64 baseline)."""
     try:
         from tvm.target import codegen
         has = lambda feature: bool(codegen.llvm_cpu_has_features([feature], target))  # noqa: E731
         if has("avx512f"):
-            return AVX512
+            return 64, 32
         if has("avx"):
-            return AVX2
+            return 32, 16
         if has("neon"):
-            return NEON
+            return 16, 32
     except Exception:  # TVM without LLVM, or a CPU LLVM does not know
         pass
-    return SSE
+    return 16, 16
+
+
+def _is_host(target) -> bool:
+    mcpu = target.attrs.get("mcpu")
+    return mcpu is None or str(mcpu) == (_system_cpu() or "")
+
+
+def _host_caches() -> dict[str, int]:
+    """This CPU's data and unified cache sizes from sysfs (Linux); {} elsewhere."""
+    sizes = {}
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(root)):
+            if not entry.startswith("index"):
+                continue
+            read = lambda name: open(os.path.join(root, entry, name)).read().strip()  # noqa: E731
+            if read("type") in ("Data", "Unified"):
+                text = read("size")
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+                sizes[f"l{read('level')}_bytes"] = int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in sizes.items() if k in ("l1_bytes", "l2_bytes", "l3_bytes")}
+
+
+# SM counts of the usual parts of each architecture, where no GPU is present to ask
+_SMS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
+
+
+def _cuda_params(target) -> MachineParams:
+    arch = str(target.attrs.get("arch", "sm_90"))
+    sms = _SMS.get(arch, 80)
+    try:
+        dev = tvm.cuda(0)
+        if dev.exist:
+            sms = int(dev.multi_processor_count)
+    except Exception:  # no CUDA runtime here: the architecture's usual count
+        pass
+    return MachineParams(
+        CUDA, sms, vector_bytes=16, vector_registers=0, l1_bytes=128 << 10, l2_bytes=40 << 20, l3_bytes=0,
+        cache_line=128, warp_size=int(target.attrs.get("thread_warp_size", 32)),
+        max_threads_per_block=int(target.attrs.get("max_num_threads", 1024)),
+        shared_memory_per_block=int(target.attrs.get("max_shared_memory_per_block", 48 << 10)),
+        registers_per_block=int(target.attrs.get("registers_per_block", 65536)),
+        max_registers_per_thread=255)
 
 
 @functools.lru_cache(maxsize=None)

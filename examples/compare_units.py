@@ -11,7 +11,7 @@ import nestor
 from nestor.autotune.measure import Measurer
 from nestor.autotune.search import kernel_flops
 from nestor.autotune.space import Sketch
-from nestor.codegen import AVX2, AVX512
+from nestor.ir.machine import AVX2, AVX512
 from nestor.zoo import light_model
 
 from compare_layouts import tasks_of

@@ -16,6 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..ir import Graph, Node, TensorType, canonical
 from ..ir.errors import ModelError
+from ..ir.machine import GENERIC_CPU, MachineParams
 from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
@@ -49,13 +50,14 @@ def load_model(source) -> onnx.ModelProto:
 
 def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
                  name: str | None = None, optimize: bool = True, blocked: bool = True,
-                 winograd: bool = True) -> Graph:
+                 winograd: bool = True, machine: MachineParams = GENERIC_CPU) -> Graph:
     """Build a Nestor graph from an ONNX model (path or ModelProto).
 
     `input_shapes` fixes dynamic input dimensions (e.g. the batch size); `optimize` runs the
     inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering,
     and with `blocked`, the blocked layouts of layout.py (convolutions in NCHW<b>c; with
-    `winograd`, the 3x3 stride-1 ones that winograd.py takes as Winograd F(2x2, 3x3)).
+    `winograd`, the 3x3 stride-1 ones that winograd.py takes as Winograd F(2x2, 3x3)), its
+    channel blocks those of `machine`.
     """
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
@@ -92,7 +94,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     if optimize:
         nodes = optimize_nodes(nodes, consts, types, outputs)
         if blocked:
-            nodes = blocked_layout(nodes, consts, types, outputs, winograd)
+            nodes = blocked_layout(nodes, consts, types, outputs, winograd, machine)
     read = {i for n in nodes for i in n.input} | set(outputs)
     graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)

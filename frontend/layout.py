@@ -3,7 +3,8 @@
 In NCHW a convolution's output channels are a feature map apart, so a vector of output channels
 (the layout that fills the registers: one weight vector per reduction step, one input value
 broadcast) is scattered over 16 planes when stored, and a vector along a row of 7, 14 or 56
-pixels has a tail. Blocked as [N, C/b, H, W, b] (b = 16, or 8 when 16 does not divide C), the
+pixels has a tail. Blocked as [N, C/b, H, W, b] (b = a cache line of channels, 16, or half of one where 16 does not divide C:
+MachineParams.channel_blocks), the
 b channels are adjacent: every accumulator is one vector and every store a whole vector.
 
 The pass walks the nodes in order and keeps, for each tensor it has blocked, the name of its
@@ -26,18 +27,19 @@ import onnx
 from onnx import helper
 
 from ..ir import TensorType, canonical
+from ..ir.machine import GENERIC_CPU, MachineParams
 from .winograd import takes_winograd, winograd_nodes
 from .graph_passes import _attr, _fresh, _new_const
 from .ops.blocked import pack_conv_weight
 from .ops.elementwise import BINARY, UNARY, VARIADIC
 from .ops.registry import NESTOR_DOMAIN
 
-BLOCKS = (16, 8)
 POOLS = ("MaxPool", "AveragePool")
 
 
-def block_size(channels: int) -> int | None:
-    return next((b for b in BLOCKS if channels % b == 0), None)
+def block_size(channels: int, machine: MachineParams = GENERIC_CPU) -> int | None:
+    """The first of the machine's channel blocks that divides `channels`."""
+    return next((b for b in machine.channel_blocks if channels % b == 0), None)
 
 
 def blocked_shape(shape: tuple[int, ...], b: int) -> tuple[int, ...]:
@@ -53,16 +55,16 @@ def to_blocked(value: np.ndarray, b: int) -> np.ndarray:
 
 def blocked_layout(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
                    types: dict[str, TensorType], outputs: list[str],
-                   winograd: bool = True) -> list[onnx.NodeProto]:
+                   winograd: bool = True, machine: MachineParams = GENERIC_CPU) -> list[onnx.NodeProto]:
     """The node list with convolutions and their neighbours in blocked layouts (module doc);
     new tensors and constants are added to `types` and `consts`. With `winograd`, the convs
-    that frontend/winograd.py takes become its three nodes."""
-    return _Rewriter(consts, types, winograd).run(nodes, outputs)
+    that frontend/winograd.py takes become its three nodes. Blocks: `machine.channel_blocks`."""
+    return _Rewriter(consts, types, winograd, machine).run(nodes, outputs)
 
 
 class _Rewriter:
-    def __init__(self, consts, types, winograd: bool):
-        self.consts, self.types, self.winograd = consts, types, winograd
+    def __init__(self, consts, types, winograd: bool, machine: MachineParams):
+        self.consts, self.types, self.winograd, self.machine = consts, types, winograd, machine
         self.names = set(consts) | set(types)
         self.blocked: dict[str, tuple[str, int]] = {}   # plain name -> (blocked name, block)
         self.plain_ready: set[str] = set()
@@ -108,7 +110,7 @@ class _Rewriter:
         if (w is None or w.ndim != 4 or _attr(node, "group", 1) != 1 or out_t is None
                 or canonical(w.dtype) != "float32" or (bias and bias not in self.consts)):
             return None
-        bo = block_size(w.shape[0])
+        bo = block_size(w.shape[0], self.machine)
         if bo is None:
             return None
         xb, bi = self.blocked.get(x, (x, 0))

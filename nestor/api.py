@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .codegen import CompiledModel, compile_graph
+from .codegen import CompiledModel, as_target, compile_graph, machine_params
 from .frontend import import_model
 from .ir import Graph, Kernel
 from .passes import default_schedule
@@ -18,14 +18,15 @@ SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
 
 
 def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
-                blocked: bool = True, winograd: bool = True) -> Graph:
+                blocked: bool = True, winograd: bool = True, target=None) -> Graph:
     """ONNX model (path or ModelProto) → Nestor graph of kernels. `optimize`: fold BatchNorms
     into convolutions (frontend/graph_passes.py), with `blocked` put convolutions and their
     neighbours in NCHW<b>c (frontend/layout.py; with `winograd`, its 3x3 stride-1 convs as
     Winograd F(2x2, 3x3): frontend/winograd.py), and fuse elementwise consumers into the
-    kernels that produce their inputs (passes/fusion.py)."""
+    kernels that produce their inputs (passes/fusion.py). `target` (default: this CPU) decides
+    the layouts' blocks."""
     graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked,
-                         winograd=winograd)
+                         winograd=winograd, machine=machine_params(as_target(target)))
     return fuse_elementwise(graph) if optimize else graph
 
 
@@ -35,7 +36,10 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
     "default", "none", a schedule file (passes/model_schedule.py), a pipeline string for every
     kernel, or a ModelSchedule. With `records` (a tuning database), a kernel's best stored
     schedule wins; kernels never tuned get `schedule`."""
-    if isinstance(schedule, str) and schedule in SCHEDULES:
+    if schedule == "default":
+        machine = machine_params(as_target(target))
+        base = lambda kernel: default_schedule(kernel, machine)  # noqa: E731
+    elif isinstance(schedule, str) and schedule in SCHEDULES:
         base = SCHEDULES[schedule]
     else:
         base = (schedule if isinstance(schedule, ModelSchedule) else read_model_schedule(schedule)).scheduler_for(graph)
@@ -59,7 +63,7 @@ def compile(model, *, input_shapes: dict | None = None, target=None,
     """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
     runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
     schedules stored there; `optimize`, `blocked`, `winograd`: as in `import_onnx`."""
-    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd)
+    graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd, target)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
 

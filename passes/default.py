@@ -12,39 +12,39 @@ recurrence or a stencil that reads what a neighbouring iteration writes stays se
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from .analysis import independence_problem
 from .base import Pass, find_loop, loop_ref, loop_sites, replace_loop
 from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
                   walk, walk_stmts)
+from ..ir.machine import GENERIC_CPU, MachineParams
 
-VECTOR_WIDTHS = (16, 8, 4)     # float32 lanes of AVX-512, AVX2, SSE
 MIN_PARALLEL_WORK = 1 << 14    # innermost iterations below which threads cost more than they save
 
 
-def default_schedule(kernel: Kernel, num_cores: int | None = None) -> Kernel:
-    cores = num_cores or os.cpu_count() or 1
-    return replace_body(kernel, _schedule(kernel.body, cores))
+def default_schedule(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> Kernel:
+    step = DefaultNest.for_machine("", machine)
+    return replace_body(kernel, _schedule(kernel.body, step.lanes, step.parallel))
 
 
-def _schedule(stmt: Stmt, cores: int) -> Stmt:
+def _schedule(stmt: Stmt, lanes: int, parallel: bool) -> Stmt:
     def nest(loop: For) -> Stmt:
-        vectorized = _map_loops(_sink_into_reduction(loop), _vectorize_innermost)
-        return _parallelize(vectorized, cores) if cores > 1 else vectorized
+        vectorized = _map_loops(_sink_into_reduction(loop, lanes),
+                                lambda inner: _vectorize_innermost(inner, lanes))
+        return _parallelize(vectorized) if parallel else vectorized
     return _map_loops(stmt, nest)
 
 
-def _vectorize_innermost(loop: For, outer: tuple[For, ...] = ()) -> Stmt:
+def _vectorize_innermost(loop: For, lanes: int, outer: tuple[For, ...] = ()) -> Stmt:
     body = loop.body
     if _has_loop(body):
-        new_body = _map_loops(body, lambda inner: _vectorize_innermost(inner, outer + (loop,)))
+        new_body = _map_loops(body, lambda inner: _vectorize_innermost(inner, lanes, outer + (loop,)))
         return loop if new_body is body else For(loop.var, loop.extent, new_body, loop.kind, loop.axis)
     if (loop.axis != "spatial" or loop.kind != "serial" or not _contiguous_in(loop)
             or independence_problem(loop, outer)):
         return loop
-    width = _vector_width(loop.extent)
+    width = _vector_width(loop.extent, lanes)
     if width is None:
         return loop
     if width == loop.extent:
@@ -54,7 +54,7 @@ def _vectorize_innermost(loop: For, outer: tuple[For, ...] = ()) -> Stmt:
     return For(outer, loop.extent // width, For(inner, width, split, "vectorized"), axis=loop.axis)
 
 
-def _sink_into_reduction(loop: For) -> Stmt:
+def _sink_into_reduction(loop: For, lanes: int) -> Stmt:
     """Find the innermost spatial loop `v` whose body is a reduction (init; reduce loops; epilogue)
     and move a vector-wide slice of it below the reduction loops:
 
@@ -66,14 +66,14 @@ def _sink_into_reduction(loop: For) -> Stmt:
     outputs then stay in registers across the whole reduction.
     """
     if isinstance(loop.body, For):
-        inner = _sink_into_reduction(loop.body)
+        inner = _sink_into_reduction(loop.body, lanes)
         return loop if inner is loop.body else For(loop.var, loop.extent, inner, loop.kind, loop.axis)
     if loop.axis != "spatial" or loop.kind != "serial" or not isinstance(loop.body, Seq):
         return loop
     parts = loop.body.stmts
     if not any(isinstance(p, For) and p.axis == "reduce" for p in parts) or not _owned_by(loop):
         return loop
-    width = _vector_width(loop.extent)
+    width = _vector_width(loop.extent, lanes)
     if width is None:
         return loop
     outer, lane = f"{loop.var}_o", f"{loop.var}_v"
@@ -114,13 +114,14 @@ def _innermost(loop: For, wrap) -> For:
     return For(loop.var, loop.extent, wrap(loop.body), loop.kind, loop.axis)
 
 
-def _vector_width(extent: int) -> int | None:
-    """A lane count dividing `extent`: a machine width if one divides, else the largest divisor
-    in 4..16 (7 or 14 columns of a ResNet feature map are better in one short vector than none)."""
-    for w in VECTOR_WIDTHS:
-        if extent % w == 0:
+def _vector_width(extent: int, lanes: int) -> int | None:
+    """A lane count dividing `extent`: `lanes`, or a half or quarter of it, if one divides, else
+    the largest divisor in 4..lanes (7 or 14 columns of a ResNet feature map are better in one
+    short vector than none)."""
+    for w in (lanes, lanes // 2, lanes // 4):
+        if w >= 4 and extent % w == 0:
             return w
-    return next((d for d in range(min(extent, VECTOR_WIDTHS[0]), 3, -1) if extent % d == 0), None)
+    return next((d for d in range(min(extent, lanes), 3, -1) if extent % d == 0), None)
 
 
 def _contiguous_in(loop: For) -> bool:
@@ -140,7 +141,7 @@ def _unit_stride(index, var: Var) -> bool:
     return False
 
 
-def _parallelize(nest: Stmt, cores: int) -> Stmt:
+def _parallelize(nest: Stmt) -> Stmt:
     loop = nest
     chain = []
     while isinstance(loop, For):
@@ -194,9 +195,19 @@ def _has_loop(stmt: Stmt) -> bool:
 class DefaultNest(Pass):
     """The default schedule (vectorized inner loop, parallel outer loop, where legal) applied to
     the top-level nest at `loop` alone: what a tuned schedule does with the stages it does not
-    tile, such as a convolution's padding."""
+    tile, such as a convolution's padding. `lanes`: the vector loop is split to this width (or a
+    half or quarter of it) where it divides; `parallel`: whether an outer loop may take threads.
+    Both are parameters, not read from the host, so a recorded step replays the same anywhere."""
     name = "default"
     loop: str
+    lanes: int = 16
+    parallel: bool = True
+
+    @classmethod
+    def for_machine(cls, loop: str, machine: MachineParams) -> DefaultNest:
+        """The step for `machine`: vectors of a cache line (LLVM splits a 16-lane float32 vector
+        into the registers of the machine: two with AVX2), threads where there are cores."""
+        return cls(loop, machine.line_elements("float32"), machine.cores > 1)
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)
@@ -205,7 +216,9 @@ class DefaultNest(Pass):
         annotated = [s.var for s in walk_stmts(site.loop) if isinstance(s, For) and s.kind != "serial"]
         if annotated:
             raise self.fail(self.loop, f"its nest is already scheduled (loop {annotated[0]})")
-        return replace_loop(kernel, site, _schedule(site.loop, os.cpu_count() or 1))
+        if self.lanes < 4:
+            raise self.fail(self.loop, f"lanes must be 4 or more, not {self.lanes}")
+        return replace_loop(kernel, site, _schedule(site.loop, self.lanes, self.parallel))
 
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:

@@ -59,7 +59,7 @@ def scheduled_kernels():
     for name, kernel in frontend_kernels().items():
         kernel = canonical_loops(kernel)
         yield f"{name}/none", kernel
-        yield f"{name}/default", default_schedule(kernel, num_cores=2)
+        yield f"{name}/default", default_schedule(kernel)
         for n, text in enumerate(PIPELINES[name]):
             yield f"{name}/{n}", parse_pipeline(text).apply(kernel)
 

@@ -35,7 +35,7 @@ def test_default_schedule_preserves_results(op, shapes, attrs):
     ctx = make_context(node, op, opset, [TensorInfo(a.shape, "float32") for a in inputs.values()],
                        [TensorInfo(tuple(d.dim_value for d in out.shape.dim), "float32")])
     lowered = lowering_for(op)(ctx)
-    scheduled = default_schedule(lowered.kernel, num_cores=2)
+    scheduled = default_schedule(lowered.kernel)
     verify(scheduled)
     args = [inputs[node.input[i]] for i in lowered.args]
     want = run_kernel(lowered.kernel, args)
@@ -49,6 +49,6 @@ def test_default_schedule_annotates_big_kernels():
     x = np.zeros((4, 128, 64), np.float32)
     node = helper.make_node("Relu", ["x"], ["y"])
     ctx = make_context(node, "relu", 17, [TensorInfo(x.shape, "float32")], [TensorInfo(x.shape, "float32")])
-    kernel = default_schedule(lowering_for("Relu")(ctx).kernel, num_cores=2)
+    kernel = default_schedule(lowering_for("Relu")(ctx).kernel)
     kinds = {s.kind for s in walk_stmts(kernel.body) if isinstance(s, For)}
     assert {"parallel", "vectorized"} <= kinds

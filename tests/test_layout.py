@@ -7,7 +7,7 @@ from onnx import helper
 
 import nestor
 from nestor.autotune.space import Sketch
-from nestor.codegen import AVX2, AVX512
+from nestor.ir.machine import AVX2, AVX512
 from nestor.frontend.layout import to_blocked
 from nestor.frontend.ops.blocked import pack_conv_weight
 from nestor.ir import NestorError

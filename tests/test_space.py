@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nestor.autotune.space import Sketch, _tile_size, top_level_nests
-from nestor.codegen import AVX2, AVX512, run_kernel
+from nestor.codegen import run_kernel
+from nestor.ir.machine import AVX2, AVX512
 from nestor.ir import Allocate, For, parse_kernel, print_kernel, structural_equal, walk_stmts
 from nestor.passes import Schedule, canonical_loops
 from tests.test_passes import _onnx, inputs, kernels
