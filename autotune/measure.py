@@ -70,6 +70,7 @@ class Measurer:
     runs_per_repeat), all but the first argument flushed from the caches before each repeat
     (FLUSH); `timeout` bounds the whole.
     `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices).
+    `target`: an LLVM target, anything `codegen.as_target` takes (None: this host).
 
     `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
     take turns); a kernel switched back to keeps its inputs and reference outputs."""
@@ -312,11 +313,10 @@ def _signature(kernel: Kernel) -> tuple:
     return tuple((tuple(b.shape), b.dtype) for b in kernel.params)
 
 
-def _target_json(target) -> str | None:
-    if target is None:
-        return None
-    import tvm
-    target = tvm.target.Target(target)
+def _target_json(target) -> str:
+    """The JSON form the builders take of a target (anything `as_target` takes; None: this host)."""
+    from ..codegen import as_target
+    target = as_target(target)
     if target.kind.name != "llvm":
         raise NestorError(f"measure: runs on the CPU (an llvm target), not {target.kind.name}")
     return str(target)
@@ -403,7 +403,7 @@ def _brief(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"[:400]
 
 
-def _builder(target: str | None):
+def _builder(target: str):
     from ..codegen import build
 
     def serve(request) -> dict:

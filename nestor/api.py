@@ -36,8 +36,9 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
     "default", "none", a schedule file (passes/model_schedule.py), a pipeline string for every
     kernel, or a ModelSchedule. With `records` (a tuning database), a kernel's best stored
     schedule wins; kernels never tuned get `schedule`."""
+    target = as_target(target)
     if schedule == "default":
-        machine = machine_params(as_target(target))
+        machine = machine_params(target)
         base = lambda kernel: default_schedule(kernel, machine)  # noqa: E731
     elif isinstance(schedule, str) and schedule in SCHEDULES:
         base = SCHEDULES[schedule]
@@ -62,7 +63,9 @@ def compile(model, *, input_shapes: dict | None = None, target=None,
             progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
     runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
-    schedules stored there; `optimize`, `blocked`, `winograd`: as in `import_onnx`."""
+    schedules stored there; `optimize`, `blocked`, `winograd`: as in `import_onnx`; `target`:
+    a TVM target, its JSON or dict form, or None (this CPU)."""
+    target = as_target(target)
     graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd, target)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
