@@ -9,49 +9,16 @@ stored and trains the cost model on it before proposing anything.
 from __future__ import annotations
 
 import random
-import time
-from dataclasses import dataclass, field
-from typing import Callable
 
-from ..codegen.target import machine_params
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
+from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .space import Sketch, top_level_nests
 
 POOL = 256           # candidates ranked by the cost model per round (at most)
 POOL_PER_TRIAL = 16  # ... and per trial of the round: a 2-trial warm-up ranks 32, not 256
 EPSILON = 0.2        # share of a batch measured at random
-RERANK_SHARE = 0.1   # of a budget kept for measuring the fastest schedules again at the end
-RERANK_TOP = 8       # schedules measured again in one batch (twice that at most: Tuner.rerank)
 RERANK_FEWEST = 4    # a task with fewer schedules measured (a short budget's warm-up) is not re-ranked
-
-
-def rerank_trials(trials: int | None) -> int:
-    """The trials of a budget kept for the re-ranking: its RERANK_SHARE, when that is a batch."""
-    keep = int(RERANK_SHARE * trials) if trials is not None else 0
-    return keep if keep >= RERANK_TOP else 0
-
-
-@dataclass
-class Progress:
-    task: str
-    trials: int
-    budget: int
-    best_seconds: float | None
-    gflops: float | None
-    errors: int
-
-
-@dataclass
-class TuneResult:
-    task: str
-    best: Schedule | None
-    best_seconds: float | None
-    trials: int                     # measured in this run
-    errors: int
-    stored: int                     # records found from earlier runs
-    seconds: float                  # wall time of this run
-    history: list = field(default_factory=list)   # (trial number, best seconds so far)
 
 
 def kernel_flops(kernel: Kernel) -> float:
@@ -69,26 +36,19 @@ def kernel_flops(kernel: Kernel) -> float:
     return float(go(kernel.body, 1))
 
 
-def _machine(target_key: str):
-    """The machine of a records key: a target's JSON names it; any other label (a test's) is
-    this host, where the measurer builds."""
-    try:
-        return machine_params(target_key)
-    except ValueError:
-        return machine_params()
-
-
 class Tuner:
-    """Tunes one kernel. `measurer.measure(kernels) -> results`, `records` (autotune.records),
-    `model` (costmodel.CostModel) are shared across kernels of a model."""
+    """Searches the schedules of one kernel, a round at a time; the task scheduler decides
+    which kernel's round comes next and when the budget ends. `measurer.measure(kernels) ->
+    results`, `records` (autotune.records) and `model` (costmodel.CostModel) are shared across
+    kernels; `target_key` keys the records, `machine` is what the sketch's rules read."""
 
-    def __init__(self, kernel: Kernel, measurer, records=None, model=None, target: str = "llvm",
+    def __init__(self, kernel: Kernel, measurer, records, model, target_key: str, machine: MachineParams,
                  batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
-        self.sketch = Sketch.of(self.kernel, _machine(target))
+        self.sketch = Sketch.of(self.kernel, machine)
         self.measurer, self.records, self.model = measurer, records, model
-        self.target, self.batch = target, batch
+        self.target_key, self.batch = target_key, batch
         self.rng = random.Random(seed)
         self.flops = kernel_flops(self.kernel)
         self.seen: set[str] = set()
@@ -109,7 +69,7 @@ class Tuner:
 
     def _resume(self) -> None:
         self.records.add_task(self.task, print_kernel(self.kernel), self.flops)
-        done = self.records.records(self.task, self.target)
+        done = self.records.records(self.task, self.target_key)
         self.stored = len(done)
         self.seen |= {r.schedule for r in done}
         good = [r for r in done if r.ok]
@@ -216,7 +176,7 @@ class Tuner:
             key = schedule.to_json()
             self.seen.add(key)
             if self.records is not None:
-                self.records.add(self.task, self.target, key, res.median, list(res.repeats), res.error)
+                self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error)
             if not res.ok:
                 self.errors += 1
                 continue
@@ -263,7 +223,7 @@ class Tuner:
             for key, res in zip(ranked, results):
                 again.add(key)
                 if self.records is not None:
-                    self.records.add(self.task, self.target, key, res.median, list(res.repeats), res.error)
+                    self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error)
                 if res.ok:
                     self.times[key] = res.median
                 else:  # as in Records.best, its earlier correct time stands
@@ -277,28 +237,3 @@ class Tuner:
         if self.times:
             key = min(self.times, key=self.times.get)
             self.best_seconds, self.best = self.times[key], Schedule.from_json(key)
-
-    def tune(self, trials: int, deadline: float | None = None,
-             progress: Callable[[Progress], None] | None = None) -> TuneResult:
-        start = time.perf_counter()
-        done, history = 0, []
-        keep, reranked = rerank_trials(trials), False
-        rerank_at = None if deadline is None else deadline - RERANK_SHARE * (deadline - time.time())
-        while done < trials and (deadline is None or time.time() < deadline):
-            if not reranked and (trials - done <= keep or (rerank_at is not None and time.time() >= rerank_at)):
-                reranked = True
-                n = self.rerank(RERANK_TOP, min(2 * RERANK_TOP, trials - done))
-            else:  # after the re-ranking, what is left of the budget goes on searching
-                self.batch = min(self.batch, trials - done - (0 if reranked else keep))
-                n = self.round()
-                if n == 0:
-                    break
-            done += n
-            history.append((done, self.best_seconds))
-            if progress:
-                progress(Progress(self.task, done, trials, self.best_seconds, self.gflops(), self.errors))
-        return TuneResult(self.task, self.best, self.best_seconds, done, self.errors, self.stored,
-                          time.perf_counter() - start, history)
-
-    def gflops(self) -> float | None:
-        return self.flops / self.best_seconds / 1e9 if self.best_seconds else None

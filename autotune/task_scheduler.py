@@ -14,27 +14,29 @@ Ansor's gradient-based task scheduler:
 the first term is the improvement per trial over the task's last few rounds (Δ trials), the
 second the optimistic guess that the next t trials could save as much again as the first t.
 The task with the steepest (most negative) gradient is tuned next; now and then a random one,
-so that no estimate goes stale. The last RERANK_SHARE of the budget measures each task's
-fastest schedules again, side by side, heaviest task first: times taken minutes apart on a
-shared machine differ by more than the best schedules do, and the re-measured ones decide.
-One set of measurement workers serves all tasks (they switch
-kernels), the cost model is shared, and every measurement goes to the records database as it
-arrives, so tuning again resumes every task from what is stored.
+so that no estimate goes stale. The last RERANK_SHARE of the budget (autotune/budget.py)
+measures each task's fastest schedules again, side by side, heaviest task first: times taken
+minutes apart on a shared machine differ by more than the best schedules do, and the re-measured
+ones decide. One set of measurement workers serves all tasks (they switch kernels), the cost
+model is shared, and every measurement goes to the records database as it arrives, so tuning
+again resumes every task from what is stored. Kernels tuned alone (`nestor tune kernel.ir`) are
+tasks too: one loop decides warm-up, rounds, re-ranking and stopping for both.
 """
 from __future__ import annotations
 
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..ir import Graph, Kernel, structural_hash
 from ..ir.errors import NestorError
-from ..passes import canonical_loops
+from ..ir.machine import MachineParams
+from ..passes import Schedule, canonical_loops
 from ..codegen.memory import concats_in_place
-from .search import RERANK_SHARE, RERANK_TOP, Tuner, kernel_flops, rerank_trials
+from .budget import RERANK_TOP, Budget
+from .search import Tuner, kernel_flops
 from .space import top_level_nests
 
 ALPHA = 0.2        # weight of the observed improvement against the optimistic guess
@@ -74,6 +76,11 @@ class Task:
         return self.tuner.best_seconds if self.tuner else None
 
     @property
+    def schedule(self) -> Schedule | None:
+        """The fastest schedule found (this run or stored)."""
+        return self.tuner.best if self.tuner else None
+
+    @property
     def active(self) -> bool:
         return self.failed is None and not self.exhausted
 
@@ -96,14 +103,27 @@ def extract_tasks(graph: Graph) -> list[Task]:
     return list(tasks.values())
 
 
+def kernel_tasks(kernels: dict[str, Kernel]) -> list[Task]:
+    """Tasks of kernels tuned by name, outside a model: one per structural hash, its nodes the
+    names of the kernels equal to it."""
+    tasks: dict[str, Task] = {}
+    for name, kernel in kernels.items():
+        h = structural_hash(kernel)
+        if h in tasks:
+            tasks[h].nodes.append(name)
+        else:
+            kernel = canonical_loops(kernel)
+            tasks[h] = Task(h, kernel, [name], kernel_flops(kernel))
+    return list(tasks.values())
+
+
 @dataclass
 class RoundInfo:
     """What a progress display needs after each round."""
     round: int
-    trials: int
-    budget: int | None             # total trials, or None when only a deadline bounds the run
-    elapsed: float
-    time_budget: float | None
+    trials: int                    # measured so far
+    elapsed: float                 # seconds so far
+    budget: Budget
     warmed: int                    # tasks that had their warm-up round
     tasks: int
     latency: float | None          # estimated model latency (seconds), once every task has a time
@@ -112,13 +132,15 @@ class RoundInfo:
 
 
 class TaskScheduler:
-    """Tunes the tasks of one model. `measurer` has `switch(kernel)` and `measure(kernels)`;
-    `records` (autotune.records) and `model` (costmodel.CostModel) are optional."""
+    """Tunes tasks (the kernels of a model, or kernels tuned by name) within one budget.
+    `measurer` has `switch(kernel)` and `measure(kernels)`; `records` (autotune.records) and
+    `model` (costmodel.CostModel) may be None; `target_key` keys the records and `machine` is
+    the description the sketches read."""
 
-    def __init__(self, tasks: list[Task], measurer, records=None, model=None, target: str = "llvm",
+    def __init__(self, tasks: list[Task], measurer, records, model, target_key: str, machine: MachineParams,
                  batch: int = 16, seed: int = 0):
         self.tasks, self.measurer, self.records, self.model = tasks, measurer, records, model
-        self.target, self.batch = target, batch
+        self.target_key, self.machine, self.batch = target_key, machine, batch
         self.rng = random.Random(seed)
         self.seed = seed
         self.rounds = 0
@@ -131,45 +153,29 @@ class TaskScheduler:
             return None
         return sum(c * b for c, b in bests)
 
-    def tune(self, trials: int | None = None, time_budget: float | None = None,
-             progress: Callable[[RoundInfo], None] | None = None) -> list[Task]:
-        """Run rounds until `trials` measurements (over all tasks) or `time_budget` seconds."""
-        if trials is None and time_budget is None:
-            raise NestorError("tune: give a number of trials or a time budget")
-        start = time.time()
-        done = 0
-
-        def more() -> bool:
-            return ((trials is None or done < trials) and (time_budget is None or time.time() - start < time_budget)
-                    and any(t.active for t in self.tasks))
-
-        keep = rerank_trials(trials)
-
-        def reserved() -> bool:  # the last RERANK_SHARE of the budget has begun
-            return ((trials is not None and keep and trials - done <= keep) or
-                    (time_budget is not None and time_budget - (time.time() - start) <= RERANK_SHARE * time_budget))
-
+    def tune(self, budget: Budget, progress: Callable[[RoundInfo], None] | None = None) -> list[Task]:
+        """Run rounds until the budget is spent (it starts now) or no task is left to tune."""
+        budget.start()
         # heaviest first: where the budget ends before every task had its warm-up, the tasks
         # left out run their default schedule, and they should be the light ones
         warm = sorted((t for t in self.tasks if not t.history), key=lambda t: -t.calls * t.flops)
         rerank: list[Task] | None = None  # the tasks left to re-rank, once that has begun
-        while more():
-            if rerank is None and reserved():
+        while not budget.spent and any(t.active for t in self.tasks):
+            if rerank is None and budget.reserve_begun:
                 rerank = sorted((t for t in self.tasks if t.tuner and t.best), key=lambda t: -t.calls * t.best)
                 reranking = len(rerank)
             if rerank:
                 task = rerank.pop(0)
-                n = self._rerank(task, None if trials is None else trials - done)
+                n = self._rerank(task, budget.trials_left)
             else:  # after the re-ranking, what is left of the budget goes on searching
-                first = self._warm_batch(len(warm), done, trials, time.time() - start, time_budget) if warm else None
+                first = self._warm_batch(len(warm), budget) if warm else None
                 task = warm.pop(0) if warm else self._next_task()
                 if task is None:
                     break
-                left = None if trials is None else trials - done - (keep if rerank is None else 0)
-                n = self._round(task, left, first)
-            done += n
+                n = self._round(task, budget.search_trials_left, first)
+            budget.spend(n)
             if progress:
-                progress(RoundInfo(self.rounds, done, trials, time.time() - start, time_budget,
+                progress(RoundInfo(self.rounds, budget.done, budget.elapsed, budget,
                                    len(self.tasks) - len(warm), len(self.tasks), self.latency(), task,
                                    0 if rerank is None else reranking - len(rerank)))
         return self.tasks
@@ -188,18 +194,17 @@ class TaskScheduler:
         task.errors += task.tuner.errors - errors
         return n
 
-    def _warm_batch(self, waiting: int, done: int, trials: int | None, elapsed: float,
-                    time_budget: float | None) -> int:
+    def _warm_batch(self, waiting: int, budget: Budget) -> int:
         """The batch of the next warm-up round: WARM_SHARE of the budget shared by the tasks still
         waiting (at least MIN_WARM_BATCH, at most the batch). With a short budget and many
         tasks (Inception-v2's 59 in 3 minutes) a 16-trial warm-up reached a quarter of them:
         the rest ran schedules borrowed from other shapes, up to 3x slower than their own
         rule-built tiles."""
-        if time_budget is not None:
-            per_trial = elapsed / done if done else 1.0  # seconds a trial costs so far
-            share = (WARM_SHARE * time_budget - elapsed) / per_trial / waiting
+        if budget.seconds is not None:
+            per_trial = budget.elapsed / budget.done if budget.done else 1.0  # seconds a trial costs so far
+            share = (WARM_SHARE * budget.seconds - budget.elapsed) / per_trial / waiting
         else:
-            share = (WARM_SHARE * trials - done) / waiting
+            share = (WARM_SHARE * budget.trials - budget.done) / waiting
         return max(MIN_WARM_BATCH, min(self.batch, int(share)))
 
     def _round(self, task: Task, left: int | None, warm_batch: int | None = None) -> int:
@@ -207,8 +212,8 @@ class TaskScheduler:
             self.measurer.switch(task.kernel, constants=task.constants)
             if task.tuner is None:
                 seeds = [d for ds in self.good.get(similarity_key(task.kernel), {}).values() for d in ds]
-                task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target,
-                                   batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds,
+                task.tuner = Tuner(task.kernel, self.measurer, self.records, self.model, self.target_key,
+                                   self.machine, batch=self.batch, seed=self.seed + len(self.tasks) + self.rounds,
                                    seeds=tuple(seeds))
         except NestorError as err:
             task.failed = str(err)
@@ -263,24 +268,41 @@ def similarity_key(kernel: Kernel) -> tuple:
     return kernel.name, tuple(len(n.spatial) for n in top_level_nests(kernel))
 
 
-def round_printer(stream=sys.stderr) -> Callable[[RoundInfo], None]:
-    """`[tune] ####------ 480/2000 trials  round 30  warm-up 30/30  est. 45.21 ms  last: conv_3`,
-    redrawn in place; a newline when the run ends."""
+def round_printer(stream=None) -> Callable[[RoundInfo], None]:
+    """`[tune] ####------ 480/2000 trials  round 30  warm-up 30/30  est. 45.21 ms  last: conv_3
+    0.512 ms 98.1 GFLOP/s`, redrawn in place on `stream` (default: stderr at each call)."""
     def show(r: RoundInfo) -> None:
         width = 20
-        if r.budget is not None:
-            frac = r.trials / max(r.budget, 1)
-            count = f"{r.trials:5d}/{r.budget} trials"
-        else:
-            frac = r.elapsed / max(r.time_budget, 1e-9)
-            count = f"{r.trials:5d} trials {r.elapsed:5.0f}/{r.time_budget:.0f} s"
-        filled = min(width, int(width * frac))
+        used, count = _budget_used(r)
+        filled = min(width, int(width * used))
         est = f"est. {r.latency * 1e3:9.3f} ms" if r.latency else "est.         -   "
         stage = f"re-rank {r.reranked}/{r.tasks}" if r.reranked else f"warm-up {r.warmed}/{r.tasks}"
-        stream.write(f"\r[tune] {'#' * filled}{'-' * (width - filled)} {count}  round {r.round:4d}  "
-                     f"{stage}  {est}  last: {r.task.name[:24]:<24}")
-        stream.flush()
+        out = stream or sys.stderr
+        out.write(f"\r[tune] {'#' * filled}{'-' * (width - filled)} {count}  round {r.round:4d}  "
+                  f"{stage}  {est}  last: {_task_best(r.task)}")
+        out.flush()
     return show
+
+
+def _budget_used(r: RoundInfo) -> tuple[float, str]:
+    """The share of the budget used (by trials or by time, whichever is further) and its text."""
+    b = r.budget
+    shares, text = [], f"{r.trials:5d}"
+    if b.trials is not None:
+        shares.append(r.trials / b.trials)
+        text += f"/{b.trials}"
+    text += " trials"
+    if b.seconds is not None:
+        shares.append(r.elapsed / b.seconds)
+        text += f" {r.elapsed:5.0f}/{b.seconds:.0f} s"
+    return max(shares), text
+
+
+def _task_best(task: Task) -> str:
+    """`conv_3 0.512 ms 98.1 GFLOP/s`: a task's name and its best time so far."""
+    if not task.best:
+        return f"{task.name[:24]:<24} {'-':>9} ms {'-':>7} GFLOP/s"
+    return f"{task.name[:24]:<24} {task.best * 1e3:9.3f} ms {task.flops / task.best / 1e9:7.1f} GFLOP/s"
 
 
 def task_table(tasks: list[Task], out=print) -> None:

@@ -6,88 +6,58 @@ import contextlib
 import math
 import os
 import sys
-import time
 from typing import Callable
 
-from ..codegen import host_target
+import tvm
+
+from ..codegen import as_target, host_target, machine_params
 from ..costmodel import CostModel
 from ..ir import Kernel, parse_kernel, structural_hash
 from ..ir.errors import NestorError
 from ..passes import Schedule, canonical_loops
+from .budget import Budget
 from .measure import Measurer
 from .records import Records
-from .search import Progress, Tuner, TuneResult
-from .task_scheduler import Task, TaskScheduler, similarity_key, extract_tasks, round_printer
+from .task_scheduler import Task, TaskScheduler, extract_tasks, kernel_tasks, round_printer, similarity_key
 
 
 MAX_SIMILAR_TRIES = 4   # similar tasks' schedules tried for a kernel never tuned
 
 
-def target_key(target=None) -> str:
-    """The records key of a target: its JSON form (kind, mcpu, cores)."""
-    return str(target or host_target())
+def target_key(target: tvm.target.Target | None = None) -> str:
+    """The records key of a target (default: this host): its JSON form (kind, mcpu, cores)."""
+    return str(host_target() if target is None else target)
 
 
-def progress_printer(name: str, stream=sys.stderr) -> Callable[[Progress], None]:
-    """`[name] ####------ 48/256 trials  best 1.234 ms  123.4 GFLOP/s  2 errors`, redrawn in place."""
-    def show(p: Progress) -> None:
-        width = 20
-        if p.budget >= 10 ** 8:  # tuning until a deadline: no known end
-            p = Progress(p.task, p.trials, p.trials + 1, p.best_seconds, p.gflops, p.errors)
-        filled = int(width * p.trials / max(p.budget, 1))
-        best = f"best {p.best_seconds * 1e3:8.3f} ms" if p.best_seconds else "best        -   "
-        gf = f"{p.gflops:7.1f} GFLOP/s" if p.gflops else "      - GFLOP/s"
-        end = "\n" if p.trials >= p.budget else ""
-        stream.write(f"\r[{name}] {'#' * filled}{'-' * (width - filled)} {p.trials:4d}/{p.budget} trials  "
-                     f"{best}  {gf}  {p.errors} errors{end}")
-        stream.flush()
-    return show
+def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str | None = None,
+                 target=None, show_progress: bool = True, model_path: str | None = None,
+                 seed: int = 0, batch: int = 16) -> list[Task]:
+    """Tune kernels given by name (structurally equal ones are one task, its nodes their names)
+    with the task scheduler, as the kernels of a model are. Returns the tasks."""
+    return _tune_tasks(kernel_tasks(kernels), budget, records_path, target, show_progress, model_path, seed, batch)
 
 
-def tune_kernels(kernels: dict[str, Kernel], trials: int, records_path: str | None = None,
-                 time_budget: float | None = None, target=None, show_progress: bool = True,
-                 model_path: str | None = None, seed: int = 0) -> dict[str, TuneResult]:
-    """Tune each kernel (name -> kernel; structurally equal ones once) for `trials` measurements,
-    or until `time_budget` seconds are spent (shared equally). Measurements go to the records
-    file as they arrive; the cost model is shared across kernels and saved to `model_path`."""
-    key = target_key(target)
-    results: dict[str, TuneResult] = {}
-    by_hash: dict[str, str] = {}
-    start = time.time()
-    distinct = {structural_hash(k) for k in kernels.values()}
-    with _tuning_state(records_path, model_path, seed) as (records, model):
-        for n, (name, kernel) in enumerate(kernels.items()):
-            h = structural_hash(kernel)
-            if h in by_hash:
-                results[name] = results[by_hash[h]]
-                continue
-            by_hash[h] = name
-            deadline = None
-            if time_budget is not None:
-                left = len(distinct) - len(by_hash) + 1
-                deadline = time.time() + (start + time_budget - time.time()) / left
-            with Measurer(canonical_loops(kernel), target=target) as measurer:
-                tuner = Tuner(kernel, measurer, records, model, key, seed=seed + n)
-                results[name] = tuner.tune(trials, deadline,
-                                           progress_printer(name) if show_progress else None)
-            if show_progress and results[name].trials < trials:
-                sys.stderr.write("\n")
-    return results
+def tune_graph(graph, budget: Budget, records_path: str | None = None, target=None,
+               show_progress: bool = True, model_path: str | None = None, seed: int = 0,
+               batch: int = 16) -> list[Task]:
+    """Tune the kernels of a model graph together (autotune.task_scheduler). Returns the tasks
+    with their best times and trial counts."""
+    return _tune_tasks(extract_tasks(graph), budget, records_path, target, show_progress, model_path, seed, batch)
 
 
-def tune_graph(graph, trials: int | None = None, time_budget: float | None = None,
-               records_path: str | None = None, target=None, show_progress: bool = True,
-               model_path: str | None = None, seed: int = 0, batch: int = 16) -> list[Task]:
-    """Tune the kernels of a model graph together (autotune.task_scheduler): `trials` measurements
-    in all, or `time_budget` seconds. Returns the tasks with their best times and trial counts."""
-    tasks = extract_tasks(graph)
+def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, target, show_progress: bool,
+                model_path: str | None, seed: int, batch: int) -> list[Task]:
+    """Tune `tasks` within `budget` on `target` (anything `as_target` takes; None: this host):
+    one set of measurement workers, the records and the cost model shared by all of them."""
     if not tasks:
         return tasks
+    target = as_target(target)
     with _tuning_state(records_path, model_path, seed) as (records, model), \
             Measurer(None, target=target) as measurer:
-        scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), batch, seed)
+        scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine_params(target),
+                                  batch, seed)
         try:
-            scheduler.tune(trials, time_budget, round_printer() if show_progress else None)
+            scheduler.tune(budget, round_printer() if show_progress else None)
         finally:
             if show_progress:
                 sys.stderr.write("\n")
@@ -116,7 +86,7 @@ def best_schedules(records_path: str, target=None, similar: bool = True) -> Call
     (as AutoTVM falls back to a reference log): passes keep results whatever the shapes, and a
     convolution tuned at one size is far faster at the next than the default schedule. None
     when there is neither."""
-    best = _best_scheduled(records_path, target, similar)
+    best = _best_scheduled(records_path, as_target(target), similar)
 
     def lookup(kernel: Kernel) -> Schedule | None:
         found = best(kernel)
@@ -127,7 +97,7 @@ def best_schedules(records_path: str, target=None, similar: bool = True) -> Call
 def best_kernels(records_path: str, target=None) -> Callable[[Kernel], Kernel | None]:
     """As best_schedules, but the kernel scheduled (each schedule replayed once: compiling a
     model needs the result, and a borrowed schedule is replayed anyway to see that it applies)."""
-    best = _best_scheduled(records_path, target, True)
+    best = _best_scheduled(records_path, as_target(target), True)
 
     def lookup(kernel: Kernel) -> Kernel | None:
         found = best(kernel)
@@ -135,7 +105,7 @@ def best_kernels(records_path: str, target=None) -> Callable[[Kernel], Kernel | 
     return lookup
 
 
-def _best_scheduled(records_path: str, target, similar: bool) -> Callable[[Kernel], tuple[Schedule, Kernel] | None]:
+def _best_scheduled(records_path: str, target: tvm.target.Target, similar: bool) -> Callable[[Kernel], tuple[Schedule, Kernel] | None]:
     records = Records(records_path)
     key = target_key(target)
     tuned: dict[tuple, list[tuple[Kernel, str]]] | None = None

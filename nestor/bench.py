@@ -80,9 +80,10 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
         model = example_model(name)
         tune_s = 0.0
         if time_budget:
+            from .autotune.budget import Budget
             from .autotune.tune import tune_graph
             start = time.perf_counter()
-            tune_graph(import_onnx(model), time_budget=time_budget, records_path=records)
+            tune_graph(import_onnx(model), Budget(seconds=time_budget), records_path=records)
             tune_s = time.perf_counter() - start
         start = time.perf_counter()
         compiled = nestor_compile(model, schedule=schedule, records=records)

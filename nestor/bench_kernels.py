@@ -20,10 +20,12 @@ from .ir.errors import NestorError
 
 
 def _tune_nestor(kernel, trials: int, records_path: str):
+    """The best schedule found in `trials` measurements (None: none measured), and the seconds taken."""
+    from .autotune.budget import Budget
     from .autotune.tune import tune_kernels
     start = time.perf_counter()
-    result = tune_kernels({"k": kernel}, trials, records_path=records_path, show_progress=True)["k"]
-    return result, time.perf_counter() - start
+    (task,) = tune_kernels({"k": kernel}, Budget(trials), records_path=records_path, show_progress=True)
+    return task.schedule, time.perf_counter() - start
 
 
 def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
@@ -66,11 +68,11 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
         want = session.run(None, feeds)[0]
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
-            result, nestor_s = _tune_nestor(node.kernel, trials,
-                                            records or os.path.join(workdir, "nestor.sqlite"))
+            schedule, nestor_s = _tune_nestor(node.kernel, trials,
+                                              records or os.path.join(workdir, "nestor.sqlite"))
             out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
             ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials, workdir, target)
-        best = result.best.apply(node.kernel) if result.best else node.kernel
+        best = schedule.apply(node.kernel) if schedule else node.kernel
         nestor_fn = build([best], target).get(best.name)
         args = [tvm.runtime.tensor(x, dev) for x in xs]
         y_nestor = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)

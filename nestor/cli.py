@@ -291,52 +291,46 @@ def _seconds(text: str | None) -> float | None:
 
 
 def cmd_tune(args) -> int:
-    from .autotune.search import kernel_flops
-    from .autotune.tune import tune_kernels
     if args.model.endswith(".ir"):
-        from .ir import parse_kernel
-        try:
-            with open(args.model) as f:
-                kernel = parse_kernel(f.read())
-        except OSError as err:
-            raise InputError(f"cannot read '{args.model}': {err}") from None
-        kernels = {kernel.name: kernel}
+        from .autotune.tune import tune_kernels
+        kernel = _read_kernel(args.model)
+        _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, model_path=args.cost_model),
+              f"kernel {kernel.name}", 1, args)
     else:
         from .api import import_onnx
         _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape)), args)
-        print(f"records in {args.records} (use: nestor compile {args.model} --records {args.records})")
-        return 0
-    budget = _seconds(args.time_budget)
-    trials = args.trials or (10 ** 9 if budget is not None else 64)
-    start = time.perf_counter()
-    results = tune_kernels(kernels, trials, args.records, budget, model_path=args.cost_model)
-    print(f"\n{'kernel':<28} {'trials':>6} {'errors':>6} {'stored':>6} {'best ms':>9} {'GFLOP/s':>8}")
-    shown = set()
-    for name, r in results.items():
-        if id(r) in shown:
-            continue
-        shown.add(id(r))
-        best = f"{r.best_seconds * 1e3:>9.3f}" if r.best_seconds else f"{'-':>9}"
-        gf = f"{kernel_flops(kernels[name]) / r.best_seconds / 1e9:>8.1f}" if r.best_seconds else f"{'-':>8}"
-        print(f"{name[:28]:<28} {r.trials:>6} {r.errors:>6} {r.stored:>6} {best} {gf}")
-    print(f"tuned {len(shown)} distinct kernels in {time.perf_counter() - start:.0f} s; records in "
-          f"{args.records} (use: nestor compile {args.model} --records {args.records})")
+    print(f"records in {args.records} (use: nestor compile {args.model} --records {args.records})")
     return 0
+
+
+def _read_kernel(path: str):
+    from .ir import parse_kernel
+    try:
+        with open(path) as f:
+            return parse_kernel(f.read())
+    except OSError as err:
+        raise InputError(f"cannot read '{path}': {err}") from None
 
 
 def _tune_graph(graph, args) -> None:
     """Tune a model's kernels with the task scheduler, then print the table of tasks."""
-    from .autotune.task_scheduler import task_table
     from .autotune.tune import tune_graph
     from .ir import structural_hash
-    budget = _seconds(args.time_budget)
     distinct = len({structural_hash(k) for k in graph.kernels()})
-    trials = args.trials or (None if budget is not None else 64 * distinct)
-    limit = f"{trials} trials" if trials else f"{budget:.0f} s"
-    print(f"tuning {distinct} distinct kernels of {len(graph.kernels())} calls ({limit}); "
-          f"records in {args.records}", flush=True)
+    _tune(lambda budget: tune_graph(graph, budget, args.records, model_path=args.cost_model),
+          f"{distinct} distinct kernels of {len(graph.kernels())} calls", distinct, args)
+
+
+def _tune(run, what: str, distinct: int, args) -> None:
+    """Run a tuning (`run(budget) -> tasks`) within the budget of the arguments (64 trials per
+    distinct kernel by default), then print the table of tasks."""
+    from .autotune.budget import Budget
+    from .autotune.task_scheduler import task_table
+    seconds = _seconds(args.time_budget)
+    budget = Budget(args.trials or (None if seconds is not None else 64 * distinct), seconds)
+    print(f"tuning {what} ({budget}); records in {args.records}", flush=True)
     start = time.perf_counter()
-    tasks = tune_graph(graph, trials, budget, args.records, model_path=args.cost_model)
+    tasks = run(budget)
     task_table(tasks)
     latency = sum(t.calls * t.best for t in tasks if t.best)
     print(f"tuned in {time.perf_counter() - start:.0f} s: {sum(t.trials for t in tasks)} trials, "

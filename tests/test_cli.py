@@ -51,3 +51,22 @@ def test_bench_models_without_a_budget_needs_an_existing_records_file(tmp_path):
     with pytest.raises(NestorError, match="nope.sqlite: no such records file"):
         bench_models(["resnet50"], records=str(missing), out=lambda line: None)
     assert not missing.exists()  # not created empty on the way
+
+
+def test_tune_a_kernel_file_within_a_time_budget_only(tmp_path, capsys):
+    import re
+    from nestor.autotune.records import Records
+    from nestor.ir import print_kernel
+    from tests.test_passes import _onnx
+    path = tmp_path / "mm.ir"
+    path.write_text(print_kernel(_onnx("MatMul", {"X": [16, 32], "W": [32, 16]}, [16, 16])))
+    records = tmp_path / "r.sqlite"
+    assert main(["tune", str(path), "--time-budget", "3s", "--records", str(records)]) == 0
+    captured = capsys.readouterr()
+    assert "(3 s)" in captured.out and "estimated latency" in captured.out
+    last = captured.err.strip().split("\r")[-1]  # the progress line, as last drawn
+    assert re.search(r"\[tune\] [#-]+ +\d+ trials +\d+/3 s ", last), last
+    assert "ms" in last and "GFLOP/s" in last
+    assert "/1000000000" not in captured.err  # no trial count stands in for "no limit"
+    with Records(records) as db:
+        assert db.count() > 0

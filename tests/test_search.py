@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 
 import nestor
+from nestor.autotune import tune
+from nestor.autotune.budget import RERANK_TOP, Budget
 from nestor.autotune.measure import MeasureResult, Measurer
 from nestor.autotune.records import Records
 from nestor.autotune.search import Tuner
+from nestor.autotune.task_scheduler import TaskScheduler, kernel_tasks
 from nestor.autotune.tune import target_key, tune_kernels
 from nestor.codegen import run_kernel
-from nestor.costmodel import CostModel
 from nestor.api import scheduler
 from nestor.ir import For, structural_hash, walk_stmts
+from nestor.ir.machine import AVX512
 from nestor.passes import Schedule, canonical_loops, default_schedule
 from tests.test_passes import _onnx, inputs
 
@@ -24,11 +27,13 @@ def test_search_beats_the_default_schedule_and_stays_correct(tmp_path):
     kernel = small_matmul()
     with Measurer(canonical_loops(kernel)) as measurer:
         default_time = measurer.measure([default_schedule(canonical_loops(kernel))])[0]
-        tuner = Tuner(kernel, measurer, Records(tmp_path / "r.sqlite"), CostModel(), target_key(), batch=8)
-        result = tuner.tune(32)
-    assert default_time.ok and result.best is not None and result.trials == 32
-    assert result.best_seconds < default_time.median, (result.best_seconds, default_time.median)
-    best = result.best.apply(kernel)
+    path = str(tmp_path / "r.sqlite")
+    (task,) = tune_kernels({"mm": kernel}, Budget(32), path, show_progress=False, batch=8)
+    assert default_time.ok and task.schedule is not None and task.trials == 32
+    assert task.best < default_time.median, (task.best, default_time.median)
+    with Records(path) as db:
+        assert db.count(task.hash, target_key()) == 32
+    best = task.schedule.apply(kernel)
     x = inputs(kernel)
     np.testing.assert_allclose(run_kernel(best, x)[0], x[0] @ x[1], rtol=1e-4, atol=1e-4)
 
@@ -38,6 +43,9 @@ class FlakyMeasurer:
 
     def __init__(self):
         self.calls = 0
+
+    def switch(self, kernel, constants=()):
+        pass
 
     def measure(self, kernels):
         out = []
@@ -51,36 +59,68 @@ class FlakyMeasurer:
         return out
 
 
+def tune_alone(kernel, measurer, records, trials: int):
+    """Tune one kernel with the task scheduler, without a cost model; returns its task."""
+    (task,) = kernel_tasks({"mm": kernel})
+    TaskScheduler([task], measurer, records, None, "test-target", AVX512, batch=4).tune(Budget(trials))
+    return task
+
+
 def test_errors_are_recorded_and_tuning_resumes_from_the_records(tmp_path):
     kernel = small_matmul()
     path = tmp_path / "r.sqlite"
-    first = Tuner(kernel, FlakyMeasurer(), Records(path), None, "test-target", batch=4).tune(12)
-    assert first.trials == 12 and first.errors == 4 and first.stored == 0
+    first = tune_alone(kernel, FlakyMeasurer(), Records(path), 12)
+    assert first.trials == 12 and first.errors == 4 and first.tuner.stored == 0
     records = Records(path)
     task = structural_hash(kernel)
     assert records.count(task, "test-target") == 12
     assert len([r for r in records.records(task, "test-target") if r.error == "crashed (signal 11)"]) == 4
 
-    again = Tuner(kernel, FlakyMeasurer(), Records(path), None, "test-target", batch=4)
-    assert again.stored == 12 and again.best_seconds == first.best_seconds
-    second = again.tune(8)
-    assert second.trials == 8
+    again = Tuner(kernel, FlakyMeasurer(), Records(path), None, "test-target", AVX512, batch=4)
+    assert again.stored == 12 and again.best_seconds == first.best
+    second = tune_alone(kernel, FlakyMeasurer(), Records(path), 8)
+    assert second.trials == 8 and second.tuner.stored == 12
     schedules = [r.schedule for r in Records(path).records(task, "test-target")]
     assert len(schedules) == 20 and len(set(schedules)) == 20  # nothing measured twice
 
 
-def test_the_last_trials_of_a_tuning_measure_the_fastest_schedules_again(tmp_path):
-    from nestor.autotune.search import RERANK_TOP
+class MeasuringWith:
+    """Stands in for tune.py's Measurer class: hands out `measurer`, and keeps the target given."""
+
+    def __init__(self, measurer):
+        self.measurer, self.target = measurer, None
+
+    def __call__(self, reference, target=None):
+        self.target = target
+        return self
+
+    def __enter__(self):
+        return self.measurer
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_tune_kernels_runs_the_task_scheduler_whose_last_trials_measure_the_fastest_again(
+        tmp_path, monkeypatch, capsys):
+    import tvm
     from tests.test_task_scheduler import DriftingMeasurer
     kernel = small_matmul()
     measurer = DriftingMeasurer(slow_after=10 ** 9)  # a few first times lucky, the second true
-    with Records(tmp_path / "r.sqlite") as db:
-        result = Tuner(kernel, measurer, db, None, "t", batch=8).tune(80)
-        again = [times for times in measurer.times.values() if len(times) == 2]
-        assert result.trials == 80 and RERANK_TOP <= len(again) <= 2 * RERANK_TOP
-        assert any(first != second for first, second in again)  # a lucky time among the fastest
-        assert result.best_seconds == min(times[-1] for times in measurer.times.values())
-        assert db.best(structural_hash(kernel), "t").schedule == result.best.to_json()
+    measuring = MeasuringWith(measurer)
+    monkeypatch.setattr(tune, "Measurer", measuring)
+    path = str(tmp_path / "r.sqlite")
+    (task,) = tune_kernels({"mm": kernel}, Budget(80), path, batch=8)
+    progress = capsys.readouterr().err
+    assert isinstance(measuring.target, tvm.target.Target)  # converted once, at the edge
+    assert "[tune]" in progress and "80/80 trials" in progress and "re-rank 1/1" in progress
+    again = [times for times in measurer.times.values() if len(times) == 2]
+    assert task.trials == 80 and RERANK_TOP <= len(again) <= 2 * RERANK_TOP
+    assert any(first != second for first, second in again)  # a lucky time among the fastest
+    assert task.best == min(times[-1] for times in measurer.times.values())
+    with Records(path) as db:
+        assert db.count(task.hash, target_key()) == 80
+        assert db.best(structural_hash(kernel), target_key()).schedule == task.schedule.to_json()
 
 
 class TrainedModel:
@@ -100,7 +140,7 @@ def test_a_round_realizes_no_decision_twice_and_keeps_what_it_did_not_measure(mo
     last pool's candidates not measured, not realized anew."""
     from nestor.autotune import search
     kernel = small_matmul()
-    tuner = Tuner(kernel, FlakyMeasurer(), None, TrainedModel(), "test-target", batch=4)
+    tuner = Tuner(kernel, FlakyMeasurer(), None, TrainedModel(), "test-target", AVX512, batch=4)
     realized, pools = [], []
     realize, candidates = type(tuner.sketch).realize, tuner._candidates
     monkeypatch.setattr(type(tuner.sketch), "realize", lambda sk, d: realized.append(repr(d)) or realize(sk, d))
@@ -145,5 +185,5 @@ def test_compile_uses_the_best_stored_schedule(tmp_path):
 
 def test_tune_kernels_shares_equal_kernels(tmp_path):
     a, b = small_matmul(), small_matmul()
-    results = tune_kernels({"a": a, "b": b}, 4, str(tmp_path / "r.sqlite"), show_progress=False)
-    assert results["a"] is results["b"] and results["a"].trials == 4
+    (task,) = tune_kernels({"a": a, "b": b}, Budget(4), str(tmp_path / "r.sqlite"), show_progress=False)
+    assert task.nodes == ["a", "b"] and task.trials == 4

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import nestor
 from nestor import zoo
+from nestor.autotune.budget import Budget
 from nestor.autotune.measure import MeasureResult
 from nestor.autotune.records import Records
 from nestor.autotune.task_scheduler import TaskScheduler, extract_tasks, task_table
@@ -19,6 +20,12 @@ from nestor.autotune.tune import target_key, tune_graph
 from nestor.passes import Schedule
 from nestor.ir import Graph, Node, structural_hash
 from nestor.ir.errors import NestorError
+from nestor.ir.machine import AVX512
+
+
+def make_scheduler(tasks, measurer, records=None, batch=16):
+    """A task scheduler with no cost model, its records (if any) under the key "t"."""
+    return TaskScheduler(tasks, measurer, records, None, "t", AVX512, batch=batch, seed=0)
 
 
 def test_resnet50_repeated_blocks_are_one_task_each():
@@ -73,8 +80,8 @@ def test_scheduler_spends_trials_where_the_latency_is():
     graph = nestor.import_onnx(mlp([512, 512, 8]))  # mm0: 32×512×512 (+relu), mm1: 32×512×8
     tasks = extract_tasks(graph)
     assert len(tasks) == 2
-    scheduler = TaskScheduler(tasks, FakeMeasurer(), batch=4, seed=0)
-    scheduler.tune(trials=80)
+    scheduler = make_scheduler(tasks, FakeMeasurer(), batch=4)
+    scheduler.tune(Budget(80))
     big, small = sorted(tasks, key=lambda t: -t.flops)
     assert big.trials + small.trials == 80 and small.trials >= 4  # everyone gets a warm-up round
     assert big.trials >= 3 * small.trials, (big.trials, small.trials)
@@ -87,11 +94,11 @@ def test_scheduler_spends_trials_where_the_latency_is():
 def test_warm_up_goes_to_the_heaviest_tasks_first_and_light_ones_get_a_small_batch():
     graph = nestor.import_onnx(mlp([8, 8, 2048]))  # mm0: 32×8×8 (0.4% of the arithmetic), mm1: 32×8×2048
     light, heavy = extract_tasks(graph)
-    scheduler = TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0)
-    scheduler.tune(trials=2)  # room for one warm-up round (2 trials at least)
+    scheduler = make_scheduler([light, heavy], FakeMeasurer(), batch=16)
+    scheduler.tune(Budget(2))  # room for one warm-up round (2 trials at least)
     assert heavy.trials == 2 and light.trials == 0
     light, heavy = extract_tasks(graph)
-    TaskScheduler([light, heavy], FakeMeasurer(), batch=16, seed=0).tune(trials=200)
+    make_scheduler([light, heavy], FakeMeasurer(), batch=16).tune(Budget(200))
     # a budget with room for full warm-ups: the batch for the heavy one, a few for the light one
     assert heavy.history[0][0] == 16 and light.history[0][0] == 4
 
@@ -100,11 +107,11 @@ def test_warm_up_rounds_shrink_so_a_short_budget_reaches_every_task():
     graph = nestor.import_onnx(mlp([64, 72, 80, 88, 96, 104, 112]))  # 6 matmuls of different shapes
     tasks = extract_tasks(graph)
     assert len(tasks) == 6
-    TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=40)
+    make_scheduler(tasks, FakeMeasurer(), batch=16).tune(Budget(40))
     # half the budget (20 trials) shared by the warm-ups: 3-4 each, never the batch of 16
     assert {t.history[0][0] for t in tasks} <= {3, 4} and sum(t.trials for t in tasks) == 40
     tasks = extract_tasks(graph)
-    TaskScheduler(tasks, FakeMeasurer(), batch=16, seed=0).tune(trials=12)
+    make_scheduler(tasks, FakeMeasurer(), batch=16).tune(Budget(12))
     # too short for half of it to give each 2: each still gets its floor (default, first rule tile)
     assert [t.trials for t in tasks] == [2] * 6
 
@@ -134,14 +141,14 @@ class DriftingMeasurer(FakeMeasurer):
 
 
 def test_the_last_share_of_the_budget_measures_each_tasks_fastest_schedules_again(tmp_path):
-    from nestor.autotune.search import RERANK_SHARE, RERANK_TOP
+    from nestor.autotune.budget import RERANK_SHARE, RERANK_TOP
     graph = nestor.import_onnx(mlp([64, 96, 32]))
     trials = int(4 * RERANK_TOP / RERANK_SHARE)  # the share kept: room for two batches per task
     for slow_after in (trials, trials - 4 * RERANK_TOP):  # the machine as fast when re-ranking, or slower
         tasks = extract_tasks(graph)
         measurer = DriftingMeasurer(slow_after)
         with Records(tmp_path / f"r{slow_after}.sqlite") as db:
-            TaskScheduler(tasks, measurer, records=db, target="t", batch=8, seed=0).tune(trials=trials)
+            make_scheduler(tasks, measurer, db, batch=8).tune(Budget(trials))
             for task in tasks:
                 records = db.records(task.hash, "t")
                 times = {key: [r.median for r in records if r.schedule == key] for key in task.tuner.times}
@@ -162,7 +169,7 @@ def test_a_task_that_cannot_be_measured_is_reported_and_the_rest_go_on():
     graph = nestor.import_onnx(mlp([64, 64, 64, 8]))
     tasks = extract_tasks(graph)
     broken = tasks[0].hash
-    TaskScheduler(tasks, FakeMeasurer(broken={broken}), batch=4).tune(trials=24)
+    make_scheduler(tasks, FakeMeasurer(broken={broken}), batch=4).tune(Budget(24))
     failed = [t for t in tasks if t.failed]
     assert [t.hash for t in failed] == [broken] and "boom" in failed[0].failed
     assert all(t.trials > 0 for t in tasks if not t.failed)
@@ -175,7 +182,7 @@ def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime
     model = mlp([64, 96, 32])
     graph = nestor.import_onnx(model)
     records = str(tmp_path / "r.sqlite")
-    tasks = tune_graph(graph, trials=24, records_path=records, show_progress=False)
+    tasks = tune_graph(graph, Budget(24), records_path=records, show_progress=False)
     assert sum(t.trials for t in tasks) == 24 and all(t.best for t in tasks)
     with Records(records) as db:
         assert db.count() == 24
@@ -187,7 +194,7 @@ def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime
     again = nestor.load(tmp_path / "m.nestor")
     np.testing.assert_array_equal(again.run({"x": x})[0], compiled.run({"x": x})[0])
     # tuning again resumes: the stored measurements are not repeated
-    tune_graph(graph, trials=8, records_path=records, show_progress=False)
+    tune_graph(graph, Budget(8), records_path=records, show_progress=False)
     with Records(records) as db:
         assert db.count() == 32 and len({(r.task, r.schedule) for r in db.records()}) == 32
 
@@ -208,8 +215,8 @@ def test_similar_tasks_start_from_each_others_best_decisions():
     graph = nestor.import_onnx(mlp([64, 96, 48]))  # two matmul+relu kernels of different shapes
     first, second = extract_tasks(graph)
     measurer = RecordingMeasurer()
-    scheduler = TaskScheduler([first, second], measurer, batch=6, seed=0)
-    scheduler.tune(trials=24)  # two warm-up rounds of 6 (half the budget), the first task's first
+    scheduler = make_scheduler([first, second], measurer, batch=6)
+    scheduler.tune(Budget(24))  # two warm-up rounds of 6 (half the budget), the first task's first
     seeds = second.tuner.seeds
     assert len(seeds) == 2  # the first task's two best, adopted
     assert all(any(seed == second.tuner.sketch.adopt(d) for _, d in first.tuner.measured) for seed in seeds)
@@ -235,7 +242,7 @@ def test_kernels_never_tuned_borrow_the_schedule_of_the_nearest_tuned_similar_ke
     records = str(tmp_path / "r.sqlite")
     tuned = nestor.import_onnx(mlp([64, 96]))           # matmul+relu 32×64×96
     untuned = nestor.import_onnx(mlp([64, 128, 48]))    # two more of them, other shapes
-    tune_graph(tuned, trials=8, records_path=records, show_progress=False)
+    tune_graph(tuned, Budget(8), records_path=records, show_progress=False)
     with Records(records) as db:
         (task,) = db.tasks()
         want = Schedule.from_json(db.best(task, target_key()).schedule)
