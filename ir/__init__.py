@@ -5,7 +5,8 @@ from .expr import (Expr, Const, Var, Buffer, Load, Binary, Compare, Logic, Not, 
                    minimum, maximum, call, cast, BINARY_OPS, COMPARE_OPS, INTRINSICS)
 from .stmt import (Stmt, For, Store, Seq, If, Allocate, Kernel, seq, store, loop_nest,
                    LOOP_KINDS, AXES, REDUCE_OPS)
-from .visit import (rewrite, rewrite_stmt, substitute, walk, walk_stmts, loads, replace_body)
+from .visit import (rewrite, rewrite_stmt, substitute, walk, walk_stmts, loads, replace_body, variables)
+from .interval import index_bounds
 from .errors import NestorError, ModelError, InputError
 from .graph import Graph, Node, TensorType
 from .printer import print_kernel, print_stmt, print_expr

@@ -2,16 +2,16 @@
 
 `verify(kernel)` raises VerifyError on the first problem: scoping (loop variables, buffers),
 reductions outside reduce loops, stores into inputs, dtype mismatches, non-positive extents and
-out-of-bounds indices. Bounds are checked with interval analysis over the loop ranges and stay
+out-of-bounds indices. Bounds are checked with interval analysis over the loop ranges (ir/interval.py) and stay
 conservative: an access under a guard (an enclosing `if`, a `select` branch, or the right side
 of `&&` / `||`) is assumed to be protected by it and is not bounds-checked.
 """
 from __future__ import annotations
 
-from .affine import affine_form
 from .dtypes import SHORT, is_int
 from .expr import (BINARY_OPS, COMPARE_OPS, INTRINSICS, LOGIC_OPS, Binary, Buffer, Call, Cast, Compare,
                    Const, Expr, Load, Logic, Not, Select, Var)
+from .interval import index_bounds
 from .printer import print_expr, print_header, print_stmt, print_type
 from .stmt import AXES, LOOP_KINDS, REDUCE_OPS, Allocate, For, If, Kernel, Seq, Stmt, Store
 
@@ -171,49 +171,3 @@ class _Verifier:
         if dtype != "bool":
             self.fail(f"{what} has dtype {dtype}, not bool")
 
-
-# Interval analysis of index expressions. Affine expressions get exact bounds (each loop variable
-# ranges independently over [0, extent-1]); others are bounded node by node; None = unknown.
-
-def index_bounds(e: Expr, loops: dict) -> tuple[int, int] | None:
-    affine = affine_form(e, loops)
-    if affine is not None:
-        coefs, lo = affine
-        hi = lo
-        for var, c in coefs.items():
-            span = c * (loops[var] - 1)
-            lo, hi = lo + min(0, span), hi + max(0, span)
-        return lo, hi
-    if isinstance(e, Binary):
-        a, b = index_bounds(e.a, loops), index_bounds(e.b, loops)
-        if a is None or b is None:
-            return None
-        return _binary_bounds(e.op, a, b)
-    if isinstance(e, Select):
-        t, f = index_bounds(e.t, loops), index_bounds(e.f, loops)
-        return None if t is None or f is None else (min(t[0], f[0]), max(t[1], f[1]))
-    if isinstance(e, Cast) and is_int(e.dtype) and is_int(e.value.dtype):
-        return index_bounds(e.value, loops)
-    return None
-
-
-def _binary_bounds(op: str, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:
-    (alo, ahi), (blo, bhi) = a, b
-    if op == "add":
-        return alo + blo, ahi + bhi
-    if op == "sub":
-        return alo - bhi, ahi - blo
-    if op == "mul":
-        products = (alo * blo, alo * bhi, ahi * blo, ahi * bhi)
-        return min(products), max(products)
-    if op == "min":
-        return min(alo, blo), min(ahi, bhi)
-    if op == "max":
-        return max(alo, blo), max(ahi, bhi)
-    if op in ("floordiv", "div", "mod") and blo == bhi and blo > 0:
-        c = blo
-        # For a negative dividend, floor and truncating division differ; cover both.
-        if op == "mod":
-            return (0, min(c - 1, ahi)) if alo >= 0 else (-(c - 1), c - 1)
-        return alo // c, (ahi // c if ahi >= 0 else -(-ahi // c))
-    return None

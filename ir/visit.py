@@ -6,7 +6,7 @@ are returned as the same objects, so rewrites are cheap when they touch little.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .expr import Binary, Call, Cast, Compare, Const, Expr, Load, Logic, Not, Select, Var
 from .stmt import Allocate, For, If, Kernel, Seq, Stmt, Store
@@ -15,18 +15,19 @@ ExprFn = Callable[[Expr], "Expr | None"]
 
 
 def children(expr: Expr) -> tuple[Expr, ...]:
-    if isinstance(expr, (Binary, Compare, Logic)):
+    t = type(expr)  # not isinstance: no node class is subclassed, and every walk comes through here
+    if t is Binary or t is Compare or t is Logic:
         return (expr.a, expr.b)
-    if isinstance(expr, Not):
-        return (expr.a,)
-    if isinstance(expr, Select):
-        return (expr.cond, expr.t, expr.f)
-    if isinstance(expr, Cast):
-        return (expr.value,)
-    if isinstance(expr, Call):
-        return expr.args
-    if isinstance(expr, Load):
+    if t is Load:
         return expr.indices
+    if t is Not:
+        return (expr.a,)
+    if t is Select:
+        return (expr.cond, expr.t, expr.f)
+    if t is Cast:
+        return (expr.value,)
+    if t is Call:
+        return expr.args
     return ()
 
 
@@ -64,6 +65,11 @@ def walk(expr: Expr) -> Iterator[Expr]:
         e = stack.pop()
         yield e
         stack.extend(reversed(children(e)))
+
+
+def variables(exprs: Iterable[Expr]) -> set[str]:
+    """Names of the variables the expressions read (all loop variables: the IR has no others)."""
+    return {e.name for x in exprs for e in walk(x) if isinstance(e, Var)}
 
 
 def rewrite_stmt(stmt: Stmt, expr_fn: ExprFn | None = None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, print_expr, walk, walk_stmts
+from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, print_expr, walk, walk_stmts
 from ..ir.affine import affine_form
-from ..ir.visit import stmt_exprs
+from ..ir.visit import stmt_exprs, variables
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,6 @@ def loop_extents(outer, body: Stmt) -> dict[str, int]:
     for loop in list(outer) + [s for s in walk_stmts(body) if isinstance(s, For)]:
         extents[loop.var] = max(loop.extent, extents.get(loop.var, 0))
     return extents
-
-
-def variables(indices: tuple[Expr, ...]) -> set[str]:
-    return {e.name for i in indices for e in walk(i) if isinstance(e, Var)}
 
 
 def determined_vars(indices: tuple[Expr, ...], extents: dict[str, int]) -> set[str]:
