@@ -12,6 +12,10 @@ Every Store statement gets one fixed-length vector describing
   touched and the reuse (iterations / distinct elements); Ansor's reuse distance (iterations
   and bytes inside the innermost loop the access does not depend on).
 
+Each group is a dataclass whose fields are the features' names (as Halide's Featurization.h
+names every feature): `named_statement_features` returns them, and the vectors and
+STATEMENT_NAMES / FEATURE_NAMES are both read off the same fields, so they cannot drift apart.
+
 Numbers are log-scaled, log2(1 + x). `kernel_features` aggregates the raw statement vectors:
 the sum over statements (totals: work, bytes, flags become counts), the maximum, and the full
 vector of the heaviest statement (execution count × work per iteration), which in a tiled
@@ -19,19 +23,22 @@ kernel is the hot loop whose structure decides the speed.
 
 Index expressions are read as affine forms where they are (every conv, matmul, pool and
 elementwise op); other index dimensions (fused loops' `f // c`, `f % c`, data-dependent loads)
-fall back to interval arithmetic, which over-approximates ranges but never fails.
+fall back to interval arithmetic (ir/interval.py), which over-approximates ranges but never fails.
 """
 from __future__ import annotations
 
 import functools
 import math
+import operator
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, Expr, For, If, Kernel, Load,
-                  Logic, Not, Select, Seq, Stmt, Store, Var)
+from ..ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Expr, For, If, Kernel, Logic, Not, Select,
+                  Seq, Stmt, Store, index_bounds, loads, variables)
 from ..ir import itemsize as _itemsize
 from ..ir.affine import affine_form
+from ..ir.visit import children
 
 itemsize = functools.cache(_itemsize)
 
@@ -40,10 +47,8 @@ LEVELS = (1, 2, 3, 4, 0)  # innermost loops varying for footprint / reuse; 0: th
 CACHE_LINE = 64           # bytes
 UNKNOWN = 1 << 20         # stride of an index that is not affine (data-dependent)
 
-# arithmetic categories; intrinsics are 'cheap' (one instruction) or 'math' (a libm call)
-OPS = ("f_add", "f_mul", "f_div", "f_minmax", "f_cmp", "f_math", "f_cheap", "select", "cast",
-       "i_add", "i_mul", "i_divmod", "i_minmax", "i_cmp", "logic")
-_OP = {name: n for n, name in enumerate(OPS)}
+# arithmetic categories (ArithFeatures' fields); intrinsics are 'cheap' (one instruction) or
+# 'math' (a libm call)
 _FLOAT_BINARY = {"add": "f_add", "sub": "f_add", "mul": "f_mul", "div": "f_div", "floordiv": "f_div",
                  "mod": "f_div", "min": "f_minmax", "max": "f_minmax"}
 _INT_BINARY = {"add": "i_add", "sub": "i_add", "mul": "i_mul", "div": "i_divmod",
@@ -51,31 +56,154 @@ _INT_BINARY = {"add": "i_add", "sub": "i_add", "mul": "i_mul", "div": "i_divmod"
 _CHEAP = {"abs", "floor", "ceil", "round", "neg"}
 _REDUCE_OP = {"add": "f_add", "mul": "f_mul", "max": "f_minmax", "min": "f_minmax"}
 
-LOOP_NAMES = [
-    "count", "exec", "depth", "reduce_loops", "reduce_iters",
-    "extent_in1", "extent_in2", "extent_in3", "extent_in4",
-    "par_prod", "par_loops", "par_launches", "par_task_iters",
-    "vec_len", "vec_loops", "vec_innermost", "vec_inner_loops",
-    "unroll_prod", "unroll_loops", "unroll_in1", "unroll_innermost",
-    "gpu_block_prod", "gpu_thread_prod",
-    "guards", "guard_in_vec", "guard_fraction",
-    "is_reduce", "reduce_minmax",
-    "local_alloc_bytes", "local_allocs", "shared_alloc_bytes", "global_alloc_bytes",
-]
-ARITH_NAMES = [f"{op}" for op in OPS] + ["float_per_iter", "int_per_iter", "float_vector_instrs"]
-ACCESS_NAMES = (
-    ["present", "is_store", "read_write", "global", "local", "shared", "itemsize", "buffer_bytes",
-     "stride_in1", "stride_vec", "unit_in1", "zero_in1", "unit_vec", "zero_vec",
-     "stride_nonzero", "nonzero_depth", "unknown_index"]
-    + [f"{what}_L{level or 'all'}" for level in LEVELS for what in ("bytes", "lines", "reuse")]
-    + ["reuse_dist_iters", "reuse_dist_bytes", "reuse_count"])
-STATEMENT_NAMES = ([f"loop.{n}" for n in LOOP_NAMES] + [f"arith.{n}" for n in ARITH_NAMES]
-                   + [f"acc{a}.{n}" for a in range(N_ACCESSES) for n in ACCESS_NAMES])
+
+# -- the feature groups: a field is a feature, its name the feature's name ---------------------
+
+@dataclass(slots=True, kw_only=True)
+class LoopFeatures:
+    """The loop nest around a statement and its annotations."""
+    count: float               # 1: sums to the number of statements
+    exec: float                # iterations of the whole nest
+    depth: float
+    reduce_loops: float
+    reduce_iters: float
+    extent_in1: float          # extents of the innermost 1..4 loops (0 where the nest is shallower)
+    extent_in2: float
+    extent_in3: float
+    extent_in4: float
+    par_prod: float            # product of the parallel loops' extents
+    par_loops: float
+    par_launches: float        # iterations outside the outermost parallel loop
+    par_task_iters: float      # iterations per parallel task
+    vec_len: float             # extent of the innermost vectorized loop (0 without one)
+    vec_loops: float
+    vec_innermost: float       # the vectorized loop is the innermost
+    vec_inner_loops: float     # loops inside the vectorized one
+    unroll_prod: float
+    unroll_loops: float
+    unroll_in1: float          # extent of the innermost unrolled loop
+    unroll_innermost: float
+    gpu_block_prod: float      # 0 unless more than one block
+    gpu_thread_prod: float
+    guards: float              # enclosing `if`s
+    guard_in_vec: float        # one of them sits inside the vectorized loop
+    guard_fraction: float      # estimated fraction of iterations that pass them all
+    is_reduce: float
+    reduce_minmax: float
+    local_alloc_bytes: float   # buffers allocated around the statement, by scope
+    local_allocs: float
+    shared_alloc_bytes: float
+    global_alloc_bytes: float
+
+
+@dataclass(slots=True, kw_only=True)
+class ArithFeatures:
+    """Operations by kind (f_: float, i_: integer), times the execution count; an op the
+    statement does not use counts 0."""
+    f_add: float = 0
+    f_mul: float = 0
+    f_div: float = 0
+    f_minmax: float = 0
+    f_cmp: float = 0
+    f_math: float = 0
+    f_cheap: float = 0
+    select: float = 0
+    cast: float = 0
+    i_add: float = 0
+    i_mul: float = 0
+    i_divmod: float = 0
+    i_minmax: float = 0
+    i_cmp: float = 0
+    logic: float = 0
+    float_per_iter: float      # float operations in one iteration
+    int_per_iter: float        # integer and logic operations in one iteration
+    float_vector_instrs: float # float operations executed / vector lanes
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessFeatures:
+    """One accessed buffer; every field is 0 where the statement has fewer accesses."""
+    present: float
+    is_store: float
+    read_write: float          # the stored element is read too (`+=`, `Y[i] = Y[i] + ...`)
+    global_: float             # its scope (the trailing _ keeps the keyword out: named `global`)
+    local: float
+    shared: float
+    itemsize: float
+    buffer_bytes: float
+    stride_in1: float          # elements the access moves per step of the innermost loop
+    stride_vec: float          # ... and of the vectorized loop
+    unit_in1: float
+    zero_in1: float
+    unit_vec: float
+    zero_vec: float
+    stride_nonzero: float      # the stride of the innermost loop that moves it
+    nonzero_depth: float       # loops inside that one
+    unknown_index: float       # an index dimension the interval arithmetic cannot bound
+    # bytes, cache lines and reuse (iterations / distinct elements) while the innermost 1..4
+    # loops (all: the whole nest) run
+    bytes_L1: float
+    lines_L1: float
+    reuse_L1: float
+    bytes_L2: float
+    lines_L2: float
+    reuse_L2: float
+    bytes_L3: float
+    lines_L3: float
+    reuse_L3: float
+    bytes_L4: float
+    lines_L4: float
+    reuse_L4: float
+    bytes_Lall: float
+    lines_Lall: float
+    reuse_Lall: float
+    reuse_dist_iters: float    # iterations and bytes inside the innermost loop it does not depend on,
+    reuse_dist_bytes: float
+    reuse_count: float         # and that loop's extent
+
+
+@functools.cache
+def _field_names(group: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(group))
+
+
+@functools.cache
+def _values_of(group: type):
+    return operator.attrgetter(*_field_names(group))
+
+
+def _zeros(group: type):
+    return group(**dict.fromkeys(_field_names(group), 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class StatementFeatures:
+    """All features of one Store statement, raw (not log-scaled)."""
+    loop: LoopFeatures
+    arith: ArithFeatures
+    accesses: tuple[AccessFeatures, ...]  # N_ACCESSES: the store, the loads; zeros pad
+
+    def groups(self) -> tuple:
+        """The groups in vector order (named after _PREFIXES)."""
+        return (self.loop, self.arith, *self.accesses)
+
+    def names(self) -> list[str]:
+        # a trailing underscore only keeps a Python keyword out of a field name (`global_`)
+        return [f"{prefix}.{name.removesuffix('_')}" for prefix, group in zip(_PREFIXES, self.groups(), strict=True)
+                for name in _field_names(type(group))]
+
+    def vector(self) -> list[float]:
+        out: list[float] = []
+        for group in self.groups():
+            out.extend(_values_of(type(group))(group))
+        return out
+
+
+_PREFIXES = ("loop", "arith", *(f"acc{n}" for n in range(N_ACCESSES)))
+_ABSENT = _zeros(AccessFeatures)
+STATEMENT_NAMES = StatementFeatures(_zeros(LoopFeatures), _zeros(ArithFeatures), (_ABSENT,) * N_ACCESSES).names()
 FEATURE_NAMES = ([f"sum.{n}" for n in STATEMENT_NAMES] + [f"max.{n}" for n in STATEMENT_NAMES]
                  + [f"top.{n}" for n in STATEMENT_NAMES])
-_EXEC = STATEMENT_NAMES.index("loop.exec")
-_FLOAT_PER_ITER = STATEMENT_NAMES.index("arith.float_per_iter")
-_INT_PER_ITER = STATEMENT_NAMES.index("arith.int_per_iter")
 
 
 def log_scale(x):
@@ -84,24 +212,28 @@ def log_scale(x):
 
 def statement_features(kernel: Kernel) -> list[np.ndarray]:
     """One log-scaled vector (len(STATEMENT_NAMES)) per Store statement, in program order."""
-    return [log_scale(r) for r in _raw_statements(kernel)]
+    return [log_scale(np.array(s.vector())) for s in named_statement_features(kernel)]
 
 
 def kernel_features(kernel: Kernel) -> np.ndarray:
     """sum, max and heaviest statement's features (see the module doc); len(FEATURE_NAMES)."""
-    raw = _raw_statements(kernel)
-    if not raw:
+    stmts = named_statement_features(kernel)
+    if not stmts:
         return np.zeros(len(FEATURE_NAMES))
-    rows = np.array(raw)
-    weight = rows[:, _EXEC] * (1.0 + rows[:, _FLOAT_PER_ITER] + 0.25 * rows[:, _INT_PER_ITER])
-    return np.concatenate([log_scale(rows.sum(0)), log_scale(rows).max(0),
-                           log_scale(rows[int(np.argmax(weight))])])
+    rows = np.array([s.vector() for s in stmts])
+    heaviest = int(np.argmax([_work(s) for s in stmts]))
+    return np.concatenate([log_scale(rows.sum(0)), log_scale(rows).max(0), log_scale(rows[heaviest])])
+
+
+def _work(s: StatementFeatures) -> float:
+    return s.loop.exec * (1.0 + s.arith.float_per_iter + 0.25 * s.arith.int_per_iter)
 
 
 # -- walking the kernel ---------------------------------------------------------------------
 
-def _raw_statements(kernel: Kernel) -> list[list[float]]:
-    out: list[list[float]] = []
+def named_statement_features(kernel: Kernel) -> list[StatementFeatures]:
+    """The raw features of every Store statement, in program order."""
+    out: list[StatementFeatures] = []
 
     def go(s: Stmt, loops: tuple, guards: tuple, allocs: tuple) -> None:
         if isinstance(s, For):
@@ -121,91 +253,70 @@ def _raw_statements(kernel: Kernel) -> list[list[float]]:
     return out
 
 
-def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Buffer, ...]) -> list[float]:
+def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Buffer, ...]) -> StatementFeatures:
     exec_count = math.prod(l.extent for l in loops)
     vec = next((n for n in range(len(loops) - 1, -1, -1) if loops[n].kind == "vectorized"), None)
-    loop = _loop_features(s, loops, guards, allocs, exec_count, vec)
     vec_len = loops[vec].extent if vec is not None else 1
-    arith = _arith_features(s, guards, exec_count, vec_len)
-    accesses = [_access(s.buffer, s.indices, loops, vec, True, s.reduce is not None)]
-    seen = {(s.buffer.name, s.indices)}
-    loaded = []
-    _collect_loads(s.value, loaded)
-    for ld in loaded:
-        key = (ld.buffer.name, ld.indices)
-        if key in seen:
-            if key == (s.buffer.name, s.indices):
-                accesses[0][2] = 1.0  # `Y[i] = Y[i] + ...`: a read-modify-write
-            continue
-        seen.add(key)
-        accesses.append(_access(ld.buffer, ld.indices, loops, vec, False, False))
-    byte_col = ACCESS_NAMES.index("bytes_Lall")
-    rows = [accesses[0]] + sorted(accesses[1:], key=lambda a: -a[byte_col])
-    rows = rows[:N_ACCESSES] + [[0.0] * len(ACCESS_NAMES)] * (N_ACCESSES - len(rows))
-    return loop + arith + [x for r in rows for x in r]
+    return StatementFeatures(loop=_loop_features(s, loops, guards, allocs, exec_count, vec),
+                             arith=_arith_features(s, guards, exec_count, vec_len),
+                             accesses=_accesses(s, loops, vec))
 
 
-def _collect_loads(e: Expr, out: list) -> None:
-    if isinstance(e, Load):
-        out.append(e)
-        for i in e.indices:
-            _collect_loads(i, out)
-        return
-    for k in _children(e):
-        _collect_loads(k, out)
-
-
-def _children(e: Expr) -> tuple:
-    t = type(e)
-    if t is Binary or t is Compare or t is Logic:
-        return (e.a, e.b)
-    if t is Call:
-        return e.args
-    if t is Select:
-        return (e.cond, e.t, e.f)
-    if t is Cast:
-        return (e.value,)
-    if t is Not:
-        return (e.a,)
-    if t is Load:
-        return e.indices
-    return ()
+def _accesses(s: Store, loops, vec: int | None) -> tuple[AccessFeatures, ...]:
+    """The stored buffer, then its distinct loads, most bytes touched first; zeros pad."""
+    target = (s.buffer.name, s.indices)
+    read_write = s.reduce is not None
+    seen, reads = {target}, []
+    for load in loads(s.value):
+        key = (load.buffer.name, load.indices)
+        read_write = read_write or key == target  # `Y[i] = Y[i] + ...`
+        if key not in seen:
+            seen.add(key)
+            reads.append(_access(load.buffer, load.indices, loops, vec, is_store=False, read_write=False))
+    reads.sort(key=lambda a: -a.bytes_Lall)
+    store = _access(s.buffer, s.indices, loops, vec, is_store=True, read_write=read_write)
+    kept = [store, *reads][:N_ACCESSES]
+    return tuple(kept) + (_ABSENT,) * (N_ACCESSES - len(kept))
 
 
 # -- loops ----------------------------------------------------------------------------------
 
-def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | None) -> list[float]:
+def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | None) -> LoopFeatures:
     depth = len(loops)
     ext = [l.extent for l in loops]
     inner = [ext[depth - n] if depth >= n else 0 for n in (1, 2, 3, 4)]
-    reduce_iters = math.prod(l.extent for l in loops if l.axis == "reduce")
     par = [n for n, l in enumerate(loops) if l.kind == "parallel"]
     par_prod = math.prod(ext[n] for n in par)
-    par_launches = math.prod(ext[:par[0]]) if par else 0
-    vecs = [n for n, l in enumerate(loops) if l.kind == "vectorized"]
     unrolled = [n for n, l in enumerate(loops) if l.kind == "unrolled"]
     block = math.prod(l.extent for l in loops if l.kind.startswith("blockIdx"))
     thread = math.prod(l.extent for l in loops if l.kind.startswith("threadIdx"))
-    guard_in_vec = float(vec is not None and any(at > vec for _, at in guards))
-    fraction = 1.0
-    ranges = {l.var: l.extent for l in loops}
-    for cond, _ in guards:
-        fraction *= _pass_fraction(cond, ranges)
     local = [b for b in allocs if b.scope == "local"]
-    return [
-        1.0, exec_count, depth, sum(l.axis == "reduce" for l in loops), reduce_iters, *inner,
-        par_prod, len(par), par_launches, exec_count / par_prod if par else 0,
-        ext[vec] if vec is not None else 0, len(vecs), float(vec == depth - 1 and vec is not None),
-        depth - 1 - vec if vec is not None else 0,
-        math.prod(ext[n] for n in unrolled), len(unrolled), ext[unrolled[-1]] if unrolled else 0,
-        float(bool(unrolled) and unrolled[-1] == depth - 1),
-        block if block > 1 else 0, thread if thread > 1 else 0,
-        len(guards), guard_in_vec, fraction,
-        float(s.reduce is not None), float(s.reduce in ("max", "min")),
-        sum(_nbytes(b) for b in local), len(local),
-        sum(_nbytes(b) for b in allocs if b.scope == "shared"),
-        sum(_nbytes(b) for b in allocs if b.scope == "global"),
-    ]
+    return LoopFeatures(
+        count=1.0, exec=exec_count, depth=depth,
+        reduce_loops=sum(l.axis == "reduce" for l in loops),
+        reduce_iters=math.prod(l.extent for l in loops if l.axis == "reduce"),
+        extent_in1=inner[0], extent_in2=inner[1], extent_in3=inner[2], extent_in4=inner[3],
+        par_prod=par_prod, par_loops=len(par), par_launches=math.prod(ext[:par[0]]) if par else 0,
+        par_task_iters=exec_count / par_prod if par else 0,
+        vec_len=ext[vec] if vec is not None else 0,
+        vec_loops=sum(l.kind == "vectorized" for l in loops),
+        vec_innermost=float(vec == depth - 1 and vec is not None),
+        vec_inner_loops=depth - 1 - vec if vec is not None else 0,
+        unroll_prod=math.prod(ext[n] for n in unrolled), unroll_loops=len(unrolled),
+        unroll_in1=ext[unrolled[-1]] if unrolled else 0,
+        unroll_innermost=float(bool(unrolled) and unrolled[-1] == depth - 1),
+        gpu_block_prod=block if block > 1 else 0, gpu_thread_prod=thread if thread > 1 else 0,
+        guards=len(guards), guard_in_vec=float(vec is not None and any(at > vec for _, at in guards)),
+        guard_fraction=_guard_fraction(guards, loops),
+        is_reduce=float(s.reduce is not None), reduce_minmax=float(s.reduce in ("max", "min")),
+        local_alloc_bytes=sum(_nbytes(b) for b in local), local_allocs=len(local),
+        shared_alloc_bytes=sum(_nbytes(b) for b in allocs if b.scope == "shared"),
+        global_alloc_bytes=sum(_nbytes(b) for b in allocs if b.scope == "global"))
+
+
+def _guard_fraction(guards, loops) -> float:
+    ranges = {l.var: l.extent for l in loops}
+    return math.prod((_pass_fraction(cond, ranges) for cond, _ in guards), start=1.0)
 
 
 def _pass_fraction(cond: Expr, ranges: dict[str, int]) -> float:
@@ -217,17 +328,10 @@ def _pass_fraction(cond: Expr, ranges: dict[str, int]) -> float:
         return 1.0 - _pass_fraction(cond.a, ranges)
     if not isinstance(cond, Compare):
         return 0.5
-    diff = Binary("sub", cond.a, cond.b)
-    form = affine_form(diff)
-    if form is not None:
-        lo = hi = form[1]
-        for v, c in form[0].items():
-            reach = c * (ranges.get(v, 1) - 1)
-            lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
-    else:
-        lo, hi = _interval(diff, ranges)
-    if lo is None:
+    bounds = index_bounds(Binary("sub", cond.a, cond.b), ranges)
+    if bounds is None:
         return 0.5
+    lo, hi = bounds
     span = hi - lo + 1
     below = lambda x: min(max((x - lo) / span, 0.0), 1.0)  # fraction of values < x
     return {"lt": below(0), "le": below(1), "gt": 1 - below(1), "ge": 1 - below(0),
@@ -236,41 +340,60 @@ def _pass_fraction(cond: Expr, ranges: dict[str, int]) -> float:
 
 # -- arithmetic -----------------------------------------------------------------------------
 
-def _arith_features(s: Store, guards, exec_count: int, vec_len: int) -> list[float]:
-    counts = [0] * len(OPS)
-    _count_ops(s.value, counts)
-    for i in s.indices:
-        _count_ops(i, counts)
-    for cond, _ in guards:
-        _count_ops(cond, counts)
+_FLOAT_OPS = {op for op in _field_names(ArithFeatures) if op.startswith("f_")}
+_INT_OPS = {op for op in _field_names(ArithFeatures) if op.startswith("i_")} | {"logic"}
+
+
+def _arith_features(s: Store, guards, exec_count: int, vec_len: int) -> ArithFeatures:
+    ops = _op_counts(s, guards)
+    n_float = sum(n for op, n in ops.items() if op in _FLOAT_OPS)
+    n_int = sum(n for op, n in ops.items() if op in _INT_OPS)
+    return ArithFeatures(**{op: n * exec_count for op, n in ops.items()},
+                         float_per_iter=n_float, int_per_iter=n_int,
+                         float_vector_instrs=n_float * exec_count / vec_len)
+
+
+def _op_counts(s: Store, guards) -> dict[str, int]:
+    """Operations of one iteration by kind (ArithFeatures' field names): in the stored value,
+    the indices, the guards, and the reduction's update."""
+    ops: dict[str, int] = {}
+    for root in (s.value, *s.indices, *(cond for cond, _ in guards)):
+        _count_ops(root, ops)
     if s.reduce is not None:
-        counts[_OP[_REDUCE_OP[s.reduce]]] += 1
-    n_float = sum(counts[:_OP["select"]])
-    n_int = sum(counts[_OP["i_add"]:])
-    return ([c * exec_count for c in counts]
-            + [n_float, n_int, n_float * exec_count / vec_len])
+        op = _REDUCE_OP[s.reduce]
+        ops[op] = ops.get(op, 0) + 1
+    return ops
 
 
-def _count_ops(e: Expr, counts: list[int]) -> None:
+def _count_ops(e: Expr, ops: dict[str, int]) -> None:
+    op = _op_kind(e)
+    if op is not None:
+        ops[op] = ops.get(op, 0) + 1
+    for k in children(e):
+        _count_ops(k, ops)
+
+
+def _op_kind(e: Expr) -> str | None:
     t = type(e)
     if t is Binary:
-        table = _INT_BINARY if e.a.dtype.startswith(("int", "uint", "bool")) else _FLOAT_BINARY
-        counts[_OP[table[e.op]]] += 1
-    elif t is Compare:
-        counts[_OP["i_cmp" if e.a.dtype.startswith(("int", "uint", "bool")) else "f_cmp"]] += 1
-    elif t is Call:
+        return (_INT_BINARY if _is_int_like(e.a.dtype) else _FLOAT_BINARY)[e.op]
+    if t is Compare:
+        return "i_cmp" if _is_int_like(e.a.dtype) else "f_cmp"
+    if t is Call:
         if e.args[0].dtype.startswith(("int", "uint")):
-            counts[_OP["i_add"]] += 1
-        else:
-            counts[_OP["f_cheap" if e.fn in _CHEAP else "f_math"]] += 1
-    elif t is Select:
-        counts[_OP["select"]] += 1
-    elif t is Cast:
-        counts[_OP["cast"]] += 1
-    elif t is Logic or t is Not:
-        counts[_OP["logic"]] += 1
-    for k in _children(e):
-        _count_ops(k, counts)
+            return "i_add"
+        return "f_cheap" if e.fn in _CHEAP else "f_math"
+    if t is Select:
+        return "select"
+    if t is Cast:
+        return "cast"
+    if t is Logic or t is Not:
+        return "logic"
+    return None
+
+
+def _is_int_like(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint", "bool"))
 
 
 # -- buffer accesses ------------------------------------------------------------------------
@@ -279,64 +402,28 @@ def _nbytes(b: Buffer) -> int:
     return b.size * itemsize(b.dtype)
 
 
-def _interval(e: Expr, ranges: dict[str, int]):
-    """(lo, hi) of an integer expression with each variable in `ranges` over 0..extent-1 and
-    every other variable at 0; (None, None) when unknown (loads, float arithmetic)."""
-    t = type(e)
-    if t is Var:
-        return 0, ranges.get(e.name, 1) - 1
-    if t is Const:
-        return (e.value, e.value) if type(e.value) is int else (None, None)
-    if t is not Binary:
-        return None, None
-    (alo, ahi), (blo, bhi) = _interval(e.a, ranges), _interval(e.b, ranges)
-    if alo is None or blo is None:
-        return None, None
-    op = e.op
-    if op == "add":
-        return alo + blo, ahi + bhi
-    if op == "sub":
-        return alo - bhi, ahi - blo
-    if op == "mul":
-        p = (alo * blo, alo * bhi, ahi * blo, ahi * bhi)
-        return min(p), max(p)
-    if op in ("floordiv", "div") and blo == bhi and blo > 0:
-        return alo // blo, ahi // blo
-    if op == "mod" and blo == bhi and blo > 0:
-        return (alo % blo, ahi % blo) if ahi // blo == alo // blo else (0, blo - 1)
-    if op == "min":
-        return min(alo, blo), min(ahi, bhi)
-    if op == "max":
-        return max(alo, blo), max(ahi, bhi)
-    return None, None
+def _access(buf: Buffer, indices, loops, vec: int | None, is_store: bool, read_write: bool) -> AccessFeatures:
+    affine_uses, others, flat = _index_terms(buf.shape, indices)
+    scope = buf.scope
+    return AccessFeatures(
+        present=1.0, is_store=float(is_store), read_write=float(read_write),
+        global_=float(scope == "global"), local=float(scope == "local"), shared=float(scope == "shared"),
+        itemsize=itemsize(buf.dtype), buffer_bytes=_nbytes(buf),
+        **_strides(flat, loops, vec),
+        unknown_index=float(not all(bounded for *_, bounded in others)),
+        **_sweep(buf, indices, loops, affine_uses, others))
 
 
-def _vars(e: Expr, out: set) -> set:
-    if type(e) is Var:
-        out.add(e.name)
-    for k in _children(e):
-        _vars(k, out)
-    return out
-
-
-def _step(expr: Expr, var: str) -> int:
-    """How far a non-affine index moves when `var` steps from 0 to 1 (others at 0)."""
-    lo0, hi0 = _interval(expr, {})
-    lo1, hi1 = _interval(expr, {var: 2})
-    return UNKNOWN if lo0 is None or lo1 is None else hi1 - hi0
-
-
-def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[float]:
-    isz = itemsize(buf.dtype)
-    shape = buf.shape
-    ndim = len(indices)
-    extent = [shape[d] if d < len(shape) else 1 for d in range(ndim)]
-    row = [math.prod(shape[d + 1:]) for d in range(ndim)]
-    # var -> [(dim, |coefficient|)] of the affine dims; the other dims get interval arithmetic
+def _index_terms(shape, indices) -> tuple[dict, list, dict]:
+    """How the loop variables move an access:
+    affine_uses: var -> [(dim, |coefficient|)] over the affine index dimensions;
+    others: (dim, expr, its variables, bounded?) for the other dimensions, which get interval
+        arithmetic;
+    flat: var -> elements the access moves when var steps by one."""
+    row = [math.prod(shape[d + 1:]) for d in range(len(indices))]
     affine_uses: dict[str, list] = {}
-    others = []        # (dim, expr, vars, interval known)
-    flat: dict[str, int] = {}  # var -> elements the access moves when it steps by one
-    known = True
+    others = []
+    flat: dict[str, int] = {}
     for d, e in enumerate(indices):
         form = affine_form(e)
         if form is not None:
@@ -345,14 +432,20 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
                     affine_uses.setdefault(v, []).append((d, abs(c)))
                     flat[v] = flat.get(v, 0) + c * row[d]
         else:
-            names = _vars(e, set())
-            ok = _interval(e, {}) != (None, None)
-            known = known and ok
-            others.append((d, e, names, ok))
+            names = variables((e,))
+            others.append((d, e, names, index_bounds(e, {}) is not None))
             for v in names:
                 flat[v] = flat.get(v, 0) + _step(e, v) * row[d]
-    used = set(affine_uses).union(*(names for _, _, names, _ in others))
+    return affine_uses, others, flat
 
+
+def _step(expr: Expr, var: str) -> int:
+    """How far a non-affine index moves when `var` steps from 0 to 1 (others at 0)."""
+    at0, at1 = index_bounds(expr, {}), index_bounds(expr, {var: 2})
+    return UNKNOWN if at0 is None or at1 is None else at1[1] - at0[1]
+
+
+def _strides(flat: dict[str, int], loops, vec: int | None) -> dict[str, float]:
     depth = len(loops)
     s_in = abs(flat.get(loops[-1].var, 0)) if loops else 0
     s_vec = abs(flat.get(loops[vec].var, 0)) if vec is not None else 0
@@ -361,7 +454,21 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
         if flat.get(loops[n].var, 0):
             nonzero, nz_depth = abs(flat[loops[n].var]), depth - 1 - n
             break
+    return dict(stride_in1=s_in, stride_vec=s_vec, unit_in1=float(s_in == 1),
+                zero_in1=float(s_in == 0 and bool(loops)), unit_vec=float(s_vec == 1),
+                zero_vec=float(s_vec == 0 and vec is not None), stride_nonzero=nonzero, nonzero_depth=nz_depth)
 
+
+_LEVEL_NAMES = [(lv, tuple(f"{what}_L{lv or 'all'}" for what in ("bytes", "lines", "reuse"))) for lv in LEVELS]
+
+
+def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list) -> dict[str, float]:
+    """Sweeps the loops from the innermost out: bytes, cache lines and reuse at each of LEVELS,
+    and the reuse distance at the first loop (from inside) the access does not depend on."""
+    isz = itemsize(buf.dtype)
+    ndim = len(indices)
+    extent = [buf.shape[d] if d < len(buf.shape) else 1 for d in range(ndim)]
+    used = set(affine_uses).union(*(names for _, _, names, _ in others))
     width = [1] * ndim   # range of each dimension over the loops swept so far (affine dims)
     count = [1] * ndim   # iterations of the swept loops that dimension reads
     inner: dict[str, int] = {}
@@ -372,9 +479,9 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
         if not ndim:
             return 1, 1
         w = list(width)
-        for d, e, names, ok in others:
-            lo, hi = _interval(e, inner) if ok else (None, None)
-            w[d] = extent[d] if lo is None else hi - lo + 1
+        for d, e, names, bounded in others:
+            bounds = index_bounds(e, inner) if bounded else None
+            w[d] = extent[d] if bounds is None else bounds[1] - bounds[0] + 1
             count[d] = math.prod(inner[v] for v in names if v in inner)
         spans = [max(1, min(w[d], extent[d], count[d])) for d in range(ndim)]
         distinct = min(math.prod(spans), cap)
@@ -382,14 +489,15 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
         lines = min(spans[-1], -(-last * isz // CACHE_LINE)) * math.prod(spans[:-1])
         return distinct, min(distinct, lines)
 
-    reuse = [0, 0, 0]
+    depth = len(loops)
+    reuse = dict(reuse_dist_iters=0, reuse_dist_bytes=0, reuse_count=0)
     iters = 1
     wanted = {(depth if lv == 0 else min(lv, depth)) for lv in LEVELS}
     results = {0: (1, 1, 1.0)}
     for n in range(depth - 1, -1, -1):
         var, ext = loops[n].var, loops[n].extent
-        if not reuse[2] and var not in used and ext > 1:
-            reuse = [iters, footprint()[0] * isz, ext]
+        if not reuse["reuse_count"] and var not in used and ext > 1:
+            reuse = dict(reuse_dist_iters=iters, reuse_dist_bytes=footprint()[0] * isz, reuse_count=ext)
         for d, c in affine_uses.get(var, ()):
             width[d] += c * (ext - 1)
             count[d] *= ext
@@ -400,13 +508,8 @@ def _access(buf: Buffer, indices, loops, vec, is_store: bool, rw: bool) -> list[
         if depth - n in wanted:
             distinct, lines = footprint()
             results[depth - n] = (distinct, lines, iters / distinct)
-    levels = []
-    for lv in LEVELS:
+    levels = {}
+    for lv, (nbytes, nlines, nreuse) in _LEVEL_NAMES:
         distinct, lines, r = results[depth if lv == 0 else min(lv, depth)]
-        levels += [distinct * isz, lines, r]
-    scope = buf.scope
-    return [1.0, float(is_store), float(rw), float(scope == "global"), float(scope == "local"),
-            float(scope == "shared"), isz, _nbytes(buf),
-            s_in, s_vec, float(s_in == 1), float(s_in == 0 and bool(loops)),
-            float(s_vec == 1), float(s_vec == 0 and vec is not None),
-            nonzero, nz_depth, float(not known), *levels, *reuse]
+        levels[nbytes], levels[nlines], levels[nreuse] = distinct * isz, lines, r
+    return levels | reuse

@@ -1,10 +1,70 @@
-"""The interval and variable analyses that the cost-model features share with the verifier and
-the passes (ir/)."""
+"""Named cost-model features (one dataclass per group, its fields the names) and the interval
+and variable analyses that the features share with the verifier and the passes (ir/)."""
+import dataclasses
+import importlib
+import inspect
+import math
+
+import numpy as np
 import pytest
 
+from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, AccessFeatures, ArithFeatures, LoopFeatures,
+                              StatementFeatures, kernel_features, named_statement_features, statement_features)
 from nestor.ir import Binary, Buffer, Cast, Compare, Const, Load, Select, Var, index_bounds, parse_kernel, variables, verify
 
+SCALE = parse_kernel("""
+kernel scale(A: f32[64, 32], b: f32[32]) -> (Y: f32[64, 32]) {
+  for i in 0..64 parallel {
+    for jo in 0..4 {
+      for ji in 0..8 vectorized { Y[i, jo * 8 + ji] = A[i, jo * 8 + ji] * 2.0 + b[jo * 8 + ji] }
+    }
+  }
+}""")
+
 i, j = Var("i"), Var("j")
+
+
+def test_names_and_values_correspond_one_to_one():
+    sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures)]
+    assert sizes == [32, 18, 35] and len(STATEMENT_NAMES) == 32 + 18 + 5 * 35
+    assert len(set(STATEMENT_NAMES)) == len(STATEMENT_NAMES)
+    assert FEATURE_NAMES == [f"{agg}.{n}" for agg in ("sum", "max", "top") for n in STATEMENT_NAMES]
+    (stmt,) = named_statement_features(SCALE)
+    assert stmt.names() == STATEMENT_NAMES and len(stmt.vector()) == len(STATEMENT_NAMES)
+    by_name = dict(zip(stmt.names(), stmt.vector()))
+    prefixes = [("loop", stmt.loop), ("arith", stmt.arith)] + [(f"acc{n}", a) for n, a in enumerate(stmt.accesses)]
+    for prefix, group in prefixes:
+        for field in dataclasses.fields(group):
+            assert by_name[f"{prefix}.{field.name.removesuffix('_')}"] == getattr(group, field.name)
+    assert kernel_features(SCALE).shape == (len(FEATURE_NAMES),)
+
+
+def test_hand_checked_kernel_read_by_name():
+    (stmt,) = named_statement_features(SCALE)
+    loop, arith, (store, a, b, absent, _) = stmt.loop, stmt.arith, stmt.accesses
+    assert (loop.exec, loop.depth, loop.vec_len, loop.vec_innermost, loop.vec_inner_loops) == (64 * 32, 3, 8, 1, 0)
+    assert (loop.par_prod, loop.par_loops, loop.par_task_iters, loop.is_reduce) == (64, 1, 32, 0)
+    assert (loop.extent_in1, loop.extent_in2, loop.extent_in3, loop.extent_in4) == (8, 4, 64, 0)
+    assert arith.f_mul == arith.f_add == 64 * 32 and arith.float_per_iter == 2 and arith.i_mul == 3 * 64 * 32
+    assert arith.float_vector_instrs == 2 * 64 * 32 / 8
+    assert (store.present, store.is_store, store.global_, store.stride_vec, store.unit_vec) == (1, 1, 1, 1, 1)
+    assert (a.is_store, a.bytes_Lall, a.reuse_Lall) == (0, 64 * 32 * 4, 1)
+    assert (b.buffer_bytes, b.reuse_Lall, b.stride_nonzero, b.nonzero_depth) == (32 * 4, 64, 1, 0)
+    assert all(x == 0 for x in dataclasses.astuple(absent))
+    logged = dict(zip(STATEMENT_NAMES, statement_features(SCALE)[0]))
+    assert logged["loop.depth"] == pytest.approx(math.log2(1 + 3))
+    assert logged["loop.vec_len"] == pytest.approx(math.log2(1 + 8))
+    assert logged["acc0.is_store"] == 1 and logged["acc0.global"] == 1 and logged["acc1.is_store"] == 0
+    top = dict(zip(FEATURE_NAMES, kernel_features(SCALE)))
+    assert top["top.loop.vec_len"] == top["sum.loop.vec_len"] == logged["loop.vec_len"]
+
+
+def test_features_module_reads_features_by_name_not_position():
+    source = inspect.getsource(importlib.import_module("nestor.costmodel.features"))
+    assert ".index(" not in source
+    for gone in ("LOOP_NAMES", "ARITH_NAMES", "ACCESS_NAMES"):
+        assert gone not in source
+    assert [f.name for f in dataclasses.fields(StatementFeatures)] == ["loop", "arith", "accesses"]
 
 
 @pytest.mark.parametrize("expr, extents, bounds", [
@@ -39,3 +99,8 @@ def test_variables():
     x = Buffer("X", (4, 4))
     assert variables([i * 2 + j, Load(x, (Var("k"), Const(0)))]) == {"i", "j", "k"}
     assert variables([Const(1)]) == set()
+
+
+def test_statement_features_are_log_scaled_vectors():
+    for raw, logged in zip(named_statement_features(SCALE), statement_features(SCALE)):
+        np.testing.assert_allclose(logged, np.log2(1 + np.abs(raw.vector())))
