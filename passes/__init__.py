@@ -1,6 +1,6 @@
 """Kernel → kernel transformations."""
 from .default import default_schedule, DefaultNest
-from .base import Pass, ScheduleError
+from .base import Made, Pass, ScheduleError
 from .loops import Split, Tile, Reorder, Fuse, Distribute
 from .cache import CacheWrite, CacheRead
 from .stages import ComputeAt, Inline

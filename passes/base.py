@@ -160,6 +160,26 @@ def loop_names(kernel: Kernel) -> set[str]:
     return {s.var for s in walk_stmts(kernel.body) if isinstance(s, For)}
 
 
+def _allocated(kernel: Kernel) -> list[str]:
+    return [s.buffer.name for s in walk_stmts(kernel.body) if isinstance(s, Allocate)]
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a step made: its new loops by role (each pass names its roles: a split's `outer` and
+    `inner`, a cache_write's `read` and `write` copies ...) and its new buffers. Callers take
+    loop names from here instead of rebuilding the names a pass happens to choose."""
+    loops: dict[str, tuple[str, ...]]
+    buffers: tuple[str, ...] = ()
+
+    def get(self, role: str) -> tuple[str, ...]:
+        return self.loops.get(role, ())
+
+    def one(self, role: str) -> str:
+        (name,) = self.loops[role]
+        return name
+
+
 @dataclass(frozen=True)
 class Pass:
     """A kernel-to-kernel transformation; subclasses are frozen dataclasses of their parameters.
@@ -172,6 +192,19 @@ class Pass:
 
     def apply(self, kernel: Kernel) -> Kernel:
         raise NotImplementedError
+
+    def trace(self, kernel: Kernel) -> tuple[Kernel, Made]:
+        """`apply`, and what the step made. New loops are those `kernel` lacks (fresh_name never
+        reuses a name), in pre-order; `loop_roles` sorts them."""
+        after = self.apply(kernel)
+        taken = loop_names(kernel)
+        new = tuple(dict.fromkeys(s.loop.var for s in loop_sites(after.body) if s.loop.var not in taken))
+        old_buffers = set(_allocated(kernel))
+        return after, Made(self.loop_roles(kernel, new), tuple(b for b in _allocated(after) if b not in old_buffers))
+
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """The step's new loops (pre-order) by role; by default all are `new`."""
+        return {"new": new} if new else {}
 
     def check(self, kernel: Kernel) -> None:
         """Raise ScheduleError if the step is illegal on `kernel`. Passes are cheap on kernel-sized
@@ -260,6 +293,8 @@ def _coerce(value, tp):
         return float(value)
     if tp in (str, bool) and isinstance(value, tp):
         return value
+    if tp is bool and value in ("true", "false"):  # the pipeline text of a flag
+        return value == "true"
     raise TypeError(f"expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 

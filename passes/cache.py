@@ -166,6 +166,12 @@ class CacheWrite(Pass):
         new = Allocate(local, seq(copy_in, new_body, write_back))
         return replace_loop(kernel, site, For(loop.var, loop.extent, new, loop.kind, loop.axis))
 
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """`read`: the loops copying the tile in (where its first access does not initialize
+        it), `write`: those storing it back; one per dimension of the local buffer each."""
+        rank = len(find_buffer(before, self.buffer, self).shape)
+        return {"read": new[:-rank], "write": new[-rank:]}
+
     def _copy(self, region: Region, order, local: Buffer, taken, outer, tag: str,
               into_local: bool) -> Stmt:
         """The copy nest between the tile and the local buffer; loop k walks local dimension k."""
@@ -239,6 +245,9 @@ class CacheRead(Pass):
         loop = site.loop
         new = Allocate(local, seq(copy, new_body))
         return replace_loop(kernel, site, For(loop.var, loop.extent, new, loop.kind, loop.axis))
+
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        return {"copy": new}
 
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:

@@ -122,6 +122,9 @@ class Split(Pass):
         levels, body = _split_band(self, kernel, chain, [(self.factor,)])
         return replace_loop(kernel, chain[0], _nest(levels[0], body))
 
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        return {"outer": new[:1], "inner": new[1:2]}
+
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:
         sites = loop_sites(kernel.body)
@@ -226,6 +229,9 @@ class Fuse(Pass):
         body = substitute(_band_body(chain), {a.var: Var(var) // b.extent, b.var: Var(var) % b.extent})
         return replace_loop(kernel, chain[0], For(var, a.extent * b.extent, body, axis=a.axis))
 
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        return {"fused": new}
+
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:
         sites = loop_sites(kernel.body)
@@ -244,9 +250,7 @@ class Distribute(Pass):
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)
-        chain = [site.loop]
-        while isinstance(chain[-1].body, For):
-            chain.append(chain[-1].body)
+        chain = self._chain(site.loop)
         body, guard = chain[-1].body, None
         if isinstance(body, If) and body.otherwise is None:  # a split's guard: each piece keeps it
             body, guard = body.then, body.cond
@@ -271,6 +275,18 @@ class Distribute(Pass):
                 stmt = For(names[l.var], l.extent, stmt, l.kind, l.axis)
             nests.append(stmt)
         return replace_loop(kernel, site, Seq(tuple(nests)))
+
+    @staticmethod
+    def _chain(loop: For) -> list[For]:
+        chain = [loop]
+        while isinstance(chain[-1].body, For):
+            chain.append(chain[-1].body)
+        return chain
+
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """Each loop of the distributed chain -> its copies in the second, third ... nest."""
+        chain = [l.var for l in self._chain(find_loop(before, self.loop, self).loop)]
+        return {var: new[k::len(chain)] for k, var in enumerate(chain)}
 
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:

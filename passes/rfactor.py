@@ -78,6 +78,11 @@ class Rfactor(Pass):
                                             update.reduce), axis="reduce")))
         return replace_loop(kernel, site, new)
 
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """`zero`: initializes the partial results; `outer`, `lane`: the split reduction (`lane`
+        to vectorize); `combine`: folds the partial results into the output."""
+        return dict(zip(("zero", "outer", "lane", "combine"), ((n,) for n in new)))
+
     @classmethod
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:
         sites = loop_sites(kernel.body)
