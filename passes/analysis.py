@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, print_expr, walk, walk_stmts
+from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, print_expr, rewrite, walk, walk_stmts
 from ..ir.affine import affine_form
 from ..ir.visit import stmt_exprs, variables
 
@@ -111,14 +111,102 @@ def independence_problem(loop: For, outer, body: Stmt | None = None) -> str | No
     extents = loop_extents(list(outer) + [loop], body)
     fixed = {l.var for l in outer}
     for buffer, uses in written_uses(body).items():
-        if _disjoint_along(loop.var, uses.indices, fixed, extents):
+        if _independent_writes(loop.var, uses.indices, fixed, extents):
             continue
         idx = _single_index(buffer, uses)
         if isinstance(idx, str):
             return idx
-        if loop.var not in determined_vars(idx, extents):
-            return f"different iterations may write the same element {_show(buffer, idx)}"
+        return f"different iterations may write the same element {_show(buffer, idx)}"
     return None
+
+
+def _independent_writes(var: str, indices, fixed: set[str], extents: dict[str, int]) -> bool:
+    """Whether different iterations of `var` write different elements through `indices`. A loop
+    that fuse made (`f`, read as `f // n` and `f % n` only) is the pair of loops it came from:
+    iterations differ in the outer part, or in the inner one with the outer fixed."""
+    indices, fixed, extents = _fixed_parts(indices, fixed, extents)
+    if _disjoint_along(var, indices, fixed, extents):
+        return True
+    if len(indices) == 1 and var in determined_vars(next(iter(indices)), extents):
+        return True
+    joined = _split_parts(var, indices, extents)
+    if joined is not None:  # different iterations of `var` are different values of the whole
+        whole, rewritten, joined_extents = joined
+        return _independent_writes(whole, rewritten, fixed, joined_extents)
+    parts = _fused_parts(var, indices, extents)
+    if parts is None:
+        return False
+    hi, lo, split, split_extents = parts
+    return (_independent_writes(hi, split, fixed, split_extents)
+            and _independent_writes(lo, split, fixed | {hi}, split_extents))
+
+
+def _split_parts(var: str, indices, extents: dict[str, int]):
+    """`var` read only in `high * c + low`, low a loop of at most c iterations and var either of
+    them (a split loop, often a fused one): the indices with that sum as one new variable, and
+    its extent; None otherwise."""
+    def whole_of(e: Expr):
+        """(high loop, c) where `e` is high * c + low, low of at most c iterations, var either."""
+        if isinstance(e, Binary) and e.op == "add":
+            form = affine_form(e)
+            if form is not None and form[1] == 0 and len(form[0]) == 2 and var in form[0]:
+                (high, c), (low, one) = sorted(form[0].items(), key=lambda t: -t[1])
+                if one == 1 and c > 1 and low in extents and extents[low] <= c:
+                    return high, c
+        return None
+    sizes = {whole_of(e) for idx in indices for d in idx for e in walk(d)} - {None}
+    if len(sizes) != 1:
+        return None
+    name = f"{var}.whole"
+
+    def join(e: Expr) -> Expr | None:
+        return Var(name) if whole_of(e) is not None else None
+    rewritten = frozenset(tuple(rewrite(d, join) for d in idx) for idx in indices)
+    if any(var in variables(idx) for idx in rewritten):
+        return None
+    ((high, c),) = sizes
+    return name, rewritten, {**extents, name: extents.get(high, 1) * c}
+
+
+def _fixed_parts(indices, fixed: set[str], extents: dict[str, int]):
+    """`v // n` and `v % n` of loops around (fixed: each is one value for the loop asked about,
+    as a fused outer loop's parts are) read as variables of their own, also fixed."""
+    names: dict[Expr, str] = {}
+    extents = dict(extents)
+
+    def part(e: Expr) -> Expr | None:
+        if (isinstance(e, Binary) and e.op in ("floordiv", "mod") and isinstance(e.a, Var) and e.a.name in fixed
+                and isinstance(e.b, Const) and e.a.name in extents):
+            name = names.setdefault(e, f"{e.a.name}.{e.op}{len(names)}")
+            n = e.b.value
+            extents[name] = -(-extents[e.a.name] // n) if e.op == "floordiv" else n
+            return Var(name)
+        return None
+    split = frozenset(tuple(rewrite(d, part) for d in idx) for idx in indices)
+    if not names:
+        return indices, fixed, extents
+    return split, fixed | set(names.values()), extents
+
+
+def _fused_parts(var: str, indices, extents: dict[str, int]):
+    """`var` read only as `var // n` and `var % n` (one n): the indices with those replaced by
+    two new variables (hi, lo), and their extents; None otherwise."""
+    divisors = {e.b.value for idx in indices for d in idx for e in walk(d)
+                if isinstance(e, Binary) and e.op in ("floordiv", "mod") and e.a == Var(var)
+                and isinstance(e.b, Const)}
+    if len(divisors) != 1:
+        return None
+    (n,) = divisors
+    hi, lo = f"{var}.hi", f"{var}.lo"
+
+    def part(e: Expr) -> Expr | None:
+        if isinstance(e, Binary) and e.op in ("floordiv", "mod") and e.a == Var(var):
+            return Var(hi if e.op == "floordiv" else lo)
+        return None
+    split = frozenset(tuple(rewrite(d, part) for d in idx) for idx in indices)
+    if any(var in variables(idx) for idx in split):
+        return None
+    return hi, lo, split, {**extents, hi: -(-extents[var] // n), lo: n}
 
 
 def _disjoint_along(var: str, indices, fixed: set[str], extents: dict[str, int]) -> bool:
