@@ -13,7 +13,8 @@ import random
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
-from .space import Sketch, top_level_nests
+from .nest import top_level_nests
+from .space import Sketch
 
 POOL = 256           # candidates ranked by the cost model per round (at most)
 POOL_PER_TRIAL = 16  # ... and per trial of the round: a 2-trial warm-up ranks 32, not 256
@@ -117,6 +118,9 @@ class Tuner:
             known = self._schedule_of.get(repr(d))
             if known is not None and (known in self.seen or known in pool):
                 continue
+            if known in self._unmeasured:  # realized for the last pool, not carried: no need to again
+                pool[known] = self._unmeasured[known]
+                continue
             schedule, kernel = self.sketch.realize(d)
             key = schedule.to_json()
             self._schedule_of[repr(d)] = key
@@ -128,7 +132,7 @@ class Tuner:
         self._unmeasured = pool
         return list(pool.values())
 
-    def good_decisions(self, n: int) -> list[dict]:
+    def good_decisions(self, n: int) -> list:
         """The decisions of this run's `n` fastest measured candidates, fastest first."""
         return [d for _, d in sorted(self.measured, key=lambda t: t[0])[:n]]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,7 +38,7 @@ from ..passes import Schedule, canonical_loops
 from ..codegen.memory import concats_in_place
 from .budget import RERANK_TOP, Budget
 from .search import Tuner, kernel_flops
-from .space import top_level_nests
+from .nest import top_level_nests
 
 ALPHA = 0.2        # weight of the observed improvement against the optimistic guess
 WINDOW = 3         # rounds over which the observed improvement is taken
@@ -306,7 +307,8 @@ def _task_best(task: Task) -> str:
 
 
 def task_table(tasks: list[Task], out=print) -> None:
-    """Per task: calls, share of the estimated latency, trials, best time, GFLOP/s, errors."""
+    """Per task: calls, share of the estimated latency, trials, best time, GFLOP/s, errors; and
+    the steps sketch rules needed that the passes refused (a rule and a pass that disagree)."""
     total = sum(t.calls * t.best for t in tasks if t.best) or 1.0
     out(f"{'task':<28} {'calls':>5} {'share':>6} {'trials':>6} {'errors':>6} {'best ms':>9} {'GFLOP/s':>8}")
     for t in sorted(tasks, key=lambda t: -(t.calls * (t.best or 0))):
@@ -317,3 +319,16 @@ def task_table(tasks: list[Task], out=print) -> None:
         best = f"{t.best * 1e3:9.3f}" if t.best else f"{'-':>9}"
         gf = f"{t.flops / t.best / 1e9:8.1f}" if t.best else f"{'-':>8}"
         out(f"{t.name[:28]:<28} {t.calls:>5} {share} {t.trials:>6} {t.errors:>6} {best} {gf}")
+    refused = refused_steps(tasks)
+    if refused:
+        top = ", ".join(f"{step} {n}" for step, n in refused.most_common(4))
+        out(f"refused steps: {sum(refused.values())} required steps of sketch rules were refused ({top})")
+
+
+def refused_steps(tasks: list[Task]) -> Counter:
+    """`rule: pass` -> how many required steps the passes refused over the tasks' candidates."""
+    total: Counter = Counter()
+    for t in tasks:
+        if t.tuner is not None:
+            total.update(t.tuner.sketch.refused)
+    return total

@@ -6,12 +6,13 @@ each candidate's best time and GFLOP/s. Compare rows of one node, not across run
     python examples/compare_chunks.py resnet50 --nodes n90,n140,n148,n152 [--records r50.sqlite]
 """
 import argparse
+import dataclasses
 
 import nestor
 from nestor.autotune.measure import Measurer
 from nestor.autotune.records import Records
 from nestor.autotune.search import kernel_flops
-from nestor.autotune.space import Sketch
+from nestor.autotune.space import Candidate, Sketch
 from nestor.autotune.tune import target_key
 from nestor.ir import structural_hash
 from nestor.passes import Schedule
@@ -26,9 +27,11 @@ def candidates(node, records):
         if best:
             out.append(("best in records", Schedule.from_json(best.schedule).apply(node.kernel)))
     for i, rule in enumerate(sketch.rule_decisions()):
-        for chunk in (None, *sketch.chunk_factors):
-            d = {**rule, "chunk": (chunk, 0) if chunk else None}
-            out.append((f"rule {i} tile {rule['factors']} chunk {chunk}", sketch.realize(d)[1]))
+        if rule.rule != "tiling":
+            continue
+        for chunk in (None, *sketch.info.chunk_factors):
+            d = Candidate("tiling", dataclasses.replace(rule.decisions, chunk=(chunk, 0) if chunk else None))
+            out.append((f"rule {i} tile {rule.decisions.factors} chunk {chunk}", sketch.realize(d)[1]))
     return out
 
 

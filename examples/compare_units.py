@@ -37,7 +37,8 @@ def main():
                 sketch = Sketch.of(node.kernel, unit)
                 rules = sketch.rule_decisions()
                 results = measurer.measure([sketch.realize(d)[1] for d in rules])
-                good = [(r.median, str(d["factors"])) for r, d in zip(results, rules) if r.ok]
+                good = [(r.median, str(getattr(d.decisions, "factors", d.decisions))) for r, d in zip(results, rules)
+                        if r.ok]
                 if good:
                     t, tile = min(good)
                     totals[name] += calls * t

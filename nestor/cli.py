@@ -215,11 +215,25 @@ def cmd_passes(args) -> int:
                 print(textwrap.indent(doc, " " * 6))
             else:
                 print(textwrap.fill(_summary(doc), 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    _print_sketch_rules()
     if broken:
         print("plugins that failed to load:")
         for error in broken.values():
             print(f"  {error}")
     return 0
+
+
+def _print_sketch_rules() -> None:
+    """The tuner's sketch rules per target kind, plugins' marked."""
+    from .autotune.rules import RULES, plugin_rules
+    with warnings.catch_warnings():  # a broken rule plugin was warned about where it loaded
+        warnings.simplefilter("ignore")
+        plugins = plugin_rules()
+    print("sketch rules:")
+    for kind, rules in RULES.items():
+        extra = [r for r in plugins if kind in getattr(r, "targets", ("cpu",))]
+        names = [r.name for r in rules] + [f"{r.name} [plugin: {type(r).__module__}]" for r in extra]
+        print(f"  {kind}: {', '.join(names)}")
 
 
 def _summary(doc: str) -> str:

@@ -117,17 +117,17 @@ def test_blocked_convolution_tiles_keep_the_channel_block_in_the_vector():
     model = make_model(nodes, {"x": [1, 32, 14, 14]}, {"y": [1, 64, 14, 14]}, {"w": weights((64, 32, 3, 3))})
     conv = next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "ConvNCHWc")
     sketch = Sketch.of(conv, AVX512)
-    assert sketch.lanes == ()
-    tiles = {tuple(d["factors"]) for d in sketch.rule_decisions()}
+    assert sketch.info.lanes == ()
+    tiles = {d.decisions.factors for d in sketch.rule_decisions()}
     assert (1, 1, 1, 14, 16) in tiles and (1, 2, 1, 7, 16) in tiles
-    assert {tuple(d["factors"]) for d in Sketch.of(conv, AVX2).rule_decisions()} == {
+    assert {d.decisions.factors for d in Sketch.of(conv, AVX2).rule_decisions()} == {
         (1, 2, 1, 2, 16), (1, 1, 2, 2, 16), (1, 1, 1, 7, 16), (1, 1, 1, 6, 16)}
     # 8-channel blocks (one AVX2 register) on a 13-pixel row, which no 4-8 divides: the whole
     # row, 13 accumulators (SqueezeNet's 1000-class conv)
     nodes = [("Conv", ["x", "w"], ["y"], CONV3)]
     model = make_model(nodes, {"x": [1, 16, 13, 13]}, {"y": [1, 40, 13, 13]}, {"w": weights((40, 16, 3, 3))})
     conv = next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "ConvNCHWc")
-    assert {tuple(d["factors"]) for d in Sketch.of(conv, AVX2).rule_decisions()} == {(1, 1, 1, 13, 8)}
+    assert {d.decisions.factors for d in Sketch.of(conv, AVX2).rule_decisions()} == {(1, 1, 1, 13, 8)}
 
 
 def test_nestor_domain_ops_are_not_accepted_from_a_model():

@@ -51,6 +51,26 @@ except ScheduleError as err:
 """
 
 
+# The plugin's sketch rule joins a CPU target's rules, with its seeds, and realizes with its pass.
+CHECK_RULE = f"""
+import numpy as np
+from nestor.autotune.space import Sketch
+from nestor.codegen.build import run_kernel
+from nestor.ir import parse_kernel
+from nestor.ir.machine import AVX512
+
+kernel = parse_kernel('''{MATMUL}''')
+sketch = Sketch.of(kernel, AVX512, strict=True)
+print("rules:", list(sketch.rules))
+seed = next(c for c in sketch.rule_decisions() if c.rule == "reversed_nest")
+schedule, scheduled = sketch.realize(seed)
+print("schedule:", schedule)
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((16, 32), dtype=np.float32), rng.standard_normal((32, 48), dtype=np.float32)
+np.testing.assert_allclose(run_kernel(scheduled, [a, b])[0], a @ b, rtol=1e-4, atol=1e-4)
+"""
+
+
 def pip_builds_offline() -> bool:
     """setuptools builds wheels by itself from 70.1; before, it needs the `wheel` package."""
     version = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
@@ -117,3 +137,11 @@ def test_a_broken_plugin_is_listed_with_its_error(plugin_env, tmp_path):
     assert "\n  reverse(loop: str)" in out
     assert "plugins that failed to load:\n  pass plugin 'broken' (no_such_module:Pass" in out
     assert "ModuleNotFoundError" in out
+
+
+def test_the_plugin_sketch_rule_joins_the_cpu_rules(plugin_env, tmp_path):
+    out = run(["-c", CHECK_RULE], plugin_env, tmp_path)
+    assert "rules: ['tiling', 'reversed_nest']" in out
+    assert "schedule: reverse(i0); default(i0)" in out
+    listed = run(["-m", "nestor.cli", "passes"], plugin_env, tmp_path)
+    assert "cpu: rows, tiling, reversed_nest [plugin: nestor_plugin_example]" in listed

@@ -2,6 +2,7 @@
 scheduler spends trials where the model's latency is, a task that cannot be measured is reported
 and the rest go on, and a tuned model compiles from its records, saves, reloads and matches ONNX
 Runtime."""
+import dataclasses
 import zlib
 
 import numpy as np
@@ -226,15 +227,19 @@ def test_similar_tasks_start_from_each_others_best_decisions():
 
 
 def test_adopt_fits_decisions_to_another_sketch():
-    from nestor.autotune.space import Sketch
+    from nestor.autotune.space import Candidate, Sketch
     small = Sketch.of(nestor.import_onnx(mlp([64, 8, 8])).nodes[0].kernel)    # 32×8 output
     large = Sketch.of(nestor.import_onnx(mlp([64, 96, 8])).nodes[0].kernel)   # 32×96 output
-    d = {"factors": [16, 64], "order": 1, "fuse": 2, "unroll": 4, "cache_read": ("B", 1), "extra": None,
-         "lanes": None, "rfactor": None, "stage_at": None}
+    from nestor.autotune.rules.tiling import TileDecisions
+    d = Candidate("tiling", dataclasses.replace(TileDecisions.plain(2), factors=(16, 64), order=1, fuse=2,
+                                                unroll=4, cache_read=("B", 1)))
+    assert large.adopt(d).decisions.order == 1  # two outer loops: their order carries over
     fitted = small.adopt(large.adopt(d))
-    assert fitted["factors"][1] <= 8 and fitted["order"] == 1 and fitted["unroll"] == 4
+    # the 8 columns are all in the tile: one outer loop left, nothing to order
+    assert fitted.decisions.factors[1] <= 8 and fitted.decisions.order == 0 and fitted.decisions.unroll == 4
     small.realize(fitted)  # a valid decision set for the small kernel
-    assert small.adopt({**d, "factors": [4]}) is None  # nests of another depth do not transfer
+    deeper = Candidate("tiling", dataclasses.replace(d.decisions, factors=(4,)))
+    assert small.adopt(deeper) is None  # nests of another depth do not transfer
 
 
 def test_kernels_never_tuned_borrow_the_schedule_of_the_nearest_tuned_similar_kernel(tmp_path):

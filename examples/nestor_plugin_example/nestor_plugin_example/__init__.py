@@ -1,14 +1,17 @@
-"""An example Nestor pass plugin: loop reversal.
+"""An example Nestor plugin: a pass (loop reversal) and a sketch rule that uses it.
 
-Registered through the entry point group `nestor.passes` in this package's pyproject.toml; once
-installed, `reverse(i0)` works in pipelines and schedule files and the tuner may choose it.
+Registered through the entry point groups `nestor.passes` and `nestor.sketch_rules` in this
+package's pyproject.toml; once installed, `reverse(i0)` works in pipelines and schedule files,
+and the tuner samples the rule's candidates beside the built-in rules of a CPU target.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nestor.autotune.decisions import Choice
+from nestor.autotune.rules import SketchRule
 from nestor.ir import For, Kernel, Var, substitute
-from nestor.passes import Pass
+from nestor.passes import DefaultNest, Pass
 from nestor.passes.analysis import independence_problem
 from nestor.passes.base import find_loop, loop_ref, loop_sites, replace_loop
 
@@ -40,3 +43,32 @@ class Reverse(Pass):
         """Every loop of more than one iteration whose reversal is legal."""
         sites = loop_sites(kernel.body)
         return cls.legal(kernel, [cls(loop_ref(s, sites)) for s in sites if s.loop.extent > 1])
+
+
+@dataclass(frozen=True)
+class ReverseDecisions:
+    loop: int       # which spatial loop of the main nest to reverse (its position)
+
+
+class ReversedNest(SketchRule):
+    """An example sketch rule: one spatial loop of the kernel's main nest reversed, then the
+    default schedule on every nest. A rule says whether it applies, the domain of each of its
+    decisions, its seeds, and the steps that realize a candidate; `targets` names the target
+    kinds whose rule lists it joins."""
+    name = "reversed_nest"
+    decisions = ReverseDecisions
+    targets = ("cpu",)
+
+    def applies(self, info) -> bool:
+        return bool(info.main.spatial)
+
+    def domain(self, info, field: str, earlier: dict) -> Choice:
+        return Choice(tuple(range(len(info.main.spatial))))
+
+    def seeds(self, info) -> list[ReverseDecisions]:
+        return [ReverseDecisions(0)]
+
+    def realize(self, info, d: ReverseDecisions, builder) -> None:
+        builder.must(Reverse(info.main.spatial[d.loop].var))
+        for nest in info.nests:
+            builder.must(DefaultNest.for_machine(nest.root, info.machine))

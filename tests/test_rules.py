@@ -1,0 +1,171 @@
+"""Sketch rules one by one: where each applies, its seeds on small kernels, its candidates realized
+in strict mode (a step a rule needs and a pass refuses raises there), and the GPU's first rule."""
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import nestor
+from nestor.autotune.nest import KernelInfo
+from nestor.autotune.rules import CPU_RULES, CUDA_RULES, Builder, SketchRule, StepRefused, rules_for
+from nestor.autotune.rules.gpu import BindSpatial
+from nestor.autotune.rules.rows import RowReductions
+from nestor.autotune.rules.tile_seeds import BlockedConvTiles, ChannelTiles, LaneTiles, MatmulTiles
+from nestor.autotune.rules.tiling import MultiLevelTiling
+from nestor.autotune.decisions import Choice
+from nestor.autotune.space import Sketch
+from nestor.codegen import cuda_target, machine_params, run_kernel
+from nestor.ir import For, walk_stmts
+from nestor.ir.machine import AVX2, AVX512
+from nestor.passes import Bind, Schedule, Split
+from tests.test_layout import CONV3, make_model, weights
+from tests.test_passes import _onnx, inputs
+from tests.test_space import BLOCKED_1X1, sketch_kernels
+
+CUDA = machine_params(cuda_target("sm_90"))
+
+
+def blocked_conv():
+    model = make_model([("Conv", ["x", "w"], ["y"], CONV3)], {"x": [1, 32, 14, 14]}, {"y": [1, 64, 14, 14]},
+                       {"w": weights((64, 32, 3, 3))})
+    return next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "ConvNCHWc")
+
+
+def grouped_conv():
+    return _onnx("Conv", {"X": [1, 24, 7, 7], "W": [24, 12, 1, 1]}, [1, 24, 7, 7], group=2)
+
+
+def strict_kernels():
+    from nestor.ir import parse_kernel
+    return {**sketch_kernels(), "blocked_conv": blocked_conv(), "grouped_conv": grouped_conv(),
+            "blocked_1x1": parse_kernel(BLOCKED_1X1)}
+
+
+def test_each_target_has_its_list_of_rules():
+    assert [r.name for r in CPU_RULES] == ["rows", "tiling"]
+    assert [r.name for r in CUDA_RULES] == ["bind_spatial"]
+    assert rules_for(AVX2)[:2] == CPU_RULES and rules_for(CUDA)[:1] == CUDA_RULES
+
+
+@pytest.mark.parametrize("name, rules", [
+    ("matmul", ["tiling"]), ("conv", ["tiling"]), ("softmax_rows", ["rows", "tiling"]),
+    ("layernorm", ["rows", "tiling"]), ("elementwise", ["tiling"])])
+def test_which_cpu_rules_apply(name, rules):
+    assert list(Sketch.of(sketch_kernels()[name], AVX512).rules) == rules
+
+
+@pytest.mark.parametrize("name, seeds", [
+    ("matmul", {MatmulTiles}), ("conv", {ChannelTiles}), ("blocked_conv", {BlockedConvTiles}),
+    ("grouped_conv", {ChannelTiles}), ("elementwise", set()), ("softmax_rows", set())])
+def test_which_tile_seeds_apply(name, seeds):
+    info = KernelInfo.of(strict_kernels()[name], AVX512)
+    applying = [s for s in (LaneTiles(), BlockedConvTiles(), MatmulTiles(), ChannelTiles()) if s.applies(info)]
+    assert {type(s) for s in applying} == seeds
+    assert all(s.seeds(info, _plain(info)) for s in applying)  # where one applies, it has seeds
+    wide = KernelInfo.of(_onnx("Conv", {"X": [1, 8, 14, 14], "W": [32, 8, 3, 3]}, [1, 32, 14, 14],
+                               pads=[1, 1, 1, 1]), AVX512)
+    assert LaneTiles().applies(wide)  # 32 output channels: two AVX-512 registers of lanes
+
+
+def test_seed_candidates_of_each_rule_on_small_kernels():
+    matmul = KernelInfo.of(_onnx("MatMul", {"X": [24, 64], "W": [64, 64]}, [24, 64]), AVX512)
+    (seed,) = MultiLevelTiling(CPU_RULES[1].seed_rules).seeds(matmul)
+    assert (seed.factors, seed.panel) == ((8, 32), True)  # 2 vectors x 8 rows: 16 accumulators
+    rows = KernelInfo.of(sketch_kernels()["softmax_rows"], AVX512)
+    assert [(d.rfactor, d.merge) for d in RowReductions().seeds(rows)] == [(16, False), (32, False)]
+    blocked = KernelInfo.of(blocked_conv(), AVX2)
+    tiles = {d.factors for d in BlockedConvTiles().seeds(blocked, _plain(blocked))}
+    assert tiles == {(1, 2, 1, 2, 16), (1, 1, 2, 2, 16), (1, 1, 1, 7, 16), (1, 1, 1, 6, 16)}
+
+
+def _plain(info):
+    from nestor.autotune.rules.tiling import TileDecisions
+    return TileDecisions.plain(len(info.main.spatial))
+
+
+@pytest.mark.parametrize("machine", [AVX512, AVX2], ids=["avx512", "avx2"])
+@pytest.mark.parametrize("name", list(strict_kernels()))
+def test_seeds_and_samples_realize_with_no_step_refused(name, machine):
+    """The rules' domains say exactly what their realization can do on these kernels: every
+    seed, sample, mutation and crossover realizes in strict mode (a refused step raises)."""
+    sketch = Sketch.of(strict_kernels()[name], machine, strict=True)
+    rng = random.Random(0)
+    # a grouped conv's samples may order a group loop inside the parallel one; its output
+    # channel g * 12 + c is then two loops the dependence test does not separate (counted)
+    samples = 0 if name == "grouped_conv" else 40
+    pop = sketch.rule_decisions() + [sketch.sample(rng) for _ in range(samples)]
+    if not samples:
+        for c in pop:
+            sketch.realize(c)
+        return
+    pop += [sketch.mutate(rng.choice(pop), rng) for _ in range(20)]
+    pop += [sketch.crossover(*rng.sample(pop, 2), rng) for _ in range(20)]
+    for c in pop:
+        sketch.realize(c)
+    assert not sketch.refused
+
+
+class _Careless(SketchRule):
+    """A rule that needs a loop the kernel does not have."""
+    name = "careless"
+
+    @dataclass(frozen=True)
+    class decisions:
+        factor: int
+
+    def applies(self, info):
+        return True
+
+    def domain(self, info, field, earlier):
+        return Choice((4,))
+
+    def seeds(self, info):
+        return [self.decisions(4)]
+
+    def realize(self, info, d, b: Builder):
+        b.must(Split("no_such_loop", d.factor))
+        b.must(Split(info.main.spatial[0].var, d.factor))
+
+
+def test_a_refused_step_raises_in_strict_mode_and_is_counted_otherwise():
+    kernel = sketch_kernels()["matmul"]
+    strict = Sketch.of(kernel, AVX512, strict=True, rules=(_Careless(),))
+    with pytest.raises(StepRefused, match="careless.*split\\(no_such_loop, 4\\).*no such loop"):
+        strict.realize(strict.rule_decisions()[0])
+    lenient = Sketch.of(kernel, AVX512, rules=(_Careless(),))
+    schedule, _ = lenient.realize(lenient.rule_decisions()[0])
+    assert str(schedule) == "split(i0, 4)"  # what the passes accepted, so it replays
+    assert lenient.refused == {"careless: split": 1}
+
+
+def test_no_rule_applying_is_a_clear_error():
+    with pytest.raises(nestor.ir.NestorError, match="no sketch rule for a cuda target"):
+        Sketch.of(sketch_kernels()["matmul"], CUDA, rules=())
+
+
+def test_gpu_rule_binds_the_fused_spatial_loops_to_blocks_and_threads():
+    kernel = sketch_kernels()["conv"]  # two nests: the padding, the convolution
+    assert not BindSpatial().applies(KernelInfo.of(kernel, AVX512))
+    sketch = Sketch.of(kernel, CUDA, strict=True)
+    assert list(sketch.rules) == ["bind_spatial"]
+    seeds = sketch.rule_decisions()
+    assert [c.decisions.threads for c in seeds] == [256, 128]
+    schedule, scheduled = sketch.realize(seeds[0])
+    bound = [(s.kind, s.extent) for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind != "serial"]
+    # padding: 1*4*12*12 = 576 = 3 blocks of 256 (the last guarded); conv: 1*8*10*10 = 800 = 4 blocks
+    assert bound == [("blockIdx.x", 3), ("threadIdx.x", 256), ("blockIdx.x", 4), ("threadIdx.x", 256)]
+    # the same loops without the bindings compute what the kernel does (run here, on the CPU)
+    plain = Schedule(tuple(s for s in schedule.steps if not isinstance(s, Bind))).apply(kernel)
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(plain, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    rng = random.Random(0)
+    assert {sketch.sample(rng).decisions.threads for _ in range(40)} <= {32, 64, 128, 256, 512, 1024}
+
+
+def test_gpu_schedule_builds_for_cuda():
+    from nestor.codegen.build import build
+    sketch = Sketch.of(sketch_kernels()["matmul"], CUDA, strict=True)
+    _, scheduled = sketch.realize(sketch.rule_decisions()[0])
+    build([scheduled], cuda_target("sm_90"))  # TVM checks the bindings and writes CUDA
