@@ -43,6 +43,7 @@ def _candidates(kernel: Kernel, make) -> list[Pass]:
 class Parallel(Pass):
     """Run the iterations of a spatial loop on several threads (not nested in another)."""
     name = "parallel"
+    creates = False
     loop: str
 
     def apply(self, kernel: Kernel) -> Kernel:
@@ -63,6 +64,7 @@ class Parallel(Pass):
 class Vectorize(Pass):
     """Run an innermost spatial loop (no loops inside it) as one vector of at most MAX_VECTOR lanes."""
     name = "vectorize"
+    creates = False
     loop: str
 
     def apply(self, kernel: Kernel) -> Kernel:
@@ -83,6 +85,7 @@ class Vectorize(Pass):
 class Unroll(Pass):
     """Unroll a loop of at most MAX_UNROLL iterations (any axis: the order is unchanged)."""
     name = "unroll"
+    creates = False
     loop: str
 
     def apply(self, kernel: Kernel) -> Kernel:
@@ -103,6 +106,7 @@ class Unroll(Pass):
 class Bind(Pass):
     """Bind a spatial loop to a GPU block or thread axis."""
     name = "bind"
+    creates = False
     loop: str
     axis: str
 

@@ -189,6 +189,7 @@ class Pass:
     that reorder documents).
     """
     name: ClassVar[str] = ""
+    creates: ClassVar[bool] = True   # may make loops or buffers (trace looks for them)
 
     def apply(self, kernel: Kernel) -> Kernel:
         raise NotImplementedError
@@ -197,7 +198,9 @@ class Pass:
         """`apply`, and what the step made. New loops are those `kernel` lacks (fresh_name never
         reuses a name), in pre-order; `loop_roles` sorts them."""
         after = self.apply(kernel)
-        taken = loop_names(kernel)
+        if not self.creates:
+            return after, Made({})
+        taken = {s.loop.var for s in loop_sites(kernel.body)}
         new = tuple(dict.fromkeys(s.loop.var for s in loop_sites(after.body) if s.loop.var not in taken))
         old_buffers = set(_allocated(kernel))
         return after, Made(self.loop_roles(kernel, new), tuple(b for b in _allocated(after) if b not in old_buffers))

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from .analysis import determined_vars
+from ..ir.visit import variables
 from .base import buffer_names, fresh_name
 from ..ir import (Allocate, Buffer, Const, Expr, For, Graph, Kernel, Load, Node, Seq, Stmt, Store,
                   Var, loads, rewrite, seq, walk, walk_stmts)
@@ -84,7 +85,7 @@ def output_site(kernel: Kernel) -> OutputSite | None:
     if (any(s.indices != index for s in stores) or any(l.indices != index for l in reads)
             or len(reads) != sum(1 for l in loads(body) if l.buffer == out)
             or math.prod(extents.values()) != out.size
-            or not _index_vars(index) <= set(extents)
+            or not variables(index) <= set(extents)
             or determined_vars(index, extents) != set(extents)):
         return None  # not one element per iteration, each written and read in its own iteration
     last = body.stmts[-1] if isinstance(body, Seq) else body
@@ -145,10 +146,6 @@ def _aligned(indices, names, shape) -> bool:
     return len(indices) == len(names) == len(shape) and all(
         i == Var(v) or (n == 1 and isinstance(i, Const) and i.value == 0)
         for i, v, n in zip(indices, names, shape))
-
-
-def _index_vars(index) -> set[str]:
-    return {e.name for i in index for e in walk(i) if isinstance(e, Var)}
 
 
 # -- groups -----------------------------------------------------------------------------------

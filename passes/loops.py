@@ -181,6 +181,7 @@ class Reorder(Pass):
     last bits). Moving a spatial loop across a reduction loop keeps each element's order.
     """
     name = "reorder"
+    creates = False
     order: tuple[str, ...]
 
     def apply(self, kernel: Kernel) -> Kernel:

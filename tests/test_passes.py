@@ -277,3 +277,37 @@ def test_plugins_load_and_broken_ones_are_isolated(plugins):
     from nestor.passes import parse_pipeline
     k = kernels()["elementwise"]
     assert parse_pipeline("touch(i0); split(i0, 2)").apply(k) == Split("i0", 2).apply(canonical_loops(k))
+
+
+TILED_MATMUL = """
+kernel mm(A: f32[16, 24], B: f32[24, 32]) -> (Out: f32[16, 32]) {
+  for i0 in 0..16 { for i1 in 0..32 {
+    Out[i0, i1] = 0.0
+    for r0 in 0..24 reduce { Out[i0, i1] += A[i0, r0] * B[r0, i1] }
+  } }
+}
+"""
+
+
+def test_a_fused_loop_over_register_tiles_runs_in_parallel():
+    """The fused outer loop reaches its tile only through f // 4 and f % 4 (its copy loops
+    index Out[f // 4 * 4 + w0, f % 4 * 8 + w1]): the dependence test reads the pair it came
+    from, so parallel (and a GPU block binding after a split) is legal, and results hold."""
+    kernel = parse_kernel(TILED_MATMUL)
+    tiled = parse_pipeline("split(i0, 4); split(i1, 8); reorder(i0_o, i1_o, i0_i, i1_i); cache_write(Out, i1_o); "
+                           "fuse(i0_o, i1_o); parallel(i0_o_i1_o)").apply(kernel)
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(tiled, args)[0], args[0] @ args[1], rtol=1e-4, atol=1e-4)
+    bound = parse_pipeline("fuse(i0, i1); split(i0_i1, 64); bind(i0_i1_o, blockIdx.x); "
+                           "bind(i0_i1_i, threadIdx.x)").apply(kernel)
+    assert {s.kind for s in walk_stmts(bound.body) if isinstance(s, For)} >= {"blockIdx.x", "threadIdx.x"}
+
+
+def test_a_fused_loop_whose_iterations_share_an_element_stays_serial():
+    # its low part (i1) does not reach the output: four iterations write each Out[f // 4]
+    kernel = parse_kernel("""
+kernel last(X: f32[8, 4]) -> (Out: f32[8]) {
+  for i0 in 0..8 { for i1 in 0..4 { Out[i0] = X[i0, i1] } }
+}""")
+    with pytest.raises(ScheduleError, match="not independent"):
+        parse_pipeline("fuse(i0, i1); parallel(i0_i1)").apply(kernel)
