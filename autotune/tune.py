@@ -52,10 +52,10 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
     if not tasks:
         return tasks
     target = as_target(target)
-    with _tuning_state(records_path, model_path, seed) as (records, model), \
+    machine = machine_params(target)
+    with _tuning_state(records_path, model_path, seed, machine) as (records, model), \
             Measurer(None, target=target) as measurer:
-        scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine_params(target),
-                                  batch, seed)
+        scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine, batch, seed)
         try:
             scheduler.tune(budget, round_printer() if show_progress else None)
         finally:
@@ -65,11 +65,14 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
 
 
 @contextlib.contextmanager
-def _tuning_state(records_path: str | None, model_path: str | None, seed: int):
-    """The records database and the cost model of a tuning run; the model is saved at the end,
-    interrupted or not (the records are written as they arrive)."""
+def _tuning_state(records_path: str | None, model_path: str | None, seed: int, machine):
+    """The records database and the cost model (for `machine`) of a tuning run; the model is
+    saved at the end, interrupted or not (the records are written as they arrive)."""
     records = Records(records_path) if records_path else None
-    model = CostModel.load(model_path) if model_path and os.path.exists(model_path) else CostModel(seed=seed)
+    if model_path and os.path.exists(model_path):
+        model = CostModel.load(model_path, machine)
+    else:
+        model = CostModel(seed=seed, machine=machine)
     try:
         yield records, model
     finally:

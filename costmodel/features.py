@@ -38,13 +38,13 @@ from ..ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Expr, For, If, 
                   Seq, Stmt, Store, index_bounds, loads, variables)
 from ..ir import itemsize as _itemsize
 from ..ir.affine import affine_form
+from ..ir.machine import GENERIC_CPU, MachineParams
 from ..ir.visit import children
 
 itemsize = functools.cache(_itemsize)
 
 N_ACCESSES = 5            # accessed buffers described per statement (store + loads)
 LEVELS = (1, 2, 3, 4, 0)  # innermost loops varying for footprint / reuse; 0: the whole nest
-CACHE_LINE = 64           # bytes
 UNKNOWN = 1 << 20         # stride of an index that is not affine (data-dependent)
 
 # arithmetic categories (ArithFeatures' fields); intrinsics are 'cheap' (one instruction) or
@@ -210,14 +210,15 @@ def log_scale(x):
     return np.log2(1.0 + np.abs(x))
 
 
-def statement_features(kernel: Kernel) -> list[np.ndarray]:
+def statement_features(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> list[np.ndarray]:
     """One log-scaled vector (len(STATEMENT_NAMES)) per Store statement, in program order."""
-    return [log_scale(np.array(s.vector())) for s in named_statement_features(kernel)]
+    return [log_scale(np.array(s.vector())) for s in named_statement_features(kernel, machine)]
 
 
-def kernel_features(kernel: Kernel) -> np.ndarray:
-    """sum, max and heaviest statement's features (see the module doc); len(FEATURE_NAMES)."""
-    stmts = named_statement_features(kernel)
+def kernel_features(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> np.ndarray:
+    """sum, max and heaviest statement's features (see the module doc); len(FEATURE_NAMES).
+    Cache lines are counted in the machine's line size."""
+    stmts = named_statement_features(kernel, machine)
     if not stmts:
         return np.zeros(len(FEATURE_NAMES))
     rows = np.array([s.vector() for s in stmts])
@@ -231,15 +232,16 @@ def _work(s: StatementFeatures) -> float:
 
 # -- walking the kernel ---------------------------------------------------------------------
 
-def named_statement_features(kernel: Kernel) -> list[StatementFeatures]:
+def named_statement_features(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> list[StatementFeatures]:
     """The raw features of every Store statement, in program order."""
     out: list[StatementFeatures] = []
+    line = machine.cache_line
 
     def go(s: Stmt, loops: tuple, guards: tuple, allocs: tuple) -> None:
         if isinstance(s, For):
             go(s.body, loops + (s,), guards, allocs)
         elif isinstance(s, Store):
-            out.append(_statement(s, loops, guards, allocs))
+            out.append(_statement(s, loops, guards, allocs, line))
         elif isinstance(s, Seq):
             for x in s.stmts:
                 go(x, loops, guards, allocs)
@@ -253,16 +255,17 @@ def named_statement_features(kernel: Kernel) -> list[StatementFeatures]:
     return out
 
 
-def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Buffer, ...]) -> StatementFeatures:
+def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Buffer, ...],
+               line: int) -> StatementFeatures:
     exec_count = math.prod(l.extent for l in loops)
     vec = next((n for n in range(len(loops) - 1, -1, -1) if loops[n].kind == "vectorized"), None)
     vec_len = loops[vec].extent if vec is not None else 1
     return StatementFeatures(loop=_loop_features(s, loops, guards, allocs, exec_count, vec),
                              arith=_arith_features(s, guards, exec_count, vec_len),
-                             accesses=_accesses(s, loops, vec))
+                             accesses=_accesses(s, loops, vec, line))
 
 
-def _accesses(s: Store, loops, vec: int | None) -> tuple[AccessFeatures, ...]:
+def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[AccessFeatures, ...]:
     """The stored buffer, then its distinct loads, most bytes touched first; zeros pad."""
     target = (s.buffer.name, s.indices)
     read_write = s.reduce is not None
@@ -272,9 +275,9 @@ def _accesses(s: Store, loops, vec: int | None) -> tuple[AccessFeatures, ...]:
         read_write = read_write or key == target  # `Y[i] = Y[i] + ...`
         if key not in seen:
             seen.add(key)
-            reads.append(_access(load.buffer, load.indices, loops, vec, is_store=False, read_write=False))
+            reads.append(_access(load.buffer, load.indices, loops, vec, line, is_store=False, read_write=False))
     reads.sort(key=lambda a: -a.bytes_Lall)
-    store = _access(s.buffer, s.indices, loops, vec, is_store=True, read_write=read_write)
+    store = _access(s.buffer, s.indices, loops, vec, line, is_store=True, read_write=read_write)
     kept = [store, *reads][:N_ACCESSES]
     return tuple(kept) + (_ABSENT,) * (N_ACCESSES - len(kept))
 
@@ -402,7 +405,8 @@ def _nbytes(b: Buffer) -> int:
     return b.size * itemsize(b.dtype)
 
 
-def _access(buf: Buffer, indices, loops, vec: int | None, is_store: bool, read_write: bool) -> AccessFeatures:
+def _access(buf: Buffer, indices, loops, vec: int | None, line: int, is_store: bool,
+            read_write: bool) -> AccessFeatures:
     affine_uses, others, flat = _index_terms(buf.shape, indices)
     scope = buf.scope
     return AccessFeatures(
@@ -411,7 +415,7 @@ def _access(buf: Buffer, indices, loops, vec: int | None, is_store: bool, read_w
         itemsize=itemsize(buf.dtype), buffer_bytes=_nbytes(buf),
         **_strides(flat, loops, vec),
         unknown_index=float(not all(bounded for *_, bounded in others)),
-        **_sweep(buf, indices, loops, affine_uses, others))
+        **_sweep(buf, indices, loops, affine_uses, others, line))
 
 
 def _index_terms(shape, indices) -> tuple[dict, list, dict]:
@@ -462,7 +466,7 @@ def _strides(flat: dict[str, int], loops, vec: int | None) -> dict[str, float]:
 _LEVEL_NAMES = [(lv, tuple(f"{what}_L{lv or 'all'}" for what in ("bytes", "lines", "reuse"))) for lv in LEVELS]
 
 
-def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list) -> dict[str, float]:
+def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list, line: int) -> dict[str, float]:
     """Sweeps the loops from the innermost out: bytes, cache lines and reuse at each of LEVELS,
     and the reuse distance at the first loop (from inside) the access does not depend on."""
     isz = itemsize(buf.dtype)
@@ -486,7 +490,7 @@ def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list) -> dict
         spans = [max(1, min(w[d], extent[d], count[d])) for d in range(ndim)]
         distinct = min(math.prod(spans), cap)
         last = max(1, min(w[-1], extent[-1]))
-        lines = min(spans[-1], -(-last * isz // CACHE_LINE)) * math.prod(spans[:-1])
+        lines = min(spans[-1], -(-last * isz // line)) * math.prod(spans[:-1])
         return distinct, min(distinct, lines)
 
     depth = len(loops)

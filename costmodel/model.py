@@ -25,6 +25,7 @@ import numpy as np
 import xgboost as xgb
 
 from ..ir import Kernel
+from ..ir.machine import GENERIC_CPU, MachineParams
 from .features import FEATURE_NAMES, kernel_features
 
 ROUNDS = 80            # trees per fit
@@ -44,16 +45,18 @@ PARAMS = {
 _FEATURES_ID = hashlib.sha1("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 
 
-def features(kernels: Iterable[Kernel]) -> np.ndarray:
-    rows = [kernel_features(k) for k in kernels]
+def features(kernels: Iterable[Kernel], machine: MachineParams = GENERIC_CPU) -> np.ndarray:
+    rows = [kernel_features(k, machine) for k in kernels]
     return np.array(rows, dtype=np.float32).reshape(len(rows), len(FEATURE_NAMES))
 
 
 class CostModel:
     """Ranks candidate kernels of a task: `predict` gives higher scores to faster ones."""
 
-    def __init__(self, seed: int = 0, rounds: int = ROUNDS, nthread: int | None = None):
+    def __init__(self, seed: int = 0, rounds: int = ROUNDS, nthread: int | None = None,
+                 machine: MachineParams = GENERIC_CPU):
         self.seed, self.rounds = seed, rounds
+        self.machine = machine  # the target the kernels run on (features count its cache lines)
         self.nthread = nthread or 1  # small data; threads only contend on a shared machine
         self._x = np.zeros((0, len(FEATURE_NAMES)), np.float32)
         self._seconds = np.zeros(0)
@@ -70,7 +73,7 @@ class CostModel:
 
     def update(self, kernels: list[Kernel], seconds: list[float], groups: list[str]) -> None:
         """Add measured samples (failed measurements are not passed) and refit."""
-        self.update_features(features(kernels), seconds, groups)
+        self.update_features(features(kernels, self.machine), seconds, groups)
 
     def update_features(self, x: np.ndarray, seconds, groups) -> None:
         """`update` with the feature rows already computed (`features(kernels)`)."""
@@ -82,7 +85,7 @@ class CostModel:
         rows, secs, groups = [], [], []
         for kernel, sec, group in samples:
             if sec is not None and math.isfinite(sec) and sec > 0:
-                rows.append(kernel_features(kernel))
+                rows.append(kernel_features(kernel, self.machine))
                 secs.append(sec)
                 groups.append(group)
         if rows:
@@ -94,7 +97,7 @@ class CostModel:
         Zeros before any training."""
         if not self.trained:
             return np.zeros(len(kernels))
-        return self.predict_features(features(kernels))
+        return self.predict_features(features(kernels, self.machine))
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         if not self.trained:
@@ -145,12 +148,13 @@ class CostModel:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> CostModel:
-        """A saved model. One saved with other features (an older Nestor) cannot predict
-        these: it is dropped with a warning and an untrained model returned."""
+    def load(cls, path: str, machine: MachineParams = GENERIC_CPU) -> CostModel:
+        """A saved model, to rank kernels for `machine`. One saved with other features (an
+        older Nestor) cannot predict these: it is dropped with a warning and an untrained
+        model returned."""
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
-            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS))
+            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS), machine=machine)
             if meta.get("format") != FORMAT or meta.get("features") != _FEATURES_ID:
                 warnings.warn(f"{path}: cost model saved with other features; starting untrained")
                 return model

@@ -104,3 +104,13 @@ def test_variables():
 def test_statement_features_are_log_scaled_vectors():
     for raw, logged in zip(named_statement_features(SCALE), statement_features(SCALE)):
         np.testing.assert_allclose(logged, np.log2(1 + np.abs(raw.vector())))
+
+
+def test_cache_lines_are_counted_in_the_machines_line_size():
+    import dataclasses
+    from nestor.ir.machine import AVX2
+    wide = dataclasses.replace(AVX2, cache_line=128)
+    (narrow_stmt,), (wide_stmt,) = named_statement_features(SCALE, AVX2), named_statement_features(SCALE, wide)
+    store, wide_store = narrow_stmt.accesses[0], wide_stmt.accesses[0]
+    assert store.bytes_Lall == wide_store.bytes_Lall == 64 * 32 * 4
+    assert store.lines_Lall == 2 * wide_store.lines_Lall == 64 * 32 * 4 // 64
