@@ -1,7 +1,6 @@
 """The tuner: finds a schedule faster than the default that computes the same thing, records every
 measurement (errors included) and resumes from them, and `nestor compile --records` uses the best."""
 import numpy as np
-import pytest
 
 import nestor
 from nestor.autotune import tune

@@ -19,7 +19,7 @@ from nestor.autotune.records import Records
 from nestor.autotune.task_scheduler import TaskScheduler, extract_tasks, task_table
 from nestor.autotune.tune import target_key, tune_graph
 from nestor.passes import Schedule
-from nestor.ir import Graph, Node, structural_hash
+from nestor.ir import structural_hash
 from nestor.ir.errors import NestorError
 from nestor.ir.machine import AVX512
 
