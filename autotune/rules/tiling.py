@@ -29,9 +29,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from ...passes.annotate import MAX_VECTOR
 from ...passes import (CacheRead, CacheWrite, ComputeAt, DefaultNest, Distribute, Fuse, Pack, Parallel, Reorder,
                        Split, Unroll, Vectorize)
+from ...passes.annotate import MAX_VECTOR
 from ..decisions import Choice, PerLoop
 from ..nest import KernelInfo, Lanes
 from .base import Builder, SketchRule
@@ -221,7 +221,7 @@ class MultiLevelTiling(SketchRule):
             for stage in info.stages:
                 if b.must(ComputeAt(stage, outer[d.stage_at])):
                     inlined.add(stage)
-        for buffer, dim in lanes.packs if lanes else ():  # packed_inputs
+        for buffer, dim in lanes.packs if lanes else ():  # what packed_inputs names
             rank = len(info.input_shape(buffer))
             b.must(Pack(buffer, dim, d.lanes[1], tuple(x for x in range(rank + 1) if x != dim + 1) + (dim + 1,)))
         if d.panel and vector_name is not None:
