@@ -46,3 +46,41 @@ def test_compare_chunks_times_rule_tiles_with_and_without_chunks():
     out = _run(EXAMPLES / "compare_chunks.py", "squeezenet", "--nodes", conv)
     lines = out.splitlines()
     assert lines[0].startswith(f"{conv}:") and any("rule 0 tile" in line and " ms " in line for line in lines)
+
+
+def test_bench_models_times_a_model_beside_onnx_runtime():
+    out = _run(EXAMPLES / "bench_models.py", "--models", "squeezenet", "--repeat", "2")
+    assert out.splitlines()[-1].startswith("geomean latency ratio vs ONNX Runtime: ")
+
+
+def test_onnx_node_tests_runs_the_cases_of_an_op():
+    assert "1 passed, 0 failed" in _run(EXAMPLES / "onnx_node_tests.py", "--ops", "Relu")
+
+
+def test_compare_layouts_measures_a_task_in_both_layouts():
+    assert _run(EXAMPLES / "compare_layouts.py", "squeezenet", "--tasks", "1").splitlines()[-1].startswith(
+        "sum of calls x best: nchw")
+
+
+def test_kernel_times_times_each_kernel_of_a_compiled_model(tmp_path):
+    out = _run(EXAMPLES / "kernel_times.py", "squeezenet", "--records", tmp_path / "none.sqlite", "--runs", "2",
+               "--top", "3")
+    assert "ConvNCHWc" in out
+
+
+def test_manual_schedules_beat_their_references_correctly():
+    # correctness is asserted inside (outputs against NumPy and ONNX Runtime); times are not
+    assert "% of NumPy" in _run(EXAMPLES / "manual_schedules.py", "--repeat", "1").splitlines()[-1]
+
+
+def test_costmodel_quality_reports_held_out_ranking_accuracy(tmp_path):
+    records = str(tmp_path / "q.sqlite")
+    tune_graph(nestor.import_onnx(SUITE["layernorm"].onnx_model()), Budget(trials=24), records_path=records,
+               show_progress=False)
+    out = _run(EXAMPLES / "costmodel_quality.py", records, "--folds", "2", "--pool", "4")
+    assert out.splitlines()[-1].startswith("cost model pairwise accuracy on held-out records: ")
+
+
+def test_bench_kernels_tunes_a_kernel_with_both_tuners():
+    out = _run(EXAMPLES / "bench_kernels.py", "--kernels", "softmax", "--trials", "4", "--repeat", "2")
+    assert out.splitlines()[-1].startswith("geomean speedup vs MetaSchedule: ")
