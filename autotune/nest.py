@@ -166,9 +166,9 @@ class KernelInfo:
                    extra)
 
     @property
-    def others(self) -> tuple[str, ...]:
-        """Roots of the top-level nests other than the main one."""
-        return tuple(n.root for n in self.nests if n is not self.main)
+    def other_nests(self) -> tuple[Nest, ...]:
+        """The top-level nests other than the main one (a convolution's padding)."""
+        return tuple(n for n in self.nests if n is not self.main)
 
     @property
     def row(self) -> int | None:

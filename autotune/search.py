@@ -13,8 +13,7 @@ import random
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
-from .nest import top_level_nests
-from .space import Sketch
+from .space import Candidate, Sketch
 
 POOL = 256           # candidates ranked by the cost model per round (at most)
 POOL_PER_TRIAL = 16  # ... and per trial of the round: a 2-trial warm-up ranks 32, not 256
@@ -44,7 +43,7 @@ class Tuner:
     kernels; `target_key` keys the records, `machine` is what the sketch's rules read."""
 
     def __init__(self, kernel: Kernel, measurer, records, model, target_key: str, machine: MachineParams,
-                 batch: int = 16, seed: int = 0, seeds: tuple[dict, ...] = ()):
+                 batch: int = 16, seed: int = 0, seeds: tuple[Candidate, ...] = ()):
         self.kernel = canonical_loops(kernel)
         self.task = structural_hash(kernel)
         self.sketch = Sketch.of(self.kernel, machine)
@@ -132,7 +131,7 @@ class Tuner:
         self._unmeasured = pool
         return list(pool.values())
 
-    def good_decisions(self, n: int) -> list:
+    def good_decisions(self, n: int) -> list[Candidate]:
         """The decisions of this run's `n` fastest measured candidates, fastest first."""
         return [d for _, d in sorted(self.measured, key=lambda t: t[0])[:n]]
 
@@ -159,7 +158,7 @@ class Tuner:
         """The untuned default schedule as steps (`default` on every top-level nest), measured
         first, so tuning never ends worse than not tuning. None once it was measured."""
         schedule = Schedule(tuple(DefaultNest.for_machine(n.root, self.sketch.machine)
-                                  for n in top_level_nests(self.kernel)))
+                                  for n in self.sketch.info.nests))
         if schedule.to_json() in self.seen:
             return None
         return None, schedule, schedule.apply(self.kernel)

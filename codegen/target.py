@@ -1,12 +1,13 @@
 """Compilation targets as TVM 0.27 JSON-dict targets."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
 import tvm
 
-from ..ir.machine import CPU, CUDA, MachineParams
+from ..ir.machine import AVX2, AVX512, CUDA, NEON, SSE, MachineParams
 
 
 def _system_cpu() -> str | None:
@@ -54,35 +55,31 @@ def as_target(target) -> tvm.target.Target:
 
 @functools.lru_cache(maxsize=None)
 def machine_params(target=None) -> MachineParams:
-    """The machine a TVM target describes (anything `as_target` takes; "llvm", the tuner's
-    default records key, is this host). The only place the host is probed: its cache sizes,
-    when the target is this CPU; the SM count, when the target is a GPU that is present."""
-    target = as_target(None if target == "llvm" else target)
+    """The machine a TVM target describes (anything `as_target` takes). The only place the host
+    is probed: its cache sizes, when the target is this CPU; the SM count, when the target is a
+    GPU that is present."""
+    target = as_target(target)
     if target.kind.name == "cuda":
         return _cuda_params(target)
     if target.kind.name != "llvm":
         raise ValueError(f"no machine description for target kind {target.kind.name!r}")
     cores = int(target.attrs.get("num-cores", 0) or _cores())
-    vector_bytes, registers = _vector_unit(target)
     caches = _host_caches() if _is_host(target) else {}
-    return MachineParams(CPU, cores, vector_bytes, registers, **caches)
+    return dataclasses.replace(_vector_unit(target), cores=cores, **caches)
 
 
-def _vector_unit(target) -> tuple[int, int]:
-    """(bytes of a SIMD register, architectural SIMD registers); SSE's for a CPU LLVM cannot
-    name (the x86-64 baseline)."""
+def _vector_unit(target) -> MachineParams:
+    """The preset of the target's SIMD unit (ir/machine.py); SSE's for a CPU LLVM cannot name
+    (the x86-64 baseline)."""
     try:
         from tvm.target import codegen
         has = lambda feature: bool(codegen.llvm_cpu_has_features([feature], target))  # noqa: E731
-        if has("avx512f"):
-            return 64, 32
-        if has("avx"):
-            return 32, 16
-        if has("neon"):
-            return 16, 32
+        for feature, unit in (("avx512f", AVX512), ("avx", AVX2), ("neon", NEON)):
+            if has(feature):
+                return unit
     except Exception:  # TVM without LLVM, or a CPU LLVM does not know
         pass
-    return 16, 16
+    return SSE
 
 
 def _is_host(target) -> bool:

@@ -1,6 +1,7 @@
 """The public Python API; the CLI and the ONNX backend are thin layers over it."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -11,7 +12,7 @@ from .passes import default_schedule
 from .passes.fusion import fuse_elementwise
 from .passes.model_schedule import ModelSchedule, read_model_schedule
 
-SCHEDULES: dict[str, Callable[[Kernel], Kernel] | None] = {
+SCHEDULES: dict[str, Callable[..., Kernel] | None] = {   # called with the kernel and the machine
     "default": default_schedule,   # parallel outer loop, vectorized inner loop
     "none": None,                  # the kernels exactly as the frontend wrote them
 }
@@ -26,7 +27,7 @@ def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
     kernels that produce their inputs (passes/fusion.py). `target` (default: this CPU) decides
     the layouts' blocks."""
     graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked,
-                         winograd=winograd, machine=machine_params(as_target(target)))
+                         winograd=winograd, machine=machine_params(target))
     return fuse_elementwise(graph) if optimize else graph
 
 
@@ -37,11 +38,9 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
     kernel, or a ModelSchedule. With `records` (a tuning database), a kernel's best stored
     schedule wins; kernels never tuned get `schedule`."""
     target = as_target(target)
-    if schedule == "default":
-        machine = machine_params(target)
-        base = lambda kernel: default_schedule(kernel, machine)  # noqa: E731
-    elif isinstance(schedule, str) and schedule in SCHEDULES:
-        base = SCHEDULES[schedule]
+    if isinstance(schedule, str) and schedule in SCHEDULES:
+        named = SCHEDULES[schedule]
+        base = functools.partial(named, machine=machine_params(target)) if named else None
     else:
         base = (schedule if isinstance(schedule, ModelSchedule) else read_model_schedule(schedule)).scheduler_for(graph)
     if records is None:

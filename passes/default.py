@@ -24,8 +24,13 @@ MIN_PARALLEL_WORK = 1 << 14    # innermost iterations below which threads cost m
 
 
 def default_schedule(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> Kernel:
-    step = DefaultNest.for_machine("", machine)
-    return replace_body(kernel, _schedule(kernel.body, step.lanes, step.parallel))
+    return replace_body(kernel, _schedule(kernel.body, *_settings(machine)))
+
+
+def _settings(machine: MachineParams) -> tuple[int, bool]:
+    """(lanes, parallel) for `machine`: vectors of a cache line (LLVM splits a 16-lane float32
+    vector into the registers of the machine: two with AVX2), threads where there are cores."""
+    return machine.line_elements("float32"), machine.cores > 1
 
 
 def _schedule(stmt: Stmt, lanes: int, parallel: bool) -> Stmt:
@@ -205,9 +210,8 @@ class DefaultNest(Pass):
 
     @classmethod
     def for_machine(cls, loop: str, machine: MachineParams) -> DefaultNest:
-        """The step for `machine`: vectors of a cache line (LLVM splits a 16-lane float32 vector
-        into the registers of the machine: two with AVX2), threads where there are cores."""
-        return cls(loop, machine.line_elements("float32"), machine.cores > 1)
+        """The step for `machine` (its lanes and threads: _settings)."""
+        return cls(loop, *_settings(machine))
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)

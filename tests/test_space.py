@@ -83,7 +83,7 @@ def test_matmul_sketch_tiles_in_registers_and_parallelizes():
 
 def test_other_stages_get_the_default_schedule():
     sketch = Sketch.of(sketch_kernels()["conv"], strict=True)
-    assert sketch.info.others == ("i0",)  # the padding stage
+    assert [n.root for n in sketch.info.other_nests] == ["i0"]  # the padding stage
     assert "default(i0)" in str(sketch.schedule(tiles(sketch, factors=[1, 2, 1, 2, 8])))
 
 

@@ -251,8 +251,8 @@ class MultiLevelTiling(SketchRule):
                     b.must(Vectorize(n))
             elif b.extents()[n] <= MAX_UNROLLED:
                 b.must(Unroll(n))
-        for nest in info.nests:
-            if nest is not info.main and (nest.output is None or nest.output.name not in inlined):
+        for nest in info.other_nests:
+            if nest.output is None or nest.output.name not in inlined:
                 b.must(DefaultNest.for_machine(nest.root, info.machine))
         if d.extra is not None:
             b.may(info.extra[d.extra])  # third-party legality: a refusal is theirs
