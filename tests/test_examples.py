@@ -84,3 +84,13 @@ def test_costmodel_quality_reports_held_out_ranking_accuracy(tmp_path):
 def test_bench_kernels_tunes_a_kernel_with_both_tuners():
     out = _run(EXAMPLES / "bench_kernels.py", "--kernels", "softmax", "--trials", "4", "--repeat", "2")
     assert out.splitlines()[-1].startswith("geomean speedup vs MetaSchedule: ")
+
+
+def test_readme_main_command_tunes_compiles_and_times_beside_onnx_runtime(tmp_path):
+    """README's first command, with a small model and a few seconds of tuning."""
+    done = subprocess.run([sys.executable, "-m", "nestor.cli", "bench", "models", "--models", "squeezenet",
+                           "--time-budget", "5s"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("squeezenet"))
+    assert float(row.split()[1]) >= 5  # tuned for the budget before compiling
+    assert done.stdout.splitlines()[-1].startswith("geomean latency ratio vs ONNX Runtime: ")
