@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 
 import tvm
 
+from ..ir.errors import NestorError
 from ..ir.machine import AVX2, AVX512, CUDA, NEON, SSE, MachineParams
+
+
+class TargetError(NestorError):
+    """A target Nestor cannot compile for (unknown, malformed, or its device is absent)."""
 
 
 def _system_cpu() -> str | None:
@@ -46,11 +52,57 @@ def host_target(num_cores: int | None = None) -> tvm.target.Target:
     return tvm.target.Target(spec)
 
 
+# what a user may type for the two kinds of target, besides a TVM target string or JSON
+CPU_NAMES = ("cpu", "host")
+GPU_NAMES = ("cuda", "gpu", "nvidia")
+
+
 def as_target(target) -> tvm.target.Target:
-    """A Target from a Target, its JSON or dict form, or None (this host)."""
-    if target is None:
+    """A Target from a Target, its JSON or dict form, a TVM target string, "cpu" (this CPU),
+    "cuda" (this machine's NVIDIA GPU, else sm_90), or None (this CPU). A CUDA target without
+    a host gets this CPU as its host (where the launch code runs)."""
+    if target is None or (isinstance(target, str) and target.strip().lower() in CPU_NAMES + ("",)):
         return host_target()
-    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if isinstance(target, str) and target.strip().lower() in GPU_NAMES:
+        return cuda_target(_present_arch() or "sm_90")
+    if isinstance(target, str) and target.lstrip().startswith("{"):
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError as err:
+            raise TargetError(f"target {target!r} is not valid JSON: {err}") from None
+    if not isinstance(target, tvm.target.Target):
+        try:
+            target = tvm.target.Target(target)
+        except Exception as err:  # TVM's TypeError / ValueError / its own errors, several lines
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise TargetError(f"unknown target {target!r}: {first} (use cpu, cuda, or a TVM "
+                              "target string or JSON such as {\"kind\": \"cuda\", \"arch\": \"sm_80\"})") from None
+    if target.kind.name == "cuda" and target.host is None:
+        target = tvm.target.Target(target, host=host_target())
+    return target
+
+
+def is_gpu(target) -> bool:
+    return as_target(target).kind.name == "cuda"
+
+
+def device_of(target):
+    """The TVM device a target's kernels run on (tvm.cuda(0) or tvm.cpu())."""
+    return tvm.cuda(0) if is_gpu(target) else tvm.cpu()
+
+
+def gpu_present() -> bool:
+    try:
+        return bool(tvm.cuda(0).exist)
+    except Exception:  # a TVM without the CUDA runtime, or no driver
+        return False
+
+
+def _present_arch() -> str | None:
+    """The compute capability of the GPU here ("sm_90"), or None."""
+    if not gpu_present():
+        return None
+    return "sm_" + str(tvm.cuda(0).compute_version).replace(".", "")
 
 
 @functools.lru_cache(maxsize=None)
