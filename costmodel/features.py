@@ -85,6 +85,9 @@ class LoopFeatures:
     unroll_innermost: float
     gpu_block_prod: float      # 0 unless more than one block
     gpu_thread_prod: float
+    gpu_threads_x: float       # extent of the threadIdx.x loop (warps are made along x)
+    gpu_occupancy: float       # estimated fraction of an SM's threads resident (gpu_residency)
+    gpu_waves: float           # blocks / (SMs x blocks resident per SM)
     guards: float              # enclosing `if`s
     guard_in_vec: float        # one of them sits inside the vectorized loop
     guard_fraction: float      # estimated fraction of iterations that pass them all
@@ -138,6 +141,7 @@ class AccessFeatures:
     unit_vec: float
     zero_vec: float
     stride_nonzero: float      # the stride of the innermost loop that moves it
+    stride_thread_x: float     # ... of the threadIdx.x loop: 1 coalesced, 0 one address a warp
     nonzero_depth: float       # loops inside that one
     unknown_index: float       # an index dimension the interval arithmetic cannot bound
     # bytes, cache lines and reuse (iterations / distinct elements) while the innermost 1..4
@@ -241,7 +245,7 @@ def named_statement_features(kernel: Kernel, machine: MachineParams = GENERIC_CP
         if isinstance(s, For):
             go(s.body, loops + (s,), guards, allocs)
         elif isinstance(s, Store):
-            out.append(_statement(s, loops, guards, allocs, line))
+            out.append(_statement(s, loops, guards, allocs, machine))
         elif isinstance(s, Seq):
             for x in s.stmts:
                 go(x, loops, guards, allocs)
@@ -256,13 +260,13 @@ def named_statement_features(kernel: Kernel, machine: MachineParams = GENERIC_CP
 
 
 def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Buffer, ...],
-               line: int) -> StatementFeatures:
+               machine: MachineParams) -> StatementFeatures:
     exec_count = math.prod(l.extent for l in loops)
     vec = next((n for n in range(len(loops) - 1, -1, -1) if loops[n].kind == "vectorized"), None)
     vec_len = loops[vec].extent if vec is not None else 1
-    return StatementFeatures(loop=_loop_features(s, loops, guards, allocs, exec_count, vec),
+    return StatementFeatures(loop=_loop_features(s, loops, guards, allocs, exec_count, vec, machine),
                              arith=_arith_features(s, guards, exec_count, vec_len),
-                             accesses=_accesses(s, loops, vec, line))
+                             accesses=_accesses(s, loops, vec, machine.cache_line))
 
 
 def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[AccessFeatures, ...]:
@@ -284,7 +288,22 @@ def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[AccessFeatur
 
 # -- loops ----------------------------------------------------------------------------------
 
-def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | None) -> LoopFeatures:
+def gpu_residency(threads: int, shared_bytes: int, local_bytes: int, machine: MachineParams) -> int:
+    """Blocks of `threads` threads an SM holds at once, limited by its threads (two blocks of the
+    most), shared memory (taken as twice a block's most, as on sm_80 and later) and registers
+    (each thread's local buffer plus 32 for addresses and loop counters)."""
+    if not machine.is_gpu or threads < 1:
+        return 0
+    registers = threads * (32 + local_bytes // 4)
+    limits = [2 * machine.max_threads_per_block // threads, 32,
+              machine.registers_per_block // max(1, registers)]
+    if shared_bytes:
+        limits.append(2 * machine.shared_memory_per_block // shared_bytes)
+    return max(0, min(limits))
+
+
+def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | None,
+                   machine: MachineParams) -> LoopFeatures:
     depth = len(loops)
     ext = [l.extent for l in loops]
     inner = [ext[depth - n] if depth >= n else 0 for n in (1, 2, 3, 4)]
@@ -294,6 +313,9 @@ def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | 
     block = math.prod(l.extent for l in loops if l.kind.startswith("blockIdx"))
     thread = math.prod(l.extent for l in loops if l.kind.startswith("threadIdx"))
     local = [b for b in allocs if b.scope == "local"]
+    shared_bytes = sum(_nbytes(b) for b in allocs if b.scope == "shared")
+    x_loops = [l for l in loops if l.kind == "threadIdx.x"]
+    resident = gpu_residency(thread, shared_bytes, sum(_nbytes(b) for b in local), machine)
     return LoopFeatures(
         count=1.0, exec=exec_count, depth=depth,
         reduce_loops=sum(l.axis == "reduce" for l in loops),
@@ -309,6 +331,9 @@ def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | 
         unroll_in1=ext[unrolled[-1]] if unrolled else 0,
         unroll_innermost=float(bool(unrolled) and unrolled[-1] == depth - 1),
         gpu_block_prod=block if block > 1 else 0, gpu_thread_prod=thread if thread > 1 else 0,
+        gpu_threads_x=x_loops[-1].extent if x_loops else 0,
+        gpu_occupancy=min(1.0, resident * thread / (2 * machine.max_threads_per_block)) if resident else 0,
+        gpu_waves=block / (resident * machine.cores) if resident else 0,
         guards=len(guards), guard_in_vec=float(vec is not None and any(at > vec for _, at in guards)),
         guard_fraction=_guard_fraction(guards, loops),
         is_reduce=float(s.reduce is not None), reduce_minmax=float(s.reduce in ("max", "min")),
@@ -458,7 +483,9 @@ def _strides(flat: dict[str, int], loops, vec: int | None) -> dict[str, float]:
         if flat.get(loops[n].var, 0):
             nonzero, nz_depth = abs(flat[loops[n].var]), depth - 1 - n
             break
-    return dict(stride_in1=s_in, stride_vec=s_vec, unit_in1=float(s_in == 1),
+    x = next((l.var for l in reversed(loops) if l.kind == "threadIdx.x"), None)
+    return dict(stride_in1=s_in, stride_vec=s_vec, stride_thread_x=abs(flat.get(x, 0)) if x else 0,
+                unit_in1=float(s_in == 1),
                 zero_in1=float(s_in == 0 and bool(loops)), unit_vec=float(s_vec == 1),
                 zero_vec=float(s_vec == 0 and vec is not None), stride_nonzero=nonzero, nonzero_depth=nz_depth)
 

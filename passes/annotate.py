@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import For, Kernel, replace_body, rewrite_stmt, walk_stmts
+from ..ir import For, Kernel, Store, replace_body, rewrite_stmt, walk_stmts
 from .analysis import independence_problem
 from .base import Pass, Site, find_loop, loop_ref, loop_sites, replace_loop
 
@@ -43,6 +43,15 @@ def _check_free(step: Pass, site: Site, spatial: bool) -> None:
     problem = independence_problem(loop, site.outer)
     if problem:
         raise step.fail(loop.var, f"its iterations are not independent: {problem}")
+
+
+def _cooperative(inner: For, outer: For) -> bool:
+    """Whether `inner` may take the GPU axis `outer` already has: it only fills shared memory
+    (a cooperative fetch: the block's threads split the copy, each doing the iterations of its
+    own index, and TVM puts a barrier before the copy is read), and no wider than `outer`, whose
+    threads are the ones launched."""
+    stores = [s for s in walk_stmts(inner.body) if isinstance(s, Store)]
+    return bool(stores) and all(s.buffer.scope == "shared" for s in stores) and inner.extent <= outer.extent
 
 
 def _candidates(kernel: Kernel, make) -> list[Pass]:
@@ -126,9 +135,12 @@ class Bind(Pass):
             raise self.fail(self.loop, f"unknown GPU axis {self.axis!r}; one of {', '.join(GPU_AXES)}")
         site = find_loop(kernel, self.loop, self)
         _check_free(self, site, spatial=True)
-        for other in site.outer + tuple(_inner_loops(site)):
-            if other.kind in ("parallel", "vectorized") or other.kind == self.axis:
-                raise self.fail(self.loop, f"loop {other.var} around or inside it is {other.kind}")
+        for other in site.outer:
+            if other.kind in ("parallel", "vectorized") or (other.kind == self.axis and not _cooperative(site.loop, other)):
+                raise self.fail(self.loop, f"loop {other.var} around it is {other.kind}")
+        for other in _inner_loops(site):
+            if other.kind in ("parallel", "vectorized") or (other.kind == self.axis and not _cooperative(other, site.loop)):
+                raise self.fail(self.loop, f"loop {other.var} inside it is {other.kind}")
         return _annotated(kernel, site, self.axis)
 
     @classmethod

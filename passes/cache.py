@@ -200,7 +200,8 @@ class CacheWrite(Pass):
 class CacheRead(Pass):
     """Copy the region of `buffer` that one iteration of `loop` reads into a `scope` buffer
     (local or shared) at the start of the iteration, dimensions in `order` (default: as in
-    `buffer`), and read the copy (loops `<buffer>_c0`, `_c1`, ..., outermost first)."""
+    `buffer`), and read the copy (loops `<buffer>_c0`, `_c1`, ..., outermost first). A shared
+    copy holds what all threads of the block read (the threadIdx loops around it vary)."""
     name = "cache_read"
     buffer: str
     loop: str
@@ -224,6 +225,8 @@ class CacheRead(Pass):
             raise self.fail(self.loop, f"order {list(order)} is not a permutation of the "
                                        f"{len(buffer.shape)} dimensions of {buffer.name}")
         inner = inner_extents(body)
+        if self.scope == "shared":  # shared by the block's threads: what all of them read
+            inner.update({l.var: l.extent for l in site.outer if l.kind.startswith("threadIdx")})
         region = region_of(buffer, [l.indices for l in loaded], inner)
         if isinstance(region, str):
             raise self.fail(self.loop, region)

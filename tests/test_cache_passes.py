@@ -10,7 +10,7 @@ import nestor
 from nestor.codegen import run_kernel
 from nestor.codegen.constant_stages import hoist_constant_stages
 from nestor.ir import Allocate, Store, parse_kernel, walk_stmts
-from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops,
+from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops, without_bindings,
                            parse_pipeline)
 from nestor.passes.region import simplify_divmod
 from nestor.ir import Var
@@ -288,3 +288,29 @@ def test_cache_write_outside_a_split_takes_its_loops_as_one_dimension(n):
     }""")  # jo * 3 + ji with ji < 2 leaves holes
     with pytest.raises(ScheduleError, match="does not walk a dense tile"):
         CacheWrite("B", "i").apply(skipping)
+
+
+SHARED_MATMUL = ("tile([i0, i1], [[2, 3], [2, 2]]); cache_write(Out, i1_i0); distribute(i0_i1); split(r0, 5); "
+                 "reorder(r0_o, r0_i, i0_i1_1, i1_i1_1); bind(i0_i0, threadIdx.y); bind(i1_i0, threadIdx.x)")
+
+
+def test_a_shared_copy_holds_what_all_threads_of_the_block_read():
+    """Threads bound around it: the copy is the block's region, not one thread's tile."""
+    kernel = kernels()["matmul"]  # A[6, 10] @ B[10, 12]
+    out = scheduled(kernel, SHARED_MATMUL + "; cache_read(A, r0_o, shared); cache_read(B, r0_o, local)")
+    shapes = allocations(out)
+    assert shapes["A_shared"] == ((6, 5), "shared")   # 2 thread rows x 3 rows each, a chunk of 5
+    assert shapes["B_local"] == ((5, 2), "local")     # one thread's 2 columns
+    same_results(kernel, without_bindings(out))
+
+
+def test_a_cooperative_copy_shares_the_block_threads_axis():
+    kernel = kernels()["matmul"]
+    base = SHARED_MATMUL + "; cache_read(A, r0_o, shared); fuse(A_c0, A_c1); split(A_c0_A_c1, 2)"
+    out = scheduled(kernel, base + "; bind(A_c0_A_c1_i, threadIdx.x)")
+    same_results(kernel, without_bindings(out))
+    with pytest.raises(ScheduleError, match="around it is threadIdx.x"):  # wider than the block's x
+        scheduled(kernel, SHARED_MATMUL + "; cache_read(A, r0_o, shared); fuse(A_c0, A_c1); "
+                          "split(A_c0_A_c1, 3); bind(A_c0_A_c1_i, threadIdx.x)")
+    with pytest.raises(ScheduleError, match="around it is threadIdx.x"):  # not a shared copy
+        scheduled(kernel, "split(i1, 4); bind(i1_o, threadIdx.x); bind(i1_i, threadIdx.x)")

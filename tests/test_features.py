@@ -26,7 +26,7 @@ i, j = Var("i"), Var("j")
 
 def test_names_and_values_correspond_one_to_one():
     sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures)]
-    assert sizes == [32, 18, 35] and len(STATEMENT_NAMES) == 32 + 18 + 5 * 35
+    assert sizes == [35, 18, 36] and len(STATEMENT_NAMES) == 35 + 18 + 5 * 36
     assert len(set(STATEMENT_NAMES)) == len(STATEMENT_NAMES)
     assert FEATURE_NAMES == [f"{agg}.{n}" for agg in ("sum", "max", "top") for n in STATEMENT_NAMES]
     (stmt,) = named_statement_features(SCALE)
@@ -114,3 +114,30 @@ def test_cache_lines_are_counted_in_the_machines_line_size():
     store, wide_store = narrow_stmt.accesses[0], wide_stmt.accesses[0]
     assert store.bytes_Lall == wide_store.bytes_Lall == 64 * 32 * 4
     assert store.lines_Lall == 2 * wide_store.lines_Lall == 64 * 32 * 4 // 64
+
+
+GPU_MATMUL = parse_kernel("""
+kernel mm(A: f32[64, 64], B: f32[64, 64]) -> (Y: f32[64, 64]) {
+  for b in 0..16 blockIdx.x {
+    for t in 0..256 threadIdx.x {
+      Y[b * 4 + t // 64, t % 64] = 0.0
+      for k in 0..64 reduce { Y[b * 4 + t // 64, t % 64] += A[b * 4 + t // 64, k] * B[k, t % 64] }
+    }
+  }
+}""")
+
+
+def test_gpu_features_count_threads_occupancy_and_coalescing():
+    from nestor.codegen import cuda_target, machine_params
+    gpu = machine_params(cuda_target("sm_80"))
+    init, update = named_statement_features(GPU_MATMUL, gpu)
+    assert update.loop.gpu_thread_prod == 256 and update.loop.gpu_threads_x == 256
+    # 256 threads, no shared memory, few registers: 8 blocks (2048 threads) resident per SM
+    assert update.loop.gpu_occupancy == 1.0
+    assert update.loop.gpu_waves == 16 / (8 * gpu.cores)
+    store, a, b = update.accesses[:3]
+    by_buffer = {acc.buffer_bytes: acc for acc in update.accesses[:3]}
+    # Y and B move one element per thread (coalesced); A one address for 64 threads (broadcast)
+    assert store.stride_thread_x == 1
+    assert sorted(acc.stride_thread_x for acc in (a, b)) == [0, 1]
+    assert named_statement_features(SCALE)[0].loop.gpu_occupancy == 0  # a CPU kernel
