@@ -1,5 +1,6 @@
 """Sketch rules one by one: where each applies, its seeds on small kernels, its candidates realized
 in strict mode (a step a rule needs and a pass refuses raises there), and the GPU's first rule."""
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import nestor
 from nestor.autotune.nest import KernelInfo
 from nestor.autotune.rules import CPU_RULES, CUDA_RULES, Builder, SketchRule, StepRefused, rules_for
 from nestor.autotune.rules.gpu import BindSpatial
+from nestor.autotune.rules.gpu_tiling import GpuTileDecisions, GpuTiling
 from nestor.autotune.rules.rows import RowReductions
 from nestor.autotune.rules.tile_seeds import BlockedConvTiles, ChannelTiles, LaneTiles, MatmulTiles
 from nestor.autotune.rules.tiling import MultiLevelTiling
@@ -44,8 +46,8 @@ def strict_kernels():
 
 def test_each_target_has_its_list_of_rules():
     assert [r.name for r in CPU_RULES] == ["rows", "tiling"]
-    assert [r.name for r in CUDA_RULES] == ["bind_spatial"]
-    assert rules_for(AVX2)[:2] == CPU_RULES and rules_for(CUDA)[:1] == CUDA_RULES
+    assert [r.name for r in CUDA_RULES] == ["gpu_tiling", "bind_spatial"]
+    assert rules_for(AVX2)[:2] == CPU_RULES and rules_for(CUDA)[:2] == CUDA_RULES
 
 
 @pytest.mark.parametrize("name, rules", [
@@ -147,8 +149,8 @@ def test_no_rule_applying_is_a_clear_error():
 def test_gpu_rule_binds_the_fused_spatial_loops_to_blocks_and_threads():
     kernel = sketch_kernels()["conv"]  # two nests: the padding, the convolution
     assert not BindSpatial().applies(KernelInfo.of(kernel, AVX512))
-    sketch = Sketch.of(kernel, CUDA, strict=True)
-    assert list(sketch.rules) == ["bind_spatial"]
+    assert list(Sketch.of(kernel, CUDA).rules) == ["gpu_tiling", "bind_spatial"]
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(BindSpatial(),))
     seeds = sketch.rule_decisions()
     assert [c.decisions.threads for c in seeds] == [256, 128]
     schedule, scheduled = sketch.realize(seeds[0])
@@ -169,3 +171,46 @@ def test_gpu_schedule_builds_for_cuda():
     sketch = Sketch.of(sketch_kernels()["matmul"], CUDA, strict=True)
     _, scheduled = sketch.realize(sketch.rule_decisions()[0])
     build([scheduled], cuda_target("sm_90"))  # TVM checks the bindings and writes CUDA
+
+
+def test_gpu_tiling_applies_to_reductions_on_gpus_only():
+    kernels = sketch_kernels()
+    assert GpuTiling().applies(KernelInfo.of(kernels["matmul"], CUDA))
+    assert not GpuTiling().applies(KernelInfo.of(kernels["matmul"], AVX512))
+    relu = _onnx("Relu", {"X": [4, 64]}, [4, 64])
+    assert not GpuTiling().applies(KernelInfo.of(relu, CUDA))
+    assert list(Sketch.of(relu, CUDA).rules) == ["bind_spatial"]
+
+
+def test_gpu_tiling_keeps_decisions_within_the_machine():
+    info = KernelInfo.of(_onnx("MatMul", {"A": [64, 96], "B": [96, 128]}, [64, 128]), CUDA)
+    d = GpuTiling().constrain(info, GpuTileDecisions((64, 64), (16, 16), 8, True, True, True))
+    assert d.threads[0] * d.inner[0] <= 64 and d.threads[1] * d.inner[1] <= 128
+    assert d.threads[0] * d.threads[1] <= CUDA.max_threads_per_block
+    assert d.inner[0] * d.inner[1] <= 64
+    conv = KernelInfo.of(sketch_kernels()["conv"], CUDA)  # n, c, h, w: at most three thread axes
+    d = GpuTiling().constrain(conv, GpuTileDecisions((1, 2, 2, 2), (1, 1, 1, 1), 1, False, True, True))
+    assert sum(t > 1 for t in d.threads) <= 3
+
+
+@pytest.mark.parametrize("name", ["matmul", "conv"])
+def test_gpu_tiling_candidates_compute_the_kernel_and_build_for_cuda(name):
+    """Seeds and samples, realized strictly: run here without their bindings (each thread's
+    iterations in turn, the shared copies made by every thread) they compute what the kernel
+    does; for the GPU they build, shared memory staged with barriers."""
+    from nestor.codegen.build import build
+    from nestor.passes import without_bindings
+    kernel = sketch_kernels()[name]
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuTiling(),))
+    rng = random.Random(1)
+    candidates = sketch.rule_decisions() + [sketch.sample(rng) for _ in range(6)]
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    built = []
+    for n, c in enumerate(candidates):
+        _, scheduled = sketch.realize(c)
+        for got, ref in zip(run_kernel(without_bindings(scheduled), args), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=str(c.decisions))
+        built.append(dataclasses.replace(scheduled, name=f"{name}{n}"))
+    source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
+    assert "__shared__" in source and "__syncthreads()" in source

@@ -13,6 +13,7 @@ import warnings
 from ...ir.machine import CPU, CUDA, MachineParams
 from .base import Builder, SketchRule, StepRefused
 from .gpu import BindSpatial
+from .gpu_tiling import GpuTiling
 from .rows import RowReductions
 from .tile_seeds import BlockedConvTiles, ChannelTiles, LaneTiles, MatmulTiles
 from .tiling import MultiLevelTiling
@@ -21,7 +22,7 @@ GROUP = "nestor.sketch_rules"
 
 CPU_TILE_SEEDS = (LaneTiles(), BlockedConvTiles(), MatmulTiles(), ChannelTiles())
 CPU_RULES: tuple[SketchRule, ...] = (RowReductions(), MultiLevelTiling(CPU_TILE_SEEDS))
-CUDA_RULES: tuple[SketchRule, ...] = (BindSpatial(),)
+CUDA_RULES: tuple[SketchRule, ...] = (GpuTiling(), BindSpatial())
 RULES = {CPU: CPU_RULES, CUDA: CUDA_RULES}
 
 
