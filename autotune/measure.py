@@ -8,6 +8,9 @@ first built (in parallel) and only then timed (serially, with nothing else of ou
 Workers are fresh interpreters started with subprocess: not fork (TVM is not fork-safe once used),
 and not multiprocessing's spawn (it re-runs the caller's main script, so an unguarded script that
 tunes would recurse). They talk to the parent over a socket pair with pickled messages.
+On an NVIDIA GPU the same: builders compile (nvcc or NVRTC, through TVM), the runner times on the
+device with its event timer, and a kernel that faults (an illegal address poisons the process's
+CUDA context) gets its error and the runner is replaced before the next candidate.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ from ..ir.errors import NestorError
 # convs up to 2x slower than they ran in place (examples/kernel_times.py) and its DRAM-bound
 # times hid the differences between tiles; these times are within 0-15% of the in-place ones.
 FLUSH = "cache_flush_cpu_non_first_arg"
+# On the GPU the whole L2 is overwritten before each repeat (_register_l2_flush): TVM 0.27 has
+# no flush of its own for CUDA, and a kernel's inputs in a model come from DRAM more often than
+# from an L2 of 50 MB that the kernels between two calls of it have filled.
+FLUSH_GPU = "nestor.measure.l2_flush_cuda"
 MIN_REPEAT = 1e-3        # number=None: a repeat runs a short kernel enough times to last about this long
 # number=None: a kernel whose run lasts this long is timed one run a repeat, so every timed run
 # finds its weights flushed. Two runs a repeat timed ResNet-50's late 1x1 convs (4 MB of weights,
@@ -70,25 +77,30 @@ class Measurer:
     runs_per_repeat), all but the first argument flushed from the caches before each repeat
     (FLUSH); `timeout` bounds the whole.
     `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices).
-    `target`: an LLVM target, anything `codegen.as_target` takes (None: this host).
+    `target`: anything `codegen.as_target` takes (None: this host; "cuda": this machine's GPU,
+    which must be present). `build_workers` (None): 2 on the CPU, where builds must not compete
+    with the timing for 2 cores; one per core when the timing is on the GPU.
+    The reference output is computed on the CPU (the unscheduled kernel binds no GPU threads).
 
     `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
     take turns); a kernel switched back to keeps its inputs and reference outputs."""
 
     def __init__(self, reference: Kernel | None, target=None, repeats: int = 5, number: int | None = None,
-                 timeout: float = 10.0, build_workers: int = 2, rtol: float = 1e-4,
+                 timeout: float = 10.0, build_workers: int | None = None, rtol: float = 1e-4,
                  atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None):
         self.repeats, self.number, self.timeout = repeats, number, timeout
         self._rtol, self._atol = rtol, atol
         self._constants: set[int] = set()
         self._count = 0
         self._tasks: dict[str, int] = {}  # structural hash -> number of its files in _dir
-        target = _target_json(target)
+        target, host, self._gpu = _targets(target)
+        if build_workers is None:
+            build_workers = _host_cores() if self._gpu else 2
         self._dir = tempfile.mkdtemp(prefix="nestor-measure-")
-        self._builders = [_Worker("builder", {"target": target},
+        self._builders = [_Worker("builder", {"target": target, "host": host},
                                   os.path.join(self._dir, f"builder{n}.log"))
                           for n in range(max(1, build_workers))]
-        self._runner = _Worker("runner", {}, os.path.join(self._dir, "runner.log"))
+        self._runner = _Worker("runner", {"gpu": self._gpu}, os.path.join(self._dir, "runner.log"))
         workers = self._builders + [self._runner]
         self._finalizer = weakref.finalize(self, _shut_down, workers, self._dir)
         try:
@@ -121,16 +133,18 @@ class Measurer:
         if first:
             arrays = _random_inputs(reference, seed) if inputs is None else _checked(reference, inputs)
             np.savez(config["inputs"], *arrays)
+            # in a builder, on the CPU: the reference is unscheduled (no GPU threads bound), and
+            # a builder is idle between batches
+            (ref,) = _serve(self._builders[:1], [{"reference": reference, "inputs": config["inputs"],
+                                                  "save": config["reference"]}], BUILD_TIMEOUT, "")
+            if "error" in ref:
+                del self._tasks[key]
+                raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref['error']}")
         self._signature = _signature(reference)
-        self._runner.config = config  # what a replacement runner starts with
+        self._runner.config = {"gpu": self._gpu, **config}  # what a replacement runner starts with
         (reply,) = _serve([self._runner], [{"configure": config}], self.timeout, "")
         if "error" in reply:
             raise NestorError(f"measure: the runner cannot take kernel {reference.name}: {reply['error']}")
-        if first:
-            (ref,) = self._measure([reference], save=True)
-            if not ref.ok:
-                del self._tasks[key]
-                raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref.error}")
 
     def _constant_stages(self, kernel: Kernel) -> tuple[list[Kernel], dict]:
         """The kernels to build for a candidate, and the runner's instructions: `stages` (name,
@@ -149,12 +163,9 @@ class Measurer:
 
     def measure(self, candidates: list[Kernel]) -> list[MeasureResult]:
         """One result per candidate, in order; a bad candidate gets an error, never an exception."""
-        return self._measure(candidates)
-
-    def _measure(self, kernels: list[Kernel], save: bool = False) -> list[MeasureResult]:
-        results: list[MeasureResult | None] = [None] * len(kernels)
+        results: list[MeasureResult | None] = [None] * len(candidates)
         jobs = []  # (position, kernel under a unique name, .so path)
-        for n, k in enumerate(kernels):
+        for n, k in enumerate(candidates):
             if _signature(k) != self._signature:
                 results[n] = MeasureResult(None, error="parameters differ from the reference kernel's")
                 continue
@@ -176,7 +187,7 @@ class Measurer:
                 runnable.append((job, b["seconds"], part[1]))
 
         requests = [{"path": path, "name": k.name, "repeats": self.repeats, "number": self.number,
-                     "save": save, **calls} for (_, k, path), _, calls in runnable]
+                     **calls} for (_, k, path), _, calls in runnable]
         if requests:
             # The cores idled (or compiled) since the last timing: the first candidates of a
             # batch timed 1.5x slower than the same code later in it, in every repeat.
@@ -269,7 +280,8 @@ class _Worker:
 def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str) -> list[dict]:
     """Each request's reply, in order, spread over the workers (one request each at a time).
     A worker that dies or runs past `timeout` gets that request an error ("crashed ...",
-    "timeout ...", after `prefix`) and is replaced for the next."""
+    "timeout ...", after `prefix`) and is replaced for the next; so is one whose reply says
+    `replace` (its process is unusable: a GPU fault)."""
     replies: list = [None] * len(requests)
     todo = collections.deque(range(len(requests)))
     idle, busy = list(workers), {}
@@ -286,6 +298,8 @@ def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str) 
                 r = w.reply()
                 if "error" in r and r["error"].startswith("crashed"):
                     r["error"] = prefix + r["error"]
+                if r.pop("replace", False):
+                    w.stop()
             elif time.monotonic() - w.since >= timeout:
                 w.stop()
                 r = {"error": f"{prefix}timeout after {timeout:g} s"}
@@ -313,13 +327,25 @@ def _signature(kernel: Kernel) -> tuple:
     return tuple((tuple(b.shape), b.dtype) for b in kernel.params)
 
 
-def _target_json(target) -> str:
-    """The JSON form the builders take of a target (anything `as_target` takes; None: this host)."""
-    from ..codegen import as_target
+def _targets(target) -> tuple[str, str, bool]:
+    """The JSON forms the builders take of a target (anything `as_target` takes; None: this
+    host) and of its host (the CPU, where the reference runs), and whether it is a GPU."""
+    from ..codegen import as_target, gpu_present, is_gpu
     target = as_target(target)
+    if is_gpu(target):
+        if not gpu_present():
+            raise NestorError("measure: no NVIDIA GPU here to time CUDA kernels on")
+        return str(target), str(target.host), True
     if target.kind.name != "llvm":
-        raise NestorError(f"measure: runs on the CPU (an llvm target), not {target.kind.name}")
-    return str(target)
+        raise NestorError(f"measure: runs on the CPU (llvm) or an NVIDIA GPU (cuda), not {target.kind.name}")
+    return str(target), str(target), False
+
+
+def _host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 2
 
 
 def runs_per_repeat(first: float) -> int:
@@ -403,10 +429,47 @@ def _brief(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"[:400]
 
 
-def _builder(target: str):
+def _cuda_compiler() -> None:
+    """TVM compiles CUDA with NVRTC from the cuda-python package by default; where that is not
+    installed, with the toolkit's nvcc rather than failing every build."""
+    if "TVM_CUDA_COMPILE_MODE" in os.environ:
+        return
+    try:
+        import cuda.bindings.nvrtc  # noqa: F401
+    except ImportError:
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+
+
+def _load_inputs(path: str) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[f"arr_{n}"] for n in range(len(f.files))]
+
+
+def _builder(target: str, host: str):
+    import tvm
+
     from ..codegen import build
+    _cuda_compiler()
+
+    def compute_reference(reference: Kernel, inputs: str, save: str) -> dict:
+        """The reference kernel's outputs on the inputs, computed on the host CPU, saved."""
+        start = time.perf_counter()
+        try:
+            run = build([reference], host)[reference.name]
+        except Exception as err:
+            return {"error": f"build failed: {_brief(err)}"}
+        try:
+            args = [tvm.runtime.tensor(a, tvm.cpu()) for a in _load_inputs(inputs)]
+            outs = [tvm.runtime.tensor(np.zeros(b.shape, b.dtype), tvm.cpu()) for b in reference.outputs]
+            run(*args, *outs)
+            np.savez(save, *[t.numpy() for t in outs])
+        except Exception as err:
+            return {"error": f"run failed: {_brief(err)}"}
+        return {"seconds": time.perf_counter() - start}
 
     def serve(request) -> dict:
+        if isinstance(request, dict):
+            return compute_reference(**request)
         kernels, path = request
         start = time.perf_counter()
         try:
@@ -417,32 +480,49 @@ def _builder(target: str):
     return serve
 
 
-def _runner(**config):
-    """Runs candidates of one kernel at a time; a `{"configure": config}` request moves it to
-    another (inputs, reference outputs, output shapes, tolerances)."""
+def _register_l2_flush(dev) -> str:
+    """Registers FLUSH_GPU for `dev`: a copy between two device buffers of twice the L2's size,
+    which leaves none of a kernel's data in the L2. Returns its name."""
+    import tvm
+    import tvm_ffi
+    size = 2 * int(dev.l2_cache_size_bytes or 64 << 20)
+    src, dst = (tvm.runtime.empty((size,), "uint8", dev) for _ in range(2))
+
+    def flush(*_args) -> None:
+        src.copyto(dst)
+        dev.sync()  # finished before the timer starts, whichever stream the copy took
+
+    tvm_ffi.register_global_func(FLUSH_GPU, flush, override=True)
+    return FLUSH_GPU
+
+
+def _runner(gpu: bool = False, **config):
+    """Runs candidates of one kernel at a time, on the CPU or (`gpu`) on CUDA device 0; a
+    `{"configure": config}` request moves it to another kernel (inputs, reference outputs,
+    output shapes, tolerances)."""
     import tvm
 
     from ..codegen import use_all_cores
     use_all_cores()  # before the first kernel starts TVM's thread pool (its default takes half)
-    dev = tvm.cpu()
-    args, outs, fills, names, truth = [], [], [], [], []
-    reference, rtol, atol = "", 0.0, 0.0
+    if gpu:
+        _cuda_compiler()  # a module built where no GPU was is CUDA source, compiled on loading
+    dev = tvm.cuda(0) if gpu else tvm.cpu()
+    flush = _register_l2_flush(dev) if gpu else FLUSH
+    host, args, outs, fills, names, truth = [], [], [], [], [], []
+    rtol, atol = 0.0, 0.0
 
     def configure(c: dict) -> None:
-        nonlocal reference, rtol, atol
-        reference, rtol, atol, outputs = c["reference"], c["rtol"], c["atol"], c["outputs"]
-        with np.load(c["inputs"]) as f:
-            args[:] = [tvm.runtime.tensor(f[f"arr_{n}"], dev) for n in range(len(f.files))]
+        nonlocal rtol, atol
+        rtol, atol, outputs = c["rtol"], c["atol"], c["outputs"]
+        host[:] = _load_inputs(c["inputs"])
+        args[:] = [tvm.runtime.tensor(a, dev) for a in host]
         # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
         # candidate fails to write cannot pass with a value left there by the one before.
         fills[:] = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
                             (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
         outs[:] = [tvm.runtime.tensor(fill, dev) for fill in fills]
         names[:] = [name for name, _, _ in outputs]
-        truth[:] = []
-        if os.path.exists(reference):  # computed before (by an earlier runner, or an earlier turn)
-            with np.load(reference) as f:
-                truth[:] = [f[f"arr_{n}"] for n in range(len(f.files))]
+        truth[:] = _load_inputs(c["reference"])  # the parent computed it before (Measurer.switch)
 
     if config:
         configure(config)
@@ -456,6 +536,10 @@ def _runner(**config):
                 return {"error": f"configure failed: {_brief(err)}"}
         try:
             module = tvm.runtime.load_module(request["path"])
+            # the inputs again too: a candidate that wrote out of bounds without faulting (easy
+            # on a GPU) must not pass its damage on to the next
+            for t, a in zip(args, host):
+                t.copyfrom(a)
             for t, fill in zip(outs, fills):
                 t.copyfrom(fill)
             call_args = args
@@ -465,24 +549,29 @@ def _runner(**config):
                     produced = tvm.runtime.tensor(np.empty(shape, dtype), dev)
                     module[name](*[args[i] for i in sources], produced)
                     call_args.append(produced)
+            func = module[request["name"]]
             start = time.perf_counter()
-            module[request["name"]](*call_args, *outs)
+            func(*call_args, *outs)
+            dev.sync()
             first = time.perf_counter() - start
-            got = [t.numpy() for t in outs]
-            if request["save"]:
-                np.savez(reference, *got)
-                truth[:] = got
-                return {"repeats": [first]}
-            wrong = _mismatch(got, truth, names, rtol, atol)
+            wrong = _mismatch([t.numpy() for t in outs], truth, names, rtol, atol)
             if wrong:
                 return {"error": wrong}
+            if gpu:  # the first call also loaded the code onto the device
+                start = time.perf_counter()
+                func(*call_args, *outs)
+                dev.sync()
+                first = time.perf_counter() - start
             wake, woken = request.get("wake", 0.0), time.perf_counter()
             while first < wake and time.perf_counter() - woken < wake:
-                module[request["name"]](*call_args, *outs)
+                func(*call_args, *outs)
+            dev.sync()
             number = request["number"] or runs_per_repeat(first)
             timer = module.time_evaluator(request["name"], dev, number=number,
-                                          repeat=request["repeats"], f_preproc=FLUSH)
+                                          repeat=request["repeats"], f_preproc=flush)
             return {"repeats": list(timer(*call_args, *outs).results)}
         except Exception as err:
-            return {"error": f"run failed: {_brief(err)}"}
+            # On the GPU this may be a fault (an illegal address) that left the process's CUDA
+            # context unusable: every later call in it would fail too.
+            return {"error": f"run failed: {_brief(err)}", "replace": gpu}
     return serve

@@ -25,8 +25,14 @@ MAX_SIMILAR_TRIES = 4   # similar tasks' schedules tried for a kernel never tune
 
 
 def target_key(target: tvm.target.Target | None = None) -> str:
-    """The records key of a target (default: this host): its JSON form (kind, mcpu, cores)."""
-    return str(host_target() if target is None else target)
+    """The records key of a target (default: this host): its JSON form (kind, mcpu, cores; a
+    GPU's without its host CPU, on which the speed of its kernels does not depend)."""
+    target = host_target() if target is None else target
+    if target.kind.name == "cuda" and target.host is not None:
+        spec = dict(target.export())
+        del spec["host"]
+        target = tvm.target.Target(spec)
+    return str(target)
 
 
 def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str | None = None,
