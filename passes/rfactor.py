@@ -39,10 +39,12 @@ def identity(op: str, dtype: str) -> Const:
 
 @dataclass(frozen=True)
 class Rfactor(Pass):
-    """Reduce `loop` in `factor` partial results (loop `<loop>_i`, to vectorize), combined after it."""
+    """Reduce `loop` in `factor` partial results (loop `<loop>_i`, to vectorize), combined after it;
+    the partial results in a `scope` buffer (shared: one per GPU thread, combined by all)."""
     name = "rfactor"
     loop: str
     factor: int
+    scope: str = "local"
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)
@@ -61,12 +63,14 @@ class Rfactor(Pass):
         if any(isinstance(x, Load) and x.buffer.name == update.buffer.name
                for e in stmt_exprs(update) for x in walk(e)):
             raise self.fail(self.loop, f"the update reads {update.buffer.name} besides accumulating it")
+        if self.scope not in ("local", "shared"):
+            raise self.fail(self.loop, f"scope {self.scope!r} is not one of local, shared")
         try:
             init = identity(update.reduce, update.buffer.dtype)
         except ValueError as err:
             raise self.fail(self.loop, str(err)) from None
         partial = Buffer(fresh_name(f"{update.buffer.name}_rf", buffer_names(kernel)), (self.factor,),
-                         update.buffer.dtype, "local")
+                         update.buffer.dtype, self.scope)
         taken = loop_names(kernel)
         zero, outer, lane, combine = (fresh_name(f"{loop.var}_{tag}", taken) for tag in "zoic")
         value = substitute(update.value, {loop.var: Var(outer) * self.factor + Var(lane)})

@@ -72,3 +72,22 @@ def test_refuses_what_is_not_one_reduction():
       for r in 0..8 reduce { Y[0] += X[r] * Y[0] } }""")
     with pytest.raises(ScheduleError, match="reads Y"):
         parse_pipeline("rfactor(r0, 4)").apply(reads)
+
+
+def test_rfactor_into_shared_memory_and_bad_scope():
+    from nestor.ir import Allocate, walk_stmts
+    from nestor.passes import Rfactor, ScheduleError
+    kernel = parse_kernel("""
+    kernel s(X: f32[4, 64]) -> (Y: f32[4]) {
+      for i in 0..4 {
+        Y[i] = 0.0
+        for r in 0..64 reduce { Y[i] += X[i, r] }
+      }
+    }""")
+    out = Rfactor("r", 16, "shared").apply(kernel)
+    (alloc,) = [s for s in walk_stmts(out.body) if isinstance(s, Allocate)]
+    assert (alloc.buffer.shape, alloc.buffer.scope) == ((16,), "shared")
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    np.testing.assert_allclose(run_kernel(out, [x])[0], x.sum(1), rtol=1e-5)
+    with pytest.raises(ScheduleError, match="scope 'global' is not one of local, shared"):
+        Rfactor("r", 16, "global").apply(kernel)

@@ -214,3 +214,31 @@ def test_gpu_tiling_candidates_compute_the_kernel_and_build_for_cuda(name):
         built.append(dataclasses.replace(scheduled, name=f"{name}{n}"))
     source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
     assert "__shared__" in source and "__syncthreads()" in source
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
+def test_gpu_row_reductions_split_rows_across_threads(op):
+    """A block per row, each reduction's partials in shared memory (one per thread), folded by
+    every thread; the candidates compute the kernel (run here without their bindings) and build
+    with barriers between the partials' writes and reads."""
+    from nestor.autotune.rules.gpu_rows import GpuRowReductions
+    from nestor.codegen.build import build
+    from nestor.passes import without_bindings
+    ins = {"X": [6, 64]} if op == "Softmax" else {"X": [6, 64], "S": [64], "B": [64]}
+    kernel = _onnx(op, ins, [6, 64], axis=-1)
+    assert GpuRowReductions().applies(KernelInfo.of(kernel, CUDA))
+    assert not GpuRowReductions().applies(KernelInfo.of(kernel, AVX512))
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuRowReductions(),))
+    candidates = sketch.rule_decisions() + [sketch.sample(random.Random(n)) for n in range(4)]
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    built = []
+    for n, c in enumerate(candidates):
+        _, scheduled = sketch.realize(c)
+        kinds = {s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
+        assert {"blockIdx.x", "threadIdx.x"} <= kinds
+        for got, ref in zip(run_kernel(without_bindings(scheduled), args), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))
+        built.append(dataclasses.replace(scheduled, name=f"rows{n}"))
+    source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
+    assert "__shared__" in source and "__syncthreads()" in source

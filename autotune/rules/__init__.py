@@ -13,6 +13,7 @@ import warnings
 from ...ir.machine import CPU, CUDA, MachineParams
 from .base import Builder, SketchRule, StepRefused
 from .gpu import BindSpatial
+from .gpu_rows import GpuRowReductions
 from .gpu_tiling import GpuTiling
 from .rows import RowReductions
 from .tile_seeds import BlockedConvTiles, ChannelTiles, LaneTiles, MatmulTiles
@@ -22,7 +23,7 @@ GROUP = "nestor.sketch_rules"
 
 CPU_TILE_SEEDS = (LaneTiles(), BlockedConvTiles(), MatmulTiles(), ChannelTiles())
 CPU_RULES: tuple[SketchRule, ...] = (RowReductions(), MultiLevelTiling(CPU_TILE_SEEDS))
-CUDA_RULES: tuple[SketchRule, ...] = (GpuTiling(), BindSpatial())
+CUDA_RULES: tuple[SketchRule, ...] = (GpuRowReductions(), GpuTiling(), BindSpatial())
 RULES = {CPU: CPU_RULES, CUDA: CUDA_RULES}
 
 
