@@ -24,7 +24,7 @@ from tvm.support.cc import get_cc
 
 from nestor.ir import Kernel
 
-from .target import as_target
+from .target import as_target, device_of, is_gpu
 from .tir import to_primfunc
 
 
@@ -58,15 +58,17 @@ def load(path: str) -> CompiledKernels:
 
 def build(kernels: list[Kernel], target=None) -> CompiledKernels:
     """Compile all kernels into one module (kernel names must be unique)."""
+    target = as_target(target)
+    gpu = is_gpu(target)
     funcs = {}
     for k in kernels:
         if k.name in funcs:
             raise ValueError(f"two kernels named {k.name!r} in one build; names must be unique")
-        funcs[k.name] = to_primfunc(k)
+        funcs[k.name] = to_primfunc(k, gpu)
     # Loop partitioning peels the guarded last tile of a non-dividing split off the main loop,
     # so the hot loop carries no condition.
     with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
-        exe = tvm.compile(tvm.IRModule(funcs), target=as_target(target))
+        exe = tvm.compile(tvm.IRModule(funcs), target=target)
     return CompiledKernels(exe.mod, list(funcs))
 
 
@@ -90,12 +92,13 @@ def _compiled(kernel: Kernel, target):
 
 
 def run_kernel(kernel: Kernel, inputs: list, target=None) -> list[np.ndarray]:
-    """Compile (cached), run on the CPU with zero-filled outputs, return the outputs as numpy."""
+    """Compile (cached), run on the target's device with zero-filled outputs (inputs copied
+    there, outputs copied back), return the outputs as numpy."""
     target = as_target(target)
     if len(inputs) != len(kernel.inputs):
         raise ValueError(f"kernel {kernel.name} takes {len(kernel.inputs)} inputs, "
                          f"got {len(inputs)}")
-    dev = tvm.cpu()
+    dev = device_of(target)
     args = []
     for buf, arr in zip(kernel.inputs, inputs):
         arr = np.asarray(arr)

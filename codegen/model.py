@@ -3,7 +3,9 @@
 `compile_graph` builds every distinct kernel of a graph (structurally equal kernels share one
 function) into a single module and plans intermediate memory into one arena. The artifact is a
 zip file holding `kernels.so`, `plan.json` and `constants.npz`; `CompiledModel.load` needs only
-the TVM runtime and NumPy to run it (no ONNX, no compiler).
+the TVM runtime and NumPy to run it (no ONNX, no compiler). The kernels are native code for the
+target recorded in the plan, and the model runs on that target's device (this CPU, or the GPU:
+weights uploaded once, inputs copied in and outputs copied out on every run).
 """
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ from .build import build, load as load_module, run_kernel
 from .constant_stages import ConstantStage, hoist_constant_stages
 from .memory import ALIGN, plan_memory
 from .pages import huge_page_buffer
+from .target import TargetError, as_target, describe, device_of, gpu_present, host_target, is_gpu
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the plan records its target (version 1 artifacts are for the CPU)
 
 
 def compile_graph(graph: Graph, target=None,
                   schedule: Callable[[Kernel], Kernel] | None = None,
                   progress: Callable[[str], None] | None = None) -> "CompiledModel":
-    """Compile a graph; `schedule` maps each distinct kernel to its scheduled form."""
+    """Compile a graph for `target` (anything `as_target` takes); `schedule` maps each distinct
+    kernel to its scheduled form."""
+    target = as_target(target)
     funcs: dict[tuple, tuple[str, list[ConstantStage], list[int]]] = {}
     kernels: list[Kernel] = []
     steps = []
@@ -55,8 +60,9 @@ def compile_graph(graph: Graph, target=None,
         args = [node.inputs[i] for i in kept]
         for stage in stages:
             const = f"{node.name}:{stage.kernel.outputs[0].name}"
+            # on the host, at compile time (a GPU-bound stage's loops run serially there)
             packed[const] = run_kernel(stage.kernel, [graph.constants[node.inputs[i]] for i in stage.sources],
-                                       )[0]  # on the host, at compile time
+                                       host_target())[0]
             args.append(const)
         steps.append({"node": node.name, "op": node.op_type, "func": name,
                       "args": args + node.outputs})
@@ -69,7 +75,7 @@ def compile_graph(graph: Graph, target=None,
     tensors = {name: {"shape": list(graph.types[name].shape), "dtype": graph.types[name].dtype,
                       "place": mem.placements[name].kind, "key": mem.placements[name].key}
                for name in sorted(live) if name not in packed}
-    plan = {"version": FORMAT_VERSION, "name": graph.name,
+    plan = {"version": FORMAT_VERSION, "name": graph.name, "target": str(target),
             "inputs": graph.inputs, "outputs": graph.outputs,
             "tensors": tensors, "arena_bytes": mem.arena_bytes, "naive_bytes": mem.naive_bytes,
             "steps": steps}
@@ -85,8 +91,12 @@ class CompiledModel:
         self.module = module
         self.plan = plan
         self.constants = dict(constants)
-        self.device = tvm.cpu()
-        self._bind()
+        self.target = as_target(plan.get("target"))   # version 1 plans have none: the CPU
+        self.device = device_of(self.target)
+        # Compiled for a GPU that is not here: it can still be saved, and fails only when run.
+        self._absent = _absent_device(self.target)
+        if not self._absent:
+            self._bind()
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -107,10 +117,11 @@ class CompiledModel:
 
     # --- running -----------------------------------------------------------------------------
     def _bind(self) -> None:
-        """Create every tensor (arena views, inputs, constants) and bind each step's arguments.
-        The arena and the constants are each one buffer on huge pages (codegen/pages.py)."""
+        """Create every tensor (arena views, inputs, constants) on the device and bind each step's
+        arguments. The arena and the constants are each one buffer: on the CPU on huge pages
+        (codegen/pages.py); on the GPU one allocation each, the constants uploaded here, once."""
         dev = self.device
-        arena, arena_at = huge_page_buffer(self.plan["arena_bytes"], dev)
+        arena, arena_at = self._buffer(self.plan["arena_bytes"])
         base: dict[str, tvm.runtime.Tensor] = {}
         self._inputs = []
         for name in self.plan["inputs"]:
@@ -122,7 +133,7 @@ class CompiledModel:
         for name, value in values.items():
             offsets[name] = size
             size += -(-value.nbytes // ALIGN) * ALIGN
-        weights, weights_at = huge_page_buffer(size, dev)
+        weights, weights_at = self._buffer(size)
         for name, value in values.items():  # (0-d values keep their shape)
             base[name] = weights._create_view(value.shape, str(value.dtype), weights_at + offsets[name])
             base[name].copyfrom(value)
@@ -139,7 +150,15 @@ class CompiledModel:
         self._steps = [(self.module.get(s["func"]), [self._tensors[a] for a in s["args"]])
                        for s in self.plan["steps"]]
 
+    def _buffer(self, nbytes: int) -> tuple[tvm.runtime.Tensor, int]:
+        """A byte buffer on the device and the offset where its `nbytes` start."""
+        if not is_gpu(self.target):
+            return huge_page_buffer(nbytes, self.device)
+        return tvm.runtime.empty((max(nbytes, 1),), "uint8", self.device), 0
+
     def _feed(self, inputs) -> None:
+        if self._absent:
+            raise ModelError(f"model '{self.plan['name']}' {self._absent}")
         names = self.plan["inputs"]
         if isinstance(inputs, Mapping):
             missing = [n for n in names if n not in inputs]
@@ -162,20 +181,27 @@ class CompiledModel:
             dst.copyfrom(np.asarray(value, order="C"))
 
     def _execute(self) -> None:
+        # launched back to back: on the GPU they queue on one stream, with no host wait between
         for func, args in self._steps:
             func(*args)
 
+    def _execute_synchronized(self) -> None:
+        self._execute()
+        self.device.sync()
+
     def run(self, inputs) -> list[np.ndarray]:
-        """Run on inputs (a list in input order, or a dict by name); return the outputs."""
+        """Run on inputs (a list in input order, or a dict by name); return the outputs (copying
+        them to the host waits for the kernels)."""
         self._feed(inputs)
         self._execute()
         return [self._tensors[n].numpy() for n in self.plan["outputs"]]
 
     def kernels_only(self, inputs) -> Callable[[], None]:
         """Feed `inputs` once; the function returned runs the kernels alone, without copying
-        inputs or outputs (what a benchmark of the kernels against a library call times)."""
+        inputs or outputs (what a benchmark of the kernels against a library call times). On the
+        GPU it waits for the kernels to finish, so that a timing of it is one of the kernels."""
         self._feed(inputs)
-        return self._execute
+        return self._execute_synchronized if is_gpu(self.target) else self._execute
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -213,6 +239,8 @@ class CompiledModel:
 
     @classmethod
     def load(cls, path: str) -> "CompiledModel":
+        """Load a saved model, for the device its target names: a model compiled for a GPU
+        needs one here (its kernels are native code for that target)."""
         try:
             z = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as err:
@@ -221,6 +249,10 @@ class CompiledModel:
             try:
                 plan = json.loads(z.read("plan.json"))
                 names = plan.pop("constant_names")
+                if plan.get("version") not in (1, FORMAT_VERSION):
+                    raise ModelError(f"'{path}' has format version {plan.get('version')}, "
+                                     f"this Nestor reads 1 to {FORMAT_VERSION}")
+                _check_device(path, plan.get("target"))
                 npz = np.load(io.BytesIO(z.read("constants.npz")))
                 constants = {n: npz[f"c{i}"] for i, n in enumerate(names)}
                 module = None
@@ -229,14 +261,30 @@ class CompiledModel:
                     module = load_module(os.path.join(tmp, "kernels.so"))
             except (KeyError, ValueError) as err:
                 raise ModelError(f"'{path}' is not a Nestor compiled model: {err}") from None
-        if plan.get("version") != FORMAT_VERSION:
-            raise ModelError(f"'{path}' has format version {plan.get('version')}, "
-                             f"this Nestor reads {FORMAT_VERSION}")
         return cls(module, plan, constants)
 
 
+def _absent_device(target) -> str | None:
+    """Why the device `target` runs on is not here (a message's end), or None."""
+    if is_gpu(target) and not gpu_present():
+        return (f"was compiled for an NVIDIA GPU ({describe(target)}) and no GPU is present here; "
+                "compile the model for this machine's CPU instead")
+    return None
+
+
+def _check_device(path: str, target) -> None:
+    """Before the kernels' library is loaded: the device the artifact was compiled for is here."""
+    try:
+        absent = _absent_device(as_target(target))
+    except TargetError as err:
+        raise ModelError(f"'{path}' was compiled for a target this Nestor cannot read: {err}") from None
+    if absent:
+        raise ModelError(f"'{path}' {absent}")
+
+
 def median_latency(fn: Callable[[], object], repeat: int = 20, warmup: int = 2) -> float:
-    """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs. `fn` must wait for its
+    work to finish (on a GPU, `run` and `kernels_only`'s function do)."""
     for _ in range(warmup):
         fn()
     times = []

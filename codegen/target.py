@@ -13,7 +13,8 @@ from ..ir.machine import AVX2, AVX512, CUDA, NEON, SSE, MachineParams
 
 
 class TargetError(NestorError):
-    """A target Nestor cannot compile for (unknown, malformed, or its device is absent)."""
+    """A target Nestor cannot compile for (unknown, malformed, or its device is absent), or a
+    kernel not scheduled for it (a GPU target's kernels must be bound to blocks and threads)."""
 
 
 def _system_cpu() -> str | None:
@@ -80,6 +81,13 @@ def as_target(target) -> tvm.target.Target:
     if target.kind.name == "cuda" and target.host is None:
         target = tvm.target.Target(target, host=host_target())
     return target
+
+
+def describe(target) -> str:
+    """A target in a few words for messages: "cuda sm_90", "llvm znver4"."""
+    target = as_target(target)
+    detail = target.attrs.get("arch" if target.kind.name == "cuda" else "mcpu")
+    return f"{target.kind.name} {detail}" if detail else target.kind.name
 
 
 def is_gpu(target) -> bool:

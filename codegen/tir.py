@@ -12,6 +12,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as T
 
 from .fast_math import FAST_FLOAT32
+from .target import TargetError
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
                        Load, Logic, Not, Seq, Select, Store, Var, is_float, walk, walk_stmts)
 
@@ -33,9 +34,11 @@ _INTRIN = {
 }
 
 
-def _float32_intrinsic(fn: str, args):
-    """Where libm's would be scalar calls even in a vector loop, arithmetic that vectorizes."""
-    return FAST_FLOAT32[fn](*args) if fn in FAST_FLOAT32 else _INTRIN[fn](*args)
+def _float32_intrinsic(fn: str, args, polynomials: bool):
+    """With `polynomials` (LLVM), arithmetic that vectorizes where libm's would be scalar calls
+    even in a vector loop; without (CUDA, whose exp, tanh and erf are fast native calls), the
+    intrinsic itself."""
+    return FAST_FLOAT32[fn](*args) if polynomials and fn in FAST_FLOAT32 else _INTRIN[fn](*args)
 
 
 @contextlib.contextmanager
@@ -53,7 +56,10 @@ def _bound(scope: dict, key, value):
 
 
 class _Lower:
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, gpu: bool):
+        self.gpu = gpu
+        self.name = kernel.name
+        self.launched = 0  # GPU-bound loops around the statement being lowered
         self.vars: dict[str, tirx.Var] = {}
         self.bufs: dict[Buffer, tirx.Buffer] = {}
         self.thread_extents: dict[str, int] = {}
@@ -107,9 +113,9 @@ class _Lower:
             if e.dtype == "float16" and e.fn != "abs":
                 # LLVM lacks several half intrinsics (erf ...): compute in float32, round back
                 wide = [tirx.Cast("float32", a) for a in args]
-                return tirx.Cast("float16", _float32_intrinsic(e.fn, wide))
+                return tirx.Cast("float16", _float32_intrinsic(e.fn, wide, not self.gpu))
             if e.dtype == "float32":
-                return _float32_intrinsic(e.fn, args)
+                return _float32_intrinsic(e.fn, args, not self.gpu)
             return _INTRIN[e.fn](*args)
         raise TypeError(f"not an expression: {e!r}")
 
@@ -198,6 +204,10 @@ class _Lower:
             for part in s.stmts:
                 self.stmt(part)
         elif isinstance(s, Store):
+            if self.gpu and not self.launched:  # TVM would make it host code on device memory
+                raise TargetError(f"kernel {self.name}: the store to {s.buffer.name} is in no loop bound "
+                                  "to the GPU; a GPU target needs every loop nest bound to blockIdx/"
+                                  "threadIdx (a GPU schedule, or bind(loop, blockIdx.x) ...)")
             buf = self.buffer(s.buffer)
             idx = [self.expr(i) for i in s.indices]
             val = self.expr(s.value)
@@ -207,17 +217,26 @@ class _Lower:
         elif isinstance(s, For):
             if s.kind in _FOR:
                 frame, extent = _FOR[s.kind](0, s.extent), s.extent
+            elif not self.gpu:  # a GPU binding on the CPU: its iterations are independent, so
+                # in order they compute the same (passes.without_bindings; constant stages of a
+                # GPU schedule run so at compile time)
+                frame, extent = T.serial(0, s.extent), s.extent
             else:  # GPU binding: the loop is the thread axis, launched with the kernel's largest
                 # extent for that axis (TVM does that too, silently): smaller loops are guarded
+                if not self.launched:  # each top-level bound nest is a kernel launch of its own
+                    self.thread_extents = _launch_extents(s)
                 extent = self.thread_extents[s.kind]
                 frame = T.thread_binding(0, extent, thread=s.kind)
+            launched = self.gpu and s.kind not in _FOR
             with frame as v, _bound(self.vars, s.var, v):
                 IRBuilder.name(s.var, v)
+                self.launched += launched
                 if extent > s.extent:
                     with T.If(v < s.extent), T.Then():
                         self.stmt(s.body)
                 else:
                     self.stmt(s.body)
+                self.launched -= launched
         elif isinstance(s, If):
             # likely(): TVM's loop partitioning only splits loops on likely conditions; so a
             # non-dividing tile's guard is peeled off into its last iteration, and the others
@@ -244,9 +263,20 @@ class _Lower:
             raise TypeError(f"not a statement: {s!r}")
 
 
-def to_primfunc(kernel: Kernel) -> tirx.PrimFunc:
-    """The kernel as a PrimFunc named kernel.name with params inputs + outputs, in that order."""
-    low = _Lower(kernel)
+def _launch_extents(launch: For) -> dict[str, int]:
+    """The largest extent of each GPU axis among the loops of one launch."""
+    extents: dict[str, int] = {}
+    for s in walk_stmts(launch):
+        if isinstance(s, For) and s.kind not in _FOR:
+            extents[s.kind] = max(s.extent, extents.get(s.kind, 0))
+    return extents
+
+
+def to_primfunc(kernel: Kernel, gpu: bool = False) -> tirx.PrimFunc:
+    """The kernel as a PrimFunc named kernel.name with params inputs + outputs, in that order.
+    `gpu`: for a CUDA target (native math calls, bound loops launched as thread axes); else for
+    the CPU (float32 polynomials of fast_math.py, bound loops serial)."""
+    low = _Lower(kernel, gpu)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(kernel.name)
