@@ -19,13 +19,14 @@ SCHEDULES: dict[str, Callable[..., Kernel] | None] = {   # called with the kerne
 
 
 def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
-                blocked: bool = True, winograd: bool = True, target=None) -> Graph:
+                blocked: bool | None = None, winograd: bool | None = None, target=None) -> Graph:
     """ONNX model (path or ModelProto) → Nestor graph of kernels. `optimize`: fold BatchNorms
     into convolutions (frontend/graph_passes.py), with `blocked` put convolutions and their
     neighbours in NCHW<b>c (frontend/layout.py; with `winograd`, its 3x3 stride-1 convs as
     Winograd F(2x2, 3x3): frontend/winograd.py), and fuse elementwise consumers into the
-    kernels that produce their inputs (passes/fusion.py). `target` (default: this CPU) decides
-    the layouts' blocks."""
+    kernels that produce their inputs (passes/fusion.py). `target` (anything `as_target` takes:
+    "cpu", the default, "cuda", a TVM target string or JSON) decides the layouts' blocks, and
+    `blocked` and `winograd` where they are None (on for a CPU, off for a GPU)."""
     graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked,
                          winograd=winograd, machine=machine_params(target))
     return fuse_elementwise(graph) if optimize else graph
@@ -58,12 +59,13 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
             schedule: str | os.PathLike | ModelSchedule = "default", records: str | None = None,
-            optimize: bool = True, blocked: bool = True, winograd: bool = True,
+            optimize: bool = True, blocked: bool | None = None, winograd: bool | None = None,
             progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Compile an ONNX model (path, ModelProto or an imported Graph, compiled as it is) into a
     runnable model; `schedule` is anything `scheduler` takes; `records`: use the best tuned
     schedules stored there; `optimize`, `blocked`, `winograd`: as in `import_onnx`; `target`:
-    a TVM target, its JSON or dict form, or None (this CPU)."""
+    "cpu" or None (this CPU), "cuda" (this machine's GPU), a TVM target, its string, JSON or
+    dict form. The model runs on the target's device."""
     target = as_target(target)
     graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd, target)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),

@@ -1,7 +1,7 @@
 """Nestor as an ONNX backend (`onnx.backend.base.Backend`), like `onnxruntime.backend`.
 
     import nestor.backend as backend
-    rep = backend.prepare(model, device="CPU")
+    rep = backend.prepare(model, device="CPU")   # or "CUDA": compiled for this machine's GPU
     outputs = rep.run([x])
 
 ONNX's own backend test runner (`onnx.backend.test.BackendTest`) can drive it.
@@ -16,8 +16,11 @@ from onnx import helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from .api import compile as nestor_compile
+from .codegen import TargetError, gpu_present
 from .frontend import UnsupportedOpError
 from .ir.errors import ModelError
+
+TARGETS = {"CPU": "cpu", "CUDA": "cuda"}   # ONNX device names (onnx.backend.base.DeviceType)
 
 
 class NestorRep(BackendRep):
@@ -25,10 +28,11 @@ class NestorRep(BackendRep):
     values of integer inputs (a Reshape target, Slice bounds, reduction axes fed at run time),
     the rep compiles on first run with those inputs baked in as constants, once per value."""
 
-    def __init__(self, model: onnx.ModelProto, compiled=None, input_shapes=None):
+    def __init__(self, model: onnx.ModelProto, compiled=None, input_shapes=None, target="cpu"):
         self.model = model
         self.compiled = compiled
         self.input_shapes = input_shapes
+        self.target = target
         self._specialized: dict[bytes, object] = {}
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
@@ -44,7 +48,8 @@ class NestorRep(BackendRep):
         baked = {n: np.asarray(v) for n, v in values.items() if _shape_like(np.asarray(v))}
         key = b"".join(n.encode() + v.tobytes() + str(v.shape).encode() for n, v in sorted(baked.items()))
         if key not in self._specialized:
-            self._specialized[key] = nestor_compile(_bake(self.model, baked), input_shapes=self.input_shapes)
+            self._specialized[key] = nestor_compile(_bake(self.model, baked), input_shapes=self.input_shapes,
+                                                    target=self.target)
         rest = {n: v for n, v in values.items() if n not in baked}
         return tuple(self._specialized[key].run(rest))
 
@@ -52,19 +57,21 @@ class NestorRep(BackendRep):
 class NestorBackend(Backend):
     @classmethod
     def supports_device(cls, device: str) -> bool:
-        return device.upper() == "CPU"
+        """CPU always; CUDA where an NVIDIA GPU is present."""
+        return _target(device) == "cpu" or gpu_present()
 
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> NestorRep:
         if not cls.supports_device(device):
-            raise RuntimeError(f"Nestor's ONNX backend runs on CPU only, not {device}")
+            raise TargetError(f"device {device!r}: no NVIDIA GPU is present here")
+        target = _target(device)
         shapes = kwargs.get("input_shapes")
         try:
-            return NestorRep(model, nestor_compile(model, input_shapes=shapes), shapes)
+            return NestorRep(model, nestor_compile(model, input_shapes=shapes, target=target), shapes, target)
         except (UnsupportedOpError, ModelError) as err:
             if not _needs_values(err):
                 raise
-            return NestorRep(model, None, shapes)  # compiled at run time, per input value
+            return NestorRep(model, None, shapes, target)  # compiled at run time, per input value
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any):
@@ -84,6 +91,18 @@ class NestorBackend(Backend):
         model = helper.make_model(helper.make_graph([node], "node", vis, outs),
                                   opset_imports=[helper.make_opsetid("", opset)])
         return cls.run_model(model, inputs, device)
+
+
+def _target(device: str) -> str:
+    """The target of an ONNX device name ("CPU", "CUDA", "CUDA:0")."""
+    kind, _, index = str(device).partition(":")
+    kind = kind.strip().upper()
+    if kind not in TARGETS:
+        raise TargetError(f"unknown device {device!r}: Nestor's ONNX backend runs on "
+                          f"{' or '.join(TARGETS)}")
+    if index.strip() not in ("", "0"):
+        raise TargetError(f"device {device!r}: Nestor runs on the first device only ({kind}:0)")
+    return TARGETS[kind]
 
 
 def _array(value) -> np.ndarray:

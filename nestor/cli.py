@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="tune the model's kernels first (into --records, default nestor_records.sqlite)")
     _tuning_args(c)
     _shape_and_schedule_args(c)
+    _target_arg(c)
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled model (or an ONNX model, compiled first)")
@@ -58,12 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--save-outputs", metavar="OUT.npz", help="save the outputs, by name")
     r.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
     _shape_and_schedule_args(r)
+    _target_arg(r, default=None, default_text="a compiled model's own; cpu for an ONNX model")
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("ir", help="print the Nestor IR of a model's kernels")
     i.add_argument("model", help="model.onnx")
     i.add_argument("--node", help="only the kernel of this node")
     _shape_and_schedule_args(i, default_schedule="none")
+    _target_arg(i)
     i.set_defaults(func=cmd_ir)
 
     ps = sub.add_parser("passes", help="list the schedule passes (built-ins and plugins)")
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--records", default="nestor_records.sqlite", help="records database (default: %(default)s)")
     _tuning_args(t)
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    _target_arg(t)
     t.set_defaults(func=cmd_tune)
 
     b = sub.add_parser("bench", help="benchmarks: models against ONNX Runtime, kernels against MetaSchedule")
@@ -88,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "models: tune into it, or without --time-budget compile from it; "
                                      "costmodel: the records to evaluate on")
     b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
+    _target_arg(b)
     b.set_defaults(func=cmd_bench)
     return p
 
@@ -98,6 +103,17 @@ def _tuning_args(p) -> None:
                                               "with --time-budget alone: as many as fit)")
     p.add_argument("--time-budget", metavar="30m", help="stop tuning after this long (s, m or h)")
     p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
+
+
+def _target_arg(p, default: str | None = "cpu", default_text: str = "cpu") -> None:
+    p.add_argument("--target", default=default, metavar="TARGET",
+                   help=f"cpu, cuda, or a TVM target string or JSON (default: {default_text})")
+
+
+def _target(args):
+    """The TVM target of --target, checked before any work (a bad one: one line, exit 1)."""
+    from .codegen import as_target
+    return as_target(args.target)
 
 
 def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
@@ -124,24 +140,30 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def _compile(path: str, args):
     from .api import compile as nestor_compile
+    from .codegen import describe
+    target = _target(args)
+    print(f"  compiling for {describe(target)}", flush=True)
     start = time.perf_counter()
-    model = nestor_compile(path, input_shapes=_input_shapes(args.input_shape),
+    model = nestor_compile(path, input_shapes=_input_shapes(args.input_shape), target=target,
                            schedule=args.schedule, records=getattr(args, "records", None),
                            progress=lambda msg: print(f"  {msg}", flush=True))
     return model, time.perf_counter() - start
 
 
 def cmd_compile(args) -> int:
+    from .codegen import describe
+    _target(args)
     if args.tune:
         from .api import import_onnx
         args.records = args.records or "nestor_records.sqlite"
-        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape)), args)
+        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape), target=args.target), args)
     elif args.trials or args.time_budget:
         raise InputError("--trials and --time-budget need --tune")
     model, seconds = _compile(args.model, args)
     out = args.output or os.path.splitext(args.model)[0] + ".nestor"
     model.save(out)
-    print(f"compiled {args.model} in {seconds:.1f} s: {len(model.plan['steps'])} kernel calls, "
+    print(f"compiled {args.model} for {describe(model.target)} in {seconds:.1f} s: "
+          f"{len(model.plan['steps'])} kernel calls, "
           f"{model.num_kernels} distinct kernels, arena {model.plan['arena_bytes'] / 2**20:.1f} MiB "
           f"(unplanned {model.plan['naive_bytes'] / 2**20:.1f} MiB) -> {out}")
     return 0
@@ -150,11 +172,14 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     from .api import load
     if args.model.endswith(".onnx"):
+        args.target = args.target or "cpu"
         model, _ = _compile(args.model, args)
     else:
+        wanted = _target(args) if args.target is not None else None
         if not os.path.isfile(args.model):
             raise InputError(f"no such compiled model: '{args.model}'")
         model = load(args.model)
+        _check_artifact_target(args.model, model.target, wanted)
     inputs = model.random_inputs()
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -177,11 +202,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _check_artifact_target(path: str, has, wanted) -> None:
+    """A compiled model runs on its own target's device: a --target of another kind is an error."""
+    from .codegen import describe, is_gpu
+    if wanted is not None and wanted.kind.name != has.kind.name:
+        raise InputError(f"'{path}' was compiled for {describe(has)}, not for --target "
+                         f"{describe(wanted)}; compile the ONNX model with --target "
+                         f"{'cuda' if is_gpu(wanted) else 'cpu'}")
+
+
 def cmd_ir(args) -> int:
     from .api import import_onnx, scheduler
     from .ir import print_kernel, structural_hash
-    graph = import_onnx(args.model, _input_shapes(args.input_shape))
-    schedule = scheduler(args.schedule, graph)
+    graph = import_onnx(args.model, _input_shapes(args.input_shape), target=_target(args))
+    schedule = scheduler(args.schedule, graph, target=args.target)
     nodes = [n for n in graph.nodes if n.kernel is not None]
     if args.node:
         nodes = [n for n in nodes if n.name == args.node]
@@ -274,10 +308,11 @@ def _plugin_origin(cls, entry_points) -> str:
 
 
 def cmd_bench(args) -> int:
+    _target(args)
     if args.suite == "kernels":
         from .bench_kernels import bench_kernels
         bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
-                      records=args.records)
+                      records=args.records, target=args.target)
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report
@@ -290,7 +325,8 @@ def cmd_bench(args) -> int:
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
-    bench_models(names, repeat=args.repeat, time_budget=_seconds(args.time_budget), records=args.records)
+    bench_models(names, repeat=args.repeat, time_budget=_seconds(args.time_budget), records=args.records,
+                 target=args.target)
     return 0
 
 
@@ -305,14 +341,16 @@ def _seconds(text: str | None) -> float | None:
 
 
 def cmd_tune(args) -> int:
+    _target(args)
     if args.model.endswith(".ir"):
         from .autotune.tune import tune_kernels
         kernel = _read_kernel(args.model)
-        _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, model_path=args.cost_model),
+        _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, target=args.target,
+                                          model_path=args.cost_model),
               f"kernel {kernel.name}", 1, args)
     else:
         from .api import import_onnx
-        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape)), args)
+        _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape), target=args.target), args)
     print(f"records in {args.records} (use: nestor compile {args.model} --records {args.records})")
     return 0
 
@@ -331,7 +369,7 @@ def _tune_graph(graph, args) -> None:
     from .autotune.tune import tune_graph
     from .ir import structural_hash
     distinct = len({structural_hash(k) for k in graph.kernels()})
-    _tune(lambda budget: tune_graph(graph, budget, args.records, model_path=args.cost_model),
+    _tune(lambda budget: tune_graph(graph, budget, args.records, target=args.target, model_path=args.cost_model),
           f"{distinct} distinct kernels of {len(graph.kernels())} calls", distinct, args)
 
 
@@ -342,7 +380,8 @@ def _tune(run, what: str, distinct: int, args) -> None:
     from .autotune.task_scheduler import task_table
     seconds = _seconds(args.time_budget)
     budget = Budget(args.trials or (None if seconds is not None else 64 * distinct), seconds)
-    print(f"tuning {what} ({budget}); records in {args.records}", flush=True)
+    from .codegen import describe
+    print(f"tuning {what} for {describe(args.target)} ({budget}); records in {args.records}", flush=True)
     start = time.perf_counter()
     tasks = run(budget)
     task_table(tasks)

@@ -1,4 +1,6 @@
 """The CLI end to end: compile, run (with inputs and saved outputs), ir."""
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -70,3 +72,57 @@ def test_tune_a_kernel_file_within_a_time_budget_only(tmp_path, capsys):
     assert "/1000000000" not in captured.err  # no trial count stands in for "no limit"
     with Records(records) as db:
         assert db.count() > 0
+
+
+# --- --target ----------------------------------------------------------------------------------
+
+def _tiny_onnx(tmp_path) -> str:
+    from tests.test_gpu_runtime import tiny_model
+    path = str(tmp_path / "tiny.onnx")
+    onnx.save(tiny_model(), path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["compile", "run", "tune", "ir"])
+def test_a_bad_target_is_one_line(tmp_path, capsys, command):
+    path = _tiny_onnx(tmp_path)
+    assert main([command, path, "--target", "cuda2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nestor: error: unknown target 'cuda2'")
+    assert main([command, path, "--target", '{"kind": "llvm"']) == 1
+    assert "is not valid JSON" in capsys.readouterr().err
+
+
+def test_bench_with_a_bad_target_is_one_line(capsys):
+    assert main(["bench", "models", "--target", "tpu"]) == 1
+    assert capsys.readouterr().err.startswith("nestor: error: unknown target 'tpu'")
+
+
+def test_compile_prints_its_target_and_run_keeps_the_artifacts(tmp_path, capsys):
+    path = _tiny_onnx(tmp_path)
+    assert main(["compile", path, "--target", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "compiling for llvm" in out and "for llvm" in out.splitlines()[-1]
+    art = str(tmp_path / "tiny.nestor")
+    assert main(["run", art, "--repeat", "1"]) == 0
+    assert main(["run", art, "--target", "cpu", "--repeat", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", art, "--target", "cuda"]) == 1   # whether or not a GPU is here
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compiled for llvm" in err and "--target cuda" in err
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc to build CUDA code")
+def test_compile_for_cuda_and_run_here(tmp_path, capsys):
+    from nestor.codegen import gpu_present
+    path = _tiny_onnx(tmp_path)
+    assert main(["compile", path, "--target", "cuda", "--schedule",
+                 "bind(i0, blockIdx.x); bind(i1, threadIdx.x)"]) == 0
+    assert "compiling for cuda sm_" in capsys.readouterr().out
+    code = main(["run", str(tmp_path / "tiny.nestor"), "--repeat", "2"])
+    captured = capsys.readouterr()
+    if gpu_present():
+        assert code == 0 and "median latency" in captured.out
+    else:
+        assert code == 1 and captured.err.count("\n") == 1
+        assert "compiled for an NVIDIA GPU" in captured.err and "no GPU is present" in captured.err
