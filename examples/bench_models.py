@@ -1,12 +1,16 @@
 """Nestor vs ONNX Runtime on the nine light CNNs (random weights) and a BERT-base encoder layer.
 
-Same process, interleaved runs, medians, ONNX Runtime on 2 intra-op threads.
+Same process, interleaved runs, medians, ONNX Runtime on 2 intra-op threads; with --target cuda,
+PyTorch eager on the GPU instead (the same ONNX model through onnx2torch).
     python examples/bench_models.py [--models resnet50,squeezenet] [--repeat 20] [--time-budget 30m]
-The last line reads `geomean latency ratio vs ONNX Runtime: <X>`.
+        [--target cuda]
+The last line reads `geomean latency ratio vs ONNX Runtime: <X>` (or `vs PyTorch`).
 """
 import argparse
+import sys
 
 from nestor.bench import MODELS, bench_models
+from nestor.ir.errors import NestorError
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -17,7 +21,11 @@ if __name__ == "__main__":
     p.add_argument("--time-budget", metavar="30m", help="tune each model this long first (s, m or h)")
     p.add_argument("--records", help="tuning records database (default: a temporary one); without "
                                      "--time-budget, compile from it untouched")
+    p.add_argument("--target", help="cpu (default), cuda, or a TVM target string or JSON")
     args = p.parse_args()
     from nestor.cli import _seconds
-    bench_models(args.models.split(",") if args.models else None, args.repeat, args.schedule,
-                 _seconds(args.time_budget), args.records)
+    try:
+        bench_models(args.models.split(",") if args.models else None, args.repeat, args.schedule,
+                     _seconds(args.time_budget), args.records, target=args.target)
+    except NestorError as err:  # one line, as the CLI says it
+        sys.exit(f"error: {err}")

@@ -1,6 +1,8 @@
-"""Side-by-side benchmarks against ONNX Runtime (same process, interleaved runs, medians)."""
+"""Side-by-side benchmarks against ONNX Runtime on the CPU and PyTorch on the GPU (same
+process, interleaved runs, medians)."""
 from __future__ import annotations
 
+import importlib
 import os
 import time
 
@@ -58,13 +60,72 @@ def interleaved_medians(fns: list, repeat: int, warmup: int = 2, block: int = 3,
     return [float(np.median(t)) for t in times]
 
 
+def gpu_interleaved_medians(fns: list, syncs: list, repeat: int, warmup: int = 3, block: int = 3,
+                            batch: float = 2e-3) -> list[float]:
+    """Median seconds per call of each callable that queues work on the GPU, timed in alternation
+    (turns of `block` timings) until each has `repeat`. One timing is the wall time of n calls
+    back to back and the device synchronization after them (`syncs[i]`), over n; n is chosen
+    per callable so that a timing lasts about `batch` seconds: the sync's own cost is spread
+    out, and a kernel shorter than its launch (a few microseconds) is timed at the launch rate,
+    as it would run in a stream of kernels. No pauses: a GPU has no spinning host threads."""
+    counts = []
+    for fn, sync in zip(fns, syncs):
+        for _ in range(warmup):
+            fn()
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        counts.append(max(1, min(10_000, int(batch / max(time.perf_counter() - start, 1e-7)))))
+    times = [[] for _ in fns]
+    while len(times[0]) < repeat:
+        for t, fn, sync, n in zip(times, fns, syncs, counts):
+            for _ in range(min(block, repeat - len(t))):
+                sync()
+                start = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                sync()
+                t.append((time.perf_counter() - start) / n)
+    return [float(np.median(t)) for t in times]
+
+
+def import_torch(*extra: str):
+    """PyTorch (TF32 off: the competitor computes in float32 as Nestor does) and the modules
+    named in `extra`, or a one-line NestorError saying what to install."""
+    try:
+        torch, *others = [importlib.import_module(m) for m in ("torch", *extra)]
+    except ImportError as err:
+        name = (err.name or "torch").split(".")[0]
+        raise NestorError(f"the GPU benchmark compares with PyTorch and needs {name}: "
+                          f"pip install {name}") from None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return (torch, *others)
+
+
+def need_gpu(target) -> None:
+    """One line, before any tuning, where `target` is a GPU that this machine lacks."""
+    from .codegen import gpu_present
+    if not gpu_present():
+        raise NestorError(f"target {target.kind.name} {target.attrs.get('arch', '')}: the benchmark "
+                          "times on the GPU, and no NVIDIA GPU is present here")
+
+
 def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
-                 time_budget: float | None = None, records: str | None = None, out=print) -> float:
+                 time_budget: float | None = None, records: str | None = None, out=print,
+                 target=None) -> float:
     """With `time_budget` (seconds per model), each model is first tuned (task scheduler) into
     `records` (default: a temporary database per run). Each model is compiled from the best
-    schedules in `records` when given (without a budget: re-time what an earlier run tuned)."""
+    schedules in `records` when given (without a budget: re-time what an earlier run tuned).
+    `target`: anything codegen.as_target takes (default: this CPU); on a GPU the competitor is
+    PyTorch eager on the same ONNX model (through onnx2torch) instead of ONNX Runtime."""
     import tempfile
-    from .api import compile as nestor_compile, import_onnx
+
+    from .api import compile as nestor_compile
+    from .api import import_onnx
+    from .codegen import as_target, is_gpu
+    target = as_target(target)
     names = names or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -72,9 +133,13 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
     if records and not time_budget and not os.path.exists(records):
         raise NestorError(f"{records}: no such records file (without --time-budget, bench models "
                           f"compiles from the records of an earlier run)")
+    competitor = _TorchEager() if is_gpu(target) else _OnnxRuntime()  # fails here, before any tuning
+    if is_gpu(target):
+        need_gpu(target)
     workdir = tempfile.TemporaryDirectory() if time_budget and not records else None
     records = records or (f"{workdir.name}/records.sqlite" if workdir else None)
-    out(f"{'model':<14} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {'ort ms':>9} {'ratio':>7} {'max rel err':>11}")
+    out(f"{'model':<14} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {competitor.label + ' ms':>9} "
+        f"{'ratio':>7} {'max rel err':>11}")
     ratios = []
     for name in names:
         model = example_model(name)
@@ -83,21 +148,70 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
             from .autotune.budget import Budget
             from .autotune.tune import tune_graph
             start = time.perf_counter()
-            tune_graph(import_onnx(model), Budget(seconds=time_budget), records_path=records)
+            tune_graph(import_onnx(model, target=target), Budget(seconds=time_budget), records_path=records,
+                       target=target)
             tune_s = time.perf_counter() - start
         start = time.perf_counter()
-        compiled = nestor_compile(model, schedule=schedule, records=records)
+        compiled = nestor_compile(model, schedule=schedule, records=records, target=target)
         compile_s = time.perf_counter() - start
         inputs = compiled.random_inputs()
-        session = ort_session(model)
-        want = session.run(None, inputs)
+        try:
+            want, t_nestor, t_other = competitor.compare(model, compiled, inputs, repeat)
+        except _CannotConvert as err:
+            out(f"{name:<14} skipped: {err}")
+            continue
         got = compiled.run(inputs)
         err = max(float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-30)) for g, w in zip(got, want))
-        t_nestor, t_ort = interleaved_medians(
-            [lambda: compiled.run(inputs), lambda: session.run(None, inputs)], repeat)
-        ratios.append(t_nestor / t_ort)
-        out(f"{name:<14} {tune_s:>7.0f} {compile_s:>9.1f} {t_nestor * 1e3:>10.2f} {t_ort * 1e3:>9.2f} "
+        ratios.append(t_nestor / t_other)
+        out(f"{name:<14} {tune_s:>7.0f} {compile_s:>9.1f} {t_nestor * 1e3:>10.2f} {t_other * 1e3:>9.2f} "
             f"{ratios[-1]:>7.2f} {err:>11.1e}")
+    if not ratios:
+        raise NestorError(f"no model could be compared with {competitor.name}")
     geomean = float(np.exp(np.mean(np.log(ratios))))
-    out(f"geomean latency ratio vs ONNX Runtime: {geomean:.2f}")
+    out(f"geomean latency ratio vs {competitor.name}: {geomean:.2f}")
     return geomean
+
+
+class _CannotConvert(NestorError):
+    """The competitor cannot run this model (its row says why; the others go on)."""
+
+
+class _OnnxRuntime:
+    """The CPU competitor. Both sides are timed as a user calls them: inputs in, outputs out."""
+    label, name = "ort", "ONNX Runtime"
+
+    def compare(self, model, compiled, inputs, repeat):
+        session = ort_session(model)
+        want = session.run(None, inputs)
+        return (want, *interleaved_medians([lambda: compiled.run(inputs), lambda: session.run(None, inputs)],
+                                           repeat))
+
+
+class _TorchEager:
+    """The GPU competitor: PyTorch eager (float32, no TF32) on the ONNX model converted by
+    onnx2torch. Both sides are timed on inputs already on the GPU, each call waiting for its
+    work (kernels_only's function synchronizes at its end), as one inference's latency."""
+    label, name = "torch", "PyTorch"
+
+    def __init__(self):
+        self.torch, self.onnx2torch = import_torch("onnx2torch")
+
+    def compare(self, model, compiled, inputs, repeat):
+        torch = self.torch
+        try:
+            net = self.onnx2torch.convert(model).eval().cuda()
+        except Exception as err:  # noqa: BLE001 - an op onnx2torch lacks: NotImplementedError, KeyError, ...
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise _CannotConvert(f"onnx2torch cannot convert it ({first})") from None
+        xs = [torch.from_numpy(inputs[n]).cuda() for n in compiled.input_names]
+
+        def infer():
+            with torch.no_grad():
+                y = net(*xs)
+            torch.cuda.synchronize()
+            return y
+        y = infer()
+        want = [t.cpu().numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
+        run = compiled.kernels_only(inputs)
+        done = lambda: None  # both callables wait for their own work
+        return (want, *gpu_interleaved_medians([run, infer], [done, done], repeat))

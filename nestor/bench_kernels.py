@@ -2,9 +2,10 @@
 
 For each kernel of autotune.kernel_suite: tune with Nestor (records in a temporary database)
 and with MetaSchedule (`tune_tir` on the same computation as a tensor expression), check both
-outputs against ONNX Runtime's, then time Nestor's best, MetaSchedule's best, ONNX Runtime (2
-threads) and, for matmuls, NumPy, interleaved in this process. The last line reads
-`geomean speedup vs MetaSchedule: <X>`.
+outputs against ONNX Runtime's, then time Nestor's best, MetaSchedule's best and a third
+opinion interleaved in this process: on the CPU ONNX Runtime (2 threads) and, for matmuls,
+NumPy; on a GPU the same op in PyTorch (float32, no TF32), where PyTorch is installed. The
+last line reads `geomean speedup vs MetaSchedule: <X>`.
 """
 from __future__ import annotations
 
@@ -14,27 +15,45 @@ import tempfile
 import time
 
 import numpy as np
+import onnx
 
-from .bench import interleaved_medians, ort_session
+from .bench import gpu_interleaved_medians, import_torch, interleaved_medians, need_gpu, ort_session
 from .ir.errors import NestorError
 
+# What MetaSchedule's GPU rules and its GPU-code check read from a CUDA target; TVM's "cuda"
+# kind leaves the first two unset. H100/H200 values (48 KiB: the static shared-memory limit).
+_CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
 
-def _tune_nestor(kernel, trials: int, records_path: str):
+
+def _tune_nestor(kernel, trials: int, records_path: str, target):
     """The best schedule found in `trials` measurements (None: none measured), and the seconds taken."""
     from .autotune.budget import Budget
     from .autotune.tune import tune_kernels
     start = time.perf_counter()
-    (task,) = tune_kernels({"k": kernel}, Budget(trials), records_path=records_path, show_progress=True)
+    (task,) = tune_kernels({"k": kernel}, Budget(trials), records_path=records_path, target=target,
+                           show_progress=True)
     return task.schedule, time.perf_counter() - start
 
 
+def metaschedule_target(target):
+    """`target` as MetaSchedule tunes for it: a CUDA target gets the limits its rules need."""
+    import tvm
+    if target.kind.name != "cuda":
+        return target
+    limits = {**_CUDA_LIMITS, "max_threads_per_block": int(target.attrs.get("max_num_threads", 1024))}
+    return tvm.target.Target({**limits, **dict(target.export())})  # what the target sets wins
+
+
 def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
+    """MetaSchedule's best build after `trials` more measurements; its database in `workdir`
+    resumes across runs, as Nestor's records do."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    target = metaschedule_target(target)
     mod = tvm.IRModule({"main": prim_func})
     start = time.perf_counter()
-    database = ms.tune_tir(mod, target, os.path.join(workdir, "ms"), max_trials_global=trials,
+    database = ms.tune_tir(mod, target, workdir, max_trials_global=trials,
                            num_trials_per_iter=min(64, trials))
     seconds = time.perf_counter() - start
     sch = ms.tir_integration.compile_tir(database, mod, target)
@@ -43,67 +62,131 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
     return tvm.compile(sch.mod, target=target)["main"], seconds
 
 
+def torch_op(node: onnx.NodeProto, torch):
+    """The PyTorch call that computes a suite kernel's ONNX node (inputs in the node's order),
+    or None where PyTorch has no single op for it."""
+    F = torch.nn.functional
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMul":
+        return torch.matmul
+    if node.op_type == "Conv":
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if pads[:2] != pads[2:]:
+            return None  # torch pads both sides alike
+        return lambda x, w: F.conv2d(x, w, stride=tuple(attrs.get("strides", (1, 1))), padding=tuple(pads[:2]),
+                                     dilation=tuple(attrs.get("dilations", (1, 1))), groups=attrs.get("group", 1))
+    if node.op_type == "Softmax":
+        return lambda x: torch.softmax(x, attrs.get("axis", -1))
+    if node.op_type == "LayerNormalization" and attrs.get("axis", -1) == -1:
+        return lambda x, gamma, beta: F.layer_norm(x, gamma.shape, gamma, beta, attrs.get("epsilon", 1e-5))
+    return None
+
+
+def _optional_torch(out):
+    """PyTorch for the GPU table's third column, or None (then that column shows "-")."""
+    try:
+        (torch,) = import_torch()
+    except NestorError as err:
+        out(f"-- no PyTorch column: {err}")
+        return None
+    return torch
+
+
 def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
-                  records: str | None = None, out=print) -> float:
-    """`records`: keep Nestor's measurements in this database (it resumes from what is there, so
-    use a new file for a fair count of trials); by default they go to a temporary one."""
-    import tvm
+                  records: str | None = None, out=print, target=None) -> float:
+    """`records`: keep Nestor's measurements in this database and MetaSchedule's beside it
+    (`<records>.ms/<kernel>/`); both resume from what is there, each spending `trials` more
+    measurements per run, so a long tuning can be split into short runs. By default both go to a
+    temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
     from .api import import_onnx
     from .autotune.kernel_suite import SUITE
     from .autotune.search import kernel_flops
-    from .codegen import build, host_target
+    from .codegen import as_target, build, is_gpu
     names = names or list(SUITE)
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(SUITE)}")
-    target, dev = host_target(), tvm.cpu()
+    target = as_target(target)
+    gpu = is_gpu(target)
+    if gpu:
+        need_gpu(target)
+    torch = _optional_torch(out) if gpu else None
     rows, speedups = [], []
     for name in names:
         suite = SUITE[name]
-        model = suite.onnx_model()
-        (node,) = [n for n in import_onnx(model).nodes if n.kernel is not None]
-        xs = suite.random_inputs()
-        feeds = {n: x for (n, _), x in zip(suite.inputs, xs)}
-        session = ort_session(model)
-        want = session.run(None, feeds)[0]
+        (node,) = [n for n in import_onnx(suite.onnx_model(), target=target).nodes if n.kernel is not None]
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
             schedule, nestor_s = _tune_nestor(node.kernel, trials,
-                                              records or os.path.join(workdir, "nestor.sqlite"))
+                                              records or os.path.join(workdir, "nestor.sqlite"), target)
             out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
-            ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials, workdir, target)
+            ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials,
+                                             f"{records}.ms/{name}" if records else os.path.join(workdir, "ms"),
+                                             target)
+        if schedule is None and gpu:  # an unscheduled nest binds no threads: it cannot run
+            raise NestorError(f"{name}: Nestor's tuner measured no valid schedule for {target.kind.name}")
         best = schedule.apply(node.kernel) if schedule else node.kernel
-        nestor_fn = build([best], target).get(best.name)
-        args = [tvm.runtime.tensor(x, dev) for x in xs]
-        y_nestor = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
-        y_ms = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
-        nestor_fn(*args, y_nestor)
-        ms_fn(*args, y_ms)
-        scale = float(np.max(np.abs(want))) or 1.0
-        for who, y in (("Nestor", y_nestor), ("MetaSchedule", y_ms)):
-            err = float(np.max(np.abs(y.numpy() - want))) / scale
-            if err > 1e-3:
-                raise NestorError(f"{name}: {who}'s output differs from ONNX Runtime's (max rel err {err:.1e})")
-        fns = [lambda: nestor_fn(*args, y_nestor), lambda: ms_fn(*args, y_ms), lambda: session.run(None, feeds)]
-        if suite.numpy_matmul:
-            fns.append(lambda: np.matmul(*xs))
-        times = interleaved_medians(fns, repeat)
-        t_nestor, t_ms, t_ort = times[:3]
-        t_np = times[3] if suite.numpy_matmul else None
+        t_nestor, t_ms, t_ref, t_np = _time_side_by_side(name, suite, build([best], target).get(best.name),
+                                                         ms_fn, target, torch, repeat)
         gflops = kernel_flops(node.kernel) / t_nestor / 1e9
         speedups.append(t_ms / t_nestor)
-        rows.append((name, t_nestor, t_ms, speedups[-1], nestor_s, ms_s, t_ort, t_np, gflops))
-        _print_table(rows[-1:], out)
-    _print_table(rows, out)
+        rows.append((name, t_nestor, t_ms, speedups[-1], nestor_s, ms_s, t_ref, t_np, gflops))
+        _print_table(rows[-1:], out, gpu)
+    _print_table(rows, out, gpu)
     geomean = float(np.exp(np.mean(np.log(speedups))))
     out(f"geomean speedup vs MetaSchedule: {geomean:.2f}")
     return geomean
 
 
-def _print_table(rows, out) -> None:
+def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
+    """Check each competitor's output against ONNX Runtime's, then time them interleaved:
+    medians of Nestor, MetaSchedule, the third opinion (ONNX Runtime on the CPU, PyTorch on a
+    GPU; None where there is none) and NumPy (CPU matmuls, else None)."""
+    import tvm
+
+    from .codegen import device_of, is_gpu
+    dev = device_of(target)
+    xs = suite.random_inputs()
+    feeds = {n: x for (n, _), x in zip(suite.inputs, xs)}
+    session = ort_session(suite.onnx_model())
+    want = session.run(None, feeds)[0]
+    args = [tvm.runtime.tensor(x, dev) for x in xs]
+    y_nestor = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
+    y_ms = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
+    fns = [lambda: nestor_fn(*args, y_nestor), lambda: ms_fn(*args, y_ms)]
+    outputs = {"Nestor": lambda: y_nestor.numpy(), "MetaSchedule": lambda: y_ms.numpy()}
+    op = torch_op(suite.node(), torch) if torch else None
+    if op:
+        txs = [torch.from_numpy(x).cuda() for x in xs]
+        fns.append(lambda: op(*txs))
+        outputs["PyTorch"] = lambda: op(*txs).cpu().numpy()
+    for fn in fns[:2]:  # fills the outputs checked below
+        fn()
+    scale = float(np.max(np.abs(want))) or 1.0
+    for who, y in outputs.items():
+        err = float(np.max(np.abs(y() - want))) / scale
+        if err > 1e-3:
+            raise NestorError(f"{name}: {who}'s output differs from ONNX Runtime's (max rel err {err:.1e})")
+    if is_gpu(target):
+        syncs = [dev.sync, dev.sync] + ([torch.cuda.synchronize] if op else [])
+        times = gpu_interleaved_medians(fns, syncs, repeat)
+        return times[0], times[1], (times[2] if op else None), None
+    fns.append(lambda: session.run(None, feeds))
+    if suite.numpy_matmul:
+        fns.append(lambda: np.matmul(*xs))
+    times = interleaved_medians(fns, repeat)
+    return times[0], times[1], times[2], (times[3] if suite.numpy_matmul else None)
+
+
+def _print_table(rows, out, gpu: bool = False) -> None:
+    """Third opinions: ONNX Runtime (and NumPy for matmuls) on the CPU, PyTorch on a GPU."""
+    ref = "torch" if gpu else "ort"
+    pct = max(8, len("% of " + ref))
+    numpy_head = "" if gpu else f" {'numpy ms':>8}"
     out(f"{'kernel':<14} {'nestor ms':>10} {'ms ms':>9} {'speedup':>7} {'tune s':>7} {'ms tune s':>9} "
-        f"{'ort ms':>8} {'% of ort':>8} {'numpy ms':>8} {'GFLOP/s':>8}")
-    for name, tn, tm, sp, ns, mss, to, tnp, gf in rows:
-        numpy_col = f"{tnp * 1e3:>8.3f}" if tnp else f"{'-':>8}"
+        f"{ref + ' ms':>8} {'% of ' + ref:>{pct}}{numpy_head} {'GFLOP/s':>8}")
+    for name, tn, tm, sp, ns, mss, tr, tnp, gf in rows:
+        ref_cols = f"{tr * 1e3:>8.3f} {tr / tn * 100:>{pct - 1}.0f}%" if tr else f"{'-':>8} {'-':>{pct}}"
+        numpy_col = "" if gpu else f" {tnp * 1e3:>8.3f}" if tnp else f" {'-':>8}"
         out(f"{name:<14} {tn * 1e3:>10.3f} {tm * 1e3:>9.3f} {sp:>7.2f} {ns:>7.0f} {mss:>9.0f} "
-            f"{to * 1e3:>8.3f} {to / tn * 100:>7.0f}% {numpy_col} {gf:>8.1f}")
+            f"{ref_cols}{numpy_col} {gf:>8.1f}")

@@ -1,0 +1,146 @@
+"""The benchmarks' target argument: the CPU tables as they were, the GPU path chosen by the
+target (tuners, competitor, timer), and one-line errors where PyTorch or the GPU is missing.
+GPU-marked tests run a tiny kernel bench and a tiny model bench on CUDA."""
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import nestor.codegen
+from nestor import bench, bench_kernels as bk
+from nestor.autotune.kernel_suite import SUITE
+from nestor.codegen import as_target
+from nestor.ir.errors import NestorError
+
+
+class _Stop(Exception):
+    pass
+
+
+def _fake_torch():
+    flags = SimpleNamespace(allow_tf32=True)
+    return SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=flags), cudnn=SimpleNamespace(allow_tf32=True)))
+
+
+def test_missing_torch_is_one_line_naming_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(NestorError) as err:
+        bench.import_torch("onnx2torch")
+    assert "\n" not in str(err.value) and str(err.value).endswith("pip install torch")
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch())
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)
+    with pytest.raises(NestorError, match=r"needs onnx2torch: pip install onnx2torch$"):
+        bench.import_torch("onnx2torch")
+
+
+def test_import_torch_turns_tf32_off(monkeypatch):
+    fake = _fake_torch()
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert bench.import_torch() == (fake,)
+    assert not fake.backends.cuda.matmul.allow_tf32 and not fake.backends.cudnn.allow_tf32
+
+
+def test_bench_models_on_cuda_without_torch_fails_before_tuning(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr("nestor.autotune.tune.tune_graph", lambda *a, **k: pytest.fail("tuned"))
+    with pytest.raises(NestorError, match="pip install torch") as err:
+        bench.bench_models(["squeezenet"], time_budget=1, records=str(tmp_path / "r.sqlite"), target="cuda",
+                           out=lambda line: None)
+    assert "\n" not in str(err.value)
+
+
+def test_bench_on_cuda_without_a_gpu_says_so_before_tuning(monkeypatch):
+    monkeypatch.setattr(nestor.codegen, "gpu_present", lambda: False)
+    monkeypatch.setattr(bk, "_tune_nestor", lambda *a: pytest.fail("tuned"))
+    with pytest.raises(NestorError, match="no NVIDIA GPU is present here"):
+        bk.bench_kernels(["softmax"], trials=1, target="cuda", out=lambda line: None)
+    monkeypatch.setattr(bench, "import_torch", lambda *extra: (None,) * (1 + len(extra)))
+    with pytest.raises(NestorError, match="no NVIDIA GPU is present here"):
+        bench.bench_models(["squeezenet"], target="cuda", out=lambda line: None)
+
+
+def _tuners_targets(monkeypatch, target, lines):
+    """The targets the two tuners of bench_kernels receive (the bench stops after MetaSchedule)."""
+    seen = {}
+
+    def nestor_tuner(kernel, trials, records, target):
+        seen["nestor"] = target
+        return None, 0.0
+
+    def ms_tuner(prim_func, trials, workdir, target):
+        seen["metaschedule"] = target
+        raise _Stop
+    monkeypatch.setattr(bk, "_tune_nestor", nestor_tuner)
+    monkeypatch.setattr(bk, "_tune_metaschedule", ms_tuner)
+    with pytest.raises(_Stop):
+        bk.bench_kernels(["softmax"], trials=1, target=target, out=lines.append)
+    return seen
+
+
+def test_bench_kernels_tunes_both_for_the_target_given(monkeypatch):
+    lines = []
+    assert {t.kind.name for t in _tuners_targets(monkeypatch, None, lines).values()} == {"llvm"}
+    assert not any("PyTorch" in line for line in lines)  # the CPU table has no PyTorch column
+    monkeypatch.setattr(nestor.codegen, "gpu_present", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    lines = []
+    seen = _tuners_targets(monkeypatch, "cuda", lines)
+    assert {t.kind.name for t in seen.values()} == {"cuda"}
+    assert lines[0] == "-- no PyTorch column: the GPU benchmark compares with PyTorch and needs torch: pip install torch"
+
+
+def test_metaschedule_cuda_target_gets_the_limits_its_rules_read():
+    t = bk.metaschedule_target(as_target({"kind": "cuda", "arch": "sm_80", "max_shared_memory_per_block": 1024}))
+    assert (t.attrs["arch"], int(t.attrs["max_threads_per_block"]), int(t.attrs["thread_warp_size"])) == ("sm_80", 1024, 32)
+    assert int(t.attrs["max_shared_memory_per_block"]) == 1024  # the target's own value wins
+    assert t.host is not None and t.host.kind.name == "llvm"
+    cpu = as_target("cpu")
+    assert bk.metaschedule_target(cpu) is cpu
+
+
+def test_torch_op_is_the_suite_kernels_op():
+    F = SimpleNamespace(conv2d=lambda *a, **k: ("conv2d", k), layer_norm=lambda x, shape, g, b, eps: ("ln", eps))
+    torch = SimpleNamespace(matmul="matmul", softmax=lambda x, axis: ("softmax", axis),
+                            nn=SimpleNamespace(functional=F))
+    op = lambda name: bk.torch_op(SUITE[name].node(), torch)
+    assert op("matmul512") == "matmul" and op("batch_matmul") == "matmul"
+    assert op("conv7x7_stem")(None, None) == ("conv2d", {"stride": (2, 2), "padding": (3, 3), "dilation": (1, 1),
+                                                          "groups": 1})
+    assert op("depthwise3x3")(None, None)[1]["groups"] == 32
+    assert op("softmax")(None) == ("softmax", -1)
+    assert op("layernorm")(None, SimpleNamespace(shape=(768,)), None) == ("ln", pytest.approx(1e-5))
+
+
+def test_gpu_timer_times_each_callable_per_call():
+    slow, fast = lambda: time.sleep(2e-3), lambda: None
+    t_slow, t_fast = bench.gpu_interleaved_medians([slow, fast], [lambda: None] * 2, repeat=3)
+    assert 1.5e-3 < t_slow < 20e-3 and t_fast < 1e-4
+
+
+@pytest.mark.gpu
+def test_kernel_bench_on_cuda_times_nestor_metaschedule_and_torch(tmp_path):
+    lines = []
+    bk.bench_kernels(["matmul512"], trials=8, repeat=3, records=str(tmp_path / "k.sqlite"), target="cuda",
+                     out=lines.append)
+    row = next(line for line in lines[::-1] if line.startswith("matmul512"))
+    assert all(float(x.rstrip("%")) > 0 for x in row.split()[1:])  # the torch column too (PyTorch is there)
+    assert lines[-1].startswith("geomean speedup vs MetaSchedule: ")
+    assert (tmp_path / "k.sqlite.ms" / "matmul512").is_dir()  # MetaSchedule resumes from here
+
+
+@pytest.mark.gpu
+def test_model_bench_on_cuda_times_nestor_beside_torch():
+    pytest.importorskip("onnx2torch")
+    lines = []
+    bench.bench_models(["squeezenet"], repeat=3, target="cuda", out=lines.append)
+    row = next(line for line in lines if line.startswith("squeezenet"))
+    assert float(row.split()[-1]) < 1e-3  # max rel err of Nestor's outputs against PyTorch's
+    assert lines[-1].startswith("geomean latency ratio vs PyTorch: ")
+
+
+def test_cpu_kernel_table_keeps_its_columns():
+    lines = []
+    bk._print_table([("softmax", 1e-4, 2e-4, 2.0, 3, 4, 5e-5, None, 12.0)], lines.append)
+    assert lines == ["kernel          nestor ms     ms ms speedup  tune s ms tune s   ort ms % of ort numpy ms  GFLOP/s",
+                     "softmax             0.100     0.200    2.00       3         4    0.050      50%        -     12.0"]
