@@ -49,16 +49,19 @@ def load_model(source) -> onnx.ModelProto:
 
 
 def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 name: str | None = None, optimize: bool = True, blocked: bool = True,
-                 winograd: bool = True, machine: MachineParams = GENERIC_CPU) -> Graph:
+                 name: str | None = None, optimize: bool = True, blocked: bool | None = None,
+                 winograd: bool | None = None, machine: MachineParams = GENERIC_CPU) -> Graph:
     """Build a Nestor graph from an ONNX model (path or ModelProto).
 
     `input_shapes` fixes dynamic input dimensions (e.g. the batch size); `optimize` runs the
     inference rewrites of graph_passes (BatchNorm folding, dropped aliases) before lowering,
     and with `blocked`, the blocked layouts of layout.py (convolutions in NCHW<b>c; with
     `winograd`, the 3x3 stride-1 ones that winograd.py takes as Winograd F(2x2, 3x3)), its
-    channel blocks those of `machine`.
+    channel blocks those of `machine`. Both None: decided by `machine`, on for CPUs, off for
+    GPUs (the channel blocks are SIMD vectors; GPU schedules tile NCHW directly).
     """
+    blocked = not machine.is_gpu if blocked is None else blocked
+    winograd = not machine.is_gpu if winograd is None else winograd
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     g = model.graph
