@@ -202,3 +202,27 @@ def test_kernels_only_on_the_gpu_runs_and_waits():
     # the kernels ran on the inputs fed: the outputs in place are those of run
     out = compiled._tensors[compiled.output_names[0]].numpy()
     np.testing.assert_array_equal(out, want[0])
+
+
+# --- the ONNX backend --------------------------------------------------------------------------
+
+def test_backend_devices():
+    import nestor.backend as backend
+    assert backend.supports_device("CPU")
+    assert backend.supports_device("CUDA") == gpu_present()
+    with pytest.raises(TargetError, match="unknown device 'TPU'"):
+        backend.prepare(tiny_model(), "TPU")
+    with pytest.raises(TargetError, match="first device only"):
+        backend.prepare(tiny_model(), "CUDA:1")
+    if not gpu_present():
+        with pytest.raises(TargetError, match="no NVIDIA GPU is present"):
+            backend.prepare(tiny_model(), "CUDA")
+
+
+@pytest.mark.gpu
+def test_backend_prepares_for_cuda():
+    import nestor.backend as backend
+    model = tiny_model()
+    rep = backend.prepare(model, "CUDA")
+    assert rep.compiled.device == tvm.cuda(0)
+    assert_close_to_ort(model, rep.compiled)
