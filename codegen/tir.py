@@ -62,13 +62,11 @@ class _Lower:
         self.launched = 0  # GPU-bound loops around the statement being lowered
         self.vars: dict[str, tirx.Var] = {}
         self.bufs: dict[Buffer, tirx.Buffer] = {}
-        self.thread_extents: dict[str, int] = {}
+        self.thread_extents: dict[str, int] = {}  # of the launch being lowered (_launch_extents)
         self.vector_vars: set[str] = set()  # guards on them are not peeled (see If below)
         for s in walk_stmts(kernel.body):
             if isinstance(s, For) and s.kind == "vectorized":
                 self.vector_vars.add(s.var)
-            elif isinstance(s, For) and s.kind not in _FOR:
-                self.thread_extents[s.kind] = max(s.extent, self.thread_extents.get(s.kind, 0))
 
     def _peelable(self, cond) -> bool:
         return not any((isinstance(e, Var) and e.name in self.vector_vars)
@@ -221,7 +219,7 @@ class _Lower:
                 # in order they compute the same (passes.without_bindings; constant stages of a
                 # GPU schedule run so at compile time)
                 frame, extent = T.serial(0, s.extent), s.extent
-            else:  # GPU binding: the loop is the thread axis, launched with the kernel's largest
+            else:  # GPU binding: the loop is the thread axis, launched with the launch's largest
                 # extent for that axis (TVM does that too, silently): smaller loops are guarded
                 if not self.launched:  # each top-level bound nest is a kernel launch of its own
                     self.thread_extents = _launch_extents(s)

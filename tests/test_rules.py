@@ -46,8 +46,8 @@ def strict_kernels():
 
 def test_each_target_has_its_list_of_rules():
     assert [r.name for r in CPU_RULES] == ["rows", "tiling"]
-    assert [r.name for r in CUDA_RULES] == ["gpu_tiling", "bind_spatial"]
-    assert rules_for(AVX2)[:2] == CPU_RULES and rules_for(CUDA)[:2] == CUDA_RULES
+    assert [r.name for r in CUDA_RULES] == ["gpu_rows", "gpu_tiling", "bind_spatial"]
+    assert rules_for(AVX2)[:2] == CPU_RULES and rules_for(CUDA)[:3] == CUDA_RULES
 
 
 @pytest.mark.parametrize("name, rules", [
