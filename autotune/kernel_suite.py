@@ -80,6 +80,10 @@ def _conv_kernel(name, cin, cout, size, kernel, stride, pad, groups=1):
         _conv(stride, pad, groups))
 
 
+# Named by `bench kernels --kernels`, not in the default run (too large to tune on a 2-core CPU):
+# the GPU's reference matmul, measured against cuBLAS.
+EXTRA: dict[str, SuiteKernel] = {k.name: k for k in (_mm("matmul2048", 2048, 2048, 2048),)}
+
 SUITE: dict[str, SuiteKernel] = {k.name: k for k in (
     _mm("matmul512", 512, 512, 512),
     _mm("matmul1024", 1024, 1024, 1024),

@@ -99,13 +99,14 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     measurements per run, so a long tuning can be split into short runs. By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
     from .api import import_onnx
-    from .autotune.kernel_suite import SUITE
+    from .autotune.kernel_suite import EXTRA, SUITE
     from .autotune.search import kernel_flops
     from .codegen import as_target, build, is_gpu
     names = names or list(SUITE)
-    unknown = [n for n in names if n not in SUITE]
+    kernels = {**SUITE, **EXTRA}
+    unknown = [n for n in names if n not in kernels]
     if unknown:
-        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(SUITE)}")
+        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(kernels)}")
     target = as_target(target)
     gpu = is_gpu(target)
     if gpu:
@@ -113,7 +114,7 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     torch = _optional_torch(out) if gpu else None
     rows, speedups = [], []
     for name in names:
-        suite = SUITE[name]
+        suite = kernels[name]
         (node,) = [n for n in import_onnx(suite.onnx_model(), target=target).nodes if n.kernel is not None]
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
