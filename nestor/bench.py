@@ -121,9 +121,7 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
     `target`: anything codegen.as_target takes (default: this CPU); on a GPU the competitor is
     PyTorch eager on the same ONNX model (through onnx2torch) instead of ONNX Runtime."""
     import tempfile
-
-    from .api import compile as nestor_compile
-    from .api import import_onnx
+    from .api import compile as nestor_compile, import_onnx
     from .codegen import as_target, is_gpu
     target = as_target(target)
     names = names or list(MODELS)

@@ -132,9 +132,9 @@ def test_kernel_bench_on_cuda_times_nestor_metaschedule_and_torch(tmp_path):
 @pytest.mark.gpu
 def test_model_bench_on_cuda_times_nestor_beside_torch():
     pytest.importorskip("onnx2torch")
-    lines = []
-    bench.bench_models(["squeezenet"], repeat=3, target="cuda", out=lines.append)
-    row = next(line for line in lines if line.startswith("squeezenet"))
+    lines = []  # (squeezenet's Dropout-7 is one op onnx2torch lacks: its row would say so)
+    bench.bench_models(["bert_layer"], repeat=3, target="cuda", out=lines.append)
+    row = next(line for line in lines if line.startswith("bert_layer"))
     assert float(row.split()[-1]) < 1e-3  # max rel err of Nestor's outputs against PyTorch's
     assert lines[-1].startswith("geomean latency ratio vs PyTorch: ")
 
