@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...ir import Allocate, For, If, Seq, itemsize, walk_stmts
-from ...passes import Bind, CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Reorder, Split, Unroll
+from ...passes import Bind, CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Inline, Reorder, Split, Unroll
 from ..decisions import Choice, PerLoop
 from ..nest import KernelInfo
 from .base import Builder, SketchRule
@@ -31,7 +31,7 @@ from .base import Builder, SketchRule
 THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 MAX_REGISTER_TILE = 64      # accumulators a thread keeps in registers (of 255)
 MAX_UNROLLED = 16           # reduction chunks longer than this stay loops
-STEPS = (1, 2, 4, 8, 16, 32, 64)
+MAX_STEP = 64               # reduction iterations staged at once
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class GpuTileDecisions:
     unroll: bool                # unroll the reduction loops inside a chunk
     interleave: bool            # a thread's tile strided by the threads (neighbours on neighbouring
                                 # elements: coalesced, no bank conflicts), else contiguous
+    inline: bool = False        # the intermediates main reads (a padded input) computed where read
 
 
 def _factors(extent: int, most: int) -> tuple[int, ...]:
@@ -75,9 +76,11 @@ class GpuTiling(SketchRule):
         if field == "inner":
             return PerLoop(tuple(Choice(_factors(l.extent, 16), ordered=True) for l in loops), weight=2)
         if field == "step":
-            first = info.extent(info.main.reduce[0])
-            return Choice(tuple(s for s in STEPS if s <= first), ordered=True)
+            return Choice(_factors(info.extent(info.main.reduce[0]), MAX_STEP), ordered=True)
         if field in ("shared", "unroll", "interleave"):
+            return Choice((False, True))
+        if field == "inline":
+            return Choice((False, True) if info.stages else (False,))
             return Choice((False, True))
         raise KeyError(field)
 
@@ -100,7 +103,15 @@ class GpuTiling(SketchRule):
         while _product(inner) > MAX_REGISTER_TILE:
             k = max(range(len(inner)), key=lambda i: inner[i])
             inner[k] //= 2
-        return GpuTileDecisions(tuple(threads), tuple(inner), d.step, d.shared, d.unroll, d.interleave)
+        step = d.step
+        if d.shared:  # staging needs unguarded tiles (_stage): thread counts and chunks that divide
+            for k, n in enumerate(extents):
+                if n % inner[k]:
+                    inner[k] = max(f for f in range(1, inner[k] + 1) if n % f == 0)
+                threads[k] = max(f for f in range(1, threads[k] + 1) if (n // inner[k]) % f == 0)
+            first = info.extent(info.main.reduce[0])
+            step = max(f for f in range(1, step + 1) if first % f == 0)
+        return GpuTileDecisions(tuple(threads), tuple(inner), step, d.shared, d.unroll, d.interleave, d.inline)
 
     def seeds(self, info: KernelInfo) -> list[GpuTileDecisions]:
         """16×16 threads on the two innermost loops longer than one, 4×4 or 2×2 register tiles,
@@ -114,7 +125,7 @@ class GpuTiling(SketchRule):
             t, i = [1] * len(loops), [1] * len(loops)
             for k, tk, ik in zip(wide[-len(threads):], threads, inner):
                 t[k], i[k] = tk, ik
-            return GpuTileDecisions(tuple(t), tuple(i), step, shared, True, interleave)
+            return GpuTileDecisions(tuple(t), tuple(i), step, shared, True, interleave, bool(info.stages))
         out = [seed((16, 16), (4, 4), 16, True, True), seed((16, 16), (4, 4), 8, True, False),
                seed((16, 16), (2, 2), 16, True, True), seed((16, 16), (4, 4), 1, False, True)]
         if len(wide) >= 3:
@@ -124,6 +135,8 @@ class GpuTiling(SketchRule):
     # realization
 
     def realize(self, info: KernelInfo, d: GpuTileDecisions, b: Builder) -> None:
+        # an inlined padding is read through its guard: one launch and one copy of the input fewer
+        inlined = {stage for stage in info.stages if d.inline and b.may(Inline(stage)) is not None}
         outer, threads, tile = self._tile(info, d, b)
         if len(outer + threads + tile) > 1:
             b.must(Reorder(tuple(outer + threads + tile)))
@@ -144,7 +157,8 @@ class GpuTiling(SketchRule):
         if outer:
             b.must(Bind(outer[0], "blockIdx.x"))
         for nest in info.other_nests:
-            b.must(DefaultNest.for_machine(nest.root, info.machine))
+            if nest.output is None or nest.output.name not in inlined:
+                b.must(DefaultNest.for_machine(nest.root, info.machine))
 
     @staticmethod
     def _tile(info: KernelInfo, d: GpuTileDecisions, b: Builder) -> tuple[list[str], list[str], list[str]]:
@@ -215,10 +229,14 @@ class GpuTiling(SketchRule):
         spread over the block's threads (innermost axis first), within the shared memory of a
         block."""
         at = reduce[0]
-        if _guarded(b.kernel.body, at):  # a tile that does not divide its loop: a barrier there
-            return                       # would wait for threads the guard keeps out
+        site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == at)
+        if _guarded(b.kernel.body, at) or any(isinstance(s, If) for s in walk_stmts(site.body)):
+            # a tile that does not divide its loop: the barriers around the copies would sit
+            # under its guard, waiting for threads the guard keeps out (TVM refuses them)
+            return
         budget = info.machine.shared_memory_per_block
-        for buffer in info.inputs + info.stages:
+        allocated = _allocated(b.kernel)  # the stages not inlined
+        for buffer in info.inputs + tuple(s for s in info.stages if s in allocated):
             trial = CacheRead(buffer, at, "shared")
             try:
                 kernel, made = trial.trace(b.kernel)
@@ -244,26 +262,28 @@ class GpuTiling(SketchRule):
 
 def _spread(b: Builder, loop: str, axes: list[tuple[int, str]]) -> None:
     """Split a copy loop over the block's threads: its innermost part on threadIdx.x, the next
-    on threadIdx.y, ...; what is left runs as a serial loop around them."""
+    on threadIdx.y, ...; what is left runs as a serial loop around them. A part is bound only
+    where it has exactly as many iterations as the axis has threads: a shorter one would be
+    guarded as a whole, and TVM cannot put the barrier that follows the copy inside a guard.
+    (A copy smaller than the block leaves its outer part serial: copied by every thread row.)"""
     total = _product(n for n, _ in axes)
-    if not axes:
-        return
-    if b.extents()[loop] > total:
-        made = b.must(Split(loop, total))
+    if axes and b.extents()[loop] > total:
+        made = b.must(Split(loop, total))  # a copy that does not divide: the store is guarded
         if not made:
             return
         loop = made.one("inner")
-    for n, axis in axes[:-1]:
-        if b.extents()[loop] > n:
-            made = b.must(Split(loop, n))
-            if not made:
-                return
-            b.must(Bind(made.one("inner"), axis))
-            loop = made.one("outer")
-        else:
+    for n, axis in axes:
+        extent = b.extents()[loop]
+        if extent < n:
+            return
+        if extent == n:
             b.must(Bind(loop, axis))
             return
-    b.must(Bind(loop, axes[-1][1]))
+        made = b.must(Split(loop, n))
+        if not made:
+            return
+        b.must(Bind(made.one("inner"), axis))
+        loop = made.one("outer")
 
 
 def _guarded(stmt, loop: str, inside: bool = False) -> bool:
@@ -277,3 +297,7 @@ def _guarded(stmt, loop: str, inside: bool = False) -> bool:
     if isinstance(stmt, If):
         return _guarded(stmt.then, loop, True) or (stmt.otherwise is not None and _guarded(stmt.otherwise, loop, True))
     return False
+
+
+def _allocated(kernel) -> set[str]:
+    return {s.buffer.name for s in walk_stmts(kernel.body) if isinstance(s, Allocate)}
