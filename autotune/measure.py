@@ -230,7 +230,7 @@ class _Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         with open(self.log, "ab") as log:
             # Own session: the user's Ctrl-C is the parent's to handle; it stops us in close().
-            self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+            self.proc = subprocess.Popen([sys.executable, "-P", "-c", code], pass_fds=[theirs.fileno()],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                          start_new_session=True)
         theirs.close()

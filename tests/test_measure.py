@@ -169,3 +169,15 @@ def test_a_kernel_of_a_fifth_of_a_millisecond_is_timed_one_run_a_repeat():
     half = SINGLE_RUN / 2
     assert 1 < runs_per_repeat(half) and abs(runs_per_repeat(half) * half - MIN_REPEAT) <= half
     assert 1000 <= runs_per_repeat(1e-6) <= 1001
+
+
+def test_workers_do_not_import_from_the_working_directory(tmp_path, monkeypatch):
+    """A `nestor` or `tvm` package in the directory a user tunes from is not what the measurement
+    processes run (they start with -P: no working directory on their import path)."""
+    for name in ("nestor", "tvm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise SystemExit('imported from the working directory')\n")
+    monkeypatch.chdir(tmp_path)
+    with Measurer(MATMUL, repeats=1) as m:
+        (r,) = m.measure([GOOD])
+    assert_timed(r, repeats=1)
