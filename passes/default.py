@@ -1,8 +1,8 @@
 """The untuned default schedule: parallelize an outer loop and vectorize an inner one, where legal
-(on a GPU: one thread per output point).
+(on a GPU: one thread per output point, default_gpu.py).
 
 It is what a kernel gets before any tuning: never pathological, never clever. Each top-level loop
-nest is treated on its own. On a CPU:
+nest is treated on its own:
 - the innermost loop, if it is spatial, walks the last (contiguous) index of every store in it
   and its iterations are independent, is vectorized, split by a vector width that divides it
   when it is long;
@@ -10,34 +10,24 @@ nest is treated on its own. On a CPU:
   nest does enough work and its iterations are independent.
 Independence is the dependence test the parallel and vectorize passes use (analysis.py), so a
 recurrence or a stencil that reads what a neighbouring iteration writes stays serial.
-
-On a GPU, the outer perfect band of independent spatial loops of each nest is fused (the loop
-that walks the stores' contiguous index innermost, so neighbouring threads touch neighbouring
-addresses), split by a thread count and bound to blockIdx.x / threadIdx.x: each thread computes
-one output point, with any reduction inside it. What has no such band (a reduction to a scalar,
-a recurrence, a statement outside any loop) runs on one thread. Sibling nests become separate
-launches (TVM splits the kernel at each bound nest), so they still run in order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .analysis import independence_problem
-from .annotate import Bind
-from .base import Pass, ScheduleError, find_loop, fresh_name, loop_names, loop_ref, loop_sites, replace_loop
-from .loops import Fuse, Reorder, Split
-from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, seq, substitute,
+from .base import Pass, find_loop, loop_ref, loop_sites, replace_loop
+from .default_gpu import bind_nest, gpu_schedule, gpu_threads
+from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
                   walk, walk_stmts)
-from ..ir.affine import affine_form
 from ..ir.machine import GENERIC_CPU, MachineParams
 
 MIN_PARALLEL_WORK = 1 << 14    # innermost iterations below which threads cost more than they save
-GPU_THREADS = 256              # threads of a block, where the nest has that many points
 
 
 def default_schedule(kernel: Kernel, machine: MachineParams = GENERIC_CPU) -> Kernel:
     if machine.is_gpu:
-        return _gpu_schedule(kernel, _gpu_threads(machine))
+        return gpu_schedule(kernel, gpu_threads(machine))
     return replace_body(kernel, _schedule(kernel.body, *_settings(machine)))
 
 
@@ -210,118 +200,6 @@ def _has_loop(stmt: Stmt) -> bool:
     return any(isinstance(s, For) for s in walk_stmts(stmt))
 
 
-def _gpu_threads(machine: MachineParams) -> int:
-    """Threads of a block on `machine`: GPU_THREADS, within its limit, in whole warps."""
-    warp = max(machine.warp_size, 1)
-    return max(warp, min(GPU_THREADS, machine.max_threads_per_block) // warp * warp)
-
-
-def _gpu_schedule(kernel: Kernel, threads: int) -> Kernel:
-    kernel = replace_body(kernel, _one_thread_runs(kernel.body, loop_names(kernel)))
-    nests = [s.index for s in loop_sites(kernel.body) if not s.outer and s.loop.kind == "serial"]
-    for index in reversed(nests):  # the last first: binding a nest moves the loops after it
-        kernel = _bind_nest(kernel, index, threads)
-    return kernel
-
-
-def _one_thread_runs(stmt: Stmt, taken: set[str]) -> Stmt:
-    """`stmt` (through Seq and Allocate) with each run of consecutive statements that have no
-    band to bind (a lone store, a reduction to a scalar) wrapped to run on one GPU thread: one
-    launch for the run instead of one each."""
-    if isinstance(stmt, Allocate):
-        return Allocate(stmt.buffer, _one_thread_runs(stmt.body, taken))
-    if not isinstance(stmt, Seq):
-        return stmt if _bindable(stmt) else _on_one_thread(stmt, taken)
-    parts, run = [], []
-    for part in stmt.stmts:
-        if isinstance(part, (Seq, Allocate)) or _bindable(part):
-            if run:
-                parts.append(_on_one_thread(seq(*run), taken))
-                run = []
-            parts.append(_one_thread_runs(part, taken))
-        else:
-            run.append(part)
-    if run:
-        parts.append(_on_one_thread(seq(*run), taken))
-    return seq(*parts)
-
-
-def _bindable(stmt: Stmt) -> bool:
-    return isinstance(stmt, For) and (stmt.kind != "serial" or bool(_band(stmt)))
-
-
-def _on_one_thread(stmt: Stmt, taken: set[str]) -> For:
-    block, thread = fresh_name("block", taken), fresh_name("thread", taken)
-    return For(block, 1, For(thread, 1, stmt, "threadIdx.x"), "blockIdx.x")
-
-
-def _band(loop: Stmt) -> list[For]:
-    """The outer perfect band of serial spatial loops whose iterations are independent, from `loop`."""
-    band: list[For] = []
-    while (isinstance(loop, For) and loop.kind == "serial" and loop.axis == "spatial"
-           and independence_problem(loop, band) is None):
-        band.append(loop)
-        loop = loop.body
-    return band
-
-
-def _bind_nest(kernel: Kernel, index: int, threads: int) -> Kernel:
-    """The kernel with the top-level nest at pre-order `index` on GPU threads: its band fused
-    (the contiguous loop innermost), split by `threads` (fewer where the band is smaller) and
-    bound; on one thread where it has no band."""
-    sites = loop_sites(kernel.body)
-    band = _band(sites[index].loop)
-    if not band:
-        return replace_loop(kernel, sites[index], _on_one_thread(sites[index].loop, loop_names(kernel)))
-    contiguous = _contiguous_position(band)
-    if contiguous != len(band) - 1:
-        order = [p for p in range(len(band)) if p != contiguous] + [contiguous]
-        try:
-            kernel = Reorder(tuple(_ref(kernel, index + p) for p in order)).apply(kernel)
-        except ScheduleError:
-            pass  # the order as it is: uncoalesced, still right
-    fused = _ref(kernel, index)
-    for _ in band[1:]:  # the band's next loop is always the one directly inside the fused one
-        kernel, made = Fuse(fused, _ref(kernel, index + 1)).trace(kernel)
-        fused = made.one("fused")
-    extent = loop_sites(kernel.body)[index].loop.extent
-    kernel, made = Split(fused, min(threads, extent)).trace(kernel)
-    kernel = Bind(made.one("outer"), "blockIdx.x").apply(kernel)
-    return Bind(made.one("inner"), "threadIdx.x").apply(kernel)
-
-
-def _ref(kernel: Kernel, index: int) -> str:
-    sites = loop_sites(kernel.body)
-    return loop_ref(sites[index], sites)
-
-
-def _contiguous_position(band: list[For]) -> int:
-    """Position in `band` of the loop with the shortest nonzero stride through the stores' flat
-    addresses (the innermost one on ties, and where no store is affine in the band)."""
-    stores = [s for s in walk_stmts(band[-1].body) if isinstance(s, Store)]
-    flats = [f for f in (_flat_strides(s) for s in stores) if f is not None]
-
-    def stride(position: int) -> float:
-        steps = [abs(f.get(band[position].var, 0)) for f in flats]
-        return max(steps) if steps and max(steps) else float("inf")
-    return min(reversed(range(len(band))), key=stride)
-
-
-def _flat_strides(store: Store) -> dict[str, int] | None:
-    """Variable -> elements the store's address moves when the variable steps by one (row-major),
-    None where an index is not affine."""
-    strides: dict[str, int] = {}
-    row = 1
-    for index, dim in zip(reversed(store.indices), reversed(store.buffer.shape)):
-        form = affine_form(index)
-        if form is None:
-            return None
-        for var, coef in form[0].items():
-            strides[var] = strides.get(var, 0) + coef * row
-        row *= dim
-    return strides
-
-
 @dataclass(frozen=True)
 class DefaultNest(Pass):
     """The default schedule (vectorized inner loop, parallel outer loop, where legal) applied to
@@ -339,9 +217,9 @@ class DefaultNest(Pass):
 
     @classmethod
     def for_machine(cls, loop: str, machine: MachineParams) -> DefaultNest:
-        """The step for `machine` (its lanes and threads: _settings; on a GPU, _gpu_threads)."""
+        """The step for `machine` (its lanes and threads: _settings; on a GPU, gpu_threads)."""
         if machine.is_gpu:
-            return cls(loop, threads=_gpu_threads(machine))
+            return cls(loop, threads=gpu_threads(machine))
         return cls(loop, *_settings(machine))
 
     def apply(self, kernel: Kernel) -> Kernel:
@@ -354,7 +232,7 @@ class DefaultNest(Pass):
         if self.threads < 0:
             raise self.fail(self.loop, f"threads must be positive (GPU) or 0 (CPU), not {self.threads}")
         if self.threads:
-            return _bind_nest(kernel, site.index, self.threads)
+            return bind_nest(kernel, site.index, self.threads)
         if self.lanes < 4:
             raise self.fail(self.loop, f"lanes must be 4 or more, not {self.lanes}")
         return replace_loop(kernel, site, _schedule(site.loop, self.lanes, self.parallel))
