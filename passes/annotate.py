@@ -138,8 +138,8 @@ class Bind(Pass):
         for other in site.outer:
             if other.kind in ("parallel", "vectorized") or (other.kind == self.axis and not _cooperative(site.loop, other)):
                 raise self.fail(self.loop, f"loop {other.var} around it is {other.kind}")
-        for other in _inner_loops(site):
-            if other.kind in ("parallel", "vectorized") or (other.kind == self.axis and not _cooperative(other, site.loop)):
+        for other in _inner_loops(site):  # a vector inside stays: one thread's wide load or store
+            if other.kind == "parallel" or (other.kind == self.axis and not _cooperative(other, site.loop)):
                 raise self.fail(self.loop, f"loop {other.var} inside it is {other.kind}")
         return _annotated(kernel, site, self.axis)
 

@@ -258,3 +258,19 @@ def test_gpu_rule_seeds_run_correctly_on_the_gpu(name):
         _, scheduled = sketch.realize(c)
         for got, ref in zip(run_kernel(scheduled, args, as_target("cuda")), want):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=f"{c.rule} {c.decisions}")
+
+
+def test_gpu_tiling_copies_whole_vectors_into_shared_memory():
+    """vector=4: each thread stores four contiguous elements of the copy (one 16-byte store)."""
+    from nestor.codegen.build import build
+    from nestor.passes import without_bindings
+    kernel = _onnx("MatMul", {"A": [64, 32], "B": [32, 64]}, [64, 64])
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuTiling(),))
+    (seed,) = [c for c in sketch.rule_decisions() if c.decisions.vector == 4]
+    _, scheduled = sketch.realize(seed)
+    vectors = [s for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "vectorized"]
+    assert [s.extent for s in vectors] == [4, 4]  # the copies of A and B
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(without_bindings(scheduled), args)[0], run_kernel(kernel, args)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert "*(float4*)(" in build([scheduled], cuda_target("sm_90")).module.imports[0].inspect_source()

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...ir import Allocate, For, If, Seq, itemsize, walk_stmts
-from ...passes import Bind, CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Inline, Reorder, Split, Unroll
+from ...passes import (Bind, CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Inline, Reorder, Split, Unroll,
+                       Vectorize)
 from ..decisions import Choice, PerLoop
 from ..nest import KernelInfo
 from .base import Builder, SketchRule
@@ -32,6 +33,7 @@ THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 MAX_REGISTER_TILE = 64      # accumulators a thread keeps in registers (of 255)
 MAX_UNROLLED = 16           # reduction chunks longer than this stay loops
 MAX_STEP = 64               # reduction iterations staged at once
+VECTORS = (1, 2, 4)         # a copy's vector: 16 bytes of float32 at most (one LDG.128)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class GpuTileDecisions:
     interleave: bool            # a thread's tile strided by the threads (neighbours on neighbouring
                                 # elements: coalesced, no bank conflicts), else contiguous
     inline: bool = False        # the intermediates main reads (a padded input) computed where read
+    vector: int = 1             # elements each thread copies at once into shared memory (float4)
 
 
 def _factors(extent: int, most: int) -> tuple[int, ...]:
@@ -79,6 +82,8 @@ class GpuTiling(SketchRule):
             return Choice(_factors(info.extent(info.main.reduce[0]), MAX_STEP), ordered=True)
         if field in ("shared", "unroll", "interleave"):
             return Choice((False, True))
+        if field == "vector":
+            return Choice(VECTORS, ordered=True)
         if field == "inline":
             return Choice((False, True) if info.stages else (False,))
             return Choice((False, True))
@@ -111,7 +116,8 @@ class GpuTiling(SketchRule):
                 threads[k] = max(f for f in range(1, threads[k] + 1) if (n // inner[k]) % f == 0)
             first = info.extent(info.main.reduce[0])
             step = max(f for f in range(1, step + 1) if first % f == 0)
-        return GpuTileDecisions(tuple(threads), tuple(inner), step, d.shared, d.unroll, d.interleave, d.inline)
+        return GpuTileDecisions(tuple(threads), tuple(inner), step, d.shared, d.unroll, d.interleave, d.inline,
+                                d.vector)
 
     def seeds(self, info: KernelInfo) -> list[GpuTileDecisions]:
         """16×16 threads on the two innermost loops longer than one, 4×4 or 2×2 register tiles,
@@ -121,12 +127,13 @@ class GpuTiling(SketchRule):
         loops = info.main.spatial
         wide = [k for k, l in enumerate(loops) if l.extent > 1]
 
-        def seed(threads, inner, step, shared, interleave):
+        def seed(threads, inner, step, shared, interleave, vector=1):
             t, i = [1] * len(loops), [1] * len(loops)
             for k, tk, ik in zip(wide[-len(threads):], threads, inner):
                 t[k], i[k] = tk, ik
-            return GpuTileDecisions(tuple(t), tuple(i), step, shared, True, interleave, bool(info.stages))
-        out = [seed((16, 16), (4, 4), 16, True, True), seed((16, 16), (4, 4), 8, True, False),
+            return GpuTileDecisions(tuple(t), tuple(i), step, shared, True, interleave, bool(info.stages), vector)
+        out = [seed((16, 16), (4, 4), 16, True, True), seed((16, 16), (4, 4), 16, True, False, 4),
+               seed((16, 16), (4, 4), 8, True, False),
                seed((16, 16), (2, 2), 16, True, True), seed((16, 16), (4, 4), 1, False, True)]
         if len(wide) >= 3:
             out += [seed((4, 8, 8), (4, 2, 2), 8, True, True), seed((8, 4, 8), (2, 2, 4), 16, True, True)]
@@ -145,7 +152,7 @@ class GpuTiling(SketchRule):
         for loop, axis in bound:
             b.must(Bind(loop, axis))
         if d.shared and reduce:
-            self._stage(info, b, reduce, [(b.extents()[loop], axis) for loop, axis in bound])
+            self._stage(info, b, reduce, [(b.extents()[loop], axis) for loop, axis in bound], d.vector)
         if len(outer) > 1:
             fused = outer[0]
             for loop in outer[1:]:
@@ -224,10 +231,11 @@ class GpuTiling(SketchRule):
         return reduce
 
     @staticmethod
-    def _stage(info: KernelInfo, b: Builder, reduce: list[str], axes: list[tuple[int, str]]) -> None:
+    def _stage(info: KernelInfo, b: Builder, reduce: list[str], axes: list[tuple[int, str]], vector: int) -> None:
         """Copy each buffer the reduction reads into shared memory at the chunk loop, the copy
-        spread over the block's threads (innermost axis first), within the shared memory of a
-        block."""
+        spread over the block's threads (innermost axis first), `vector` contiguous elements a
+        thread where the copy's rows hold whole vectors and no guard splits them, within the
+        shared memory of a block."""
         at = reduce[0]
         site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == at)
         if _guarded(b.kernel.body, at) or any(isinstance(s, If) for s in walk_stmts(site.body)):
@@ -251,13 +259,23 @@ class GpuTiling(SketchRule):
             if not made:
                 continue
             loops = list(made.get("copy"))
-            fused = loops[0]
+            copy_site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == loops[0])
+            if vector > 1 and copy.shape[-1] % vector == 0 and not any(isinstance(s, If) for s in walk_stmts(copy_site)):
+                # split before the fuse, so the vector's index stays a plain ramp (no // or %)
+                split = b.must(Split(loops[-1], vector)) if copy.shape[-1] > vector else None
+                if split:
+                    b.must(Vectorize(split.one("inner")))
+                    loops[-1] = split.one("outer")
+                elif copy.shape[-1] == vector:
+                    b.must(Vectorize(loops.pop()))
+            fused = loops[0] if loops else None
             for loop in loops[1:]:
                 fm = b.must(Fuse(fused, loop))
                 if not fm:
                     return
                 fused = fm.one("fused")
-            _spread(b, fused, axes)
+            if fused:
+                _spread(b, fused, axes)
 
 
 def _spread(b: Builder, loop: str, axes: list[tuple[int, str]]) -> None:
