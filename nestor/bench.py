@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import onnx
 
 from .ir.errors import NestorError
 from .zoo import LIGHT_MODELS, encoder_block, light_model
@@ -185,6 +186,19 @@ class _OnnxRuntime:
                                            repeat))
 
 
+def inference_dropouts_as_identity(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with each Dropout whose mask nobody reads made an Identity (what it is at inference;
+    onnx2torch has no converter for old Dropouts, SqueezeNet's Dropout-7)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    read = {name for node in out.graph.node for name in node.input} | {o.name for o in out.graph.output}
+    for node in out.graph.node:
+        if node.op_type == "Dropout" and not any(o in read for o in node.output[1:]):
+            node.op_type = "Identity"
+            del node.input[1:], node.output[1:], node.attribute[:]
+    return out
+
+
 class _TorchEager:
     """The GPU competitor: PyTorch eager (float32, no TF32) on the ONNX model converted by
     onnx2torch. Both sides are timed on inputs already on the GPU, each call waiting for its
@@ -197,7 +211,7 @@ class _TorchEager:
     def compare(self, model, compiled, inputs, repeat):
         torch = self.torch
         try:
-            net = self.onnx2torch.convert(model).eval().cuda()
+            net = self.onnx2torch.convert(inference_dropouts_as_identity(model)).eval().cuda()
         except Exception as err:  # noqa: BLE001 - an op onnx2torch lacks: NotImplementedError, KeyError, ...
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise _CannotConvert(f"onnx2torch cannot convert it ({first})") from None

@@ -144,3 +144,21 @@ def test_cpu_kernel_table_keeps_its_columns():
     bk._print_table([("softmax", 1e-4, 2e-4, 2.0, 3, 4, 5e-5, None, 12.0)], lines.append)
     assert lines == ["kernel          nestor ms     ms ms speedup  tune s ms tune s   ort ms % of ort numpy ms  GFLOP/s",
                      "softmax             0.100     0.200    2.00       3         4    0.050      50%        -     12.0"]
+
+
+def test_inference_dropouts_become_identities_for_the_torch_competitor():
+    from onnx import TensorProto, checker, helper
+    from nestor.bench import inference_dropouts_as_identity
+    from nestor.zoo import light_model
+    model = light_model("squeezenet")
+    assert any(n.op_type == "Dropout" for n in model.graph.node)
+    plain = inference_dropouts_as_identity(model)
+    assert not any(n.op_type == "Dropout" for n in plain.graph.node)
+    assert any(n.op_type == "Dropout" for n in model.graph.node)  # the original is left alone
+    checker.check_model(plain)
+    # a Dropout whose mask is read stays
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [2])  # noqa: E731
+    masked = helper.make_model(helper.make_graph(
+        [helper.make_node("Dropout", ["x"], ["y", "m"]), helper.make_node("Cast", ["m"], ["z"], to=1)],
+        "g", [vi("x")], [vi("y"), vi("z")]), opset_imports=[helper.make_opsetid("", 17)])
+    assert [n.op_type for n in inference_dropouts_as_identity(masked).graph.node] == ["Dropout", "Cast"]
