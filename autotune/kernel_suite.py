@@ -50,8 +50,10 @@ def _matmul(a, b):
 def _conv(stride, pad, groups=1):
     def make(x, w):
         from tvm import topi
-        if groups > 1:
+        if groups > 1 and groups == x.shape[1]:
             return topi.nn.depthwise_conv2d_nchw(x, w, stride, pad, 1)
+        if groups > 1:
+            return topi.nn.group_conv2d_nchw(x, w, stride, pad, 1, groups)
         return topi.nn.conv2d_nchw(x, w, stride, pad, 1)
     return make
 
@@ -80,9 +82,35 @@ def _conv_kernel(name, cin, cout, size, kernel, stride, pad, groups=1):
         _conv(stride, pad, groups))
 
 
+def _bmm(name, batch, m, k, n):
+    return SuiteKernel(name, (("A", (batch, m, k)), ("B", (batch, k, n))), (batch, m, n),
+                       lambda: helper.make_node("MatMul", ["A", "B"], ["Y"]), _matmul, numpy_matmul=True)
+
+
 # Named by `bench kernels --kernels`, not in the default run (too large to tune on a 2-core CPU):
 # the GPU's reference matmul, measured against cuBLAS.
 EXTRA: dict[str, SuiteKernel] = {k.name: k for k in (_mm("matmul2048", 2048, 2048, 2048),)}
+
+# The kernels of the wider zoo's families (nestor/zoo_cnn.py, zoo_transformers.py) that the
+# suite's shapes do not cover: extents no vector width divides (197, 77, 688, primes), stride-2,
+# 5x5 and grouped convolutions, attention over 197 tokens. `bench kernels --kernels unseen`: no
+# rule constant may cite them (issue 20's held-out discipline).
+UNSEEN: dict[str, SuiteKernel] = {k.name: k for k in (
+    _mm("vit_qkv", 197, 384, 1152),
+    _mm("vit_mlp_down", 197, 1536, 384),
+    _mm("gpt2_fc", 77, 768, 3072),
+    _mm("llama_gate", 77, 256, 688),
+    _mm("matmul_primes", 127, 509, 251),
+    _mm("classifier", 1, 1280, 1000),
+    _bmm("attn_scores_197", 6, 197, 64, 197),
+    _bmm("attn_context_197", 6, 197, 197, 64),
+    _conv_kernel("depthwise3x3_s2", 96, 96, 112, 3, 2, 1, groups=96),
+    _conv_kernel("depthwise5x5", 240, 240, 28, 5, 1, 2, groups=240),
+    _conv_kernel("depthwise5x5_s2", 144, 144, 56, 5, 2, 2, groups=144),
+    _conv_kernel("grouped3x3", 128, 128, 56, 3, 1, 1, groups=32),
+    _conv_kernel("conv3x3_s2", 64, 128, 56, 3, 2, 1),
+    _conv_kernel("pointwise_expand", 24, 144, 56, 1, 1, 0),
+)}
 
 SUITE: dict[str, SuiteKernel] = {k.name: k for k in (
     _mm("matmul512", 512, 512, 512),

@@ -99,14 +99,15 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     measurements per run, so a long tuning can be split into short runs. By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
     from .api import import_onnx
-    from .autotune.kernel_suite import EXTRA, SUITE
+    from .autotune.kernel_suite import EXTRA, SUITE, UNSEEN
     from .autotune.search import kernel_flops
     from .codegen import as_target, build, is_gpu
-    names = names or list(SUITE)
-    kernels = {**SUITE, **EXTRA}
+    names = [k for n in names for k in (UNSEEN if n == "unseen" else [n])] if names else list(SUITE)
+    kernels = {**SUITE, **EXTRA, **UNSEEN}
     unknown = [n for n in names if n not in kernels]
     if unknown:
-        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(kernels)}")
+        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(kernels)} (or unseen: all of "
+                          "the wider zoo's)")
     target = as_target(target)
     gpu = is_gpu(target)
     if gpu:
