@@ -21,8 +21,6 @@ from nestor.zoo import LIGHT_MODELS, encoder_block, exported_encoder, light_mode
 
 DATA = pathlib.Path(__file__).parent / "data"
 FAST = ("squeezenet", "shufflenet", "encoder_block", "bert_layer")   # the CI run; the rest: slow
-# bert_layer's GELU kernel takes ~30 s to compile for the CPU (LLVM), twice in the result check
-FAST_RESULTS = ("squeezenet", "shufflenet", "encoder_block")
 MODELS = LIGHT_MODELS + ("encoder_block", "bert_layer")
 
 
@@ -113,7 +111,7 @@ def test_builds_for_cuda(name, tmp_path):
     nvcc_compiles(module, tmp_path)
 
 
-@pytest.mark.parametrize("name", marked(MODELS, FAST_RESULTS))
+@pytest.mark.parametrize("name", marked(MODELS))
 def test_same_results_as_unscheduled(name):
     machine = gpu()
     for k in distinct_kernels(name):

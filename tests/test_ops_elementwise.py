@@ -64,6 +64,8 @@ ARITH = [
          id="Mod-f16-edge-cases"),
     case("Mod", [MOD_X, MOD_Y], fmod=1, id="Mod-fmod-edge-cases"),
     case("Pow", [rand(2, 3), C(2.0, f32)], id="Pow-square"),
+    case("Pow", [rand(2, 3), C(3.0, f32)], id="Pow-cube"),  # negative bases: x * x * x keeps the sign
+    case("Pow", [rand(2, 3), C(4.0, f32)], id="Pow-fourth"),
     case("Pow", [rand(2, 3, lo=0.1), C(0.5, f32)], id="Pow-sqrt"),
     case("Pow", [rand(2, 3, lo=0.1), C(1.7, f32)], id="Pow-const"),
     case("Pow", [rand(2, 3, lo=0.1), rand(3)], id="Pow-tensor"),

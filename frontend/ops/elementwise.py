@@ -209,11 +209,18 @@ def lower_pow(ctx: OpContext):
     if exponent is None or exponent.size != 1 or broadcasts:
         return elementwise(ctx, _pow, args=[0, 1])
     e = exponent.item()
-    if e == 2:
-        return elementwise(ctx, lambda x: x * x, args=[0])
+    if e in (2, 3, 4):  # GPT-2's GELU has x ** 3: multiplications, not exp(3 log|x|) with its sign fix
+        return elementwise(ctx, lambda x: _product([x] * int(e)), args=[0])
     if e == 0.5 and is_float(ctx.inputs[0].dtype):
         return elementwise(ctx, lambda x: call("sqrt", x), args=[0])
     return elementwise(ctx, lambda x: _pow(x, as_expr(e, "float64")), args=[0])
+
+
+def _product(factors: list[Expr]) -> Expr:
+    out = factors[0]
+    for f in factors[1:]:
+        out = out * f
+    return out
 
 
 def _clip_bound(ctx: OpContext, i: int, x: Expr, loaded: dict) -> Expr | None:
