@@ -162,3 +162,11 @@ def test_inference_dropouts_become_identities_for_the_torch_competitor():
         [helper.make_node("Dropout", ["x"], ["y", "m"]), helper.make_node("Cast", ["m"], ["z"], to=1)],
         "g", [vi("x")], [vi("y"), vi("z")]), opset_imports=[helper.make_opsetid("", 17)])
     assert [n.op_type for n in inference_dropouts_as_identity(masked).graph.node] == ["Dropout", "Cast"]
+
+
+def test_the_wider_zoo_is_its_own_table_with_the_held_out_models_last():
+    from nestor.bench import HELD_OUT, MODELS, SEEN, UNSEEN, example_model
+    assert not set(SEEN) & set(UNSEEN) and MODELS == SEEN + UNSEEN
+    assert UNSEEN[-len(HELD_OUT):] == HELD_OUT and len(UNSEEN) >= 9
+    for name in UNSEEN:
+        assert example_model(name).graph.node  # every name builds
