@@ -147,15 +147,18 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
         need_gpu(target)
     workdir = tempfile.TemporaryDirectory() if time_budget and not records else None
     records = records or (f"{workdir.name}/records.sqlite" if workdir else None)
-    out(f"{'model':<18} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {competitor.label + ' ms':>9} "
-        f"{'ratio':>7} {'max rel err':>11}")
+    header = (f"{'model':<18} {'tune s':>7} {'compile s':>9} {'nestor ms':>10} {competitor.label + ' ms':>9} "
+              f"{'ratio':>7} {'max rel err':>11}")
     groups = [("", [n for n in names if n in SEEN]),
               (f"unseen (the wider zoo, which no rule was written for; held out, last: {', '.join(HELD_OUT)})",
                [n for n in UNSEEN if n in names])]
     ratios = []
     for title, group in groups:
-        if title and group:
+        if not group:
+            continue
+        if title:
             out(f"-- {title}")
+        out(header)
         table = []
         for name in group:
             model = example_model(name)
