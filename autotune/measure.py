@@ -95,7 +95,8 @@ class Measurer:
         self._tasks: dict[str, int] = {}  # structural hash -> number of its files in _dir
         target, host, self._gpu = _targets(target)
         if build_workers is None:
-            build_workers = _host_cores() if self._gpu else 2
+            from ..codegen import host_cores
+            build_workers = host_cores() if self._gpu else 2
         self._dir = tempfile.mkdtemp(prefix="nestor-measure-")
         self._builders = [_Worker("builder", {"target": target, "host": host},
                                   os.path.join(self._dir, f"builder{n}.log"))
@@ -341,13 +342,6 @@ def _targets(target) -> tuple[str, str, bool]:
     return str(target), str(target), False
 
 
-def _host_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 2
-
-
 def runs_per_repeat(first: float) -> int:
     """Runs in one timed repeat of a kernel whose checked (cold) run took `first` seconds."""
     if first >= SINGLE_RUN:
@@ -440,7 +434,8 @@ def _cuda_compiler() -> None:
         os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
 
 
-def _load_inputs(path: str) -> list[np.ndarray]:
+def _load_arrays(path: str) -> list[np.ndarray]:
+    """The arrays of an .npz written by np.savez(path, *arrays), in order."""
     with np.load(path) as f:
         return [f[f"arr_{n}"] for n in range(len(f.files))]
 
@@ -459,7 +454,7 @@ def _builder(target: str, host: str):
         except Exception as err:
             return {"error": f"build failed: {_brief(err)}"}
         try:
-            args = [tvm.runtime.tensor(a, tvm.cpu()) for a in _load_inputs(inputs)]
+            args = [tvm.runtime.tensor(a, tvm.cpu()) for a in _load_arrays(inputs)]
             outs = [tvm.runtime.tensor(np.zeros(b.shape, b.dtype), tvm.cpu()) for b in reference.outputs]
             run(*args, *outs)
             np.savez(save, *[t.numpy() for t in outs])
@@ -514,7 +509,7 @@ def _runner(gpu: bool = False, **config):
     def configure(c: dict) -> None:
         nonlocal rtol, atol
         rtol, atol, outputs = c["rtol"], c["atol"], c["outputs"]
-        host[:] = _load_inputs(c["inputs"])
+        host[:] = _load_arrays(c["inputs"])
         args[:] = [tvm.runtime.tensor(a, dev) for a in host]
         # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
         # candidate fails to write cannot pass with a value left there by the one before.
@@ -522,7 +517,7 @@ def _runner(gpu: bool = False, **config):
                             (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
         outs[:] = [tvm.runtime.tensor(fill, dev) for fill in fills]
         names[:] = [name for name, _, _ in outputs]
-        truth[:] = _load_inputs(c["reference"])  # the parent computed it before (Measurer.switch)
+        truth[:] = _load_arrays(c["reference"])  # the parent computed it before (Measurer.switch)
 
     if config:
         configure(config)

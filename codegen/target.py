@@ -27,7 +27,7 @@ def _system_cpu() -> str | None:
         return None
 
 
-def _cores() -> int:
+def host_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))  # what this process may really use
     except AttributeError:
@@ -39,14 +39,14 @@ def use_all_cores() -> int:
     TVM_NUM_THREADS. TVM's default assumes two hyper-threads per core and takes half: on this
     2-core machine that ran every `parallel` loop on one thread. Returns the thread count."""
     if not os.environ.get("TVM_NUM_THREADS"):
-        os.environ["TVM_NUM_THREADS"] = str(_cores())  # read when the pool starts, at first use
+        os.environ["TVM_NUM_THREADS"] = str(host_cores())  # read when the pool starts, at first use
     return int(os.environ["TVM_NUM_THREADS"])
 
 
 @functools.lru_cache(maxsize=None)
 def host_target(num_cores: int | None = None) -> tvm.target.Target:
     """LLVM target for this CPU with its real mcpu, so LLVM uses its vector width (AVX-512 ...)."""
-    spec = {"kind": "llvm", "num-cores": int(num_cores or _cores())}
+    spec = {"kind": "llvm", "num-cores": int(num_cores or host_cores())}
     cpu = _system_cpu()
     if cpu:
         spec["mcpu"] = cpu
@@ -123,7 +123,7 @@ def machine_params(target=None) -> MachineParams:
         return _cuda_params(target)
     if target.kind.name != "llvm":
         raise ValueError(f"no machine description for target kind {target.kind.name!r}")
-    cores = int(target.attrs.get("num-cores", 0) or _cores())
+    cores = int(target.attrs.get("num-cores", 0) or host_cores())
     caches = _host_caches() if _is_host(target) else {}
     return dataclasses.replace(_vector_unit(target), cores=cores, **caches)
 

@@ -215,9 +215,10 @@ class _Lower:
         elif isinstance(s, For):
             if s.kind in _FOR:
                 frame, extent = _FOR[s.kind](0, s.extent), s.extent
-            elif not self.gpu:  # a GPU binding on the CPU: its iterations are independent, so
-                # in order they compute the same (passes.without_bindings; constant stages of a
-                # GPU schedule run so at compile time)
+            elif not self.gpu:  # a GPU binding on the CPU: its iterations are independent and
+                # sibling loops of a block run in order (as TVM's barriers make them on the GPU),
+                # so serially they compute the same: how GPU schedules are checked without a GPU,
+                # and how constant stages of a GPU schedule run at compile time
                 frame, extent = T.serial(0, s.extent), s.extent
             else:  # GPU binding: the loop is the thread axis, launched with the launch's largest
                 # extent for that axis (TVM does that too, silently): smaller loops are guarded

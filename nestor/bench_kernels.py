@@ -20,10 +20,6 @@ import onnx
 from .bench import gpu_interleaved_medians, import_torch, interleaved_medians, need_gpu, ort_session
 from .ir.errors import NestorError
 
-# What MetaSchedule's GPU rules and its GPU-code check read from a CUDA target; TVM's "cuda"
-# kind leaves the first two unset. H100/H200 values (48 KiB: the static shared-memory limit).
-_CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
-
 
 def _tune_nestor(kernel, trials: int, records_path: str, target):
     """The best schedule found in `trials` measurements (None: none measured), and the seconds taken."""
@@ -36,11 +32,16 @@ def _tune_nestor(kernel, trials: int, records_path: str, target):
 
 
 def metaschedule_target(target):
-    """`target` as MetaSchedule tunes for it: a CUDA target gets the limits its rules need."""
+    """`target` as MetaSchedule tunes for it: a CUDA target gets the limits its GPU rules and
+    GPU-code check read (TVM's "cuda" kind leaves two unset), those Nestor's rules read too."""
     import tvm
+
+    from .codegen import machine_params
     if target.kind.name != "cuda":
         return target
-    limits = {**_CUDA_LIMITS, "max_threads_per_block": int(target.attrs.get("max_num_threads", 1024))}
+    gpu = machine_params(target)
+    limits = {"max_threads_per_block": gpu.max_threads_per_block,
+              "max_shared_memory_per_block": gpu.shared_memory_per_block, "thread_warp_size": gpu.warp_size}
     return tvm.target.Target({**limits, **dict(target.export())})  # what the target sets wins
 
 

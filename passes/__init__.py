@@ -7,6 +7,6 @@ from .stages import ComputeAt, Inline
 from .layout import Pack
 from .rfactor import Rfactor
 from .merge import Merge
-from .annotate import Parallel, Vectorize, Unroll, Bind, without_bindings
+from .annotate import Parallel, Vectorize, Unroll, Bind
 from .registry import get_pass, list_passes, plugin_errors, PassNotFound
 from .schedule import Schedule, canonical_loops, parse_pipeline, PipelineSyntaxError

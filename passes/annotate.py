@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import For, Kernel, Store, replace_body, rewrite_stmt, walk_stmts
+from ..ir import For, Kernel, Store, walk_stmts
 from .analysis import independence_problem
 from .base import Pass, Site, find_loop, loop_ref, loop_sites, replace_loop
 
@@ -11,17 +11,6 @@ MAX_VECTOR = 64     # lanes: longer vectorized loops only bloat the code
 MAX_UNROLL = 64     # iterations a loop may be unrolled into
 SPACE_UNROLL = 16   # the longest loops the schedule space offers to unroll
 GPU_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
-
-
-def without_bindings(kernel: Kernel) -> Kernel:
-    """The kernel with its GPU-bound loops run as serial loops: the same program for the CPU
-    (a bound loop's iterations are independent, and sibling loops of one block run in order,
-    as the barriers TVM puts between them make them run on the GPU)."""
-    def serial(s):
-        if isinstance(s, For) and s.kind in GPU_AXES:
-            return For(s.var, s.extent, s.body, "serial", s.axis)
-        return None
-    return replace_body(kernel, rewrite_stmt(kernel.body, stmt_fn=serial))
 
 
 def _annotated(kernel: Kernel, site: Site, kind: str) -> Kernel:

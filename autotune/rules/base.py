@@ -13,7 +13,7 @@ made (`Made`), so rules never rebuild loop names.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ...ir import For, Kernel, walk_stmts
 from ...ir.errors import NestorError
@@ -42,10 +42,13 @@ class Builder:
                                            if isinstance(s, For)})
         return self._extents[1]
 
+    def loop(self, name: str) -> For:
+        """Loop `name` of the current kernel (its first, where sibling nests share the name)."""
+        return next(s for s in walk_stmts(self.kernel.body) if isinstance(s, For) and s.var == name)
+
     def innermost(self, loop: str) -> bool:
         """Whether loop `loop` of the current kernel has no loop inside it."""
-        site = next(s for s in walk_stmts(self.kernel.body) if isinstance(s, For) and s.var == loop)
-        return not any(isinstance(s, For) for s in walk_stmts(site.body))
+        return not any(isinstance(s, For) for s in walk_stmts(self.loop(loop).body))
 
     def must(self, step: Pass) -> Made | None:
         """A step the rule's structure needs. Refused: StepRefused in strict mode, else counted
@@ -58,15 +61,19 @@ class Builder:
             self.refused.append(step.name)
             return None
 
-    def may(self, step: Pass) -> Made | None:
-        """A step whose refusal is one of its expected outcomes; None then."""
+    def may(self, step: Pass, accept: Callable[[Kernel, Made], bool] | None = None) -> Made | None:
+        """A step whose refusal is one of its expected outcomes; None then. `accept`: the rule's
+        own test of the kernel the step makes (a budget), which may leave the step out too."""
         try:
-            return self._apply(step)
+            return self._apply(step, accept)
         except ScheduleError:
             return None
 
-    def _apply(self, step: Pass) -> Made:
-        self.kernel, made = step.trace(self.kernel)
+    def _apply(self, step: Pass, accept=None) -> Made | None:
+        kernel, made = step.trace(self.kernel)
+        if accept is not None and not accept(kernel, made):
+            return None
+        self.kernel = kernel
         self.steps.append(step)
         return made
 

@@ -101,7 +101,7 @@ class GpuRowReductions(SketchRule):
 def _spatial_leaves(b: Builder, root: str, taken: set[str]) -> list[str]:
     """The innermost spatial loops inside loop `root` (an epilogue's columns), outside the
     split reductions' loops."""
-    site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == root)
+    site = b.loop(root)
     out = []
 
     def visit(s) -> None:

@@ -19,10 +19,11 @@ Other top-level nests (a padding stage) get the GPU default schedule.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ...ir import Allocate, For, If, Seq, itemsize, walk_stmts
+from ...ir import Allocate, Buffer, For, If, Seq, itemsize, walk_stmts
 from ...passes import (Bind, CacheRead, CacheWrite, DefaultNest, Distribute, Fuse, Inline, Reorder, Split, Unroll,
                        Vectorize)
 from ..decisions import Choice, PerLoop
@@ -54,13 +55,6 @@ def _factors(extent: int, most: int) -> tuple[int, ...]:
     pool = {f for f in range(1, min(extent, most) + 1) if extent % f == 0}
     pool |= {1 << k for k in range(8) if (1 << k) <= min(extent, most)}
     return tuple(sorted(pool))
-
-
-def _product(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 class GpuTiling(SketchRule):
@@ -102,10 +96,10 @@ class GpuTiling(SketchRule):
         bound = [k for k, t in enumerate(threads) if t > 1]
         for k in bound[:-len(THREAD_AXES)]:  # the outermost ones beyond three axes
             threads[k] = 1
-        while _product(threads) > info.machine.max_threads_per_block:
+        while math.prod(threads) > info.machine.max_threads_per_block:
             k = max(range(len(threads)), key=lambda i: threads[i])
             threads[k] //= 2
-        while _product(inner) > MAX_REGISTER_TILE:
+        while math.prod(inner) > MAX_REGISTER_TILE:
             k = max(range(len(inner)), key=lambda i: inner[i])
             inner[k] //= 2
         step = d.step
@@ -237,29 +231,29 @@ class GpuTiling(SketchRule):
         thread where the copy's rows hold whole vectors and no guard splits them, within the
         shared memory of a block."""
         at = reduce[0]
-        site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == at)
+        site = b.loop(at)
         if _guarded(b.kernel.body, at) or any(isinstance(s, If) for s in walk_stmts(site.body)):
             # a tile that does not divide its loop: the barriers around the copies would sit
             # under its guard, waiting for threads the guard keeps out (TVM refuses them)
             return
         budget = info.machine.shared_memory_per_block
         allocated = _allocated(b.kernel)  # the stages not inlined
-        for buffer in info.inputs + tuple(s for s in info.stages if s in allocated):
-            trial = CacheRead(buffer, at, "shared")
-            try:
-                kernel, made = trial.trace(b.kernel)
-            except Exception:  # not read at that loop, or its region is unknown: stays global
-                continue
+        copies: list[Buffer] = []
+
+        def fits(kernel, made) -> bool:
             (copy,) = [s.buffer for s in walk_stmts(kernel.body) if isinstance(s, Allocate) and s.buffer.name in made.buffers]
-            size = _product(copy.shape) * itemsize(copy.dtype)
-            if size > budget:
-                continue
-            budget -= size
-            made = b.must(trial)
+            copies.append(copy)
+            return copy.size * itemsize(copy.dtype) <= budget
+        for buffer in info.inputs + tuple(s for s in info.stages if s in allocated):
+            # refused where the buffer is not read at that loop or its region is unknown, or
+            # left out beyond the block's shared memory: read from global memory then
+            made = b.may(CacheRead(buffer, at, "shared"), accept=fits)
             if not made:
                 continue
+            copy = copies[-1]
+            budget -= copy.size * itemsize(copy.dtype)
             loops = list(made.get("copy"))
-            copy_site = next(s for s in walk_stmts(b.kernel.body) if isinstance(s, For) and s.var == loops[0])
+            copy_site = b.loop(loops[0])
             if vector > 1 and copy.shape[-1] % vector == 0 and not any(isinstance(s, If) for s in walk_stmts(copy_site)):
                 # split before the fuse, so the vector's index stays a plain ramp (no // or %)
                 split = b.must(Split(loops[-1], vector)) if copy.shape[-1] > vector else None
@@ -284,7 +278,7 @@ def _spread(b: Builder, loop: str, axes: list[tuple[int, str]]) -> None:
     where it has exactly as many iterations as the axis has threads: a shorter one would be
     guarded as a whole, and TVM cannot put the barrier that follows the copy inside a guard.
     (A copy smaller than the block leaves its outer part serial: copied by every thread row.)"""
-    total = _product(n for n, _ in axes)
+    total = math.prod(n for n, _ in axes)
     if axes and b.extents()[loop] > total:
         made = b.must(Split(loop, total))  # a copy that does not divide: the store is guarded
         if not made:
