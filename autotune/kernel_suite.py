@@ -128,3 +128,16 @@ SUITE: dict[str, SuiteKernel] = {k.name: k for k in (
                 lambda: helper.make_node("LayerNormalization", ["X", "gamma", "beta"], ["Y"], axis=-1,
                                          epsilon=1e-5), _layernorm),
 )}
+
+
+def kernels_named(names: list[str] | None) -> dict[str, SuiteKernel]:
+    """The kernels `bench kernels --kernels` names (default: SUITE; "unseen": all of UNSEEN), in
+    order; an unknown name is a NestorError listing the known ones."""
+    from ..ir.errors import NestorError
+    known = {**SUITE, **EXTRA, **UNSEEN}
+    names = [k for n in names for k in (UNSEEN if n == "unseen" else [n])] if names else list(SUITE)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(known)} (or unseen: all of "
+                          "the wider zoo's)")
+    return {n: known[n] for n in names}

@@ -100,23 +100,17 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     measurements per run, so a long tuning can be split into short runs. By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
     from .api import import_onnx
-    from .autotune.kernel_suite import EXTRA, SUITE, UNSEEN
+    from .autotune.kernel_suite import kernels_named
     from .autotune.search import kernel_flops
     from .codegen import as_target, build, is_gpu
-    names = [k for n in names for k in (UNSEEN if n == "unseen" else [n])] if names else list(SUITE)
-    kernels = {**SUITE, **EXTRA, **UNSEEN}
-    unknown = [n for n in names if n not in kernels]
-    if unknown:
-        raise NestorError(f"unknown kernel(s) {unknown}; choose from {', '.join(kernels)} (or unseen: all of "
-                          "the wider zoo's)")
+    kernels = kernels_named(names)
     target = as_target(target)
     gpu = is_gpu(target)
     if gpu:
         need_gpu(target)
     torch = _optional_torch(out) if gpu else None
     rows, speedups = [], []
-    for name in names:
-        suite = kernels[name]
+    for name, suite in kernels.items():
         (node,) = [n for n in import_onnx(suite.onnx_model(), target=target).nodes if n.kernel is not None]
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")

@@ -33,3 +33,12 @@ def test_unseen_kernels_have_the_shapes_the_issue_names():
     assert {197, 77, 688, 127, 509, 251} <= extents  # no vector width divides them
     strides = [k for k in UNSEEN if k.endswith("_s2")]
     assert len(strides) >= 3 and len(UNSEEN) >= 10
+
+
+def test_bench_kernels_names_default_to_the_suite_and_unseen_to_the_wider_zoos():
+    from nestor.autotune.kernel_suite import SUITE, kernels_named
+    from nestor.ir.errors import NestorError
+    assert list(kernels_named(None)) == list(SUITE)
+    assert list(kernels_named(["conv3x3", "unseen", "matmul2048"])) == ["conv3x3", *UNSEEN, "matmul2048"]
+    with pytest.raises(NestorError, match=r"unknown kernel\(s\) \['bogus'\]; choose from matmul512"):
+        kernels_named(["bogus"])
