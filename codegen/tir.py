@@ -13,6 +13,7 @@ from tvm.tirx.script.builder import ir as T
 
 from .fast_math import FAST_FLOAT32
 from .target import TargetError
+from nestor.ir.affine import affine_form
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
                        Load, Logic, Not, Seq, Select, Store, Var, is_float, walk, walk_stmts)
 
@@ -64,13 +65,25 @@ class _Lower:
         self.bufs: dict[Buffer, tirx.Buffer] = {}
         self.thread_extents: dict[str, int] = {}  # of the launch being lowered (_launch_extents)
         self.vector_vars: set[str] = set()  # guards on them are not peeled (see If below)
+        self.unrolled_vars: set[str] = set()
         for s in walk_stmts(kernel.body):
             if isinstance(s, For) and s.kind == "vectorized":
                 self.vector_vars.add(s.var)
+            elif isinstance(s, For) and s.kind == "unrolled":
+                self.unrolled_vars.add(s.var)
 
     def _peelable(self, cond) -> bool:
         return not any((isinstance(e, Var) and e.name in self.vector_vars)
-                       or (isinstance(e, Binary) and e.op in ("div", "floordiv", "mod")) for e in walk(cond))
+                       or (isinstance(e, Binary) and e.op in ("div", "floordiv", "mod"))
+                       or (isinstance(e, Compare) and self._unrolled_major(e)) for e in walk(cond))
+
+    def _unrolled_major(self, e: Compare) -> bool:
+        """An unrolled loop steps the compared index by more than one (a split's outer part
+        unrolled, the inner part a serial loop around it): partitioning the loops by the guard
+        would leave the unrolled one an extent that depends on the other, which TVM cannot
+        unroll. (A tile's unrolled inner part steps by one: its guard is peeled.)"""
+        form = affine_form(Binary("sub", e.a, e.b))
+        return form is not None and any(v in self.unrolled_vars and abs(c) > 1 for v, c in form[0].items())
 
     # -- expressions -------------------------------------------------------------------------
     def expr(self, e):

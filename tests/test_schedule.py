@@ -126,3 +126,15 @@ def test_random_schedules_preserve_results(data):
     reassociated = any(isinstance(s, (Reorder, Tile)) for s in schedule.steps)
     for got, want in zip(run_kernel(kernel, args), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4 if reassociated else 1e-5, atol=1e-5)
+
+
+def test_an_unrolled_outer_part_under_a_guard_builds_and_is_right():
+    """A reduction split by 4 (10 does not divide: a guard), its outer part unrolled inside the
+    inner one: peeling the guard would give the unrolled loop an extent that depends on the
+    other, which TVM refuses to unroll (found by the random test above)."""
+    kernel = canonical_loops(kernels()["mm_perfect"])
+    scheduled = parse_pipeline("vectorize(i1); fuse(i2, i3); tile([i2_i3, r0], [[8], [4]]); "
+                               "reorder(r0_i, r0_o, i2_i3_i); unroll(r0_o)").apply(kernel)
+    args, expected = reference("mm_perfect")
+    for got, want in zip(run_kernel(scheduled, args), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
