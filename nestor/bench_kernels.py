@@ -22,13 +22,19 @@ from .ir.errors import NestorError
 
 
 def _tune_nestor(kernel, trials: int, records_path: str, target):
-    """The best schedule found in `trials` measurements (None: none measured), and the seconds taken."""
+    """The best schedule after `trials` measurements in all (those already in the records count:
+    a run cut short resumes where it stopped; None: none measured), and the seconds taken."""
     from .autotune.budget import Budget
-    from .autotune.tune import tune_kernels
+    from .autotune.records import Records
+    from .autotune.tune import best_schedules, target_key, tune_kernels
+    from .ir import structural_hash
     start = time.perf_counter()
-    (task,) = tune_kernels({"k": kernel}, Budget(trials), records_path=records_path, target=target,
-                           show_progress=True)
-    return task.schedule, time.perf_counter() - start
+    with Records(records_path) as records:
+        left = trials - records.count(structural_hash(kernel), target_key(target))
+    if left > 0:
+        (task,) = tune_kernels({"k": kernel}, Budget(left), records_path=records_path, target=target,
+                               show_progress=True)
+    return best_schedules(records_path, target, similar=False)(kernel), time.perf_counter() - start
 
 
 def metaschedule_target(target):
@@ -46,21 +52,34 @@ def metaschedule_target(target):
 
 
 def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
-    """MetaSchedule's best build after `trials` more measurements; its database in `workdir`
-    resumes across runs, as Nestor's records do."""
+    """MetaSchedule's best build after `trials` measurements in all (those already in its
+    database in `workdir` count, as Nestor's records do), and the seconds taken."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = metaschedule_target(target)
     mod = tvm.IRModule({"main": prim_func})
     start = time.perf_counter()
-    database = ms.tune_tir(mod, target, workdir, max_trials_global=trials,
-                           num_trials_per_iter=min(64, trials))
+    left = trials - _metaschedule_count(workdir)
+    if left > 0:
+        database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
+                               num_trials_per_iter=min(64, left))
+    else:
+        database = ms.database.JSONDatabase(work_dir=workdir)
     seconds = time.perf_counter() - start
     sch = ms.tir_integration.compile_tir(database, mod, target)
     if sch is None:
         raise NestorError("MetaSchedule found no valid schedule")
     return tvm.compile(sch.mod, target=target)["main"], seconds
+
+
+def _metaschedule_count(workdir: str) -> int:
+    """Measurements in MetaSchedule's database in `workdir` (one line each)."""
+    path = os.path.join(workdir, "database_tuning_record.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.strip())
 
 
 def torch_op(node: onnx.NodeProto, torch):
@@ -96,8 +115,9 @@ def _optional_torch(out):
 def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
                   records: str | None = None, out=print, target=None) -> float:
     """`records`: keep Nestor's measurements in this database and MetaSchedule's beside it
-    (`<records>.ms/<kernel>/`); both resume from what is there, each spending `trials` more
-    measurements per run, so a long tuning can be split into short runs. By default both go to a
+    (`<records>.ms/<kernel>/`); both resume from what is there up to `trials` measurements in
+    all, so a run cut short goes on where it stopped and a finished one only times again (the
+    tune-seconds columns count this run's tuning). By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
     from .api import import_onnx
     from .autotune.kernel_suite import kernels_named

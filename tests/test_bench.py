@@ -170,3 +170,23 @@ def test_the_wider_zoo_is_its_own_table_with_the_held_out_models_last():
     assert UNSEEN[-len(HELD_OUT):] == HELD_OUT and len(UNSEEN) >= 9
     for name in UNSEEN:
         assert example_model(name).graph.node  # every name builds
+
+
+def test_kernel_bench_tuning_resumes_up_to_the_trials_in_all(tmp_path):
+    from nestor.api import import_onnx
+    from nestor.autotune.records import Records
+    (node,) = [n for n in import_onnx(SUITE["softmax"].onnx_model()).nodes if n.kernel is not None]
+    records = str(tmp_path / "k.sqlite")
+    first, _ = bk._tune_nestor(node.kernel, 4, records, as_target("cpu"))
+    with Records(records) as r:
+        done = r.count()
+    again, _ = bk._tune_nestor(node.kernel, 4, records, as_target("cpu"))  # nothing left to measure
+    with Records(records) as r:
+        assert r.count() == done >= 4
+    assert again is not None and again.to_json() == first.to_json()
+
+
+def test_metaschedule_measurements_are_counted_from_its_database(tmp_path):
+    assert bk._metaschedule_count(str(tmp_path)) == 0
+    (tmp_path / "database_tuning_record.json").write_text('[1]\n[2]\n\n[3]\n')
+    assert bk._metaschedule_count(str(tmp_path)) == 3
