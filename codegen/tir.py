@@ -64,18 +64,30 @@ class _Lower:
         self.vars: dict[str, tirx.Var] = {}
         self.bufs: dict[Buffer, tirx.Buffer] = {}
         self.thread_extents: dict[str, int] = {}  # of the launch being lowered (_launch_extents)
-        self.vector_vars: set[str] = set()  # guards on them are not peeled (see If below)
+        self.vector_vars: dict[str, int] = {}  # extents; which guards on them peel: see _peelable
         self.unrolled_vars: set[str] = set()
         for s in walk_stmts(kernel.body):
             if isinstance(s, For) and s.kind == "vectorized":
-                self.vector_vars.add(s.var)
+                self.vector_vars[s.var] = s.extent
             elif isinstance(s, For) and s.kind == "unrolled":
                 self.unrolled_vars.add(s.var)
 
     def _peelable(self, cond) -> bool:
-        return not any((isinstance(e, Var) and e.name in self.vector_vars)
+        return not any((isinstance(e, Var) and e.name in self.vector_vars and not self._vector_tail(cond))
                        or (isinstance(e, Binary) and e.op in ("div", "floordiv", "mod"))
                        or (isinstance(e, Compare) and self._unrolled_major(e)) for e in walk(cond))
+
+    def _vector_tail(self, cond) -> bool:
+        """A comparison on a vector loop's index that a split's tail makes (`o * 16 + v < 251`,
+        v's extent dividing every other loop's step): it cuts the vector loop for one value of the
+        other loops only, where partitioning fixes them, so the cut loop has a constant extent
+        (a vector of 11 lanes) and every other iteration runs the whole vector unguarded."""
+        form = affine_form(Binary("sub", cond.a, cond.b)) if isinstance(cond, Compare) else None
+        if form is None:
+            return False
+        vector = [v for v in form[0] if v in self.vector_vars]
+        return len(vector) == 1 and abs(form[0][vector[0]]) == 1 and all(
+            c % self.vector_vars[vector[0]] == 0 for v, c in form[0].items() if v != vector[0])
 
     def _unrolled_major(self, e: Compare) -> bool:
         """An unrolled loop steps the compared index by more than one (a split's outer part
@@ -249,12 +261,16 @@ class _Lower:
                 else:
                     self.stmt(s.body)
                 self.launched -= launched
+        elif isinstance(s, If) and s.otherwise is None and isinstance(s.cond, Logic) and s.cond.op == "and":
+            # loop partitioning reads one comparison a likely(): two tiles' tails as nested ifs
+            self.stmt(If(s.cond.a, If(s.cond.b, s.then)))
         elif isinstance(s, If):
             # likely(): TVM's loop partitioning only splits loops on likely conditions; so a
             # non-dividing tile's guard is peeled off into its last iteration, and the others
             # run unguarded (ResNet-50's 14x14 1x1 conv in 6-pixel tiles: 1.39 ms peeled, 1.71
-            # guarded). Only where the peeled loops keep constant extents: not on vector lanes,
-            # not through a fused loop's // and % (TVM cannot vectorize or unroll a min(..) extent).
+            # guarded). Only where the peeled loops keep constant extents: on vector lanes only
+            # a split's tail (_vector_tail), not through a fused loop's // and % (TVM cannot
+            # vectorize or unroll a min(..) extent).
             cond = self.expr(s.cond)
             if self._peelable(s.cond):
                 cond = tirx.likely(cond)

@@ -86,7 +86,7 @@ def test_padding_guard_in_a_vectorized_loop_stays_a_vector_select():
                                       np.pad(x, (0, 2), constant_values=-np.inf), 3), axis=1))
 
 
-def test_a_tile_guard_is_peeled_but_not_one_on_vector_lanes_or_a_fused_loop():
+def test_a_tile_guard_is_peeled_but_not_one_across_vector_lanes_or_a_fused_loop():
     # 14 pixels in tiles of 6 (the last tile peeled: its guard is likely(), which TVM's loop
     # partitioning splits on), each pixel a vector of 8 lanes
     X = Buffer("X", (14, 8)); Y = Buffer("Y", (14, 8))
@@ -98,15 +98,25 @@ def test_a_tile_guard_is_peeled_but_not_one_on_vector_lanes_or_a_fused_loop():
     assert "T.likely(" in to_primfunc(kernel).script()
     x = rand(14, 8)
     np.testing.assert_allclose(run_kernel(kernel, [x])[0], x * 2)
-    # guards on the lanes (12 = 8 + 4 lanes) or through a fused loop's // and % stay plain ifs:
-    # a peeled vector or unrolled loop of extent min(..) cannot be vectorized or unrolled
+    # a split's tail on the lanes too (14 = 8 + 6 lanes: the last vector 6 lanes, the other
+    # unguarded), one comparison a likely() where two guards meet (io + v < 7 is no tail)
+    Z = Buffer("Z", (14,))
     q = io * 8 + v
-    lanes = For("io", 2, For("v", 8, If(lt(q, 12), store(Y, (q, 0), X[q, 0] + 1.0)), kind="vectorized"))
+    tail = Kernel("tail", (X,), (Z,), For("io", 2, For("v", 8, If(logical_and(lt(q, 14), lt(io + v, 7)), store(
+        Z, q, X[q, 0] * 2.0)), kind="vectorized")))
+    text = to_primfunc(tail).script()
+    assert text.count("T.likely(") == 1 and "T.likely(io * 8 + v < 14)" in text
+    kept = np.arange(14) != 7
+    np.testing.assert_allclose(run_kernel(tail, [x])[0][kept], x[kept, 0] * 2)
+    # guards across the lanes (a window's io + v) or through a fused loop's // and % stay plain
+    # ifs: a peeled vector or unrolled loop of extent min(..) cannot be vectorized or unrolled
+    lanes = For("io", 2, For("v", 8, If(lt(io + v, 8), store(Y, (v, io), X[v, io] + 1.0)), kind="vectorized"))
     f = Var("f")
     r = (f % 3) * 6 + ii
     fused = For("f", 6, For("ii", 6, If(lt(r, 14), store(Y, (r, f // 3), X[r, f // 3] - 1.0)),
                             kind="unrolled"), kind="parallel")
-    for body, want in ((lanes, lambda y, x: np.testing.assert_allclose(y[:12, 0], x[:12, 0] + 1.0)),
+    window = np.add.outer(np.arange(8), np.arange(2)) < 8
+    for body, want in ((lanes, lambda y, x: np.testing.assert_allclose(y[:8, :2][window], (x[:8, :2] + 1.0)[window])),
                        (fused, lambda y, x: np.testing.assert_allclose(y[:, :2], x[:, :2] - 1.0))):
         k = Kernel("plain", (X,), (Y,), body)
         assert "T.likely(" not in to_primfunc(k).script()
