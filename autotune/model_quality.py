@@ -8,16 +8,24 @@ score from a model that never saw it, and on those scores, per task:
 - top-k recall among `pool`: over random pools of `pool` candidates, how often a truly fastest
   one is among the k best-scored (what a search round relies on when it measures its best few).
 A second number, `transfer`, is the pairwise accuracy of a model trained on the other tasks only:
-what pretraining on past records buys a new kernel before its first measurement.
+what the shared model knows of a kernel before its first measurement. With `pretrained` (records
+of other models, or a saved cost model) every model above also learns from those samples first
+(the tuner's `pretrained` does the same), and a third number, `pretrained`, is the pairwise
+accuracy of a model trained on them alone (TenSet's transfer: a new model's kernels ranked by
+what was learned on others). Pretraining samples of a task evaluated here are left out, so
+both measure transfer to unseen kernels.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..codegen import machine_params
 from ..costmodel import CostModel, features, pairwise_accuracy, sampled_top_k_recall
-from ..ir import parse_kernel
+from ..ir import InputError, parse_kernel
+from ..ir.machine import GENERIC_CPU, MachineParams
 from ..passes import Schedule
 from .records import Records
 
@@ -31,47 +39,88 @@ class TaskQuality:
     top1: float
     top5: float
     transfer: float        # pairwise accuracy of a model trained on the other tasks only
+    pretrained: float      # ... of a model trained on the pretraining samples only (NaN without)
 
 
-def _samples(records: Records, target: str | None):
-    """Feature rows, seconds and task of every correct record whose schedule still replays."""
-    rows, seconds, groups, names = [], [], [], {}
+@functools.cache
+def _machine(target_key: str) -> MachineParams:
+    """The machine a record was measured on (its features count that machine's cache lines,
+    vector lanes and cores)."""
+    try:
+        return machine_params(target_key)
+    except Exception:  # a target this TVM does not know: the generic CPU's features
+        return GENERIC_CPU
+
+
+def record_samples(records: Records, target: str | None = None, names: dict | None = None):
+    """Feature rows, seconds and task of every correct record (of `target`, or all) whose
+    schedule still replays; features for the machine each record was measured on. `names`, if
+    given, receives task -> kernel name."""
+    rows, seconds, groups = [], [], []
     for task in records.tasks():
         text = records.task_kernel(task)
         if text is None:
             continue
         kernel = parse_kernel(text)
-        names[task] = kernel.name
-        kernels, secs = [], []
+        if names is not None:
+            names[task] = kernel.name
+        by_target: dict[str, tuple[list, list]] = {}
         for r in records.records(task, target, ok_only=True):
             try:
-                kernels.append(Schedule.from_json(r.schedule).apply(kernel))
+                scheduled = Schedule.from_json(r.schedule).apply(kernel)
             except Exception:  # measured by an older Nestor whose passes differ
                 continue
+            kernels, secs = by_target.setdefault(r.target, ([], []))
+            kernels.append(scheduled)
             secs.append(r.median)
-        if kernels:
-            rows.append(features(kernels))
+        for key, (kernels, secs) in by_target.items():
+            rows.append(features(kernels, _machine(key)))
             seconds += secs
             groups += [task] * len(kernels)
     if not rows:
-        return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, str), names
-    return np.concatenate(rows), np.asarray(seconds), np.asarray(groups), names
+        return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, str)
+    return np.concatenate(rows), np.asarray(seconds), np.asarray(groups)
 
 
-def _fit(x, seconds, groups, seed) -> CostModel:
+def pretraining_samples(path: str, target: str | None = None):
+    """Samples to pretrain a cost model with, from a records database (`record_samples`) or a
+    saved cost model (its training data): feature rows, seconds, groups."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise InputError(f"cannot read pretraining file '{path}': {err}") from None
+    if head == b"SQLite format 3\x00":
+        with Records(path) as records:
+            return record_samples(records, target)
+    return CostModel.load(path).training_data()
+
+
+def _fit(x, seconds, groups, seed, extra=None) -> CostModel:
     model = CostModel(seed=seed)
+    if extra is not None and len(extra[1]):
+        model.pretrain_features(*extra)
     model.update_features(x, seconds, groups)
     return model
 
 
 def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool: int = 64,
-             seed: int = 0, min_records: int = 8) -> list[TaskQuality]:
-    """Quality per task (tasks with fewer than `min_records` correct records are left out)."""
+             seed: int = 0, min_records: int = 8, pretrained: str | None = None) -> list[TaskQuality]:
+    """Quality per task (tasks with fewer than `min_records` correct records are left out);
+    `pretrained`: a records database or saved cost model to pretrain every model with."""
+    names: dict[str, str] = {}
     with Records(records_path) as records:
-        x, seconds, groups, names = _samples(records, target)
+        x, seconds, groups = record_samples(records, target, names)
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
+    extra = base = None
+    if pretrained is not None:
+        px, ps, pg = pretraining_samples(pretrained, target)
+        unseen = ~np.isin(pg, groups)
+        extra = px[unseen], ps[unseen], pg[unseen]
+        base = CostModel(seed=seed)
+        base.pretrain_features(*extra)
     rng = np.random.default_rng(seed)
     fold = np.empty(len(groups), int)
     for t in tasks:  # deal each task's records into folds evenly
@@ -80,32 +129,36 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     scores = np.zeros(len(groups))
     for f in range(folds):
         train = fold != f
-        scores[~train] = _fit(x[train], seconds[train], groups[train], seed).predict_features(x[~train])
+        scores[~train] = _fit(x[train], seconds[train], groups[train], seed, extra).predict_features(x[~train])
     out = []
     for t in tasks:
         mine = groups == t
         s, secs, g = scores[mine], seconds[mine], groups[mine]
-        others = _fit(x[~mine], seconds[~mine], groups[~mine], seed) if len(tasks) > 1 else None
+        others = _fit(x[~mine], seconds[~mine], groups[~mine], seed, extra) if len(tasks) > 1 else None
         transfer = (pairwise_accuracy(others.predict_features(x[mine]), secs, g)
                     if others is not None and others.trained else float("nan"))
+        alone = (pairwise_accuracy(base.predict_features(x[mine]), secs, g)
+                 if base is not None and base.trained else float("nan"))
         out.append(TaskQuality(t, names.get(t, t[:8]), int(mine.sum()), pairwise_accuracy(s, secs, g),
                                sampled_top_k_recall(s, secs, g, 1, pool, seed=seed),
-                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer))
+                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone))
     return out
 
 
 def report(quality: list[TaskQuality], pool: int = 64, out=print) -> float:
     """Print a table; returns the pairwise accuracy over all tasks (mean of the tasks')."""
     out(f"{'kernel':<16} {'task':<10} {'records':>7} {'pairwise':>8} {f'top1/{pool}':>8} "
-        f"{f'top5/{pool}':>8} {'transfer':>8}")
+        f"{f'top5/{pool}':>8} {'transfer':>8} {'pretrained':>10}")
     for q in quality:
         out(f"{q.kernel[:16]:<16} {q.task[:10]:<10} {q.records:>7} {q.pairwise:>8.3f} {q.top1:>8.2f} "
-            f"{q.top5:>8.2f} {q.transfer:>8.3f}")
+            f"{q.top5:>8.2f} {q.transfer:>8.3f} {q.pretrained:>10.3f}")
     if not quality:
         out("no task has enough correct records to evaluate")
         return float("nan")
-    mean = lambda attr: float(np.nanmean([getattr(q, attr) for q in quality]))
+    def mean(attr):
+        values = [getattr(q, attr) for q in quality]
+        return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
     out(f"{'mean':<16} {'':<10} {sum(q.records for q in quality):>7} {mean('pairwise'):>8.3f} "
-        f"{mean('top1'):>8.2f} {mean('top5'):>8.2f} {mean('transfer'):>8.3f}")
+        f"{mean('top1'):>8.2f} {mean('top5'):>8.2f} {mean('transfer'):>8.3f} {mean('pretrained'):>10.3f}")
     out(f"cost model pairwise accuracy on held-out records: {mean('pairwise'):.3f}")
     return mean("pairwise")

@@ -17,6 +17,7 @@ from ..ir.errors import NestorError
 from ..passes import Schedule, canonical_loops
 from .budget import Budget
 from .measure import Measurer
+from .model_quality import pretraining_samples
 from .records import Records
 from .task_scheduler import Task, TaskScheduler, extract_tasks, kernel_tasks, round_printer, similarity_key
 
@@ -37,29 +38,32 @@ def target_key(target: tvm.target.Target | None = None) -> str:
 
 def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str | None = None,
                  target=None, show_progress: bool = True, model_path: str | None = None,
-                 seed: int = 0, batch: int = 16) -> list[Task]:
+                 seed: int = 0, batch: int = 16, pretrained: str | None = None) -> list[Task]:
     """Tune kernels given by name (structurally equal ones are one task, its nodes their names)
     with the task scheduler, as the kernels of a model are. Returns the tasks."""
-    return _tune_tasks(kernel_tasks(kernels), budget, records_path, target, show_progress, model_path, seed, batch)
+    return _tune_tasks(kernel_tasks(kernels), budget, records_path, target, show_progress, model_path, seed, batch,
+                       pretrained)
 
 
 def tune_graph(graph, budget: Budget, records_path: str | None = None, target=None,
                show_progress: bool = True, model_path: str | None = None, seed: int = 0,
-               batch: int = 16) -> list[Task]:
+               batch: int = 16, pretrained: str | None = None) -> list[Task]:
     """Tune the kernels of a model graph together (autotune.task_scheduler). Returns the tasks
-    with their best times and trial counts."""
-    return _tune_tasks(extract_tasks(graph), budget, records_path, target, show_progress, model_path, seed, batch)
+    with their best times and trial counts. `pretrained`: records of other tunings (.sqlite)
+    or a saved cost model, whose samples the cost model learns from before the first round."""
+    return _tune_tasks(extract_tasks(graph), budget, records_path, target, show_progress, model_path, seed, batch,
+                       pretrained)
 
 
 def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, target, show_progress: bool,
-                model_path: str | None, seed: int, batch: int) -> list[Task]:
+                model_path: str | None, seed: int, batch: int, pretrained: str | None = None) -> list[Task]:
     """Tune `tasks` within `budget` on `target` (anything `as_target` takes; None: this host):
     one set of measurement workers, the records and the cost model shared by all of them."""
     if not tasks:
         return tasks
     target = as_target(target)
     machine = machine_params(target)
-    with _tuning_state(records_path, model_path, seed, machine) as (records, model), \
+    with _tuning_state(records_path, model_path, seed, machine, pretrained) as (records, model), \
             Measurer(None, target=target) as measurer:
         scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine, batch, seed)
         try:
@@ -71,14 +75,18 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
 
 
 @contextlib.contextmanager
-def _tuning_state(records_path: str | None, model_path: str | None, seed: int, machine):
-    """The records database and the cost model (for `machine`) of a tuning run; the model is
-    saved at the end, interrupted or not (the records are written as they arrive)."""
-    records = Records(records_path) if records_path else None
+def _tuning_state(records_path: str | None, model_path: str | None, seed: int, machine,
+                  pretrained: str | None = None):
+    """The records database and the cost model (for `machine`) of a tuning run, pretrained from
+    `pretrained` if given; the model is saved at the end, interrupted or not (the records are
+    written as they arrive)."""
     if model_path and os.path.exists(model_path):
         model = CostModel.load(model_path, machine)
     else:
         model = CostModel(seed=seed, machine=machine)
+    if pretrained:
+        model.pretrain_features(*pretraining_samples(pretrained))
+    records = Records(records_path) if records_path else None
     try:
         yield records, model
     finally:

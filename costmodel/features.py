@@ -166,6 +166,35 @@ class AccessFeatures:
     reuse_count: float         # and that loop's extent
 
 
+@dataclass(slots=True, kw_only=True)
+class ShapeFeatures:
+    """What the computation is and how the schedule fits the target (MachineParams): ratios a
+    tree cannot form from the features above, and the same on any machine."""
+    batch_iters: float         # iterations of spatial loops that index every access: a batch
+                               # matmul's batch and heads, a depthwise conv's channels, groups
+    spatial_iters: float       # iterations of all spatial loops
+    store_tail: float          # the stored buffer's last extent modulo the vector lanes (odd extents)
+    vec_regs: float            # vector registers one vectorized operation takes
+    vec_fill: float            # share of those registers' lanes in use (a tail: below 1)
+    vec_guarded: float         # a guard inside the vector loop (a tail the vectors must mask)
+    par_per_core: float        # parallel iterations per core
+    par_balance: float         # parallel iterations / (rounds of `cores` tasks x cores): 1 balanced
+    acc_registers: float       # vector registers the local buffers (register tile) would take
+    acc_spill: float           # ... beyond what the target keeps as accumulators
+    # float operations per byte of cache lines the accesses touch while the innermost
+    # 1..4 loops (all: the whole nest) run, and the share of L1 / L2 those lines take
+    intensity_L1: float
+    intensity_L2: float
+    intensity_L3: float
+    intensity_L4: float
+    intensity_Lall: float
+    l1_share_L2: float
+    l1_share_L3: float
+    l1_share_L4: float
+    l2_share_L4: float
+    l2_share_Lall: float
+
+
 @functools.cache
 def _field_names(group: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(group))
@@ -186,10 +215,11 @@ class StatementFeatures:
     loop: LoopFeatures
     arith: ArithFeatures
     accesses: tuple[AccessFeatures, ...]  # N_ACCESSES: the store, the loads; zeros pad
+    shape: ShapeFeatures
 
     def groups(self) -> tuple:
         """The groups in vector order (named after _PREFIXES)."""
-        return (self.loop, self.arith, *self.accesses)
+        return (self.loop, self.arith, *self.accesses, self.shape)
 
     def names(self) -> list[str]:
         # a trailing underscore only keeps a Python keyword out of a field name (`global_`)
@@ -203,9 +233,10 @@ class StatementFeatures:
         return out
 
 
-_PREFIXES = ("loop", "arith", *(f"acc{n}" for n in range(N_ACCESSES)))
+_PREFIXES = ("loop", "arith", *(f"acc{n}" for n in range(N_ACCESSES)), "shape")
 _ABSENT = _zeros(AccessFeatures)
-STATEMENT_NAMES = StatementFeatures(_zeros(LoopFeatures), _zeros(ArithFeatures), (_ABSENT,) * N_ACCESSES).names()
+STATEMENT_NAMES = StatementFeatures(_zeros(LoopFeatures), _zeros(ArithFeatures), (_ABSENT,) * N_ACCESSES,
+                                    _zeros(ShapeFeatures)).names()
 FEATURE_NAMES = ([f"sum.{n}" for n in STATEMENT_NAMES] + [f"max.{n}" for n in STATEMENT_NAMES]
                  + [f"top.{n}" for n in STATEMENT_NAMES])
 
@@ -264,9 +295,11 @@ def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Bu
     exec_count = math.prod(l.extent for l in loops)
     vec = next((n for n in range(len(loops) - 1, -1, -1) if loops[n].kind == "vectorized"), None)
     vec_len = loops[vec].extent if vec is not None else 1
-    return StatementFeatures(loop=_loop_features(s, loops, guards, allocs, exec_count, vec, machine),
-                             arith=_arith_features(s, guards, exec_count, vec_len),
-                             accesses=_accesses(s, loops, vec, machine.cache_line))
+    loop = _loop_features(s, loops, guards, allocs, exec_count, vec, machine)
+    arith = _arith_features(s, guards, exec_count, vec_len)
+    accesses = _accesses(s, loops, vec, machine.cache_line)
+    return StatementFeatures(loop=loop, arith=arith, accesses=accesses,
+                             shape=_shape_features(s, loops, loop, arith, accesses, machine))
 
 
 def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[AccessFeatures, ...]:
@@ -340,6 +373,46 @@ def _loop_features(s: Store, loops, guards, allocs, exec_count: int, vec: int | 
         local_alloc_bytes=sum(_nbytes(b) for b in local), local_allocs=len(local),
         shared_alloc_bytes=sum(_nbytes(b) for b in allocs if b.scope == "shared"),
         global_alloc_bytes=sum(_nbytes(b) for b in allocs if b.scope == "global"))
+
+
+def _shape_features(s: Store, loops, loop: LoopFeatures, arith: ArithFeatures,
+                    accesses: tuple[AccessFeatures, ...], machine: MachineParams) -> ShapeFeatures:
+    every = None  # loop variables that index every access to a global buffer (a register
+    for b, indices in ((s.buffer, s.indices), *((l.buffer, l.indices) for l in loads(s.value))):
+        if b.scope == "global":  # tile's accumulator is indexed by the tile's loops only)
+            used = variables(tuple(indices))
+            every = used if every is None else every & used
+    spatial = [l for l in loops if l.axis != "reduce"]
+    lanes = machine.lanes(s.buffer.dtype)
+    vec_regs = -(-int(loop.vec_len) // lanes) if loop.vec_len else 0
+    cores = max(1, machine.cores)
+    tasks = loop.par_prod if loop.par_loops else 0
+    registers = loop.local_alloc_bytes / max(1, machine.vector_bytes)
+    depth = len(loops)
+    iters = {lv: math.prod(l.extent for l in loops[depth - min(lv, depth):]) for lv in (1, 2, 3, 4)}
+    iters[0] = loop.exec
+    line = machine.cache_line
+
+    def lines(lv: str) -> float:  # bytes of the cache lines all accesses touch at a level
+        return sum(getattr(a, f"lines_L{lv}") for a in accesses) * line
+
+    def intensity(lv: int) -> float:
+        return arith.float_per_iter * iters[lv] / max(1.0, lines(lv or "all"))
+
+    return ShapeFeatures(
+        batch_iters=math.prod(l.extent for l in spatial if every and l.var in every),
+        spatial_iters=math.prod(l.extent for l in spatial),
+        store_tail=(s.buffer.shape[-1] % lanes) if s.buffer.shape else 0,
+        vec_regs=vec_regs, vec_fill=loop.vec_len / (vec_regs * lanes) if vec_regs else 0,
+        vec_guarded=loop.guard_in_vec,
+        par_per_core=tasks / cores,
+        par_balance=tasks / (-(-tasks // cores) * cores) if tasks else 0,
+        acc_registers=registers, acc_spill=max(0.0, registers - machine.accumulators),
+        intensity_L1=intensity(1), intensity_L2=intensity(2), intensity_L3=intensity(3),
+        intensity_L4=intensity(4), intensity_Lall=intensity(0),
+        l1_share_L2=lines(2) / machine.l1_bytes, l1_share_L3=lines(3) / machine.l1_bytes,
+        l1_share_L4=lines(4) / machine.l1_bytes, l2_share_L4=lines(4) / machine.l2_bytes,
+        l2_share_Lall=lines("all") / machine.l2_bytes)
 
 
 def _guard_fraction(guards, loops) -> float:

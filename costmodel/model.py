@@ -9,7 +9,10 @@ Online training keeps every measured sample and refits from scratch on each upda
 hundred trees' worth of work on at most a few thousand rows: well under a second), which is
 simpler and steadier than stacking trees on old ones. `save` writes the samples with the
 booster, so a reloaded model keeps learning where it stopped, and `pretrain` seeds it from
-past records before a new task is tuned.
+past records before a new task is tuned (TenSet's and MetaSchedule's pretrained models): those
+samples are the oldest, so the task's own measurements displace them first once MAX_SAMPLES
+is reached. A file saved with other features (FORMAT, or the feature names) is refused with
+a CostModelError: its samples cannot be read as today's features.
 """
 from __future__ import annotations
 
@@ -18,25 +21,24 @@ import io
 import json
 import math
 import os
-import warnings
 from typing import Iterable
 
 import numpy as np
 import xgboost as xgb
 
-from ..ir import Kernel
+from ..ir import Kernel, NestorError
 from ..ir.machine import GENERIC_CPU, MachineParams
 from .features import FEATURE_NAMES, kernel_features
 
-ROUNDS = 80            # trees per fit
+ROUNDS = 150           # trees per fit
 MAX_SAMPLES = 20_000   # most recent samples kept for training
-FORMAT = 1
+FORMAT = 2             # 2: ShapeFeatures added
 PARAMS = {
     "objective": "rank:pairwise",
     "lambdarank_pair_method": "mean",     # random pairs across the whole group, not only the top
-    "lambdarank_num_pair_per_sample": 16,
-    "eta": 0.15,
-    "max_depth": 6,
+    "lambdarank_num_pair_per_sample": 32,
+    "eta": 0.1,
+    "max_depth": 4,
     "min_child_weight": 1,
     "subsample": 0.8,
     "colsample_bytree": 0.5,
@@ -48,6 +50,10 @@ _FEATURES_ID = hashlib.sha1("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 def features(kernels: Iterable[Kernel], machine: MachineParams = GENERIC_CPU) -> np.ndarray:
     rows = [kernel_features(k, machine) for k in kernels]
     return np.array(rows, dtype=np.float32).reshape(len(rows), len(FEATURE_NAMES))
+
+
+class CostModelError(NestorError):
+    """A saved cost model this Nestor cannot use (another format or other features)."""
 
 
 class CostModel:
@@ -89,8 +95,25 @@ class CostModel:
                 secs.append(sec)
                 groups.append(group)
         if rows:
-            self._add(np.array(rows, np.float32), secs, groups)
-            self._fit()
+            self.pretrain_features(np.array(rows, np.float32), secs, groups)
+
+    def pretrain_features(self, x: np.ndarray, seconds, groups) -> int:
+        """`pretrain` with feature rows (from `features`, another model's `training_data`, or
+        autotune.model_quality.record_samples). Groups the model already has samples of are
+        skipped (a model pretrained, saved and pretrained again from the same records would
+        count them twice). Returns the samples added."""
+        groups = np.asarray(groups, dtype=str)
+        new = ~np.isin(groups, self._groups)
+        if not new.any():
+            return 0
+        before = self.samples
+        self._add(np.asarray(x, np.float32)[new], np.asarray(seconds, np.float64)[new], groups[new])
+        self._fit()
+        return self.samples - before
+
+    def training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The samples the model learns from: feature rows, seconds and groups."""
+        return self._x, self._seconds, self._groups
 
     def predict(self, kernels: list[Kernel]) -> np.ndarray:
         """A score per kernel, higher = predicted faster (comparable within one task only).
@@ -150,14 +173,23 @@ class CostModel:
     @classmethod
     def load(cls, path: str, machine: MachineParams = GENERIC_CPU) -> CostModel:
         """A saved model, to rank kernels for `machine`. One saved with other features (an
-        older Nestor) cannot predict these: it is dropped with a warning and an untrained
-        model returned."""
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS), machine=machine)
+        older Nestor) cannot predict these: CostModelError, which says so."""
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CostModelError(f"{path}: not a Nestor cost model file ({err})") from None
+        with f:
+            try:
+                meta = json.loads(str(f["meta"]))
+            except (KeyError, ValueError):
+                raise CostModelError(f"{path}: not a Nestor cost model file (no metadata)") from None
             if meta.get("format") != FORMAT or meta.get("features") != _FEATURES_ID:
-                warnings.warn(f"{path}: cost model saved with other features; starting untrained")
-                return model
+                saved = f"format {meta.get('format')}" + (" with other features" if meta.get("format") == FORMAT else "")
+                raise CostModelError(
+                    f"{path}: cost model saved by another Nestor ({saved}; this one reads format {FORMAT}): "
+                    f"its samples are not today's features. Delete it or choose another file; to keep what it "
+                    f"learned, pretrain from the records it was tuned with (--pretrained RECORDS.sqlite)")
+            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS), machine=machine)
             model._x, model._seconds, model._groups = f["x"], f["seconds"], f["groups"]
             raw = f["booster"]
         if len(raw):

@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
                                      "models: tune into it, or without --time-budget compile from it; "
                                      "costmodel: the records to evaluate on")
+    b.add_argument("--pretrained", metavar="FILE", help="costmodel: pretrain every model from these records "
+                                                        "of other models (.sqlite) or this saved cost model")
     b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)
@@ -103,6 +105,8 @@ def _tuning_args(p) -> None:
                                               "with --time-budget alone: as many as fit)")
     p.add_argument("--time-budget", metavar="30m", help="stop tuning after this long (s, m or h)")
     p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
+    p.add_argument("--pretrained", metavar="FILE", help="pretrain the cost model from these records of "
+                                                        "other tunings (.sqlite) or this saved cost model")
 
 
 def _target_arg(p, default: str | None = "cpu", default_text: str = "cpu") -> None:
@@ -321,7 +325,9 @@ def cmd_bench(args) -> int:
                              "nestor bench kernels --records DB)")
         if not os.path.exists(args.records):
             raise InputError(f"records file '{args.records}' does not exist")
-        report(evaluate(args.records))
+        if args.pretrained and not os.path.exists(args.pretrained):
+            raise InputError(f"pretraining file '{args.pretrained}' does not exist")
+        report(evaluate(args.records, pretrained=args.pretrained))
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
@@ -346,7 +352,7 @@ def cmd_tune(args) -> int:
         from .autotune.tune import tune_kernels
         kernel = _read_kernel(args.model)
         _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, target=args.target,
-                                          model_path=args.cost_model),
+                                          model_path=args.cost_model, pretrained=args.pretrained),
               f"kernel {kernel.name}", 1, args)
     else:
         from .api import import_onnx
@@ -369,7 +375,8 @@ def _tune_graph(graph, args) -> None:
     from .autotune.tune import tune_graph
     from .ir import structural_hash
     distinct = len({structural_hash(k) for k in graph.kernels()})
-    _tune(lambda budget: tune_graph(graph, budget, args.records, target=args.target, model_path=args.cost_model),
+    _tune(lambda budget: tune_graph(graph, budget, args.records, target=args.target, model_path=args.cost_model,
+                                    pretrained=args.pretrained),
           f"{distinct} distinct kernels of {len(graph.kernels())} calls", distinct, args)
 
 

@@ -74,6 +74,36 @@ def test_tune_a_kernel_file_within_a_time_budget_only(tmp_path, capsys):
         assert db.count() > 0
 
 
+def test_tune_pretrained_from_other_records_and_an_old_cost_model_refused(tmp_path, capsys):
+    """--pretrained seeds the cost model with another tuning's records (kept in --cost-model);
+    a cost model file of another format is one clear line, exit 1."""
+    import json
+    import numpy as np
+    from nestor.costmodel import CostModel
+    from nestor.ir import print_kernel, structural_hash
+    from tests.test_passes import _onnx
+    paths = []
+    for n, shape in enumerate(((16, 32, 16), (32, 16, 24))):
+        m, k, n_ = shape
+        kernel = _onnx("MatMul", {"X": [m, k], "W": [k, n_]}, [m, n_])
+        paths.append((tmp_path / f"mm{n}.ir", structural_hash(kernel)))
+        paths[-1][0].write_text(print_kernel(kernel))
+    other, model = tmp_path / "other.sqlite", tmp_path / "model.npz"
+    assert main(["tune", str(paths[0][0]), "--time-budget", "2s", "--records", str(other)]) == 0
+    assert main(["tune", str(paths[1][0]), "--time-budget", "2s", "--records", str(tmp_path / "r.sqlite"),
+                 "--pretrained", str(other), "--cost-model", str(model)]) == 0
+    groups = set(CostModel.load(str(model)).training_data()[2])
+    assert paths[0][1] in groups  # learned from the other tuning's records
+    with np.load(model) as f:
+        saved = dict(f)
+    np.savez(model, **{**saved, "meta": np.array(json.dumps({**json.loads(str(saved["meta"])), "format": 1}))})
+    capsys.readouterr()
+    assert main(["tune", str(paths[1][0]), "--trials", "1", "--records", str(tmp_path / "r.sqlite"),
+                 "--cost-model", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert "saved by another Nestor (format 1" in err and len(err.strip().splitlines()) == 1
+
+
 # --- --target ----------------------------------------------------------------------------------
 
 def _tiny_onnx(tmp_path) -> str:

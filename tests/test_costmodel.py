@@ -239,21 +239,21 @@ def test_quality_measures():
     assert sampled_top_k_recall([3, 2, 1, 0], [1, 2, 3, 4], ["a"] * 4, 1, pool=2) == 1.0
 
 
-def test_quality_on_held_out_records(tmp_path):
-    """autotune.model_quality: out-of-fold scores on a records database, where a candidate's time
-    is a known function of its schedule (fewer vector lanes and more loop nests: slower)."""
-    from nestor.autotune.model_quality import evaluate, report
+def synthetic_records(path, names, count=40, seed=0):
+    """A records database of the frontend kernels `names`, `count` sampled schedules each, where
+    a candidate's time is a known function of its schedule (fewer vector lanes and more loop
+    nests: slower)."""
     from nestor.autotune.records import Records
     from nestor.autotune.search import kernel_flops
     from nestor.autotune.space import Sketch
     from nestor.ir import For, print_kernel, structural_hash
-    kernels = {name: canonical_loops(frontend_kernels()[name]) for name in ("matmul", "conv")}
-    with Records(tmp_path / "r.sqlite") as db:
-        for name, kernel in kernels.items():
+    with Records(path) as db:
+        for name in names:
+            kernel = canonical_loops(frontend_kernels()[name])
             task = structural_hash(kernel)
             db.add_task(task, print_kernel(kernel), kernel_flops(kernel))
-            sketch, rng, seen = Sketch.of(kernel), random.Random(0), set()
-            while len(seen) < 40:
+            sketch, rng, seen = Sketch.of(kernel), random.Random(seed), set()
+            while len(seen) < count:
                 schedule, scheduled = sketch.realize(sketch.sample(rng))
                 if schedule.to_json() in seen:
                     continue
@@ -262,7 +262,13 @@ def test_quality_on_held_out_records(tmp_path):
                 lanes = max([s.extent for s in loops if s.kind == "vectorized"] or [1])
                 t = 1e-3 * (1 + len(loops) / 10) / lanes
                 db.add(task, "cpu", schedule.to_json(), t, [t])
-    quality = evaluate(str(tmp_path / "r.sqlite"), folds=4, pool=16)
+    return str(path)
+
+
+def test_quality_on_held_out_records(tmp_path):
+    """autotune.model_quality: out-of-fold scores on a records database of synthetic times."""
+    from nestor.autotune.model_quality import evaluate, report
+    quality = evaluate(synthetic_records(tmp_path / "r.sqlite", ("matmul", "conv")), folds=4, pool=16)
     assert [q.records for q in quality] == [40, 40]
     for q in quality:
         # chance is 0.5; decisions the time ignores (transpose_store) blur it, and the columns
@@ -272,3 +278,68 @@ def test_quality_on_held_out_records(tmp_path):
     lines = []
     assert report(quality, pool=16, out=lines.append) == pytest.approx(np.mean([q.pairwise for q in quality]))
     assert lines[-1].startswith("cost model pairwise accuracy on held-out records: ")
+
+
+
+def test_a_model_saved_by_another_nestor_is_refused_clearly(tmp_path):
+    """A saved model whose format or features differ from today's cannot be read as features:
+    an error that says what to do, not a warning and a silently untrained model."""
+    import json
+    from nestor.costmodel import CostModelError
+    from nestor.costmodel.model import FORMAT
+    rng = random.Random(1)
+    kernels = random_matmul_schedules(_onnx("MatMul", {"A": [32, 48], "B": [48, 64]}, [32, 64]), rng, 12)
+    model = CostModel()
+    model.update(kernels, [synthetic_seconds(k, rng) for k in kernels], ["g"] * 12)
+    path = tmp_path / "model.npz"
+    model.save(str(path))
+    with np.load(path) as f:
+        saved = dict(f)
+    for change in ({"format": FORMAT - 1}, {"features": "0123456789abcdef"}):
+        meta = {**json.loads(str(saved["meta"])), **change}
+        old = tmp_path / "old.npz"
+        np.savez(old, **{**saved, "meta": np.array(json.dumps(meta))})
+        with pytest.raises(CostModelError, match="saved by another Nestor.*--pretrained"):
+            CostModel.load(str(old))
+    (tmp_path / "junk.npz").write_bytes(b"not a model")
+    with pytest.raises(CostModelError, match="not a Nestor cost model"):
+        CostModel.load(str(tmp_path / "junk.npz"))
+
+
+def test_pretrained_model_ranks_an_unseen_task():
+    """Pretraining on other tasks' records (transfer): a model that never saw a shape orders its
+    candidates on the synthetic machine."""
+    rng = random.Random(2)
+    samples = {}
+    for group, (m, k, n) in (("a", (32, 48, 64)), ("b", (64, 32, 48)), ("new", (48, 64, 32))):
+        kernels = random_matmul_schedules(_onnx("MatMul", {"A": [m, k], "B": [k, n]}, [m, n]), rng, 60)
+        samples[group] = (kernels, [synthetic_seconds(x, rng) for x in kernels])
+    model = CostModel(seed=0)
+    model.pretrain((x, t, g) for g in ("a", "b") for x, t in zip(*samples[g]))
+    kernels, seconds = samples["new"]
+    assert pairwise_accuracy(model.predict(kernels), seconds, ["new"] * len(kernels)) > 0.75
+    x, secs, groups = model.training_data()
+    assert model.pretrain_features(x, secs, groups) == 0  # groups it has already: not counted twice
+
+
+def test_pretraining_from_records_or_a_saved_model(tmp_path):
+    """model_quality.pretraining_samples reads a records database or a saved model; evaluate
+    with `pretrained` leaves out the evaluated tasks' own pretraining samples (transfer only)."""
+    from nestor.autotune.model_quality import evaluate, pretraining_samples
+    from nestor.ir import InputError
+    both = synthetic_records(tmp_path / "both.sqlite", ("matmul", "conv"))
+    x, secs, groups = pretraining_samples(both)
+    assert x.shape == (80, len(FEATURE_NAMES)) and len(set(groups)) == 2
+    model = CostModel()
+    assert model.pretrain_features(x, secs, groups) == 80 and model.trained
+    model.save(str(tmp_path / "model.npz"))
+    x2, secs2, groups2 = pretraining_samples(str(tmp_path / "model.npz"))
+    np.testing.assert_array_equal(x2, x)
+    with pytest.raises(InputError, match="cannot read"):
+        pretraining_samples(str(tmp_path / "missing.sqlite"))
+
+    matmul = synthetic_records(tmp_path / "matmul.sqlite", ("matmul",), seed=1)
+    (q,) = evaluate(matmul, folds=4, pool=16, pretrained=both)   # conv's samples only
+    assert q.pretrained > 0.5 and math.isnan(q.transfer)  # one task: no other to transfer from
+    (alone,) = evaluate(matmul, folds=4, pool=16)
+    assert math.isnan(alone.pretrained)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, AccessFeatures, ArithFeatures, LoopFeatures,
-                              StatementFeatures, kernel_features, named_statement_features, statement_features)
+                              ShapeFeatures, StatementFeatures, kernel_features, named_statement_features, statement_features)
 from nestor.ir import Binary, Buffer, Cast, Compare, Const, Load, Select, Var, index_bounds, parse_kernel, variables, verify
 
 SCALE = parse_kernel("""
@@ -25,14 +25,15 @@ i, j = Var("i"), Var("j")
 
 
 def test_names_and_values_correspond_one_to_one():
-    sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures)]
-    assert sizes == [35, 18, 36] and len(STATEMENT_NAMES) == 35 + 18 + 5 * 36
+    sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures, ShapeFeatures)]
+    assert sizes == [35, 18, 36, 20] and len(STATEMENT_NAMES) == 35 + 18 + 5 * 36 + 20
     assert len(set(STATEMENT_NAMES)) == len(STATEMENT_NAMES)
     assert FEATURE_NAMES == [f"{agg}.{n}" for agg in ("sum", "max", "top") for n in STATEMENT_NAMES]
     (stmt,) = named_statement_features(SCALE)
     assert stmt.names() == STATEMENT_NAMES and len(stmt.vector()) == len(STATEMENT_NAMES)
     by_name = dict(zip(stmt.names(), stmt.vector()))
-    prefixes = [("loop", stmt.loop), ("arith", stmt.arith)] + [(f"acc{n}", a) for n, a in enumerate(stmt.accesses)]
+    prefixes = ([("loop", stmt.loop), ("arith", stmt.arith)] + [(f"acc{n}", a) for n, a in enumerate(stmt.accesses)]
+                + [("shape", stmt.shape)])
     for prefix, group in prefixes:
         for field in dataclasses.fields(group):
             assert by_name[f"{prefix}.{field.name.removesuffix('_')}"] == getattr(group, field.name)
@@ -64,7 +65,7 @@ def test_features_module_reads_features_by_name_not_position():
     assert ".index(" not in source
     for gone in ("LOOP_NAMES", "ARITH_NAMES", "ACCESS_NAMES"):
         assert gone not in source
-    assert [f.name for f in dataclasses.fields(StatementFeatures)] == ["loop", "arith", "accesses"]
+    assert [f.name for f in dataclasses.fields(StatementFeatures)] == ["loop", "arith", "accesses", "shape"]
 
 
 @pytest.mark.parametrize("expr, extents, bounds", [
@@ -141,3 +142,86 @@ def test_gpu_features_count_threads_occupancy_and_coalescing():
     assert store.stride_thread_x == 1
     assert sorted(acc.stride_thread_x for acc in (a, b)) == [0, 1]
     assert named_statement_features(SCALE)[0].loop.gpu_occupancy == 0  # a CPU kernel
+
+
+# -- ShapeFeatures: what the computation is, and how the schedule fits the machine -------------
+
+def _conv(groups: int):
+    """A 3x3 convolution of 32 channels to 32 in `groups` groups (1: dense, 32: depthwise)."""
+    cpg = 32 // groups
+    channel = "r" if groups == 1 else f"c // {cpg} * {cpg} + r"
+    return parse_kernel(f"""
+kernel conv(X: f32[1, 32, 18, 18], W: f32[32, {cpg}, 3, 3]) -> (Y: f32[1, 32, 16, 16]) {{
+  for n in 0..1 {{
+    for c in 0..32 {{
+      for h in 0..16 {{
+        for w in 0..16 {{
+          Y[n, c, h, w] = 0.0
+          for r in 0..{cpg} reduce {{
+            for kh in 0..3 reduce {{
+              for kw in 0..3 reduce {{
+                Y[n, c, h, w] += X[n, {channel}, h + kh, w + kw] * W[c, r, kh, kw]
+              }}
+            }}
+          }}
+        }}
+      }}
+    }}
+  }}
+}}""")
+
+
+def test_features_tell_a_depthwise_or_grouped_conv_from_a_dense_one():
+    dense, grouped, depthwise = (named_statement_features(_conv(g))[-1].shape for g in (1, 4, 32))
+    # spatial loops that index the input, the weights and the output alike: none in a dense
+    # conv (n has extent 1), the channels in a depthwise or grouped one (whose reductions
+    # then tell them apart)
+    assert (dense.batch_iters, grouped.batch_iters, depthwise.batch_iters) == (1, 32, 32)
+    assert dense.spatial_iters == grouped.spatial_iters == depthwise.spatial_iters == 32 * 16 * 16
+    assert dense.intensity_Lall > grouped.intensity_Lall > depthwise.intensity_Lall
+    vectors = [kernel_features(_conv(g)) for g in (1, 4, 32)]
+    assert not np.array_equal(vectors[0], vectors[2]) and not np.array_equal(vectors[0], vectors[1])
+
+
+def test_features_tell_a_batch_matmul_from_a_matmul():
+    bmm = parse_kernel("""
+kernel bmm(Q: f32[12, 64, 32], K: f32[12, 32, 64]) -> (S: f32[12, 64, 64]) {
+  for b in 0..12 { for i in 0..64 { for j in 0..64 {
+    S[b, i, j] = 0.0
+    for k in 0..32 reduce { S[b, i, j] += Q[b, i, k] * K[b, k, j] }
+  } } }
+}""")
+    mm = parse_kernel("""
+kernel mm(Q: f32[768, 32], K: f32[32, 64]) -> (S: f32[768, 64]) {
+  for i in 0..768 { for j in 0..64 {
+    S[i, j] = 0.0
+    for k in 0..32 reduce { S[i, j] += Q[i, k] * K[k, j] }
+  } }
+}""")
+    b, m = named_statement_features(bmm)[-1].shape, named_statement_features(mm)[-1].shape
+    assert (b.batch_iters, m.batch_iters) == (12, 1) and b.spatial_iters == m.spatial_iters
+    assert m.intensity_Lall > b.intensity_Lall  # the batch's operands are not shared
+
+
+def test_shape_features_of_a_vector_tail_and_the_machine():
+    from nestor.ir.machine import cpu
+    avx512 = cpu(2, 64, 32)
+    odd = parse_kernel("""
+kernel odd(A: f32[8, 20]) -> (Y: f32[8, 20]) {
+  for i in 0..8 parallel {
+    for jo in 0..2 {
+      for ji in 0..16 vectorized { if jo * 16 + ji < 20 { Y[i, jo * 16 + ji] = A[i, jo * 16 + ji] * 2.0 } }
+    }
+  }
+}""")
+    (wide,) = named_statement_features(odd, avx512)  # 16 lanes, 2 cores
+    assert (wide.shape.store_tail, wide.shape.vec_regs, wide.shape.vec_fill, wide.shape.vec_guarded) == (4, 1, 1, 1)
+    assert (wide.shape.par_per_core, wide.shape.par_balance) == (4, 1)
+    (avx2,) = named_statement_features(odd)  # the generic CPU (AVX2, 8 lanes): two registers an operation
+    assert (avx2.shape.store_tail, avx2.shape.vec_regs, avx2.shape.vec_fill) == (4, 2, 1)
+    (three,) = named_statement_features(odd, cpu(3, 64, 32))  # 8 tasks on 3 cores: 3 rounds, one short
+    assert three.shape.par_balance == pytest.approx(8 / 9)
+    (s,) = named_statement_features(SCALE, avx512)  # 64 parallel tasks on 2 cores; 8 of 16 lanes
+    assert (s.shape.par_per_core, s.shape.par_balance, s.shape.vec_regs, s.shape.vec_fill) == (32, 1, 1, 0.5)
+    # one iteration: 2 float ops; the innermost loop touches A's, b's and Y's 8 floats (one line each)
+    assert s.shape.intensity_L1 == pytest.approx(2 * 8 / (3 * 64))
