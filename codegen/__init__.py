@@ -3,6 +3,7 @@ from .target import (TargetError, as_target, cuda_target, describe, device_of, g
                      is_gpu,
                      machine_params, use_all_cores)
 from .tir import to_primfunc
+from .tir_import import TIRImportError, kernel_from_primfunc
 from .build import build, CompiledKernels, load, run_kernel
 from .model import CompiledModel, compile_graph, median_latency
 
