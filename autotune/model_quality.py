@@ -8,7 +8,11 @@ score from a model that never saw it, and on those scores, per task:
 - top-k recall among `pool`: over random pools of `pool` candidates, how often a truly fastest
   one is among the k best-scored (what a search round relies on when it measures its best few).
 A second number, `transfer`, is the pairwise accuracy of a model trained on the other tasks only:
-what the shared model knows of a kernel before its first measurement. With `pretrained` (records
+what the shared model knows of a kernel before its first measurement.
+
+The models learn from each record's fastest repeat (Record.fastest, as the tuner's model does);
+their scores are judged against the records' medians (the times the tuner ranks schedules by),
+or with truth="fastest" against the fastest repeats, which a busy machine disturbs less. With `pretrained` (records
 of other models, or a saved cost model) every model above also learns from those samples first
 (the tuner's `pretrained` does the same), and a third number, `pretrained`, is the pairwise
 accuracy of a model trained on them alone (TenSet's transfer: a new model's kernels ranked by
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from ..codegen import machine_params
-from ..costmodel import CostModel, features, pairwise_accuracy, sampled_top_k_recall
+from ..costmodel import FEATURE_NAMES, CostModel, features, pairwise_accuracy, sampled_top_k_recall
 from ..ir import InputError, parse_kernel
 from ..ir.machine import GENERIC_CPU, MachineParams
 from ..passes import Schedule
@@ -52,10 +57,11 @@ def _machine(target_key: str) -> MachineParams:
         return GENERIC_CPU
 
 
-def record_samples(records: Records, target: str | None = None, names: dict | None = None):
-    """Feature rows, seconds and task of every correct record (of `target`, or all) whose
-    schedule still replays; features for the machine each record was measured on. `names`, if
-    given, receives task -> kernel name."""
+def record_samples(records: Records, target: str | None = None, names: dict | None = None,
+                   medians: list | None = None):
+    """Feature rows, seconds (the fastest repeat) and task of every correct record (of `target`,
+    or all) whose schedule still replays; features for the machine each record was measured on.
+    `names`, if given, receives task -> kernel name, and `medians` the records' medians."""
     rows, seconds, groups = [], [], []
     for task in records.tasks():
         text = records.task_kernel(task)
@@ -72,19 +78,29 @@ def record_samples(records: Records, target: str | None = None, names: dict | No
                 continue
             kernels, secs = by_target.setdefault(r.target, ([], []))
             kernels.append(scheduled)
-            secs.append(r.median)
+            secs.append((r.fastest, r.median))
         for key, (kernels, secs) in by_target.items():
             rows.append(features(kernels, _machine(key)))
-            seconds += secs
+            seconds += [fastest for fastest, _ in secs]
+            if medians is not None:
+                medians += [median for _, median in secs]
             groups += [task] * len(kernels)
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, str)
     return np.concatenate(rows), np.asarray(seconds), np.asarray(groups)
 
 
-def pretraining_samples(path: str, target: str | None = None):
-    """Samples to pretrain a cost model with, from a records database (`record_samples`) or a
-    saved cost model (its training data): feature rows, seconds, groups."""
+def pretraining_samples(paths: str | Sequence[str], target: str | None = None):
+    """Samples to pretrain a cost model with, from records databases (`record_samples`) or
+    saved cost models (their training data), one path or several: feature rows, seconds, groups."""
+    parts = [_pretraining_file(p, target) for p in ([paths] if isinstance(paths, str) else paths)]
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return np.zeros((0, len(FEATURE_NAMES)), np.float32), np.zeros(0), np.zeros(0, str)
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def _pretraining_file(path: str, target: str | None):
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -105,17 +121,23 @@ def _fit(x, seconds, groups, seed, extra=None) -> CostModel:
 
 
 def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool: int = 64,
-             seed: int = 0, min_records: int = 8, pretrained: str | None = None) -> list[TaskQuality]:
+             seed: int = 0, min_records: int = 8, pretrained: str | Sequence[str] | None = None,
+             truth: str = "median") -> list[TaskQuality]:
     """Quality per task (tasks with fewer than `min_records` correct records are left out);
-    `pretrained`: a records database or saved cost model to pretrain every model with."""
+    `pretrained`: records databases or saved cost models to pretrain every model with; `truth`:
+    judge against the records' "median" or "fastest" repeat."""
+    if truth not in ("median", "fastest"):
+        raise ValueError(f"truth is 'median' or 'fastest', not {truth!r}")
     names: dict[str, str] = {}
+    medians: list[float] = []
     with Records(records_path) as records:
-        x, seconds, groups = record_samples(records, target, names)
+        x, seconds, groups = record_samples(records, target, names, medians)
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
+    judged = np.asarray(medians)[keep] if truth == "median" else seconds
     extra = base = None
-    if pretrained is not None:
+    if pretrained:
         px, ps, pg = pretraining_samples(pretrained, target)
         unseen = ~np.isin(pg, groups)
         extra = px[unseen], ps[unseen], pg[unseen]
@@ -133,7 +155,7 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     out = []
     for t in tasks:
         mine = groups == t
-        s, secs, g = scores[mine], seconds[mine], groups[mine]
+        s, secs, g = scores[mine], judged[mine], groups[mine]
         others = _fit(x[~mine], seconds[~mine], groups[~mine], seed, extra) if len(tasks) > 1 else None
         transfer = (pairwise_accuracy(others.predict_features(x[mine]), secs, g)
                     if others is not None and others.trained else float("nan"))

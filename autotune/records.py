@@ -62,6 +62,11 @@ class Record:
     def ok(self) -> bool:
         return self.error is None and self.median is not None
 
+    @property
+    def fastest(self) -> float | None:
+        """The fastest repeat: what the cost model learns from. As MeasureResult.fastest."""
+        return min(self.repeats) if self.repeats and self.median is not None else self.median
+
 
 class Records:
     """An open records file. Creates it when missing. One object per process (or thread)."""

@@ -38,7 +38,7 @@ def target_key(target: tvm.target.Target | None = None) -> str:
 
 def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str | None = None,
                  target=None, show_progress: bool = True, model_path: str | None = None,
-                 seed: int = 0, batch: int = 16, pretrained: str | None = None) -> list[Task]:
+                 seed: int = 0, batch: int = 16, pretrained: str | list[str] | None = None) -> list[Task]:
     """Tune kernels given by name (structurally equal ones are one task, its nodes their names)
     with the task scheduler, as the kernels of a model are. Returns the tasks."""
     return _tune_tasks(kernel_tasks(kernels), budget, records_path, target, show_progress, model_path, seed, batch,
@@ -47,16 +47,16 @@ def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str |
 
 def tune_graph(graph, budget: Budget, records_path: str | None = None, target=None,
                show_progress: bool = True, model_path: str | None = None, seed: int = 0,
-               batch: int = 16, pretrained: str | None = None) -> list[Task]:
+               batch: int = 16, pretrained: str | list[str] | None = None) -> list[Task]:
     """Tune the kernels of a model graph together (autotune.task_scheduler). Returns the tasks
     with their best times and trial counts. `pretrained`: records of other tunings (.sqlite)
-    or a saved cost model, whose samples the cost model learns from before the first round."""
+    or saved cost models, whose samples the cost model learns from before the first round."""
     return _tune_tasks(extract_tasks(graph), budget, records_path, target, show_progress, model_path, seed, batch,
                        pretrained)
 
 
 def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, target, show_progress: bool,
-                model_path: str | None, seed: int, batch: int, pretrained: str | None = None) -> list[Task]:
+                model_path: str | None, seed: int, batch: int, pretrained=None) -> list[Task]:
     """Tune `tasks` within `budget` on `target` (anything `as_target` takes; None: this host):
     one set of measurement workers, the records and the cost model shared by all of them."""
     if not tasks:
@@ -76,7 +76,7 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
 
 @contextlib.contextmanager
 def _tuning_state(records_path: str | None, model_path: str | None, seed: int, machine,
-                  pretrained: str | None = None):
+                  pretrained: str | list[str] | None = None):
     """The records database and the cost model (for `machine`) of a tuning run, pretrained from
     `pretrained` if given; the model is saved at the end, interrupted or not (the records are
     written as they arrive)."""

@@ -91,8 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
                                      "models: tune into it, or without --time-budget compile from it; "
                                      "costmodel: the records to evaluate on")
-    b.add_argument("--pretrained", metavar="FILE", help="costmodel: pretrain every model from these records "
-                                                        "of other models (.sqlite) or this saved cost model")
+    b.add_argument("--pretrained", metavar="FILE", action="append",
+                   help="costmodel: pretrain every model from these records of other models (.sqlite) or this "
+                        "saved cost model (repeatable)")
+    b.add_argument("--truth", choices=["median", "fastest"], default="median",
+                   help="costmodel: judge the ranking against each record's median (default) or fastest repeat")
     b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)
@@ -105,8 +108,9 @@ def _tuning_args(p) -> None:
                                               "with --time-budget alone: as many as fit)")
     p.add_argument("--time-budget", metavar="30m", help="stop tuning after this long (s, m or h)")
     p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
-    p.add_argument("--pretrained", metavar="FILE", help="pretrain the cost model from these records of "
-                                                        "other tunings (.sqlite) or this saved cost model")
+    p.add_argument("--pretrained", metavar="FILE", action="append",
+                   help="pretrain the cost model from these records of other tunings (.sqlite) or this saved "
+                        "cost model (repeatable)")
 
 
 def _target_arg(p, default: str | None = "cpu", default_text: str = "cpu") -> None:
@@ -325,9 +329,10 @@ def cmd_bench(args) -> int:
                              "nestor bench kernels --records DB)")
         if not os.path.exists(args.records):
             raise InputError(f"records file '{args.records}' does not exist")
-        if args.pretrained and not os.path.exists(args.pretrained):
-            raise InputError(f"pretraining file '{args.pretrained}' does not exist")
-        report(evaluate(args.records, pretrained=args.pretrained))
+        for path in args.pretrained or ():
+            if not os.path.exists(path):
+                raise InputError(f"pretraining file '{path}' does not exist")
+        report(evaluate(args.records, pretrained=args.pretrained, truth=args.truth))
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None

@@ -343,3 +343,26 @@ def test_pretraining_from_records_or_a_saved_model(tmp_path):
     assert q.pretrained > 0.5 and math.isnan(q.transfer)  # one task: no other to transfer from
     (alone,) = evaluate(matmul, folds=4, pool=16)
     assert math.isnan(alone.pretrained)
+
+
+def test_records_teach_the_fastest_repeat_and_are_judged_by_either(tmp_path):
+    """A burst on a busy machine slows repeats, never speeds them: the model learns from a
+    record's fastest repeat (Record.fastest, MeasureResult.fastest); bench costmodel judges
+    against the median by default, or the fastest repeat."""
+    from nestor.autotune.measure import MeasureResult
+    from nestor.autotune.model_quality import evaluate, record_samples
+    from nestor.autotune.records import Records
+    assert MeasureResult(2.0, (1.0, 2.0, 9.0)).fastest == 1.0 and MeasureResult(None, (), "err").fastest is None
+    path = synthetic_records(tmp_path / "r.sqlite", ("matmul",))
+    with Records(path) as db:
+        (task,) = db.tasks()
+        first = db.records(task)[0]
+        t = first.median  # measured again during a burst
+        db.add(task, "cpu", first.schedule, 100 * t, [t, 100 * t, 120 * t])
+        assert db.records(task)[-1].fastest == t
+        medians = []
+        x, seconds, groups = record_samples(db, medians=medians)
+    assert len(seconds) == 41 and seconds[-1] == t and medians[-1] == 100 * t
+    (by_median,) = evaluate(path, folds=4, pool=16)
+    (by_fastest,) = evaluate(path, folds=4, pool=16, truth="fastest")
+    assert by_median.records == by_fastest.records == 41 and by_median.pairwise != by_fastest.pairwise
