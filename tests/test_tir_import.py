@@ -95,3 +95,34 @@ def test_every_task_of_model_imports_and_matches(model):
     tasks = relax_tasks(example_model(model))
     for name, func in tasks:
         check_import(func, name, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_sketch_schedules_imported_kernels():
+    """The tuner's space takes imported kernels: sampled schedules keep their results."""
+    import random
+
+    from nestor.autotune.space import Sketch
+    from nestor.codegen import host_target, machine_params, run_kernel
+
+    from .tir_harness import random_inputs
+    for name, func in relax_tasks(_conv_relu_matmul_model()):
+        kernel = kernel_from_primfunc(func, name)
+        sketch = Sketch.of(kernel, machine_params(host_target()), strict=True)
+        args = random_inputs(kernel)
+        want = run_kernel(kernel, args)
+        rng = random.Random(0)
+        for _ in range(2):
+            schedule, scheduled = sketch.realize(sketch.sample(rng))
+            for got, w in zip(run_kernel(scheduled, args), want):
+                np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, err_msg=str(schedule))
+
+
+@pytest.mark.slow
+def test_short_tune_of_an_imported_task(tmp_path):
+    from nestor.autotune.budget import Budget
+    from nestor.autotune.tune import tune_kernels
+    from nestor.bench import example_model
+    name, func = next(t for t in relax_tasks(example_model("bert_layer")) if t[0] == "fused_matmul_add")
+    (task,) = tune_kernels({name: kernel_from_primfunc(func, name)}, Budget(8),
+                           records_path=str(tmp_path / "records.sqlite"), show_progress=False)
+    assert task.trials == 8 and task.errors == 0 and task.best is not None

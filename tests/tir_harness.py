@@ -1,7 +1,7 @@
 """Import TVM PrimFuncs into Nestor and check them against TVM's own build.
 
-`relax_tasks(model)`: the PrimFuncs MetaSchedule would tune for an ONNX model (TVM's ONNX
-frontend, then the "zero" pipeline: legalization, fusion, FuseTIR). `check_import(func)` imports
+`relax_tasks(model)`: the PrimFuncs MetaSchedule tunes for an ONNX model (TVM's ONNX frontend,
+then the "zero" pipeline: legalization, fusion, FuseTIR). `check_import(func)` imports
 one, builds it with Nestor and asserts its outputs match those of the PrimFunc built by TVM on
 the same random inputs.
 """
@@ -17,9 +17,13 @@ from nestor.ir import Kernel, verify
 
 
 def relax_tasks(model) -> list[tuple[str, tirx.PrimFunc]]:
+    """(name, PrimFunc) of each task MetaSchedule extracts. Its extract_tasks finds none in the
+    module from_onnx returns: the PrimFuncs appear with the zero pipeline (LegalizeOps, FuseOps,
+    FuseTIR), one task per PrimFunc."""
     import tvm.relax.frontend.onnx  # noqa: F401 (registers relax.frontend.onnx)
+    from tvm.s_tir import meta_schedule as ms
     mod = relax.get_pipeline("zero")(relax.frontend.onnx.from_onnx(model))
-    return [(gv.name_hint, f) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    return [(t.task_name, t.dispatched[0]["main"]) for t in ms.relax_integration.extract_tasks(mod, host_target())]
 
 
 def random_inputs(kernel: Kernel, seed: int = 0) -> list[np.ndarray]:
