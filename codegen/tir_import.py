@@ -79,6 +79,7 @@ class _Importer:
         self.in_reduce = False  # inside a reduce loop
         self.inits: list = []  # init stores waiting for their outermost reduce loop
         self.inner_spatial: list[For] = []  # spatial loops entered since that reduce loop
+        self.reduce_loops: set[str] = set()  # names of the enclosing reduce loops
 
     def fail(self, reason: str):
         raise TIRImportError(f"cannot import {self.name}, block {self.block!r}: {reason}")
@@ -132,6 +133,8 @@ class _Importer:
             if not isinstance(d, tirx.IntImm):
                 self.fail(f"buffer {b.name} has a dynamic shape {list(b.shape)}")
             shape.append(int(d.value))
+        if len(b.strides):
+            self.fail(f"buffer {b.name} has strides {list(b.strides)}")
         try:
             dtype = canonical(str(b.dtype))
         except ValueError:
@@ -196,10 +199,14 @@ class _Importer:
             saved, self.in_reduce, self.inits, self.inner_spatial = (
                 (self.in_reduce, self.inits, self.inner_spatial), True, [], [])
         loop = For(name, int(s.extent.value), None, kind_name, "reduce" if reduce else "spatial")
-        if self.in_reduce and not reduce:
+        if reduce:
+            self.reduce_loops.add(name)
+        elif self.in_reduce:
             self.inner_spatial.append(loop)
         body = self.stmt(s.body)
-        if self.in_reduce and not reduce:
+        if reduce:
+            self.reduce_loops.discard(name)
+        elif self.in_reduce:
             self.inner_spatial.pop()
         loop = For(name, loop.extent, body, loop.kind, loop.axis)
         if not outermost:
@@ -224,16 +231,27 @@ class _Importer:
         return body if guard is None else If(guard, body)
 
     def block_body(self, block, guard: Expr | None):
-        if block.init is None:
-            return self.stmt(block.body)
         init, update = block.init, block.body
+        if init is None:
+            reducing = any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in block.iter_vars)
+            if reducing and self.in_reduce and isinstance(update, tirx.BufferStore):
+                # its init a block of its own (decompose_reduction): still a reduction
+                buf = self.bufs_of(update.buffer)
+                acc = Load(buf, self.indices(update.indices))
+                found = self.reduction(update, acc)
+                if found is not None:
+                    return Store(buf, acc.indices, found[1], reduce=found[0])
+            return self.stmt(update)
         if not (isinstance(init, tirx.BufferStore) and isinstance(update, tirx.BufferStore)
                 and init.buffer.same_as(update.buffer)):
             self.fail("a reduction whose init and update are not single stores to one buffer")
         buf, idx = self.bufs_of(update.buffer), self.indices(update.indices)
         if self.indices(init.indices) != idx:
             self.fail("a reduction whose init and update store to different elements")
-        op, term = self.reduction(update, Load(buf, idx))
+        found = self.reduction(update, Load(buf, idx))
+        if found is None:
+            self.fail("a reduction update that is not acc = acc + x, acc * x, max(acc, x) or min(acc, x)")
+        op, term = found
         start = self.value(init.value, update.buffer.dtype)
         if not self.in_reduce:  # no reduce loop around it (its reduce axes are bound to constants)
             return Store(buf, idx, Binary(op, start, term))
@@ -241,6 +259,8 @@ class _Importer:
         used = variables(idx)  # the init runs once per element: in the spatial loops it indexes by
         if guard is not None:
             used |= variables([guard])
+        if used & self.reduce_loops:
+            self.fail("a reduction whose init depends on a reduce loop")
         for loop in reversed(self.inner_spatial):
             if loop.var in used:
                 name = self.fresh(loop.var)
@@ -248,8 +268,8 @@ class _Importer:
         self.inits.append(first)
         return Store(buf, idx, term, reduce=op)
 
-    def reduction(self, update: tirx.BufferStore, acc: Load) -> tuple[str, Expr]:
-        """(op, term) of an update `acc = op(acc, term)`."""
+    def reduction(self, update: tirx.BufferStore, acc: Load) -> tuple[str, Expr] | None:
+        """(op, term) of an update `acc = op(acc, term)`; None for another update."""
         v = update.value
         op = _REDUCE.get(type(v))
         if op is not None:
@@ -258,7 +278,7 @@ class _Importer:
                 return op, b
             if b == acc:
                 return op, a
-        self.fail("a reduction update that is not acc = acc + x, acc * x, max(acc, x) or min(acc, x)")
+        return None
 
     def bufs_of(self, b) -> Buffer:
         try:

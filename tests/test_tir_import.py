@@ -59,6 +59,15 @@ def test_scheduled_primfunc_with_split_tail_and_reduce_loop_outside():
     check_import(sch.mod["main"])
 
 
+def test_decomposed_reduction_is_still_a_reduction():
+    """decompose_reduction makes the init a block of its own; the update stays a `+=` store."""
+    sch = s_tir.Schedule(te.create_prim_func(list(_matmul())))
+    block = sch.get_sblock("C")
+    sch.decompose_reduction(block, sch.get_loops(block)[-1])
+    kernel = check_import(sch.mod["main"])
+    assert "C[i, j] += " in print_kernel(kernel)
+
+
 def _conv_relu_matmul_model():
     rng = np.random.default_rng(1)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
