@@ -5,7 +5,10 @@
 
 Every correct record gets a score from a model trained without it (k-fold, all tasks together);
 per task the table shows pairwise ranking accuracy, top-1 and top-5 recall among `pool` random
-candidates, and `transfer` (a model trained on the other tasks only). The last line reads
+candidates, `transfer` (a model trained on the other tasks only) and, with --pretrained
+(records of other models), `pretrained` (a model trained on those alone; with them every model
+above is pretrained too). Models learn from each record's fastest repeat and are judged against
+its median, or with --truth fastest its fastest repeat. The last line reads
 `cost model pairwise accuracy on held-out records: <X>`.
 """
 import argparse
@@ -17,5 +20,8 @@ if __name__ == "__main__":
     p.add_argument("records", help="a records database")
     p.add_argument("--folds", type=int, default=4)
     p.add_argument("--pool", type=int, default=64)
+    p.add_argument("--pretrained", action="append", help="records of other models or a saved cost model")
+    p.add_argument("--truth", choices=["median", "fastest"], default="median")
     args = p.parse_args()
-    report(evaluate(args.records, folds=args.folds, pool=args.pool), pool=args.pool)
+    report(evaluate(args.records, folds=args.folds, pool=args.pool, pretrained=args.pretrained, truth=args.truth),
+           pool=args.pool)
