@@ -203,6 +203,24 @@ class CompiledModel:
         self._feed(inputs)
         return self._execute_synchronized if is_gpu(self.target) else self._execute
 
+    def profile(self, inputs, repeat: int = 20) -> list[dict]:
+        """Where a run's time goes, by distinct kernel: {"func", "nodes", "op", "seconds"} (the
+        median of each call timed alone, summed over its calls), slowest first. A call timed
+        alone finds its inputs in cache as a full run may not, and a kernel that updates a
+        buffer in place leaves it changed: the outputs of a run after this are not the model's."""
+        self._feed(inputs)
+        self._execute_synchronized()
+        by_func: dict[str, dict] = {}
+        for step, (func, args) in zip(self.plan["steps"], self._steps):
+            def call(func=func, args=args):
+                func(*args)
+                self.device.sync()
+            row = by_func.setdefault(step["func"], {"func": step["func"], "nodes": [], "op": step["op"],
+                                                    "seconds": 0.0})
+            row["nodes"].append(step["node"])
+            row["seconds"] += median_latency(call, repeat, warmup=1)
+        return sorted(by_func.values(), key=lambda r: -r["seconds"])
+
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         out = {}

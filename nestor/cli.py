@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="an input from a .npy file (repeatable); random inputs where none given")
     r.add_argument("--save-outputs", metavar="OUT.npz", help="save the outputs, by name")
     r.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    r.add_argument("--profile", type=int, nargs="?", const=15, metavar="N",
+                   help="then time each kernel alone and print the N slowest (default 15)")
     _shape_and_schedule_args(r)
     _target_arg(r, default=None, default_text="a compiled model's own; cpu for an ONNX model")
     r.set_defaults(func=cmd_run)
@@ -207,7 +209,19 @@ def cmd_run(args) -> int:
     if args.save_outputs:
         np.savez(args.save_outputs, **dict(zip(model.output_names, outputs)))
         print(f"outputs saved to {args.save_outputs}")
+    if args.profile:
+        _print_profile(model.profile(inputs, max(args.repeat, 1)), args.profile)
     return 0
+
+
+def _print_profile(rows: list[dict], top: int) -> None:
+    """The slowest kernels, each with its share of the kernels' total and the nodes that call it."""
+    total = sum(r["seconds"] for r in rows) or 1.0
+    print(f"kernels timed alone: {total * 1e3:.3f} ms in all; the {min(top, len(rows))} slowest of {len(rows)}:")
+    print(f"{'ms':>8} {'share':>6} {'calls':>5}  {'op':<18} nodes")
+    for r in rows[:top]:
+        nodes = ", ".join(r["nodes"][:3]) + (f" (+{len(r['nodes']) - 3})" if len(r["nodes"]) > 3 else "")
+        print(f"{r['seconds'] * 1e3:>8.3f} {r['seconds'] / total:>6.1%} {len(r['nodes']):>5}  {r['op']:<18} {nodes}")
 
 
 def _check_artifact_target(path: str, has, wanted) -> None:

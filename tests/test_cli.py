@@ -156,3 +156,37 @@ def test_compile_for_cuda_and_run_here(tmp_path, capsys):
     else:
         assert code == 1 and captured.err.count("\n") == 1
         assert "compiled for an NVIDIA GPU" in captured.err and "no GPU is present" in captured.err
+
+
+def _matmul_softmax(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["H"], name="mm"), helper.make_node("Softmax", ["H"], ["Y"], name="sm")],
+        "mm_softmax", [helper.make_tensor_value_info("X", TensorProto.FLOAT, (256, 256))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, (256, 256))], [w])
+    path = tmp_path / "mm_softmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_run_profile_lists_the_kernels_slowest_first(tmp_path, capsys):
+    path = _matmul_softmax(tmp_path)
+    assert main(["run", str(path), "--repeat", "3", "--profile", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("kernels timed alone:"))
+    rows = [line.split() for line in out[start + 2:]]
+    assert "the 2 slowest of 2" in out[start]
+    assert [r[3] for r in rows] == ["MatMul", "Softmax"]  # 256³ multiply-adds before 256² exps
+    assert [r[4] for r in rows] == ["mm", "sm"]
+    assert float(rows[0][0]) > float(rows[1][0]) > 0
+
+
+def test_profile_accounts_for_every_node_of_the_model():
+    import nestor
+    model = encoder_block(seq=8, hidden=32, heads=2, ffn=64)
+    compiled = nestor.compile(model)
+    rows = compiled.profile(compiled.random_inputs(), repeat=2)
+    nodes = sorted(n for r in rows for n in r["nodes"])
+    assert nodes == sorted(s["node"] for s in compiled.plan["steps"])
+    assert [r["seconds"] for r in rows] == sorted((r["seconds"] for r in rows), reverse=True)
