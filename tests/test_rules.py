@@ -2,6 +2,7 @@
 in strict mode (a step a rule needs and a pass refuses raises there), and the GPU's first rule."""
 import dataclasses
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from nestor.autotune.rules.tile_seeds import BlockedConvTiles, ChannelTiles, Lan
 from nestor.autotune.rules.tiling import MultiLevelTiling
 from nestor.autotune.decisions import Choice
 from nestor.autotune.space import Sketch
-from nestor.codegen import cuda_target, machine_params, run_kernel
+from nestor.codegen import build, cuda_target, machine_params, run_kernel
 from nestor.ir import For, walk_stmts
 from nestor.ir.machine import AVX2, AVX512
 from nestor.passes import Bind, Schedule, Split
@@ -79,6 +80,38 @@ def test_seed_candidates_of_each_rule_on_small_kernels():
     blocked = KernelInfo.of(blocked_conv(), AVX2)
     tiles = {d.factors for d in BlockedConvTiles().seeds(blocked, _plain(blocked))}
     assert tiles == {(1, 2, 1, 2, 16), (1, 1, 2, 2, 16), (1, 1, 1, 7, 16), (1, 1, 1, 6, 16)}
+
+
+def _scalar_float_arithmetic(kernel) -> int:
+    """Scalar float multiplies and adds in the kernel's compiled LLVM IR: what is left of a
+    vector loop that TVM scalarized (a guard on its lanes it could not peel)."""
+    return len(re.findall(r"(fmul|fadd) (fast )?float |fmuladd\.f32", build([kernel]).module.inspect_source("ll")))
+
+
+@pytest.mark.parametrize("shape", [(13, 24, 251), (77, 8, 77), (3, 8, 1000), (2, 8, 50257), (2, 197, 8, 197)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_matmul_tiles_on_extents_no_vector_divides(shape):
+    """Extents no register's lanes divide (a prime, a prompt of 77, 1000 classes, GPT-2's
+    vocabulary, attention over 197 tokens): seeds of one and two registers' lanes (1000: the 8
+    that divide it) × the row tile that wastes least; each computes the product, its vector
+    loop vectorized, the last tile's shorter vector peeled (a one-lane tail is scalar)."""
+    *batch, m, k, n = shape
+    kernel = _onnx("MatMul", {"A": [*batch, m, k], "B": [*batch, k, n]}, [*batch, m, n])
+    sketch = Sketch.of(kernel, AVX512, strict=True)
+    seeds = [c.decisions for c in sketch.rule_decisions()]
+    vector, row = sketch.info.vector, sketch.info.row
+    assert sorted(d.factors[vector] for d in seeds) == ([8] if n % 8 == 0 else [16, 32])
+    assert all(d.factors[row] in ((4, 6, 8) if m > 8 else (1,)) for d in seeds)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((*batch, m, k), np.float32), rng.standard_normal((*batch, k, n), np.float32)
+    for c in sketch.rule_decisions():
+        _, scheduled = sketch.realize(c)
+        np.testing.assert_allclose(run_kernel(scheduled, [a, b])[0], a @ b, rtol=1e-4, atol=1e-4)
+        if n % c.decisions.factors[vector] != 1:
+            assert _scalar_float_arithmetic(scheduled) == 0, c.decisions
+    # the outer loops of such tiles stay apart: fused, their guards would read // and %
+    fuse = sketch.rules["tiling"].domain(sketch.info, "fuse", dataclasses.asdict(seeds[0]))
+    assert fuse.values == ((1, 2) if n % 8 == 0 else (1,))
 
 
 def _plain(info):

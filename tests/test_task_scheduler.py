@@ -122,9 +122,9 @@ class DriftingMeasurer(FakeMeasurer):
     lucky (timed 30% faster: a quiet moment of a shared machine), and the machine slows down by 3%
     from the `slow_after`-th measurement on."""
 
-    def __init__(self, slow_after: int):
+    def __init__(self, slow_after: int, lucky_one_in: int = 20):
         super().__init__()
-        self.slow_after, self.count = slow_after, 0
+        self.slow_after, self.count, self.lucky_one_in = slow_after, 0, lucky_one_in
         self.times = {}  # kernel text -> times given
 
     def measure(self, kernels):
@@ -134,7 +134,7 @@ class DriftingMeasurer(FakeMeasurer):
             times = self.times.setdefault(str(k), [])
             draw = zlib.crc32(str(k).encode())
             true = 1e-3 * (1 + draw % 1000 / 1000)
-            lucky = not times and draw % 20 == 0
+            lucky = not times and draw % self.lucky_one_in == 0
             t = true * (0.7 if lucky else 1) * (1.03 if self.count > self.slow_after else 1)
             times.append(t)
             out.append(MeasureResult(t, (t,), None, 0.0))

@@ -28,6 +28,12 @@ def _divisor(info: KernelInfo, k: int, choices) -> int:
     return max((c for c in choices if info.main.spatial[k].extent % c == 0), default=1)
 
 
+def _least_waste(extent: int, choices) -> int:
+    """The tile of `choices` whose last, partial tile leaves fewest iterations idle (the larger
+    on a tie): for a loop none of them divides."""
+    return min(choices, key=lambda c: (-extent % c, -c))
+
+
 def _stage_at(info: KernelInfo) -> int | None:
     """Padded inputs computed per outer block where there are any."""
     return 0 if info.stages else None
@@ -69,8 +75,7 @@ class LaneTiles(TileSeeds):
                 fit = tuple(c for c in (4, 6, 7, 8) if c * rows * (f // lanes_per) <= acc)
                 factors[v] = _divisor(info, v, fit)
                 if factors[v] == 1:  # no such divisor (26): the tile that wastes least
-                    extent = info.main.spatial[v].extent
-                    factors[v] = min((c for c in fit if c >= 6), key=lambda c: (-extent % c, -c))
+                    factors[v] = _least_waste(info.main.spatial[v].extent, [c for c in fit if c >= 6])
                 rule = replace(base, factors=tuple(factors), lanes=(n, f), stage_at=_stage_at(info))
                 out += [rule, replace(rule, transpose_store=True)] if f > lanes_per else [rule]
         return out
@@ -163,23 +168,36 @@ def _l1_chunk(info: KernelInfo, channels: int) -> int | None:
 class MatmulTiles(TileSeeds):
     """Other reductions along the output's contiguous loop (matmuls): a vector of up to 2L lanes
     × the 4-8 rows that fit the accumulators, with its weights in panels if it reads them a row
-    per reduction step."""
+    per reduction step. Where none of 8-2L divides a vector loop longer than 2L (251, 197),
+    2L and L lanes, each a seed, the last tile a shorter vector (codegen peels a split's tail
+    off the vector loop); where no 4-8 divides the rows (127), the row tile that wastes least,
+    its tail peeled too."""
 
     def applies(self, info: KernelInfo) -> bool:
-        return _tiled_along_the_output(info) and self._width(info) > 1
+        return _tiled_along_the_output(info) and self._widths(info)[0] > 1
 
     @staticmethod
-    def _width(info: KernelInfo) -> int:
-        return _divisor(info, info.vector, tuple(c for c in (8, 16, 32) if c <= 2 * info.machine.lanes()))
+    def _widths(info: KernelInfo) -> tuple[int, ...]:
+        lanes, extent = info.machine.lanes(), info.main.spatial[info.vector].extent
+        width = _divisor(info, info.vector, tuple(c for c in (8, 16, 32) if c <= 2 * lanes))
+        if width > 1 or extent <= 2 * lanes:  # a row that short: ChannelTiles' (a conv's)
+            return (width,)
+        return tuple(c for c in (2 * lanes, lanes) if c <= extent)
 
     def seeds(self, info: KernelInfo, base: TileDecisions) -> list[TileDecisions]:
         lanes_per, v, row = info.machine.lanes(), info.vector, info.row
-        factors = list(base.factors)
-        factors[v] = self._width(info)
-        if row is not None:
-            vectors = -(-factors[v] // lanes_per)
-            factors[row] = _divisor(info, row, tuple(c for c in (4, 6, 8) if c * vectors <= info.machine.accumulators))
-        return [replace(base, factors=tuple(factors), stage_at=_stage_at(info), panel=bool(info.panels))]
+        out = []
+        for width in self._widths(info):
+            factors = list(base.factors)
+            factors[v] = width
+            if row is not None:
+                vectors = -(-width // lanes_per)
+                fit = tuple(c for c in (4, 6, 8) if c * vectors <= info.machine.accumulators)
+                factors[row] = _divisor(info, row, fit)
+                if factors[row] == 1 and fit and info.main.spatial[row].extent > max(fit):
+                    factors[row] = _least_waste(info.main.spatial[row].extent, fit)
+            out.append(replace(base, factors=tuple(factors), stage_at=_stage_at(info), panel=bool(info.panels)))
+        return out
 
 
 class ChannelTiles(TileSeeds):

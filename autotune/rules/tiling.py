@@ -78,10 +78,11 @@ def vector_loop(info: KernelInfo, lanes: tuple[int, int] | None) -> int | None:
     return info.lanes[lanes[0]].loop if lanes else info.vector
 
 
-def outer_count(info: KernelInfo, factors: list[int]) -> int:
-    """How many outer loops realize makes (loops of extent 1 are kept in front, not counted)."""
-    return sum(1 for loop, f in zip(info.main.spatial, factors)
-               if loop.extent > 1 and not (f >= loop.extent and f > 1))
+def outer_loops(info: KernelInfo, factors: list[int]) -> list[int]:
+    """The positions of the outer loops realize makes (loops of extent 1 are kept in front, not
+    counted), before `order` permutes them."""
+    return [k for k, (loop, f) in enumerate(zip(info.main.spatial, factors))
+            if loop.extent > 1 and not (f >= loop.extent and f > 1)]
 
 
 def tile_size(factors, vector: int | None) -> int:
@@ -134,14 +135,19 @@ class MultiLevelTiling(SketchRule):
                 choices.append(Choice(pool or (1,), ordered=True,
                                       legal=functools.partial(_even, extent=loop.extent) if even else _positive))
             return PerLoop(tuple(choices), weight=2)
-        outer = outer_count(info, effective_factors(info, earlier)) if "factors" in earlier else 0
+        outer = len(outer_loops(info, effective_factors(info, earlier))) if "factors" in earlier else 0
         if field == "order":
             return Choice(tuple(range(_permutations(outer))))
         if field == "fuse":
             # the second outer loop must still sit alone in the first: nothing computed,
-            # copied or chunked at the first
+            # copied or chunked at the first; and both cut evenly: a tile's guard through the
+            # fused loop's // and % is not peeled (codegen), a vector tail's then runs scalar
             levels = [earlier["stage_at"], (earlier["cache_read"] or (0, None))[1], (earlier["chunk"] or (0, None))[1]]
-            return Choice((1, 2) if outer >= 2 and 0 not in levels else (1,))
+            factors = effective_factors(info, earlier)
+            positions = outer_loops(info, factors)
+            first = [positions[i] for i in _permutation(outer, earlier["order"])[:2]]
+            even = all(loops[k].extent % factors[k] == 0 for k in first)
+            return Choice((1, 2) if outer >= 2 and 0 not in levels and even else (1,))
         if field == "unroll":
             last = info.extent(info.main.reduce[-1]) if info.main.reduce else 1
             return Choice(tuple(u for u in UNROLL_FACTORS if u <= last))
