@@ -6,7 +6,8 @@
 Prints, per kernel, both tuned medians, their ratio, both tuning wall times, ONNX Runtime's time
 (2 threads; and NumPy's for matmuls; on a GPU target PyTorch's instead), then the table; the
 last line reads `geomean speedup vs MetaSchedule: <X>`. With --records, both tuners resume from
-what an earlier run stored, each spending --trials more.
+what an earlier run stored, up to --trials measurements in all. --no-metaschedule times Nestor
+against the library alone.
 """
 import argparse
 import sys
@@ -22,9 +23,11 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--records", help="keep Nestor's measurements here (MetaSchedule's in <records>.ms/)")
     p.add_argument("--target", help="cpu (default), cuda, or a TVM target string or JSON")
+    p.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
+                   help="time Nestor against the library alone")
     args = p.parse_args()
     try:
         bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
-                      records=args.records, target=args.target)
+                      records=args.records, target=args.target, metaschedule=args.metaschedule)
     except NestorError as err:  # one line, as the CLI says it
         sys.exit(f"error: {err}")

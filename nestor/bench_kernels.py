@@ -113,12 +113,14 @@ def _optional_torch(out):
 
 
 def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
-                  records: str | None = None, out=print, target=None) -> float:
+                  records: str | None = None, out=print, target=None, metaschedule: bool = True) -> float:
     """`records`: keep Nestor's measurements in this database and MetaSchedule's beside it
     (`<records>.ms/<kernel>/`); both resume from what is there up to `trials` measurements in
     all, so a run cut short goes on where it stopped and a finished one only times again (the
     tune-seconds columns count this run's tuning). By default both go to a
-    temporary directory. `target`: anything codegen.as_target takes (default: this CPU)."""
+    temporary directory. `target`: anything codegen.as_target takes (default: this CPU).
+    Without `metaschedule`, Nestor is timed against the library alone (what a long tuning of one
+    kernel against cuBLAS or cuDNN needs) and the last line is the geomean share of its speed."""
     from .api import import_onnx
     from .autotune.kernel_suite import kernels_named
     from .autotune.search import kernel_flops
@@ -136,22 +138,28 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
             schedule, nestor_s = _tune_nestor(node.kernel, trials,
                                               records or os.path.join(workdir, "nestor.sqlite"), target)
-            out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
-            ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials,
-                                             f"{records}.ms/{name}" if records else os.path.join(workdir, "ms"),
-                                             target)
+            ms_fn, ms_s = None, None
+            if metaschedule:
+                out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
+                ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials,
+                                                 f"{records}.ms/{name}" if records else os.path.join(workdir, "ms"),
+                                                 target)
         if schedule is None and gpu:  # an unscheduled nest binds no threads: it cannot run
             raise NestorError(f"{name}: Nestor's tuner measured no valid schedule for {target.kind.name}")
         best = schedule.apply(node.kernel) if schedule else node.kernel
         t_nestor, t_ms, t_ref, t_np = _time_side_by_side(name, suite, build([best], target).get(best.name),
                                                          ms_fn, target, torch, repeat)
         gflops = kernel_flops(node.kernel) / t_nestor / 1e9
-        speedups.append(t_ms / t_nestor)
-        rows.append((name, t_nestor, t_ms, speedups[-1], nestor_s, ms_s, t_ref, t_np, gflops))
+        speedups.append(t_ms / t_nestor if ms_fn else t_ref / t_nestor if t_ref else None)
+        rows.append((name, t_nestor, t_ms, speedups[-1] if ms_fn else None, nestor_s, ms_s, t_ref, t_np, gflops))
         _print_table(rows[-1:], out, gpu)
     _print_table(rows, out, gpu)
-    geomean = float(np.exp(np.mean(np.log(speedups))))
-    out(f"geomean speedup vs MetaSchedule: {geomean:.2f}")
+    known = [x for x in speedups if x]
+    geomean = float(np.exp(np.mean(np.log(known)))) if known else float("nan")
+    if metaschedule:
+        out(f"geomean speedup vs MetaSchedule: {geomean:.2f}")
+    else:
+        out(f"geomean share of {'PyTorch' if gpu else 'ONNX Runtime'}'s speed: {geomean:.0%}")
     return geomean
 
 
@@ -170,14 +178,18 @@ def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
     args = [tvm.runtime.tensor(x, dev) for x in xs]
     y_nestor = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
     y_ms = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
-    fns = [lambda: nestor_fn(*args, y_nestor), lambda: ms_fn(*args, y_ms)]
-    outputs = {"Nestor": lambda: y_nestor.numpy(), "MetaSchedule": lambda: y_ms.numpy()}
+    fns = [lambda: nestor_fn(*args, y_nestor)]
+    outputs = {"Nestor": lambda: y_nestor.numpy()}
+    if ms_fn:
+        fns.append(lambda: ms_fn(*args, y_ms))
+        outputs["MetaSchedule"] = lambda: y_ms.numpy()
+    ours = len(fns)  # Nestor's, and MetaSchedule's where it ran
     op = torch_op(suite.node(), torch) if torch else None
     if op:
         txs = [torch.from_numpy(x).cuda() for x in xs]
         fns.append(lambda: op(*txs))
         outputs["PyTorch"] = lambda: op(*txs).cpu().numpy()
-    for fn in fns[:2]:  # fills the outputs checked below
+    for fn in fns[:ours]:  # fills the outputs checked below
         fn()
     scale = float(np.max(np.abs(want))) or 1.0
     for who, y in outputs.items():
@@ -185,14 +197,15 @@ def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
         if err > 1e-3:
             raise NestorError(f"{name}: {who}'s output differs from ONNX Runtime's (max rel err {err:.1e})")
     if is_gpu(target):
-        syncs = [dev.sync, dev.sync] + ([torch.cuda.synchronize] if op else [])
-        times = gpu_interleaved_medians(fns, syncs, repeat)
-        return times[0], times[1], (times[2] if op else None), None
-    fns.append(lambda: session.run(None, feeds))
-    if suite.numpy_matmul:
-        fns.append(lambda: np.matmul(*xs))
-    times = interleaved_medians(fns, repeat)
-    return times[0], times[1], times[2], (times[3] if suite.numpy_matmul else None)
+        times = gpu_interleaved_medians(fns, [dev.sync] * ours + ([torch.cuda.synchronize] if op else []), repeat)
+        t_ref, t_np = (times[ours] if op else None), None
+    else:
+        fns.append(lambda: session.run(None, feeds))
+        if suite.numpy_matmul:
+            fns.append(lambda: np.matmul(*xs))
+        times = interleaved_medians(fns, repeat)
+        t_ref, t_np = times[ours], (times[ours + 1] if suite.numpy_matmul else None)
+    return times[0], (times[1] if ms_fn else None), t_ref, t_np
 
 
 def _print_table(rows, out, gpu: bool = False) -> None:
@@ -205,5 +218,6 @@ def _print_table(rows, out, gpu: bool = False) -> None:
     for name, tn, tm, sp, ns, mss, tr, tnp, gf in rows:
         ref_cols = f"{tr * 1e3:>8.3f} {tr / tn * 100:>{pct - 1}.0f}%" if tr else f"{'-':>8} {'-':>{pct}}"
         numpy_col = "" if gpu else f" {tnp * 1e3:>8.3f}" if tnp else f" {'-':>8}"
-        out(f"{name:<14} {tn * 1e3:>10.3f} {tm * 1e3:>9.3f} {sp:>7.2f} {ns:>7.0f} {mss:>9.0f} "
-            f"{ref_cols}{numpy_col} {gf:>8.1f}")
+        ms_cols = f"{tm * 1e3:>9.3f} {sp:>7.2f}" if tm else f"{'-':>9} {'-':>7}"
+        ms_tune = f"{mss:>9.0f}" if mss is not None else f"{'-':>9}"
+        out(f"{name:<14} {tn * 1e3:>10.3f} {ms_cols} {ns:>7.0f} {ms_tune} {ref_cols}{numpy_col} {gf:>8.1f}")

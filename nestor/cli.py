@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--kernels", help="kernels: comma-separated names (default: all)")
     b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=int, default=20)
+    b.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
+                   help="kernels: time Nestor against the library alone (ONNX Runtime, or PyTorch on a GPU)")
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
                                      "models: tune into it, or without --time-budget compile from it; "
                                      "costmodel: the records to evaluate on")
@@ -334,7 +336,7 @@ def cmd_bench(args) -> int:
     if args.suite == "kernels":
         from .bench_kernels import bench_kernels
         bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
-                      records=args.records, target=args.target)
+                      records=args.records, target=args.target, metaschedule=args.metaschedule)
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report

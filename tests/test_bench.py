@@ -190,3 +190,13 @@ def test_metaschedule_measurements_are_counted_from_its_database(tmp_path):
     assert bk._metaschedule_count(str(tmp_path)) == 0
     (tmp_path / "database_tuning_record.json").write_text('[1]\n[2]\n\n[3]\n')
     assert bk._metaschedule_count(str(tmp_path)) == 3
+
+
+def test_kernel_bench_without_metaschedule_times_nestor_against_the_library(monkeypatch):
+    monkeypatch.setattr(bk, "_tune_metaschedule", lambda *a: pytest.fail("MetaSchedule tuned"))
+    lines = []
+    share = bk.bench_kernels(["softmax"], trials=2, repeat=3, out=lines.append, metaschedule=False)
+    row = lines[-2].split()
+    assert row[0] == "softmax" and row[2:4] == ["-", "-"] and row[5] == "-"  # no MetaSchedule columns
+    assert float(row[7].rstrip("%")) == pytest.approx(100 * share, abs=1)  # % of ONNX Runtime
+    assert lines[-1] == f"geomean share of ONNX Runtime's speed: {share:.0%}"
