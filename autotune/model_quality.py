@@ -21,6 +21,7 @@ both measure transfer to unseen kernels.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Sequence
@@ -112,10 +113,10 @@ def _pretraining_file(path: str, target: str | None):
     return CostModel.load(path).training_data()
 
 
-def _fit(x, seconds, groups, seed, extra=None) -> CostModel:
-    model = CostModel(seed=seed)
-    if extra is not None and len(extra[1]):
-        model.pretrain_features(*extra)
+def _fit(x, seconds, groups, seed, base: CostModel | None = None) -> CostModel:
+    """A model trained on these samples, from the pretrained `base` if given (a copy: the
+    base's boosters and samples are only ever replaced, never changed in place)."""
+    model = copy.copy(base) if base is not None else CostModel(seed=seed)
     model.update_features(x, seconds, groups)
     return model
 
@@ -136,13 +137,12 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
     judged = np.asarray(medians)[keep] if truth == "median" else seconds
-    extra = base = None
+    base = None
     if pretrained:
         px, ps, pg = pretraining_samples(pretrained, target)
         unseen = ~np.isin(pg, groups)
-        extra = px[unseen], ps[unseen], pg[unseen]
         base = CostModel(seed=seed)
-        base.pretrain_features(*extra)
+        base.pretrain_features(px[unseen], ps[unseen], pg[unseen])
     rng = np.random.default_rng(seed)
     fold = np.empty(len(groups), int)
     for t in tasks:  # deal each task's records into folds evenly
@@ -151,12 +151,12 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     scores = np.zeros(len(groups))
     for f in range(folds):
         train = fold != f
-        scores[~train] = _fit(x[train], seconds[train], groups[train], seed, extra).predict_features(x[~train])
+        scores[~train] = _fit(x[train], seconds[train], groups[train], seed, base).predict_features(x[~train])
     out = []
     for t in tasks:
         mine = groups == t
         s, secs, g = scores[mine], judged[mine], groups[mine]
-        others = _fit(x[~mine], seconds[~mine], groups[~mine], seed, extra) if len(tasks) > 1 else None
+        others = _fit(x[~mine], seconds[~mine], groups[~mine], seed, base) if len(tasks) > 1 else None
         transfer = (pairwise_accuracy(others.predict_features(x[mine]), secs, g)
                     if others is not None and others.trained else float("nan"))
         alone = (pairwise_accuracy(base.predict_features(x[mine]), secs, g)

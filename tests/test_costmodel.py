@@ -306,7 +306,7 @@ def test_a_model_saved_by_another_nestor_is_refused_clearly(tmp_path):
         CostModel.load(str(tmp_path / "junk.npz"))
 
 
-def test_pretrained_model_ranks_an_unseen_task():
+def test_pretrained_model_ranks_an_unseen_task(tmp_path):
     """Pretraining on other tasks' records (transfer): a model that never saw a shape orders its
     candidates on the synthetic machine."""
     rng = random.Random(2)
@@ -317,9 +317,19 @@ def test_pretrained_model_ranks_an_unseen_task():
     model = CostModel(seed=0)
     model.pretrain((x, t, g) for g in ("a", "b") for x, t in zip(*samples[g]))
     kernels, seconds = samples["new"]
+    assert model.trained  # ranks before the task's first measurement
     assert pairwise_accuracy(model.predict(kernels), seconds, ["new"] * len(kernels)) > 0.75
     x, secs, groups = model.training_data()
     assert model.pretrain_features(x, secs, groups) == 0  # groups it has already: not counted twice
+    # the task's own samples refit on top of the pretrained base: still ranks, saved and reloaded alike
+    model.update(kernels[:20], seconds[:20], ["new"] * 20)
+    assert model.samples == 140
+    assert pairwise_accuracy(model.predict(kernels[20:]), seconds[20:], ["new"] * 40) > 0.75
+    path = str(tmp_path / "model.npz")
+    model.save(path)
+    again = CostModel.load(path)
+    np.testing.assert_allclose(again.predict(kernels), model.predict(kernels), rtol=1e-6)
+    assert again.samples == 140 and again.pretrain_features(x, secs, groups) == 0
 
 
 def test_pretraining_from_records_or_a_saved_model(tmp_path):
