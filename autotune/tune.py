@@ -63,7 +63,7 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
         return tasks
     target = as_target(target)
     machine = machine_params(target)
-    with _tuning_state(records_path, model_path, seed, machine, pretrained) as (records, model), \
+    with _tuning_state(records_path, model_path, seed, machine, pretrained, target_key(target)) as (records, model), \
             Measurer(None, target=target) as measurer:
         scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine, batch, seed)
         try:
@@ -76,16 +76,17 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
 
 @contextlib.contextmanager
 def _tuning_state(records_path: str | None, model_path: str | None, seed: int, machine,
-                  pretrained: str | list[str] | None = None):
+                  pretrained: str | list[str] | None = None, key: str | None = None):
     """The records database and the cost model (for `machine`) of a tuning run, pretrained from
-    `pretrained` if given; the model is saved at the end, interrupted or not (the records are
-    written as they arrive)."""
+    `pretrained` if given (from records, those measured on target `key` only: another machine's
+    times rank kernels for that machine); the model is saved at the end, interrupted or not
+    (the records are written as they arrive)."""
     if model_path and os.path.exists(model_path):
         model = CostModel.load(model_path, machine)
     else:
         model = CostModel(seed=seed, machine=machine)
     if pretrained:
-        model.pretrain_features(*pretraining_samples(pretrained))
+        model.pretrain_features(*pretraining_samples(pretrained, key))
     records = Records(records_path) if records_path else None
     try:
         yield records, model
