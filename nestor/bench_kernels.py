@@ -62,8 +62,10 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
     start = time.perf_counter()
     left = trials - _metaschedule_count(workdir)
     if left > 0:
+        # a longer build timeout than the default 30 s: a builder's first import of TVM takes
+        # longer on a loaded 2-core machine, and every candidate then "fails" to build
         database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
-                               num_trials_per_iter=min(64, left))
+                               num_trials_per_iter=min(64, left), builder=ms.builder.LocalBuilder(timeout_sec=120))
     else:
         database = ms.database.JSONDatabase(work_dir=workdir)
     seconds = time.perf_counter() - start
