@@ -126,6 +126,11 @@ UNARY = [case(op, [rand(2, 3, 4)]) for op in (
     case("Gelu", [rand(2, 3, 4)], opset=20, approximate="tanh"),
     case("IsInf", [np.array([1.0, np.nan, np.inf, -np.inf], f32)], opset=20),
     case("IsInf", [np.array([1.0, np.nan, np.inf, -np.inf], f32)], opset=20, detect_negative=0),
+    case("IsNaN", [np.array([1.0, np.nan, np.inf, -np.inf, 0.0], f32)], opset=20),
+    case("Shrink", [rand(2, 3, 4)], opset=9),
+    case("Shrink", [rand(2, 3, 4)], opset=9, lambd=1.5, bias=0.5),
+    case("ThresholdedRelu", [rand(2, 3, 4)], opset=22, alpha=0.5),
+    case("Swish", [rand(2, 3, 4, lo=-6, hi=6)], opset=24, alpha=1.5),
 ]
 
 CLIP = [
@@ -176,6 +181,32 @@ def test_softplus_and_mish_keep_small_values_accurate(dtype, rtol):
     for op, w in want.items():
         got = run_nestor_node(helper.make_node(op, ["x"], ["y"]), {"x": x}, opset=18)[0]
         np.testing.assert_allclose(got, w, rtol=rtol)
+
+
+TINY_TO_LARGE = np.logspace(-6, 1.5, 40)
+TRIG = {  # op: (numpy function, inputs over its domain, both signs where it is odd)
+    "Sin": (np.sin, np.concatenate([-TINY_TO_LARGE, TINY_TO_LARGE])),
+    "Cos": (np.cos, np.linspace(-10, 10, 41)),
+    "Tan": (np.tan, np.linspace(-1.5, 1.5, 41)),
+    "Atan": (np.arctan, np.concatenate([-TINY_TO_LARGE, [0.0, 0.4, 0.42, 2.4, 2.42, 1e30]])),
+    "Asin": (np.arcsin, np.concatenate([-np.logspace(-6, 0, 30), np.logspace(-6, 0, 30)])),
+    "Acos": (np.arccos, np.concatenate([-np.logspace(-6, 0, 30), np.logspace(-6, 0, 30)])),
+    "Sinh": (np.sinh, np.concatenate([-TINY_TO_LARGE, [0.0, 0.099, 0.101], TINY_TO_LARGE])),
+    "Cosh": (np.cosh, np.concatenate([-TINY_TO_LARGE, TINY_TO_LARGE])),
+    "Asinh": (np.arcsinh, np.concatenate([-TINY_TO_LARGE, TINY_TO_LARGE, [1e30]])),
+    "Acosh": (np.arccosh, np.concatenate([1 + TINY_TO_LARGE, [1e30]])),
+    "Atanh": (np.arctanh, np.concatenate([-np.logspace(-6, -1e-6, 30), np.logspace(-6, -1e-6, 30)])),
+}
+
+
+@pytest.mark.parametrize("op", TRIG)
+def test_trigonometry_keeps_float32_accuracy(op):
+    """Atan (and Asin, Acos) are a polynomial after argument reduction, Sinh a series near 0,
+    Asinh and Atanh go through log1p: relative errors stay near float32's epsilon everywhere."""
+    fn, x = TRIG[op]
+    x = x.astype(f32)
+    got = run_nestor_node(helper.make_node(op, ["x"], ["y"]), {"x": x}, opset=22)[0]
+    np.testing.assert_allclose(got, fn(x.astype(np.float64)), rtol=2e-6, atol=1e-30)
 
 
 X234 = rand(2, 3, 4)

@@ -1,4 +1,4 @@
-"""Elementwise ONNX ops: arithmetic, activations, comparisons, logic, Where, Cast, Identity.
+"""Elementwise ONNX ops: arithmetic, activations, trigonometry, comparisons, logic, Where, Cast, Identity.
 
 Every op is one loop nest over the output with numpy broadcasting (`common.elementwise`).
 Scalar constants that act as parameters (a Pow exponent, Clip bounds) are baked into the kernel.
@@ -112,6 +112,71 @@ def _selu(ctx: OpContext, x: Expr) -> Expr:
     return select(gt(x, _c(x, 0)), x, call("exp", x) * alpha - alpha) * gamma
 
 
+def _atan(x: Expr) -> Expr:
+    """atan from TIR's arithmetic (codegen has no atan intrinsic): Cephes' atanf, its argument
+    reduced to |x| <= tan(pi/8) by atan(x) = pi/2 - atan(1/x) and pi/4 + atan((x-1)/(x+1));
+    within a few float32 ulps (float64 gets float32's accuracy)."""
+    a = call("abs", x)
+    big, mid = gt(a, _c(a, 2.414213562373095)), gt(a, _c(a, 0.4142135623730950))
+    y = select(big, _c(a, -1) / a, select(mid, (a - 1) / (a + 1), a))
+    base = select(big, _c(a, math.pi / 2), select(mid, _c(a, math.pi / 4), _c(a, 0)))
+    z = y * y
+    poly = ((_c(z, 8.05374449538e-2) * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z
+    r = base + (poly - 3.33329491539e-1) * z * y + y
+    return select(lt(x, _c(x, 0)), -r, r)
+
+
+def _asin(x: Expr) -> Expr:
+    return _atan(x / call("sqrt", (1 - x) * (1 + x)))  # +-1 divides by 0: atan(+-inf) = +-pi/2
+
+
+def _acos(x: Expr) -> Expr:
+    # 2 atan(sqrt((1-x)/(1+x))), not pi/2 - asin(x), which cancels near x = 1
+    return _atan(call("sqrt", (1 - x) / (1 + x))) * 2
+
+
+def _odd(x: Expr, f) -> Expr:
+    """f(|x|) with x's sign, for odd functions whose formula is accurate for x >= 0 only."""
+    r = f(call("abs", x))
+    return select(lt(x, _c(x, 0)), -r, r)
+
+
+def _sinh(x: Expr) -> Expr:
+    # (e^a - e^-a) / 2 cancels below |x| ~ 0.1: there the series x + x^3/6 + x^5/120 + x^7/5040
+    def f(a):
+        z = a * a
+        series = a + a * z * (_c(z, 1 / 6) + z * (_c(z, 1 / 120) + z * (1 / 5040)))
+        e = call("exp", a)
+        return select(lt(a, _c(a, 0.1)), series, (e - 1 / e) * 0.5)
+    return _odd(x, f)
+
+
+def _beyond_square(a: Expr, small: Expr) -> Expr:
+    """`small` (a formula squaring a), or log(2a) above 1e9, where a^2 may overflow and
+    a + sqrt(a^2 +- 1) is 2a to float64 precision."""
+    return select(gt(a, _c(a, 1e9)), call("log", a) + math.log(2), small)
+
+
+def _asinh(x: Expr) -> Expr:
+    # log(a + sqrt(a^2 + 1)) = log1p(a + a^2 / (1 + sqrt(a^2 + 1))), accurate for small a
+    return _odd(x, lambda a: _beyond_square(a, _log1p(a + a * a / (call("sqrt", a * a + 1) + 1))))
+
+
+def _acosh(x: Expr) -> Expr:
+    # log(x + sqrt(x^2 - 1)) as log1p, near x = 1 as well (x - 1 is exact there)
+    return _beyond_square(x, _log1p(x - 1 + call("sqrt", (x - 1) * (x + 1))))
+
+
+def _atanh(x: Expr) -> Expr:
+    return _odd(x, lambda a: _log1p(a * 2 / (1 - a)) * 0.5)  # 0.5 log((1 + a) / (1 - a))
+
+
+def _shrink(ctx: OpContext, x: Expr) -> Expr:
+    lambd, bias = ctx.attr("lambd", 0.5), ctx.attr("bias", 0.0)
+    return select(lt(x, _c(x, -lambd)), x + _c(x, bias),
+                  select(gt(x, _c(x, lambd)), x - _c(x, bias), _c(x, 0)))
+
+
 # Unary ops: fn(ctx, x) -> expression for one element.
 UNARY = {
     "Relu": lambda ctx, x: maximum(x, 0),
@@ -142,6 +207,21 @@ UNARY = {
     "Gelu": _gelu,
     "Not": lambda ctx, x: Not(x),
     "IsInf": _is_inf,
+    "IsNaN": lambda ctx, x: ne(x, x),
+    "Sin": lambda ctx, x: call("sin", x),
+    "Cos": lambda ctx, x: call("cos", x),
+    "Tan": lambda ctx, x: call("sin", x) / call("cos", x),
+    "Atan": lambda ctx, x: _atan(x),
+    "Asin": lambda ctx, x: _asin(x),
+    "Acos": lambda ctx, x: _acos(x),
+    "Sinh": lambda ctx, x: _sinh(x),
+    "Cosh": lambda ctx, x: (call("exp", x) + call("exp", -x)) * 0.5,
+    "Asinh": lambda ctx, x: _asinh(x),
+    "Acosh": lambda ctx, x: _acosh(x),
+    "Atanh": lambda ctx, x: _atanh(x),
+    "Shrink": _shrink,
+    "ThresholdedRelu": lambda ctx, x: select(gt(x, _c(x, ctx.attr("alpha", 1.0))), x, _c(x, 0)),
+    "Swish": lambda ctx, x: x * call("sigmoid", x * ctx.attr("alpha", 1.0)),
 }
 
 # Binary ops with numpy broadcasting: fn(a, b).
