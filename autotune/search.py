@@ -167,13 +167,23 @@ class Tuner:
 
     def round(self) -> int:
         """Propose, rank, measure one batch; returns how many were measured (0: space exhausted)."""
+        batch = self.propose()
+        if batch:
+            self.learn(batch, self.measurer.measure([k for _, _, k in batch]))
+        return len(batch)
+
+    def propose(self) -> list[tuple[Candidate | None, Schedule, Kernel]]:
+        """The next batch to measure, (decisions, schedule, kernel) each: the default schedule
+        first while unmeasured. Another measurer (MetaSchedule's runner) may time it; `learn`
+        takes its results."""
         batch = self._choose(self._candidates())
         default = self._default_candidate()
         if default is not None:
             batch = [default] + batch[:max(self.batch - 1, 0)]
-        if not batch:
-            return 0
-        results = self.measurer.measure([k for _, _, k in batch])
+        return batch
+
+    def learn(self, batch, results) -> None:
+        """Store a proposed batch's measurements (MeasureResult each) and train the model on them."""
         good_kernels, good_secs = [], []
         for (d, schedule, kernel), res in zip(batch, results):
             key = schedule.to_json()
@@ -192,7 +202,6 @@ class Tuner:
                 self.best_seconds, self.best = res.median, schedule
         if self.model is not None and good_kernels:
             self.model.update(good_kernels, good_secs, [self.task] * len(good_kernels))
-        return len(batch)
 
     def rerank(self, top: int, limit: int | None = None) -> int:
         """Measure the `top` fastest schedules again, in one batch, and take the fastest by these
