@@ -1,0 +1,51 @@
+"""A Relax pass that puts Nestor's tuned kernels in place of the PrimFuncs they were tuned for.
+
+MetaSchedule's own MetaScheduleApplyDatabase replays a record's trace on the workload, and a
+Nestor record has none (ms_database.py): this pass asks the database for the module instead
+(`query_ir_module`, which NestorDatabase answers from Nestor's records), and takes it only where
+it is Nestor's. The new PrimFunc keeps the original's attributes and is marked scheduled, so
+MetaSchedule's pass (and DLight) leave it alone after; the functions it does not replace are left
+to them.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+
+from .ms_database import MARK, NestorKernels, records_path
+
+
+def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
+    """Where Nestor tuned a PrimFunc of the module for the current target, its kernel. Nestor's
+    kernels come from `database` (default: the one in context, as MetaSchedule's pass takes it),
+    else from Nestor's records in `work_dir`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="NestorApplyDatabase")
+    def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=True)
+        db = database if database is not None else ms.Database.current()
+        if target is None or (db is None and work_dir is None):
+            return mod
+        kernels = None if db is not None else NestorKernels(records_path(work_dir))
+        out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
+                continue
+            workload = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+            if kernels is not None:
+                found = kernels.best(workload, target)
+            else:
+                found = db.query_ir_module(workload, target, gv.name_hint)
+                found = found["main"] if found is not None else None
+            if found is not None and found.attrs and MARK in found.attrs:
+                out[gv] = _in_place_of(found, func)
+        return out
+    return run
+
+
+def _in_place_of(new: tirx.PrimFunc, old: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`new` with `old`'s attributes (global symbol included or not, as `old` has it), marked."""
+    attrs = dict(old.attrs or {})
+    func = new if "global_symbol" in attrs else new.without_attr("global_symbol")
+    return func.with_attrs({**attrs, MARK: new.attrs[MARK], "tirx.is_scheduled": True})

@@ -1,0 +1,128 @@
+"""MetaSchedule's view of Nestor's records: a database whose best schedule of a workload is the
+kernel Nestor found for it.
+
+A MetaSchedule tuning record is a trace replayed on the workload; Nestor's candidates reach
+MetaSchedule as modules already lowered, so their records hold an empty trace, and replaying it
+gives back the unscheduled workload. The kernels themselves live in Nestor's records (keyed by
+the imported kernel's structural hash and the target): `query_schedule` and `query_ir_module`
+answer from them (compile_tir, and the Relax pass of ms_apply.py), everything else is the
+inner MetaSchedule database's.
+"""
+from __future__ import annotations
+
+import os
+
+import tvm
+from tvm import tirx
+from tvm.ir.utils import derived_object
+from tvm.s_tir import SBlock, SBlockRealize, Schedule
+from tvm.s_tir import meta_schedule as ms
+
+from ..codegen import to_primfunc
+from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
+from ..ir import canonical, structural_hash
+from ..passes import Schedule as NestorSchedule
+from ..passes import canonical_loops
+from .records import Records
+from .tune import target_key
+
+RECORDS_FILE = "nestor_records.sqlite"   # Nestor's records inside a MetaSchedule work_dir
+MARK = "nestor.schedule"                 # attribute of a PrimFunc Nestor scheduled: its steps
+
+
+def records_path(work_dir: str) -> str:
+    os.makedirs(work_dir, exist_ok=True)
+    return os.path.join(work_dir, RECORDS_FILE)
+
+
+def lowered(kernel, workload: tirx.PrimFunc, schedule: NestorSchedule | None = None) -> tirx.PrimFunc:
+    """A scheduled kernel as a PrimFunc that takes the workload's arguments (MetaSchedule's
+    runner and Relax's call_tir pass them in the workload's order), marked as Nestor's. Its
+    loops sit in a root block, as a scheduled TIR function's do: Relax's passes after tuning
+    (RewriteDataflowReshape's pattern check) refuse a function without one."""
+    func = to_primfunc(kernel)
+    func = tirx.PrimFunc(func.params, SBlockRealize([], True, SBlock([], [], [], "root", func.body)), func.ret_type,
+                         func.attrs)
+    want = [(tuple(int(d) for d in p.shape), canonical(str(p.dtype))) for p in workload.params]
+    got = [(tuple(b.shape), b.dtype) for b in kernel.params]
+    if want != got:  # the importer puts outputs last: a workload writing an earlier param
+        raise TIRImportError(f"{kernel.name}: parameters {got} are not in the workload's order {want}")
+    func = func.with_attr("global_symbol", "main").with_attr(MARK, "" if schedule is None else schedule.to_json())
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+class NestorKernels:
+    """Workload -> the PrimFunc of Nestor's fastest recorded schedule for it (None if none)."""
+
+    def __init__(self, path: str):
+        self.records = Records(path)
+        self._found: dict = {}
+
+    def best(self, mod: tvm.IRModule, target) -> tirx.PrimFunc | None:
+        func = next(iter(mod.functions.values()))  # a workload holds one function
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs and MARK in func.attrs):
+            return None
+        try:
+            kernel = kernel_from_primfunc(func)
+        except TIRImportError:
+            return None
+        key = (structural_hash(kernel), target_key(target))
+        best = self.records.best(*key)
+        if best is None:
+            return None
+        if (key, best.id) not in self._found:
+            schedule = NestorSchedule.from_json(best.schedule)
+            self._found[(key, best.id)] = lowered(schedule.apply(canonical_loops(kernel)), func, schedule)
+        return self._found[(key, best.id)]
+
+
+@derived_object
+class NestorDatabase(ms.database.PyDatabase):
+    """`inner` (default: MetaSchedule's JSON database in `work_dir`, else in memory) stores the
+    workloads and records MetaSchedule commits; Nestor's records in `work_dir` (or `records`)
+    give the schedules compiled."""
+
+    def __init__(self, work_dir: str | None = None, records: str | None = None, inner: ms.Database | None = None,
+                 module_equality: str = "structural"):
+        super().__init__()
+        if records is None and work_dir is None:
+            raise ValueError("NestorDatabase needs a work_dir or a records path")
+        self.records_path = records or records_path(work_dir)
+        if inner is None:
+            inner = (ms.database.JSONDatabase(work_dir=work_dir, module_equality=module_equality) if work_dir
+                     else ms.database.MemoryDatabase(module_equality=module_equality))
+        self.inner = inner
+        self.kernels = NestorKernels(self.records_path)
+
+    def has_workload(self, mod):
+        return self.inner.has_workload(mod)
+
+    def commit_workload(self, mod):
+        return self.inner.commit_workload(mod)
+
+    def commit_tuning_record(self, record):
+        self.inner.commit_tuning_record(record)
+
+    def get_top_k(self, workload, top_k):
+        return self.inner.get_top_k(workload, top_k)
+
+    def get_all_tuning_records(self):
+        return self.inner.get_all_tuning_records()
+
+    def query_tuning_record(self, mod, target, workload_name=None):
+        return self.inner.query_tuning_record(mod, target, workload_name)
+
+    def query_schedule(self, mod, target, workload_name=None):
+        func = self.kernels.best(mod, target)
+        if func is None:
+            return self.inner.query_schedule(mod, target, workload_name)
+        return Schedule(tvm.IRModule({"main": func}))
+
+    def query_ir_module(self, mod, target, workload_name=None):
+        func = self.kernels.best(mod, target)
+        if func is None:
+            return self.inner.query_ir_module(mod, target, workload_name)
+        return tvm.IRModule({"main": func})
+
+    def __len__(self):
+        return len(self.inner)

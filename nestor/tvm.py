@@ -1,0 +1,102 @@
+"""Nestor inside TVM: MetaSchedule's tuning flows with Nestor's search, TVM compiling the result.
+
+    import nestor.tvm
+    nestor.tvm.install()   # or: with nestor.tvm.installed(): ...
+    mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=64)(mod)
+
+`install` makes MetaSchedule's Relax tuning (the global `tvm.s_tir.meta_schedule.tune_relax`,
+which the static_shape_tuning pipeline's MetaScheduleTuneIRMod calls) search with Nestor, and
+puts Nestor's kernels in place wherever MetaSchedule's records are applied (the pipeline's
+MetaScheduleApplyDatabase, `compile_relax`, the zero pipeline under a database). Without
+installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`: its database
+gives Nestor's kernel to `compile_tir`; `compile_relax` needs `install` (or the pass `apply`).
+
+Why a pass and not a trace: a MetaSchedule record is a trace of schedule primitives replayed on
+the workload; Nestor's schedules are its own passes, handed to MetaSchedule as lowered modules
+whose trace is empty, so replaying their records gives the unscheduled workload back. The pass
+takes the kernels from Nestor's records, keyed by the imported kernel, whatever the trace.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.relax_integration import _tune_relax as _ms_tune_relax  # what the global was
+
+from .autotune.measure import BUILD_TIMEOUT
+from .autotune.ms_apply import apply_nestor
+from .autotune.ms_database import MARK, NestorDatabase
+from .autotune.ms_strategy import NestorSearch
+
+__all__ = ["MARK", "NestorDatabase", "NestorSearch", "apply", "install", "installed", "tuning", "uninstall"]
+
+_TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
+_ms_apply_database = relax.transform.MetaScheduleApplyDatabase
+_options: dict | None = None   # tune_relax arguments while installed; None: not installed
+
+
+def tuning(work_dir: str, seed: int = 0) -> dict:
+    """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy, its
+    database (Nestor's records in work_dir), and a space generator with no rules (Nestor ignores
+    MetaSchedule's design spaces; building them would cost time for nothing)."""
+    return {"strategy": NestorSearch(work_dir, seed=seed), "database": NestorDatabase(work_dir),
+            "space": ms.space_generator.PostOrderApply(sch_rules=[], postprocs=[], mutator_probs={})}
+
+
+def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
+    """The Relax pass putting Nestor's tuned kernels in place (from `database`, default the one
+    in context, else from Nestor's records in `work_dir`)."""
+    return apply_nestor(work_dir, database)
+
+
+def install(**options) -> None:
+    """From now on MetaSchedule's Relax tuning searches with Nestor (`options`: more arguments
+    of ms.relax_integration.tune_relax, e.g. builder, runner, seed) and Nestor's kernels are
+    compiled wherever MetaSchedule's records are applied. Undone by `uninstall`."""
+    global _options
+    options.setdefault("builder", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT))
+    _options = options
+    relax.transform.MetaScheduleApplyDatabase = _apply_database
+
+
+def uninstall() -> None:
+    """MetaSchedule's own tuning and database application again."""
+    global _options
+    _options = None
+    relax.transform.MetaScheduleApplyDatabase = _ms_apply_database
+
+
+@contextlib.contextmanager
+def installed(**options):
+    """`install` for the duration of a with block."""
+    install(**options)
+    try:
+        yield
+    finally:
+        uninstall()
+
+
+def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task=None, op_names=None):
+    """The global MetaScheduleTuneIRMod calls: Nestor's search while installed, else MetaSchedule's."""
+    if _options is None:
+        return _ms_tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task, op_names)
+    ms.relax_integration.tune_relax(
+        mod, params, target, work_dir, int(max_trials_global),
+        None if max_trials_per_task is None else int(max_trials_per_task), op_names,
+        **{**tuning(work_dir, _options.get("seed") or 0), **_options})
+    return mod  # MetaScheduleTuneIRMod passes its input on: the kernels go in at apply
+
+
+def _apply_database(work_dir=None, enable_warning=False):
+    """MetaScheduleApplyDatabase, Nestor's kernels put in place first."""
+    return tvm.transform.Sequential([apply_nestor(work_dir), _ms_apply_database(work_dir, enable_warning)],
+                                    name="NestorThenMetaScheduleApplyDatabase")
+
+
+# Registered at import, once: MetaScheduleTuneIRMod looks the global up at its first call and
+# keeps what it found for the life of the process (a later registration goes unseen), so
+# install and uninstall switch what this one function does instead.
+tvm_ffi.register_global_func(_TUNE_RELAX, _tune_relax, override=True)

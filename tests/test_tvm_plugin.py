@@ -1,0 +1,103 @@
+"""Nestor inside TVM (nestor.tvm): MetaSchedule's entry points tune with Nestor's search, and the
+kernel TVM compiles is Nestor's (its PrimFunc carries nestor.tvm.MARK) and computes the model.
+
+A few trials each, measured in this process (tests/ms_inprocess.py); the first MetaSchedule
+tuning of a process imports TVM's tensor intrinsics (~15 s on a busy 2-core machine)."""
+import logging
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te, tirx
+from tvm.s_tir import meta_schedule as ms
+
+import nestor.tvm
+from nestor.autotune.ms_database import records_path
+from nestor.autotune.records import Records
+from nestor.codegen import host_target
+
+from .ms_inprocess import InProcessBuilder, InProcessRunner
+from .test_tir_import import _conv_relu_matmul_model
+
+MEASURE = {"builder": InProcessBuilder(), "runner": InProcessRunner()}
+
+
+def _unnamed_log_handlers_dropped():
+    """MetaSchedule configures its logger anew at each tuning from the handlers it has, by name;
+    pytest's capture handlers on it have none, and the second tuning of a session fails
+    formatting the name None: drop them (called in the test, where pytest has added them)."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in [h for h in logger.handlers if h.get_name() is None]:
+        logger.removeHandler(handler)
+
+
+def _nestors(mod: tvm.IRModule) -> dict[str, bool]:
+    """Each PrimFunc of the module: is it Nestor's?"""
+    return {gv.name_hint: bool(f.attrs and nestor.tvm.MARK in f.attrs)
+            for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The conv + relu + matmul model, its input and ONNX Runtime's output."""
+    import onnxruntime as ort
+    onnx_model = _conv_relu_matmul_model()
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    want = ort.InferenceSession(onnx_model.SerializeToString()).run(None, {"x": x})[0]
+    return onnx_model, x, want
+
+
+def _relax(onnx_model) -> tvm.IRModule:
+    import tvm.relax.frontend.onnx  # noqa: F401 (registers relax.frontend.onnx)
+    return relax.frontend.onnx.from_onnx(onnx_model)
+
+
+def _check_runs(executable, x, want) -> None:
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_tir_with_nestors_strategy_compiles_nestors_kernel(tmp_path):
+    m, k, n = 24, 16, 20
+    a, b = te.placeholder((m, k), name="A"), te.placeholder((k, n), name="B")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="C")
+    workload, work_dir, target = te.create_prim_func([a, b, c]), str(tmp_path), host_target()
+    _unnamed_log_handlers_dropped()
+    db = ms.tune_tir(workload, target, work_dir, max_trials_global=4, num_trials_per_iter=2,
+                     **nestor.tvm.tuning(work_dir), **MEASURE)
+    with Records(records_path(work_dir)) as records:
+        assert records.count() == 4  # MetaSchedule's runner timed them; Nestor's records hold them
+    func = ms.tir_integration.compile_tir(db, workload, target).mod["main"]
+    assert nestor.tvm.MARK in func.attrs
+    exe = tvm.compile(func, target)
+    x, y = np.random.rand(m, k).astype("float32"), np.random.rand(k, n).astype("float32")
+    out = tvm.runtime.tensor(np.zeros((m, n), "float32"))
+    exe["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y), out)
+    np.testing.assert_allclose(out.numpy(), x @ y, rtol=1e-5)
+
+
+def test_tune_relax_then_compile_relax_gives_nestors_kernels(tmp_path, model):
+    onnx_model, x, want = model
+    work_dir, target = str(tmp_path), host_target()
+    _unnamed_log_handlers_dropped()
+    mod = relax.get_pipeline("zero")(_relax(onnx_model))  # MetaSchedule finds its tasks after it
+    db = ms.relax_integration.tune_relax(mod, {}, target, work_dir, 6, max_trials_per_task=2,
+                                         **nestor.tvm.tuning(work_dir), **MEASURE)
+    with nestor.tvm.installed():
+        with target, db:  # the zero pipeline applies the database in context, as compile_relax does
+            assert all(_nestors(relax.get_pipeline("zero")(_relax(onnx_model))).values())
+        _check_runs(ms.relax_integration.compile_relax(db, mod, target, None), x, want)
+    assert relax.transform.MetaScheduleApplyDatabase is nestor.tvm._ms_apply_database  # uninstalled
+
+
+def test_static_shape_tuning_pipeline_tunes_with_nestor_once_installed(tmp_path, model):
+    onnx_model, x, want = model
+    target = host_target()
+    _unnamed_log_handlers_dropped()
+    with nestor.tvm.installed(**MEASURE):
+        tuned = relax.get_pipeline("static_shape_tuning", target=target, total_trials=6, max_trials_per_task=2,
+                                   work_dir=str(tmp_path))(_relax(onnx_model))
+    found = _nestors(tuned)
+    assert len(found) >= 3 and all(found.values()), found
+    _check_runs(tvm.compile(tuned, target), x, want)
