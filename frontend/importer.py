@@ -17,6 +17,7 @@ from onnx.reference import ReferenceEvaluator
 from ..ir import Graph, Node, TensorType, canonical
 from ..ir.errors import ModelError
 from ..ir.machine import GENERIC_CPU, MachineParams
+from .functions import expand_functions
 from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
@@ -80,6 +81,9 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     # Alternate folding and inference until nothing changes.
     while True:
         _infer_types(nodes, inputs, consts, types, opsets)
+        nodes, expanded = expand_functions(nodes, opsets.get("ai.onnx", 0), types)
+        if expanded:  # the body's tensors need types first
+            continue
         remaining = []
         for node in nodes:
             value = _try_fold(node, consts, types, opsets)
