@@ -10,6 +10,7 @@ b channels are adjacent: every accumulator is one vector and every store a whole
 The pass walks the nodes in order and keeps, for each tensor it has blocked, the name of its
 blocked copy. A group-1 2-D Conv becomes ConvNCHWc (frontend/ops/blocked.py) with its weights
 packed at compile time; it reads its input blocked when the producer made it so, else plain.
+A depthwise Conv whose input is blocked becomes DepthwiseNCHWc, its output blocked alike.
 Ops that work on blocked tensors as they are then propagate the layout: elementwise ops whose
 data inputs are all blocked alike (a per-channel or scalar constant operand is re-blocked),
 MaxPool / AveragePool, Concat along the channels. Every other reader of a blocked tensor, and
@@ -30,11 +31,12 @@ from ..ir import TensorType, canonical
 from ..ir.machine import GENERIC_CPU, MachineParams
 from .winograd import takes_winograd, winograd_nodes
 from .graph_passes import _attr, _fresh, _new_const
-from .ops.blocked import pack_conv_weight
+from .ops.blocked import pack_conv_weight, pack_depthwise_weight
 from .ops.elementwise import BINARY, UNARY, VARIADIC
 from .ops.registry import NESTOR_DOMAIN
 
 POOLS = ("MaxPool", "AveragePool")
+GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
 
 
 def block_size(channels: int, machine: MachineParams = GENERIC_CPU) -> int | None:
@@ -98,6 +100,10 @@ class _Rewriter:
             return self._elementwise(node, data=[i for i in node.input if i and i not in self.consts])
         if op in POOLS and node.input[0] in self.blocked:
             return self._propagate(node, [node.input[0]], self.blocked[node.input[0]][1])
+        if op in GLOBAL_POOLS and node.input[0] in self.blocked:
+            new = self._propagate(node, [node.input[0]], self.blocked[node.input[0]][1])
+            new.op_type, new.domain = f"{op}NCHWc", NESTOR_DOMAIN
+            return new
         if op == "Concat":
             return self._concat(node)
         return None
@@ -107,9 +113,11 @@ class _Rewriter:
         w = self.consts.get(w_name)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         out_t = self.types.get(node.output[0])
-        if (w is None or w.ndim != 4 or _attr(node, "group", 1) != 1 or out_t is None
-                or canonical(w.dtype) != "float32" or (bias and bias not in self.consts)):
+        if (w is None or w.ndim != 4 or out_t is None or canonical(w.dtype) != "float32"
+                or (bias and bias not in self.consts)):
             return None
+        if _attr(node, "group", 1) != 1:
+            return self._depthwise(node, w, bias)
         bo = block_size(w.shape[0], self.machine)
         if bo is None:
             return None
@@ -126,15 +134,33 @@ class _Rewriter:
         return helper.make_node("ConvNCHWc", inputs, [out], name=node.name, domain=NESTOR_DOMAIN,
                                 in_block=bi, **attrs)
 
+    def _depthwise(self, node, w, bias):
+        """A depthwise conv (group = channels, one filter each) reading a blocked input."""
+        x = node.input[0]
+        if x not in self.blocked or w.shape[1] != 1 or _attr(node, "group", 1) != w.shape[0] \
+                or self.types[x].shape[1] != w.shape[0]:
+            return None
+        xb, b = self.blocked[x]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for name in ("kernel_shape", "group"):
+            attrs.pop(name, None)
+        packed = self._const(f"{node.input[1]}_nchwc", pack_depthwise_weight(w, b))
+        out = self._blocked_output(node.output[0], b)
+        return helper.make_node("DepthwiseNCHWc", [xb, packed] + ([bias] if bias else []), [out], name=node.name,
+                                domain=NESTOR_DOMAIN, **attrs)
+
     def _elementwise(self, node, data):
-        """Blocked when every data input is blocked with one block and one shape equal to the
-        output's; constant operands must be scalars or vary along the channels only."""
+        """Blocked when every data input is blocked with one block, one of them shaped as the
+        output and the others varying along the channels only (a squeeze-excite gate); constant
+        operands must be scalars or vary along the channels only."""
         if not data or any(d not in self.blocked for d in data):
             return None
         blocks = {self.blocked[d][1] for d in data}
-        shapes = {self.types[d].shape for d in data}
         out_t = self.types.get(node.output[0])
-        if len(blocks) != 1 or len(shapes) != 1 or out_t is None or out_t.shape != shapes.pop():
+        if len(blocks) != 1 or out_t is None:
+            return None
+        shapes = [self.types[d].shape for d in data]
+        if out_t.shape not in shapes or not all(s == out_t.shape or _per_channel(s, out_t.shape) for s in shapes):
             return None
         b = blocks.pop()
         operands = {}
@@ -201,6 +227,11 @@ class _Rewriter:
         name = _fresh(base, self.names)
         self.types[name] = t
         return name
+
+
+def _per_channel(shape, out_shape) -> bool:
+    """`shape` is `out_shape` with every dim but the channels' (1) reduced to 1."""
+    return len(shape) == len(out_shape) and all(n == (out_shape[1] if d == 1 else 1) for d, n in enumerate(shape))
 
 
 def _blocked_operand(c: np.ndarray, shape, b: int) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import nestor
 from nestor.autotune.space import Sketch
 from nestor.ir.machine import AVX2, AVX512
 from nestor.frontend.layout import to_blocked
-from nestor.frontend.ops.blocked import pack_conv_weight
+from nestor.frontend.ops.blocked import pack_conv_weight, pack_depthwise_weight
 from nestor.ir import NestorError
 from tests.test_graph_passes import make_model, weights
 from tests.test_models import assert_close_to_ort
@@ -23,7 +23,7 @@ def ops(model, blocked=True) -> list[str]:
 
 def conv_net():
     """conv 3->16, relu, conv 16->32 (3x3), residual-style add of a 1x1 branch, max pool,
-    concat of two pools, global average pool, flatten: one conversion, before the pool."""
+    concat of two pools, global average pool, flatten: one conversion, after the pool."""
     nodes = [("Conv", ["x", "w1", "b1"], ["c1"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
              ("Relu", ["c1"], ["r1"], {}),
              ("Conv", ["r1", "w2"], ["c2"], CONV3),
@@ -46,9 +46,9 @@ def test_convolutions_and_their_neighbours_run_blocked_with_one_conversion():
     # the 3x3 conv of a blocked 12x12 input runs as Winograd (three kernels; the add joins the last)
     assert [n.op_type for n in graph.nodes] == [
         "ConvNCHWc+Relu", "WinogradInput", "MatMul", "ConvNCHWc", "WinogradOutput+Add+Mul", "MaxPool",
-        "AveragePool", "Concat", "FromNCHWc", "GlobalAveragePool", "Flatten"]
+        "AveragePool", "Concat", "GlobalAveragePoolNCHWc", "FromNCHWc", "Flatten"]
     convert = next(n for n in graph.nodes if n.op_type == "FromNCHWc")
-    assert graph.types[convert.inputs[0]].shape == (1, 4, 6, 6, 16)  # the concat, blocked
+    assert graph.types[convert.inputs[0]].shape == (1, 4, 1, 1, 16)  # the pooled concat, blocked
     assert_close_to_ort(model, nestor.compile(model))
 
 
@@ -165,3 +165,77 @@ def test_winograd_transforms_compute_a_3x3_correlation():
     y = (output_transform_matrix() @ m).reshape(2, 2)
     want = [[(d[i:i + 3, j:j + 3] * g[0, 0]).sum() for j in range(2)] for i in range(2)]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+def depthwise_net(channels=32, size=14, kernel=3, stride=2, dilation=1, bias=True):
+    """1x1 expand conv, relu, depthwise conv (stride, pads, dilation as given), x*sigmoid(x),
+    1x1 project conv: the MobileNet/EfficientNet block."""
+    pad = dilation * (kernel // 2)
+    dw = {"kernel_shape": [kernel, kernel], "strides": [stride] * 2, "pads": [pad] * 4,
+          "dilations": [dilation] * 2, "group": channels}
+    nodes = [("Conv", ["x", "w1"], ["c1"], {"kernel_shape": [1, 1]}),
+             ("Relu", ["c1"], ["r1"], {}),
+             ("Conv", ["r1", "wd"] + (["bd"] if bias else []), ["d"], dw),
+             ("Sigmoid", ["d"], ["s"], {}),
+             ("Mul", ["d", "s"], ["m"], {}),
+             ("Conv", ["m", "w2"], ["y"], {"kernel_shape": [1, 1]})]
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    inits = {"w1": weights((channels, 8, 1, 1)), "wd": weights((channels, 1, kernel, kernel)),
+             "bd": weights((channels,)), "w2": weights((16, channels, 1, 1))}
+    return make_model(nodes, {"x": [1, 8, size, size]}, {"y": [1, 16, out, out]}, inits)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,bias", [(3, 2, 1, True), (3, 1, 1, False), (5, 1, 1, True),
+                                                        (5, 2, 1, False), (3, 1, 2, True)])
+def test_a_depthwise_conv_on_a_blocked_input_runs_blocked(kernel, stride, dilation, bias):
+    model = depthwise_net(kernel=kernel, stride=stride, dilation=dilation, bias=bias)
+    assert ops(model) == ["ConvNCHWc+Relu", "DepthwiseNCHWc+Sigmoid+Mul", "ConvNCHWc", "FromNCHWc"]
+    assert_close_to_ort(model, nestor.compile(model))
+
+
+def test_depthwise_with_eight_channel_blocks_and_a_plain_input_stays_plain():
+    model = depthwise_net(channels=24, size=9)  # 16 does not divide 24: blocks of 8
+    graph = nestor.import_onnx(model)
+    dw = next(n for n in graph.nodes if n.op_type.startswith("DepthwiseNCHWc"))
+    assert graph.types[dw.outputs[0]].shape == (1, 3, 5, 5, 8)
+    assert_close_to_ort(model, nestor.compile(model))
+    nodes = [("Conv", ["x", "wd"], ["y"], {"kernel_shape": [3, 3], "pads": [1] * 4, "group": 16})]
+    plain = make_model(nodes, {"x": [1, 16, 8, 8]}, {"y": [1, 16, 8, 8]}, {"wd": weights((16, 1, 3, 3))})
+    assert ops(plain) == ["Conv"]  # the model's own input is plain: nothing to gain from a conversion
+
+
+def test_depthwise_weights_pack_channel_blocks_last():
+    w = np.arange(32 * 3 * 3, dtype=np.float32).reshape(32, 1, 3, 3)
+    p = pack_depthwise_weight(w, 16)
+    assert p.shape == (2, 3, 3, 16) and p[1, 2, 0, 5] == w[21, 0, 2, 0]
+
+
+def test_blocked_depthwise_tiles_keep_the_channel_block_in_the_vector():
+    conv = next(n.kernel for n in nestor.import_onnx(depthwise_net(size=28)).nodes
+                if n.op_type.startswith("DepthwiseNCHWc"))
+    for machine in (AVX2, AVX512):
+        sketch = Sketch.of(conv, machine)
+        v = sketch.info.vector
+        assert v is not None and sketch.info.main.spatial[v].extent == 16
+
+
+def test_a_squeeze_excite_block_stays_blocked():
+    """dw conv, global pool, two 1x1 convs, sigmoid gate, gate * dw output, project conv: the
+    pooled tensor, the gate and the product keep the block; one conversion, at the output."""
+    c = 32
+    nodes = [("Conv", ["x", "w1"], ["e"], {"kernel_shape": [1, 1]}),
+             ("Conv", ["e", "wd"], ["d"], {"kernel_shape": [3, 3], "pads": [1] * 4, "group": c}),
+             ("GlobalAveragePool", ["d"], ["p"], {}),
+             ("Conv", ["p", "wf1"], ["f1"], {"kernel_shape": [1, 1]}),
+             ("Relu", ["f1"], ["r"], {}),
+             ("Conv", ["r", "wf2"], ["f2"], {"kernel_shape": [1, 1]}),
+             ("Sigmoid", ["f2"], ["g"], {}),
+             ("Mul", ["g", "d"], ["m"], {}),
+             ("GlobalMaxPool", ["m"], ["q"], {}),
+             ("Add", ["m", "q"], ["y"], {})]
+    inits = {"w1": weights((c, 8, 1, 1)), "wd": weights((c, 1, 3, 3)), "wf1": weights((8, c, 1, 1)),
+             "wf2": weights((c, 8, 1, 1))}
+    model = make_model(nodes, {"x": [1, 8, 10, 10]}, {"y": [1, c, 10, 10]}, inits)
+    assert ops(model) == ["ConvNCHWc", "DepthwiseNCHWc", "GlobalAveragePoolNCHWc", "ConvNCHWc+Relu",
+                          "ConvNCHWc+Sigmoid", "Mul", "GlobalMaxPoolNCHWc", "Add", "FromNCHWc"]
+    assert_close_to_ort(model, nestor.compile(model))

@@ -9,6 +9,10 @@ vectors whatever the width of its feature map, and every store is a contiguous v
   the model's 3-channel image).
   Its weights come packed at compile time (`pack_conv_weight`): [M/bo, C/bi, kh, kw, bi, bo] or,
   for a plain input, [M/bo, C, kh, kw, bo], so a reduction step reads one contiguous vector.
+- DepthwiseNCHWc: a depthwise Conv (one filter per channel) on a blocked input, its output
+  blocked alike: lane l of block c reads lane l of the same input block, so every tap is one
+  contiguous vector load whatever the stride (in NCHW a stride-2 row is a gather). Weights
+  packed as [C/b, kh, kw, b] (`pack_depthwise_weight`).
 - FromNCHWc: back to the plain layout, where a consumer needs it.
 Pools, elementwise ops and Concat along the channels need no ops of their own: their lowerings
 work on blocked tensors as they are (pools take their spatial dims from kernel_shape).
@@ -37,42 +41,69 @@ def pack_conv_weight(w: np.ndarray, in_block: int, out_block: int) -> np.ndarray
     return np.ascontiguousarray(blocked.transpose(order))
 
 
+def pack_depthwise_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """[C, 1, kh, kw] depthwise weights in DepthwiseNCHWc's layout (see the module doc)."""
+    c, _, *taps = w.shape
+    blocked = w.reshape(c // block, block, *taps)
+    return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
+
+
 @register_op(f"{DOMAIN}.ConvNCHWc")
 def lower_conv_nchwc(ctx: OpContext) -> Lowered:
     """Y[n, mo, o, mi] = B[mo*bo + mi] + sum over (co, k, ci) of
     X[n, co, o*s + k*d - pad, ci] * W[mo, co, k, ci, mi]; with a plain input, X[n, c, ...] and
     W[mo, c, k, mi]. Reduction loops run channel blocks, taps, then the channels of a block."""
+    in_block = ctx.attr("in_block", 0)
+    w = input_buffer(ctx, 1, "W")
+    taps = w.shape[2:-2] if in_block else w.shape[2:-1]
+
+    def value(x, windows, s, r):
+        spatial = s[2:2 + len(taps)]
+        if in_block:
+            co, k, ci = r[0], r[1:-1], r[-1]
+            xv = _padded_load(x, (s[0], co), windows, spatial, k, as_expr(0, x.dtype), (ci,))
+            return widen(xv) * widen(w[(s[1], co, *k, ci, s[-1])])
+        c, k = r[0], r[1:]
+        xv = _padded_load(x, (s[0], c), windows, spatial, k, as_expr(0, x.dtype))
+        return widen(xv) * widen(w[(s[1], c, *k, s[-1])])
+
+    channels = input_buffer(ctx, 0, "X").shape[1]
+    reduce = (channels, *taps, in_block) if in_block else (channels, *taps)
+    return _blocked_window_sum(ctx, "conv", taps, reduce, value)
+
+
+@register_op(f"{DOMAIN}.DepthwiseNCHWc")
+def lower_depthwise_nchwc(ctx: OpContext) -> Lowered:
+    """Y[n, c, o, l] = B[c*b + l] + sum over k of X[n, c, o*s + k*d - pad, l] * W[c, k, l]."""
+    w = input_buffer(ctx, 1, "W")
+    taps = w.shape[1:-1]
+
+    def value(x, windows, s, k):
+        xv = _padded_load(x, (s[0], s[1]), windows, s[2:2 + len(taps)], k, as_expr(0, x.dtype), (s[-1],))
+        return widen(xv) * widen(w[(s[1], *k, s[-1])])
+    return _blocked_window_sum(ctx, "depthwise", taps, taps, value)
+
+
+def _blocked_window_sum(ctx: OpContext, name: str, taps, reduce, value) -> Lowered:
+    """A blocked output (block = its last dim) that sums `value(input, windows, out index,
+    reduce index)` over the `reduce` loops, from the optional bias input 2; the input
+    zero-padded first where a window reaches outside it."""
     x, w, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "W"), output_buffer(ctx)
     _require_float(ctx, x)
-    in_block = ctx.attr("in_block", 0)
-    taps = w.shape[2:-2] if in_block else w.shape[2:-1]
     nsp = len(taps)
     windows = _windows(ctx, x.shape[2:2 + nsp], taps, out.shape[2:2 + nsp])
     padded, pad_stage, windows = _materialize_padding(x, windows)
-    out_block = out.shape[-1]
-    zero = as_expr(0, x.dtype)
-
-    def value(s, r):
-        spatial = s[2:2 + nsp]
-        if in_block:
-            co, k, ci = r[0], r[1:-1], r[-1]
-            xv = _padded_load(padded, (s[0], co), windows, spatial, k, zero, (ci,))
-            return widen(xv) * widen(w[(s[1], co, *k, ci, s[-1])])
-        c, k = r[0], r[1:]
-        xv = _padded_load(padded, (s[0], c), windows, spatial, k, zero)
-        return widen(xv) * widen(w[(s[1], c, *k, s[-1])])
-
-    reduce = (x.shape[1], *taps, in_block) if in_block else (x.shape[1], *taps)
+    block = out.shape[-1]
     inputs, args, init = [x, w], [0, 1], 0
     if ctx.has_input(2):
         b = input_buffer(ctx, 2, "B")
         inputs.append(b)
         args.append(2)
-        init = lambda idx: b[idx[1] * out_block + idx[-1]]  # noqa: E731
-    body = reduction(out, out.shape, reduce, lambda s: s, init, value, "add")
+        init = lambda idx: b[idx[1] * block + idx[-1]]  # noqa: E731
+    body = reduction(out, out.shape, reduce, lambda s: s, init, lambda s, r: value(padded, windows, s, r), "add")
     if pad_stage is not None:
         body = Allocate(padded, seq(pad_stage, body))
-    return Lowered(Kernel("conv", tuple(inputs), (out,), body), args)
+    return Lowered(Kernel(name, tuple(inputs), (out,), body), args)
 
 
 @register_op(f"{DOMAIN}.FromNCHWc")

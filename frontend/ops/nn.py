@@ -14,7 +14,7 @@ from ...ir import (INDEX, Allocate, Buffer, Expr, Kernel, Stmt, Var, as_expr, ca
 from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
 from .reduce import (allocate, arg_extreme, flat_position, keep_index, keep_shape, lowest,
                      reduce_axes, reduction, square, temp, widen)
-from .registry import Lowered, OpContext, register_op
+from .registry import NESTOR_DOMAIN, Lowered, OpContext, register_op
 
 
 def _requested(ctx: OpContext, i: int) -> bool:
@@ -256,15 +256,18 @@ def _average_divisor(ctx: OpContext, windows, dtype: str):
     return finalize
 
 
-@register_op("GlobalAveragePool", "GlobalMaxPool")
+@register_op("GlobalAveragePool", "GlobalMaxPool", f"{NESTOR_DOMAIN}.GlobalAveragePoolNCHWc",
+             f"{NESTOR_DOMAIN}.GlobalMaxPoolNCHWc")
 def lower_global_pool(ctx: OpContext) -> Lowered:
+    """Over every spatial dim; the NCHWc forms (frontend/layout.py) keep the channel lane last."""
     x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
     _require_float(ctx, x)
-    axes = list(range(2, len(x.shape)))
-    if ctx.op_type == "GlobalMaxPool":
+    spatial = x.shape[2:-1] if ctx.op_type.endswith("NCHWc") else x.shape[2:]
+    axes = list(range(2, 2 + len(spatial)))
+    if ctx.op_type.startswith("GlobalMaxPool"):
         body = reduce_axes(out, x.shape, axes, lambda i: x[i], "max", lowest(x.dtype))
     else:
-        count = int(np.prod(x.shape[2:]))
+        count = int(np.prod(spatial))
         body = reduce_axes(out, x.shape, axes, lambda i: x[i], "add", 0,
                            lambda acc, idx: acc / count)
     return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
