@@ -21,6 +21,7 @@ from .functions import expand_functions
 from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
+from .resize import expand_resizes
 
 # Ops never folded even with constant inputs: their result is not a function of the inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -82,7 +83,8 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     while True:
         _infer_types(nodes, inputs, consts, types, opsets)
         nodes, expanded = expand_functions(nodes, opsets.get("ai.onnx", 0), types)
-        if expanded:  # the body's tensors need types first
+        nodes, resized = expand_resizes(nodes, opsets.get("ai.onnx", 0), consts, types)
+        if expanded or resized:  # the new nodes' tensors need types first
             continue
         remaining = []
         for node in nodes:

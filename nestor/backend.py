@@ -8,6 +8,7 @@ ONNX's own backend test runner (`onnx.backend.test.BackendTest`) can drive it.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ class NestorRep(BackendRep):
         self.input_shapes = input_shapes
         self.target = target
         self._specialized: dict[bytes, object] = {}
+        self.constant_inputs: set[str] = set()  # named by the compile error (Resize's scales)
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         if isinstance(inputs, (np.ndarray, onnx.TensorProto)):
@@ -45,7 +47,8 @@ class NestorRep(BackendRep):
         names = [vi.name for vi in self.model.graph.input
                  if vi.name not in {t.name for t in self.model.graph.initializer}]
         values = dict(zip(names, inputs)) if not isinstance(inputs, dict) else dict(inputs)
-        baked = {n: np.asarray(v) for n, v in values.items() if _shape_like(np.asarray(v))}
+        baked = {n: np.asarray(v) for n, v in values.items()
+                 if _shape_like(np.asarray(v)) or n in self.constant_inputs}
         key = b"".join(n.encode() + v.tobytes() + str(v.shape).encode() for n, v in sorted(baked.items()))
         if key not in self._specialized:
             self._specialized[key] = nestor_compile(_bake(self.model, baked), input_shapes=self.input_shapes,
@@ -71,7 +74,9 @@ class NestorBackend(Backend):
         except (UnsupportedOpError, ModelError) as err:
             if not _needs_values(err):
                 raise
-            return NestorRep(model, None, shapes, target)  # compiled at run time, per input value
+            rep = NestorRep(model, None, shapes, target)  # compiled at run time, per input value
+            rep.constant_inputs = set(re.findall(r"\('([^']*)'\) must be a constant", str(err)))
+            return rep
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any):
