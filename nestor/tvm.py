@@ -5,7 +5,9 @@
     mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=64)(mod)
 
 `install` makes MetaSchedule's Relax tuning (the global `tvm.s_tir.meta_schedule.tune_relax`,
-which the static_shape_tuning pipeline's MetaScheduleTuneIRMod calls) search with Nestor, and
+which the static_shape_tuning pipeline's MetaScheduleTuneIRMod calls; import this module before
+the process's first such tuning, as MetaScheduleTuneIRMod keeps the function it found then)
+search with Nestor, and
 puts Nestor's kernels in place wherever MetaSchedule's records are applied (the pipeline's
 MetaScheduleApplyDatabase, `compile_relax`, the zero pipeline under a database). Without
 installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`: its database

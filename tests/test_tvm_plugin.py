@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, te, tirx, topi
 from tvm.s_tir import meta_schedule as ms
 
 import nestor.tvm
@@ -101,3 +101,19 @@ def test_static_shape_tuning_pipeline_tunes_with_nestor_once_installed(tmp_path,
     found = _nestors(tuned)
     assert len(found) >= 3 and all(found.values()), found
     _check_runs(tvm.compile(tuned, target), x, want)
+
+
+def test_a_task_nestor_cannot_import_is_searched_by_metaschedule(tmp_path):
+    x = te.placeholder((2, 5), name="X")
+    workload, work_dir, target = te.create_prim_func([x, topi.argmax(x, axis=1)]), str(tmp_path), host_target()
+    _unnamed_log_handlers_dropped()
+    with pytest.warns(UserWarning, match="MetaSchedule searches it"):
+        db = ms.tune_tir(workload, target, work_dir, max_trials_global=2, num_trials_per_iter=2,
+                         **nestor.tvm.tuning(work_dir), **MEASURE)
+    assert db.get_all_tuning_records()  # with no design space rules, the workload as it is
+    with Records(records_path(work_dir)) as records:
+        assert records.count() == 0
+    # MetaSchedule's record of the workload as it is: its database answers no schedule (as it
+    # does for the same tuning without Nestor), and TVM compiles the workload untuned
+    sch = ms.tir_integration.compile_tir(db, workload, target)
+    assert sch is None or nestor.tvm.MARK not in (sch.mod["main"].attrs or {})
