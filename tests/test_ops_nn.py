@@ -288,6 +288,15 @@ def test_reduce_int(op):
     _reduce(op, x, 18, [1], keepdims=0)
 
 
+@pytest.mark.parametrize("op, dtype", [("CumSum", np.float32), ("CumSum", np.int32),
+                                       ("CumProd", np.float64)])
+@pytest.mark.parametrize("exclusive, reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumulative(op, dtype, exclusive, reverse):
+    x = (rand(2, 5, 3) * 3).astype(dtype)
+    check_node(node(op, ["X", "axis"], exclusive=exclusive, reverse=reverse), {"X": x},
+               {"axis": np.array(-2, np.int64)}, opset=26)
+
+
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reduce_bool(op, keepdims):

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ...ir import (Allocate, Binary, Buffer, Const, Expr, Kernel, Stmt, Var, as_expr, call, cast,
-                   eq, is_float, is_int, loop_nest, select, seq, store)
+                   eq, ge, gt, is_float, is_int, le, loop_nest, lt, select, seq, store)
 from .common import input_buffer, normalize_axis, output_buffer
 from .registry import Lowered, OpContext, register_op
 
@@ -238,4 +238,23 @@ def lower_arg(ctx: OpContext) -> Lowered:
     stage_arg = arg_extreme(x, ext, out, [axis], bool(ctx.attr("select_last_index", 0)),
                             bool(ctx.attr("keepdims", 1)), tag="")
     body = allocate([ext], seq(stage_ext, stage_arg))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
+
+
+@register_op("CumSum", "CumProd")
+def lower_cumulative(ctx: OpContext) -> Lowered:
+    """out[.., i, ..] = sum (product) of x[.., j, ..] over j <= i (j < i when exclusive; j >= i,
+    j > i in reverse): a reduction over the whole axis, the other terms masked to the identity.
+    Quadratic in the axis length, but it is a plain reduction the schedules know."""
+    x, out = input_buffer(ctx, 0), output_buffer(ctx)
+    axis = normalize_axis(ctx, int(np.asarray(ctx.const(1)).reshape(-1)[0]), len(x.shape))
+    exclusive, reverse = ctx.attr("exclusive", 0), ctx.attr("reverse", 0)
+    op = "add" if ctx.op_type == "CumSum" else "mul"
+    cmp = {(0, 0): le, (1, 0): lt, (0, 1): ge, (1, 1): gt}[(exclusive, reverse)]
+
+    def value(s, r):
+        src = tuple(r[0] if d == axis else v for d, v in enumerate(s))
+        return select(cmp(r[0], s[axis]), x[src], _identity(op, x.dtype))
+    body = reduction(out, out.shape, [x.shape[axis]], lambda s: tuple(s), _identity(op, x.dtype),
+                     value, op)
     return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
