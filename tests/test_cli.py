@@ -177,9 +177,8 @@ def test_run_profile_lists_the_kernels_slowest_first(tmp_path, capsys):
     start = next(i for i, line in enumerate(out) if line.startswith("kernels timed alone:"))
     rows = [line.split() for line in out[start + 2:]]
     assert "the 2 slowest of 2" in out[start]
-    assert [r[3] for r in rows] == ["MatMul", "Softmax"]  # 256³ multiply-adds before 256² exps
-    assert [r[4] for r in rows] == ["mm", "sm"]
-    assert float(rows[0][0]) > float(rows[1][0]) > 0
+    assert sorted((r[3], r[4]) for r in rows) == [("MatMul", "mm"), ("Softmax", "sm")]
+    assert float(rows[0][0]) >= float(rows[1][0]) > 0  # slowest first (which one is, a loaded machine decides)
 
 
 def test_profile_accounts_for_every_node_of_the_model():
