@@ -20,13 +20,13 @@ import hashlib
 import io
 import json
 import math
-import os
 from typing import Iterable
 
 import numpy as np
 import xgboost as xgb
 
 from ..ir import Kernel, NestorError
+from ..ir.files import atomic_write
 from ..ir.machine import GENERIC_CPU, MachineParams
 from .features import FEATURE_NAMES, kernel_features
 
@@ -176,10 +176,8 @@ class CostModel:
         np.savez_compressed(buf, x=self._own[0], seconds=self._own[1], groups=self._own[2],
                             pre_x=self._pre[0], pre_seconds=self._pre[1], pre_groups=self._pre[2],
                             booster=_raw(self._booster), base=_raw(self._base), meta=np.array(meta))
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             f.write(buf.getvalue())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str, machine: MachineParams = GENERIC_CPU) -> CostModel:

@@ -209,7 +209,9 @@ def cmd_run(args) -> int:
         print(f"output {name}: shape {tuple(value.shape)} {value.dtype}")
     print(f"median latency: {np.median(times) * 1e3:.3f} ms over {len(times)} runs")
     if args.save_outputs:
-        np.savez(args.save_outputs, **dict(zip(model.output_names, outputs)))
+        from .ir.files import atomic_write
+        with atomic_write(args.save_outputs) as f:   # whole or not at all, as np.savez's own file is not
+            np.savez(f, **dict(zip(model.output_names, outputs)))
         print(f"outputs saved to {args.save_outputs}")
     if args.profile:
         _print_profile(model.profile(inputs, max(args.repeat, 1)), args.profile)
