@@ -2,19 +2,19 @@
 
 `compile_graph` builds every distinct kernel of a graph (structurally equal kernels share one
 function) into a single module and plans intermediate memory into one arena. The artifact is a
-zip file holding `kernels.so`, `plan.json` and `constants.npz`; `CompiledModel.load` needs only
-the TVM runtime and NumPy to run it (no ONNX, no compiler). The kernels are native code for the
+zip file holding `kernels.so`, `plan.json` and `constants.npz` (codegen/artifact.py writes it and
+checks it on reading); `CompiledModel.load` needs only the TVM runtime and NumPy to run it (no
+ONNX, no compiler). Runs may come from several threads at once: each takes a workspace (an arena
+and input tensors) of its own from a pool, and they share the weights. The kernels are native code for the
 target recorded in the plan, and the model runs on that target's device (this CPU, or the GPU:
 weights uploaded once, inputs copied in and outputs copied out on every run).
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
+import threading
 import time
-import zipfile
 from typing import Callable, Mapping
 
 import numpy as np
@@ -23,13 +23,13 @@ import tvm
 from ..ir import Graph, Kernel
 from ..ir.hashing import structural_hash
 from ..ir.errors import InputError, ModelError
+from . import artifact
+from .artifact import FORMAT_VERSION
 from .build import build, load as load_module, run_kernel
 from .constant_stages import ConstantStage, hoist_constant_stages
 from .memory import ALIGN, plan_memory
 from .pages import huge_page_buffer
 from .target import TargetError, as_target, describe, device_of, gpu_present, host_target, is_gpu
-
-FORMAT_VERSION = 2   # 2: the plan records its target (version 1 artifacts are for the CPU)
 
 
 def compile_graph(graph: Graph, target=None,
@@ -95,8 +95,12 @@ class CompiledModel:
         self.device = device_of(self.target)
         # Compiled for a GPU that is not here: it can still be saved, and fails only when run.
         self._absent = _absent_device(self.target)
+        self._lock = threading.Lock()   # guards the pool and the lazy creations below
+        self._free: list[_Workspace] = []   # workspaces no run holds now
+        self._fixed: _Workspace | None = None   # kernels_only's and profile's own
+        self._constants: dict[str, tvm.runtime.Tensor] | None = None
         if not self._absent:
-            self._bind()
+            self._free.append(self._workspace())   # bound now: a model that cannot bind fails at load
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -116,39 +120,60 @@ class CompiledModel:
         return len({s["func"] for s in self.plan["steps"]})
 
     # --- running -----------------------------------------------------------------------------
-    def _bind(self) -> None:
-        """Create every tensor (arena views, inputs, constants) on the device and bind each step's
-        arguments. The arena and the constants are each one buffer: on the CPU on huge pages
-        (codegen/pages.py); on the GPU one allocation each, the constants uploaded here, once."""
-        dev = self.device
-        arena, arena_at = self._buffer(self.plan["arena_bytes"])
-        base: dict[str, tvm.runtime.Tensor] = {}
-        self._inputs = []
-        for name in self.plan["inputs"]:
-            shape, dtype = self.tensor_type(name)
-            base[name] = tvm.runtime.empty(shape, dtype, dev)
-            self._inputs.append(base[name])
+    def _upload_constants(self) -> dict[str, tvm.runtime.Tensor]:
+        """Every constant as a view into one buffer: on the CPU on huge pages (codegen/pages.py);
+        on the GPU one allocation, uploaded here, once. Runs share them: kernels only read them."""
         values = {name: np.asarray(value, order="C") for name, value in self.constants.items()}
         offsets, size = {}, 0
         for name, value in values.items():
             offsets[name] = size
             size += -(-value.nbytes // ALIGN) * ALIGN
         weights, weights_at = self._buffer(size)
+        views = {}
         for name, value in values.items():  # (0-d values keep their shape)
-            base[name] = weights._create_view(value.shape, str(value.dtype), weights_at + offsets[name])
-            base[name].copyfrom(value)
-        self._tensors = {}
+            views[name] = weights._create_view(value.shape, str(value.dtype), weights_at + offsets[name])
+            views[name].copyfrom(value)
+        return views   # (a view keeps its buffer alive)
+
+    def _workspace(self) -> "_Workspace":
+        """A new arena and input tensors, and every step bound to its arguments among them and
+        the shared constants."""
+        if self._absent:
+            raise ModelError(f"model '{self.plan['name']}' {self._absent}")
+        with self._lock:
+            if self._constants is None:
+                self._constants = self._upload_constants()
+        arena, arena_at = self._buffer(self.plan["arena_bytes"])
+        inputs = [tvm.runtime.empty(*self.tensor_type(name), self.device) for name in self.plan["inputs"]]
+        base = {**self._constants, **dict(zip(self.plan["inputs"], inputs))}
+        tensors = {}
         for name, t in self.plan["tensors"].items():
             shape, dtype = tuple(t["shape"]), t["dtype"]
             if t["place"] == "arena":
-                self._tensors[name] = arena._create_view(shape, dtype, arena_at + t["key"])
+                tensors[name] = arena._create_view(shape, dtype, arena_at + t["key"])
             else:
                 owner = base[self.plan["inputs"][t["key"]] if t["place"] == "input" else t["key"]]
                 same = tuple(owner.shape) == shape and str(owner.dtype) == dtype
-                self._tensors[name] = owner if same else owner._create_view(shape, dtype)
-        self._buffers = (arena, weights)
-        self._steps = [(self.module.get(s["func"]), [self._tensors[a] for a in s["args"]])
-                       for s in self.plan["steps"]]
+                tensors[name] = owner if same else owner._create_view(shape, dtype)
+        steps = [(self.module.get(s["func"]), [tensors[a] for a in s["args"]]) for s in self.plan["steps"]]
+        return _Workspace(inputs, tensors, steps, self.device)
+
+    def _take(self) -> "_Workspace":
+        """A workspace for one run: a free one, or a new one while every other is busy (so the
+        pool holds as many arenas as the most runs ever at once)."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return self._workspace()
+
+    def _own(self) -> "_Workspace":
+        """The workspace of kernels_only and profile, kept out of the pool: the function that
+        kernels_only returns runs on it later, whatever runs meanwhile."""
+        if self._fixed is None:
+            workspace = self._workspace()
+            with self._lock:
+                self._fixed = self._fixed or workspace
+        return self._fixed
 
     def _buffer(self, nbytes: int) -> tuple[tvm.runtime.Tensor, int]:
         """A byte buffer on the device and the offset where its `nbytes` start."""
@@ -156,7 +181,8 @@ class CompiledModel:
             return huge_page_buffer(nbytes, self.device)
         return tvm.runtime.empty((max(nbytes, 1),), "uint8", self.device), 0
 
-    def _feed(self, inputs) -> None:
+    def _values(self, inputs) -> list[np.ndarray]:
+        """The input arrays in input order, checked against the model's inputs."""
         if self._absent:
             raise ModelError(f"model '{self.plan['name']}' {self._absent}")
         names = self.plan["inputs"]
@@ -171,47 +197,51 @@ class CompiledModel:
             values = list(inputs)
             if len(values) != len(names):
                 raise InputError(f"model takes {len(names)} inputs {names}, got {len(values)}")
-        for name, value, dst in zip(names, values, self._inputs):
+        checked = []
+        for name, value in zip(names, values):
             value = np.asarray(value)
             shape, dtype = self.tensor_type(name)
             if value.shape != shape:
                 raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")
             if value.dtype != np.dtype(dtype):
                 raise InputError(f"input '{name}' must have dtype {dtype}, got {value.dtype}")
-            dst.copyfrom(np.asarray(value, order="C"))
-
-    def _execute(self) -> None:
-        # launched back to back: on the GPU they queue on one stream, with no host wait between
-        for func, args in self._steps:
-            func(*args)
-
-    def _execute_synchronized(self) -> None:
-        self._execute()
-        self.device.sync()
+            checked.append(np.asarray(value, order="C"))
+        return checked
 
     def run(self, inputs) -> list[np.ndarray]:
         """Run on inputs (a list in input order, or a dict by name); return the outputs (copying
-        them to the host waits for the kernels)."""
-        self._feed(inputs)
-        self._execute()
-        return [self._tensors[n].numpy() for n in self.plan["outputs"]]
+        them to the host waits for the kernels). Safe to call from several threads at once:
+        each run has a workspace (arena, inputs) to itself, from a pool."""
+        values = self._values(inputs)
+        workspace = self._take()
+        try:
+            workspace.feed(values)
+            workspace.execute()
+            return [workspace.tensors[n].numpy() for n in self.plan["outputs"]]
+        finally:
+            with self._lock:
+                self._free.append(workspace)
 
     def kernels_only(self, inputs) -> Callable[[], None]:
         """Feed `inputs` once; the function returned runs the kernels alone, without copying
         inputs or outputs (what a benchmark of the kernels against a library call times). On the
-        GPU it waits for the kernels to finish, so that a timing of it is one of the kernels."""
-        self._feed(inputs)
-        return self._execute_synchronized if is_gpu(self.target) else self._execute
+        GPU it waits for the kernels to finish, so that a timing of it is one of the kernels.
+        Its workspace is the model's own, apart from those of `run`: one caller at a time."""
+        values = self._values(inputs)
+        workspace = self._own()
+        workspace.feed(values)
+        return workspace.execute_synchronized if is_gpu(self.target) else workspace.execute
 
     def profile(self, inputs, repeat: int = 20) -> list[dict]:
         """Where a run's time goes, by distinct kernel: {"func", "nodes", "op", "seconds"} (the
         median of each call timed alone, summed over its calls), slowest first. A call timed
         alone finds its inputs in cache as a full run may not, and a kernel that updates a
-        buffer in place leaves it changed: the outputs of a run after this are not the model's."""
-        self._feed(inputs)
-        self._execute_synchronized()
+        buffer in place leaves it changed (in kernels_only's workspace, not in run's)."""
+        self.kernels_only(inputs)
+        workspace = self._own()
+        workspace.execute_synchronized()
         by_func: dict[str, dict] = {}
-        for step, (func, args) in zip(self.plan["steps"], self._steps):
+        for step, (func, args) in zip(self.plan["steps"], workspace.steps):
             def call(func=func, args=args):
                 func(*args)
                 self.device.sync()
@@ -242,44 +272,54 @@ class CompiledModel:
 
     # --- artifact ----------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            so = os.path.join(tmp, "kernels.so")
-            if self.module is not None:
-                self.module.export(so)
-            consts = io.BytesIO()
-            np.savez(consts, **{f"c{i}": v for i, v in enumerate(self.constants.values())})
-            names = list(self.constants)
-            with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("plan.json", json.dumps({**self.plan, "constant_names": names}))
-                z.writestr("constants.npz", consts.getvalue())
-                if self.module is not None:
-                    z.write(so, "kernels.so")
+        """Write the artifact (codegen/artifact.py): a file at `path` is replaced only whole."""
+        kernels = None
+        if self.module is not None:
+            with tempfile.TemporaryDirectory() as tmp, \
+                    open(self.module.export(os.path.join(tmp, "kernels.so")), "rb") as f:
+                kernels = f.read()
+        artifact.write(path, {**self.plan, "target": str(self.target)}, self.constants, kernels)
 
     @classmethod
     def load(cls, path: str) -> "CompiledModel":
         """Load a saved model, for the device its target names: a model compiled for a GPU
-        needs one here (its kernels are native code for that target)."""
-        try:
-            z = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile) as err:
-            raise ModelError(f"cannot load compiled model '{path}': {err}") from None
-        with z, tempfile.TemporaryDirectory() as tmp:
-            try:
-                plan = json.loads(z.read("plan.json"))
-                names = plan.pop("constant_names")
-                if plan.get("version") not in (1, FORMAT_VERSION):
-                    raise ModelError(f"'{path}' has format version {plan.get('version')}, "
-                                     f"this Nestor reads 1 to {FORMAT_VERSION}")
-                _check_device(path, plan.get("target"))
-                npz = np.load(io.BytesIO(z.read("constants.npz")))
-                constants = {n: npz[f"c{i}"] for i, n in enumerate(names)}
-                module = None
-                if "kernels.so" in z.namelist():
-                    z.extract("kernels.so", tmp)
-                    module = load_module(os.path.join(tmp, "kernels.so"))
-            except (KeyError, ValueError) as err:
-                raise ModelError(f"'{path}' is not a Nestor compiled model: {err}") from None
-        return cls(module, plan, constants)
+        needs one here (its kernels are native code for that target). The artifact is checked
+        whole before its kernels are loaded; load only artifacts from trusted sources."""
+        found = artifact.read(path)
+        _check_device(path, found.plan.get("target"))
+        module = None
+        if found.kernels is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                so = os.path.join(tmp, "kernels.so")
+                with open(so, "wb") as f:
+                    f.write(found.kernels)
+                try:
+                    module = load_module(so)
+                except (RuntimeError, OSError) as err:   # tvm.error.TVMError is a RuntimeError
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                    raise ModelError(f"cannot load the kernels of '{path}': {first}") from None
+        return cls(module, found.plan, found.constants)
+
+
+class _Workspace:
+    """What one run writes: the input tensors, the arena (through the views in `tensors`), and
+    every step's function with its bound arguments."""
+
+    def __init__(self, inputs: list, tensors: dict, steps: list, device):
+        self.inputs, self.tensors, self.steps, self.device = inputs, tensors, steps, device
+
+    def feed(self, values: list[np.ndarray]) -> None:
+        for value, dst in zip(values, self.inputs):
+            dst.copyfrom(value)
+
+    def execute(self) -> None:
+        # launched back to back: on the GPU they queue on one stream, with no host wait between
+        for func, args in self.steps:
+            func(*args)
+
+    def execute_synchronized(self) -> None:
+        self.execute()
+        self.device.sync()
 
 
 def _absent_device(target) -> str | None:

@@ -20,7 +20,7 @@ from nestor.zoo import light_model
 def step_times(compiled, runs: int) -> tuple[list[float], float]:
     """Median seconds of each step, and of the whole run, over `runs` runs of the kernels."""
     compiled.kernels_only(compiled.random_inputs())
-    steps = compiled._steps
+    steps = compiled._own().steps
     times = [[] for _ in steps]
     totals = []
     for _ in range(runs + 2):

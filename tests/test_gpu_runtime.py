@@ -12,6 +12,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import nestor
+from nestor.codegen.artifact import FORMAT_VERSION
 from nestor.codegen import (CompiledModel, TargetError, build, cuda_target, gpu_present, host_target,
                             run_kernel, to_primfunc)
 from nestor.ir import parse_kernel
@@ -56,7 +57,7 @@ def _rewrite_plan(path, change) -> None:
 
 def test_artifact_records_its_target_and_reloads(tmp_path):
     compiled = nestor.compile(tiny_model())
-    assert compiled.plan["version"] == 2
+    assert compiled.plan["version"] == FORMAT_VERSION
     assert compiled.plan["target"] == str(host_target())
     path = str(tmp_path / "tiny.nestor")
     compiled.save(path)
@@ -87,7 +88,7 @@ def test_unknown_format_version_is_one_clear_error(tmp_path):
     path = str(tmp_path / "v9.nestor")
     nestor.compile(tiny_model()).save(path)
     _rewrite_plan(path, lambda plan: plan.update(version=9))
-    with pytest.raises(ModelError, match=r"v9.nestor' has format version 9, this Nestor reads 1 to 2"):
+    with pytest.raises(ModelError, match=r"v9.nestor' has format version 9, this Nestor reads 1 to 3; compile the model again"):
         nestor.load(path)
 
 
@@ -200,7 +201,7 @@ def test_kernels_only_on_the_gpu_runs_and_waits():
     kernels = compiled.kernels_only(inputs)
     assert median_latency(kernels, repeat=3, warmup=1) > 0
     # the kernels ran on the inputs fed: the outputs in place are those of run
-    out = compiled._tensors[compiled.output_names[0]].numpy()
+    out = compiled._own().tensors[compiled.output_names[0]].numpy()
     np.testing.assert_array_equal(out, want[0])
 
 
