@@ -6,7 +6,7 @@ from onnx import helper
 from nestor import codegen
 from nestor.frontend.ops import UnsupportedOpError
 from nestor.ir import parse_kernel, print_kernel, verify
-from tests.op_harness import check_node, run_nestor_node, run_reference
+from tests.op_harness import check_node, run_nestor_node, run_reference, single_node_model
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +52,31 @@ def test_conv(xs, ws, bias, attrs):
     if bias:
         inputs["B"] = rand(ws[0], seed=2)
     check_node(node("Conv", inputs, **attrs), inputs, opset=11, rtol=1e-4, atol=1e-4)
+
+
+CONV_TRANSPOSE_CASES = [
+    # (X shape, W shape (C, M / group, k...), with bias, attrs)
+    ((1, 3, 4, 4), (3, 2, 3, 3), True, dict(strides=[2, 2], pads=[1, 0, 1, 1])),
+    ((2, 4, 3, 5), (4, 3, 2, 3), False, dict(group=2, dilations=[2, 1], output_padding=[0, 1],
+                                             strides=[1, 2])),
+    ((1, 2, 5), (2, 2, 3), True, dict(auto_pad="SAME_LOWER", strides=[2])),
+    ((1, 2, 3, 3), (2, 1, 3, 3), True, dict(auto_pad="SAME_UPPER", strides=[3, 2],
+                                            output_shape=[9, 6])),
+]
+
+
+@pytest.mark.parametrize("xs, ws, bias, attrs", CONV_TRANSPOSE_CASES)
+def test_conv_transpose(xs, ws, bias, attrs):
+    """Against ONNX Runtime: onnx.reference's ConvTranspose fails on groups."""
+    ort = pytest.importorskip("onnxruntime")
+    inputs = {"X": rand(*xs), "W": rand(*ws, seed=1)}
+    if bias:
+        inputs["B"] = rand(ws[1] * attrs.get("group", 1), seed=2)
+    model = single_node_model(node("ConvTranspose", inputs, **attrs), inputs, opset=22)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, inputs)[0]
+    np.testing.assert_allclose(run_nestor_node(node("ConvTranspose", inputs, **attrs), inputs,
+                                               opset=22)[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_conv_float64():

@@ -152,6 +152,55 @@ def lower_conv(ctx: OpContext) -> Lowered:
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
 
 
+@register_op("ConvTranspose")
+def lower_conv_transpose(ctx: OpContext) -> Lowered:
+    """Y[n, m, o] = B[m] + sum over (c, k) of X[n, g*Cg + c, i] * W[g*Cg + c, m - g*Mg, k] for
+    the i with i*s + k*d - pad = o: the taps where (o + pad - k*d) is a multiple of the stride
+    inside the input (the gradient of Conv, gathered per output instead of scattered)."""
+    x, w, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "W"), output_buffer(ctx)
+    _require_float(ctx, x)
+    n, sizes, kernel = len(x.shape) - 2, x.shape[2:], w.shape[2:]
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    begins = _transpose_pads(ctx, sizes, kernel, strides, dilations)
+    group = ctx.attr("group", 1)
+    c_per_group, m_per_group = x.shape[1] // group, w.shape[1]
+
+    def value(s, r):
+        c, taps = r[0], r[1:]
+        channel = s[1] // m_per_group * c_per_group + c
+        ts = [o + b - k * d for o, b, k, d in zip(s[2:], begins, taps, dilations)]
+        conds = [c for t, st, size in zip(ts, strides, sizes)
+                 for c in ((ge(t, 0), lt(t, st * size)) + ((eq(t % st, 0),) if st > 1 else ()))]
+        pos = [t // st if st > 1 else t for t, st in zip(ts, strides)]
+        term = widen(x[(s[0], channel, *pos)]) * widen(w[(channel, s[1] % m_per_group, *taps)])
+        return select(logical_and(*conds), term, as_expr(0, term.dtype))
+
+    inputs, args, init = [x, w], [0, 1], 0
+    if ctx.has_input(2):
+        b = input_buffer(ctx, 2, "B")
+        inputs.append(b)
+        args.append(2)
+        init = lambda idx: b[idx[1]]  # noqa: E731
+    body = reduction(out, out.shape, (c_per_group, *kernel), lambda s: tuple(s), init, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
+
+
+def _transpose_pads(ctx: OpContext, sizes, kernel, strides, dilations) -> list[int]:
+    """The leading pads of a ConvTranspose: given, or for SAME_* split from the total that makes
+    the output output_shape (default: input * stride), as onnx.reference does."""
+    n = len(sizes)
+    auto_pad = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    pads = ctx.attr("pads", None)
+    if pads is not None or auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(pads or [0] * 2 * n)[:n]
+    outs = list(ctx.attr("output_shape", None) or [i * s for i, s in zip(sizes, strides)])[-n:]
+    extra = list(ctx.attr("output_padding", None) or [0] * n)
+    totals = [s * (i - 1) + e + (k - 1) * d + 1 - o
+              for i, k, s, d, o, e in zip(sizes, kernel, strides, dilations, outs, extra)]
+    return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+
+
 def _materialize_padding(x: Buffer, windows):
     """A zero-padded copy of the input when any window reaches outside it (TOPI's pad_temp):
     the conv's hot loop then reads in-bounds, contiguous data with no per-tap condition, which
