@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import nestor
 from nestor.autotune.budget import Budget
 from nestor.autotune.kernel_suite import SUITE
@@ -94,3 +96,25 @@ def test_readme_main_command_tunes_compiles_and_times_beside_onnx_runtime(tmp_pa
     row = next(line for line in done.stdout.splitlines() if line.startswith("squeezenet"))
     assert float(row.split()[1]) >= 5  # tuned for the budget before compiling
     assert done.stdout.splitlines()[-1].startswith("geomean latency ratio vs ONNX Runtime: ")
+
+
+def _tiny_onnx(tmp_path) -> Path:
+    import onnx
+
+    from .test_tir_import import _conv_relu_matmul_model
+    path = tmp_path / "tiny.onnx"
+    onnx.save(_conv_relu_matmul_model(), str(path))
+    return path
+
+
+def test_tvm_plugin_compiles_a_model_both_ways_beside_onnx_runtime(tmp_path):
+    """Untuned (--trials 0: MetaSchedule's workers take minutes to start on CI); the slow test tunes."""
+    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "0", "--repeat", "2")
+    assert re.search(r"via TVM: Nestor [\d.]+ ms, MetaSchedule [\d.]+ ms, ONNX Runtime [\d.]+ ms$",
+                     out.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_tvm_plugin_tunes_with_both(tmp_path):
+    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "3", "--repeat", "2")
+    assert "via TVM: Nestor " in out.splitlines()[-1]
