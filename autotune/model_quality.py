@@ -108,7 +108,7 @@ def _pretraining_file(path: str, target: str | None):
     except OSError as err:
         raise InputError(f"cannot read pretraining file '{path}': {err}") from None
     if head == b"SQLite format 3\x00":
-        with Records(path) as records:
+        with Records(path, create=False) as records:
             return record_samples(records, target)
     return CostModel.load(path).training_data()
 
@@ -131,7 +131,7 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
         raise ValueError(f"truth is 'median' or 'fastest', not {truth!r}")
     names: dict[str, str] = {}
     medians: list[float] = []
-    with Records(records_path) as records:
+    with Records(records_path, create=False) as records:
         x, seconds, groups = record_samples(records, target, names, medians)
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     keep = np.isin(groups, tasks)

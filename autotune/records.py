@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as _version
@@ -46,6 +47,10 @@ class RecordsError(NestorError):
     """A records file that cannot be opened, is not ours, has another schema version, or is corrupt."""
 
 
+class RecordsWarning(UserWarning):
+    """A row that cannot be read (its schedule or repeats are not JSON): skipped, not fatal."""
+
+
 @dataclass(frozen=True)
 class Record:
     id: int
@@ -69,11 +74,15 @@ class Record:
 
 
 class Records:
-    """An open records file. Creates it when missing. One object per process (or thread)."""
+    """An open records file. Creates it when missing, unless `create` is False (for readers: a
+    mistyped name is an error, not a new empty database). One object per process (or thread)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.fspath(path)
+        if not create and not os.path.exists(self.path):
+            raise RecordsError(f"records file '{self.path}' does not exist")
         self._version = nestor_version()
+        self._skipped: set[int] = set()   # ids of unreadable rows, each warned about once
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except sqlite3.Error as e:
@@ -191,18 +200,26 @@ class Records:
             terms.append("error IS NULL AND median IS NOT NULL")
         return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
 
-    def _records(self, sql: str, params) -> list[Record]:
+    def _records(self, sql: str, params) -> tuple[list[Record], int]:
+        """The rows read as records, and how many were skipped as unreadable."""
+        found = []
         rows = self._query(sql, params)
-        try:
-            return [Record(*r[:5], tuple(json.loads(r[5])), *r[6:]) for r in rows]
-        except (ValueError, TypeError) as e:
-            raise RecordsError(self._corrupt(f"unreadable repeats ({e})")) from None
+        for r in rows:
+            try:
+                json.loads(r[3])   # a schedule that is not JSON cannot be replayed
+                found.append(Record(*r[:5], tuple(float(t) for t in json.loads(r[5])), *r[6:]))
+            except (ValueError, TypeError) as e:   # (a hand edit, a disk error, another writer's bug)
+                if r[0] not in self._skipped:
+                    self._skipped.add(r[0])
+                    warnings.warn(f"records file '{self.path}': row {r[0]} (task {r[1]}) is unreadable "
+                                  f"({e}); skipped", RecordsWarning, stacklevel=3)
+        return found, len(rows) - len(found)
 
     def records(self, task: str | None = None, target: str | None = None,
                 ok_only: bool = False) -> list[Record]:
         """The stored records, filtered, in insertion order."""
         where, params = self._where(task, target, ok_only)
-        return self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY id", params)
+        return self._records(f"SELECT {_COLUMNS} FROM records{where} ORDER BY id", params)[0]
 
     def best(self, task: str, target: str) -> Record | None:
         """The fastest correct schedule of a task on a target (the earliest on a tie), each schedule
@@ -215,9 +232,11 @@ class Records:
         """Each correct schedule's latest measurement, fastest first (at most `limit`)."""
         where, params = self._where(task, target, ok_only=True)
         latest = f"SELECT MAX(id) FROM records{where} GROUP BY schedule"
-        top = f" LIMIT {int(limit)}" if limit is not None else ""
-        return self._records(f"SELECT {_COLUMNS} FROM records WHERE id IN ({latest}) ORDER BY median, id{top}",
-                             params)
+        sql = f"SELECT {_COLUMNS} FROM records WHERE id IN ({latest}) ORDER BY median, id"
+        found, skipped = self._records(sql + (f" LIMIT {int(limit)}" if limit is not None else ""), params)
+        if skipped:   # unreadable rows took places in the top: read past them
+            found = self._records(sql, params)[0][:limit]
+        return found
 
     def measured(self, task: str, target: str) -> set[str]:
         """Schedule JSONs already measured (correct or not): a resumed search skips them."""
@@ -229,6 +248,12 @@ class Records:
         return self._query(f"SELECT COUNT(*) FROM records{where}", params)[0][0]
 
     def close(self) -> None:
+        """Move the write-ahead log into the database file first, so that the .sqlite alone is
+        complete (copied, mailed, committed) even while other tuners keep it open."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:   # busy past the timeout, or read-only: the WAL keeps the records safe
+            pass
         self._db.close()
 
     def __enter__(self) -> Records:

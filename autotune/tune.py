@@ -124,7 +124,7 @@ def best_kernels(records_path: str, target=None) -> Callable[[Kernel], Kernel | 
 
 
 def _best_scheduled(records_path: str, target: tvm.target.Target, similar: bool) -> Callable[[Kernel], tuple[Schedule, Kernel] | None]:
-    records = Records(records_path)
+    records = Records(records_path, create=False)
     key = target_key(target)
     tuned: dict[tuple, list[tuple[Kernel, str]]] | None = None
 

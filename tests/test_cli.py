@@ -123,6 +123,14 @@ def test_a_bad_target_is_one_line(tmp_path, capsys, command):
     assert "is not valid JSON" in capsys.readouterr().err
 
 
+def test_compile_with_records_that_do_not_exist_is_one_line(tmp_path, capsys):
+    typo = tmp_path / "typo.sqlite"
+    assert main(["compile", _tiny_onnx(tmp_path), "--records", str(typo)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"records file '{typo}' does not exist" in err
+    assert not typo.exists()   # not created empty
+
+
 def test_bench_with_a_bad_target_is_one_line(capsys):
     assert main(["bench", "models", "--target", "tpu"]) == 1
     assert capsys.readouterr().err.startswith("nestor: error: unknown target 'tpu'")

@@ -163,3 +163,42 @@ def test_unopenable_path_is_a_clear_error(tmp_path):
     path = tmp_path / "missing-dir" / "r.db"
     with pytest.raises(RecordsError, match=f"cannot open records file '{path}'"):
         Records(path)
+
+
+def test_an_unreadable_row_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "r.db"
+    with Records(path) as db:
+        good = db.add("t", "llvm", schedule(1), 2e-3, [2e-3])
+        bad = db.add("t", "llvm", schedule(2), 1e-3, [1e-3])   # the fastest, then damaged
+        worse = db.add("t", "llvm", schedule(3), 5e-4, [5e-4])
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE records SET schedule = '{\"steps\": [[' WHERE id = ?", (bad.id,))
+        raw.execute("UPDATE records SET repeats = 'oops' WHERE id = ?", (worse.id,))
+    with Records(path) as db:
+        with pytest.warns(UserWarning) as caught:
+            assert db.best("t", "llvm") == good   # read past the unreadable ones at the top
+            assert db.records() == [good]
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 2   # each row warned about once
+        assert all(str(path) in m and "skipped" in m for m in messages)
+        assert f"row {bad.id} " in messages[0] + messages[1] and f"row {worse.id} " in messages[0] + messages[1]
+
+
+def test_closing_checkpoints_so_the_file_alone_is_complete(tmp_path):
+    path = tmp_path / "r.db"
+    other = Records(path)   # another tuner still has it open: SQLite would not checkpoint on its own
+    try:
+        with Records(path) as db:
+            added = db.add("t", "llvm", schedule(1), 1e-3, [1e-3])
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(path.read_bytes())   # the .sqlite alone, without its -wal
+        with Records(copy) as db:
+            assert db.records() == [added]
+    finally:
+        other.close()
+
+
+def test_reading_a_records_file_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(RecordsError, match=r"records file '.*typo.sqlite' does not exist"):
+        Records(tmp_path / "typo.sqlite", create=False)
+    assert not (tmp_path / "typo.sqlite").exists()
