@@ -102,7 +102,21 @@ POOL_CASES = [
                              ceil_mode=1, count_include_pad=1)),
     ("AveragePool", 11, dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")),
     ("AveragePool", 19, dict(kernel_shape=[2, 2], dilations=[2, 2], pads=[1, 1, 1, 1])),
+    ("LpPool", 22, dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1])),
+    ("LpPool", 22, dict(kernel_shape=[2, 2], p=3, dilations=[2, 1], pads=[1, 0, 0, 1])),
+    ("LpPool", 22, dict(kernel_shape=[2, 2], p=3, auto_pad="SAME_UPPER")),
+    ("LpPool", 22, dict(kernel_shape=[2, 3], p=1)),
 ]
+
+
+@pytest.mark.parametrize("p, axis", [(1, 0), (2, -1), (2, 1)])
+def test_lp_normalization(p, axis):
+    x = rand(3, 4, 2)
+    x[1, :, 0] = 0  # a zero norm along axis 1 gives 0, not NaN
+    norm = (np.abs(x) ** p).sum(axis, keepdims=True) ** (1 / p)  # onnx.reference omits abs for p=1
+    want = np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm))
+    got = run_nestor_node(node("LpNormalization", ["X"], p=p, axis=axis), {"X": x}, opset=22)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("op, opset, attrs", POOL_CASES)

@@ -224,12 +224,14 @@ def _materialize_padding(x: Buffer, windows):
     return padded, stage, inner
 
 
-@register_op("MaxPool", "AveragePool")
+@register_op("MaxPool", "AveragePool", "LpPool")
 def lower_pool(ctx: OpContext) -> Lowered:
-    """A window reduction per output; padding is -inf (MaxPool) or 0 (AveragePool), and the
+    """A window reduction per output; padding is -inf (MaxPool) or 0 (AveragePool, LpPool), the
     average divides by the taps inside the input (or inside the padded input when
-    count_include_pad)."""
+    count_include_pad), LpPool sums |x|^p and takes the p-th root."""
     x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
+    if ctx.op_type == "LpPool":
+        return _lp_pool(ctx, x, out)
     is_max = ctx.op_type == "MaxPool"
     if not (is_float(x.dtype) or (is_max and is_int(x.dtype))):
         raise ctx.unsupported(f"input type {x.dtype}")
@@ -252,6 +254,46 @@ def lower_pool(ctx: OpContext) -> Lowered:
         outputs.append(indices)
         body = seq(body, _maxpool_indices(ctx, x, out, indices, windows, kernel))
     return Lowered(Kernel(ctx.kernel_name(), (x,), tuple(outputs), body), [0])
+
+
+def _lp_pool(ctx: OpContext, x: Buffer, out: Buffer) -> Lowered:
+    _require_float(ctx, x)
+    kernel, p = ctx.attr("kernel_shape"), ctx.attr("p", 2)
+    windows = _windows(ctx, x.shape[2:], kernel, out.shape[2:])
+    zero = as_expr(0, x.dtype)
+
+    def value(s, taps):
+        return _lp_term(_padded_load(x, s[:2], windows, s[2:], taps, zero), p)
+    body = reduction(out, out.shape, kernel, lambda s: s, zero, value, "add",
+                     lambda acc, idx: _lp_root(acc, p))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
+
+
+def _lp_term(v: Expr, p) -> Expr:
+    return square(v) if p == 2 else call("abs", v) if p == 1 else call("pow", call("abs", v), as_expr(p, v.dtype))
+
+
+def _lp_root(v: Expr, p) -> Expr:
+    return call("sqrt", v) if p == 2 else v if p == 1 else call("pow", v, as_expr(1 / p, v.dtype))
+
+
+@register_op("LpNormalization")
+def lower_lp_normalization(ctx: OpContext) -> Lowered:
+    """Y = X / ||X||_p along the axis (p = 1 or 2), 0 where the norm is 0 (as onnx.reference)."""
+    x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
+    _require_float(ctx, x)
+    axis, p = normalize_axis(ctx, ctx.attr("axis", -1), len(x.shape)), ctx.attr("p", 2)
+    if p not in (1, 2):
+        raise ctx.unsupported(f"p={p}")
+    norm = temp("Norm", keep_shape(x.shape, [axis]), x.dtype)
+    stage = reduce_axes(norm, x.shape, [axis], lambda i: _lp_term(x[i], p), "add", 0,
+                        lambda acc, idx: _lp_root(acc, p), tag="norm_")
+
+    def divide(*v: Var):
+        n = norm[keep_index(v, [axis])]
+        return store(out, v, select(eq(n, as_expr(0, n.dtype)), as_expr(0, x.dtype), x[v] / n))
+    body = allocate([norm], seq(stage, loop_nest(x.shape, divide)))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
 
 
 def _maxpool_indices(ctx: OpContext, x: Buffer, out: Buffer, indices: Buffer, windows,
