@@ -79,6 +79,21 @@ def test_conv_transpose(xs, ws, bias, attrs):
                                                opset=22)[0], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("equation, shapes, dtype", [
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)], np.float32),
+    ("ij,jk", [(3, 4), (4, 2)], np.float32),            # implicit output: ik
+    ("...ii->...i", [(2, 3, 4, 4)], np.float32),        # a diagonal under an ellipsis
+    ("i,j->ij", [(3,), (4,)], np.float16),
+    ("...j,kj->...k", [(2, 3, 4), (5, 4)], np.float64),
+    ("ii", [(3, 3)], np.int32),                          # the trace
+])
+def test_einsum(equation, shapes, dtype):
+    inputs = {f"x{i}": (rand(*s, seed=i) * 4).astype(dtype) for i, s in enumerate(shapes)}
+    got = run_nestor_node(node("Einsum", list(inputs), equation=equation), inputs, opset=12)[0]
+    want = np.einsum(equation, *inputs.values())
+    np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == np.float16 else 1e-5)
+
+
 def test_conv_float64():
     inputs = {"X": rand(1, 2, 5, 5, dtype=np.float64), "W": rand(2, 2, 3, 3, dtype=np.float64)}
     check_node(node("Conv", inputs, pads=[1, 1, 1, 1]), inputs, opset=9)

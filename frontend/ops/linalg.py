@@ -1,4 +1,4 @@
-"""Matrix products: Gemm and MatMul (numpy matmul semantics)."""
+"""Matrix products: Gemm and MatMul (numpy matmul semantics), Einsum."""
 from __future__ import annotations
 
 from ...ir import Kernel, as_expr
@@ -57,3 +57,38 @@ def lower_matmul(ctx: OpContext) -> Lowered:
 
     body = reduction(out, out.shape, [k_extent], lambda s: s, 0, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), (a, b), (out,), body), [0, 1])
+
+
+@register_op("Einsum")
+def lower_einsum(ctx: OpContext) -> Lowered:
+    """out[output letters] = sum over the other letters of the product of the operands, each
+    indexed by its letters (a repeated letter reads a diagonal); '...' stands for the leading
+    dims an operand has beyond its letters. No "->": the letters used once, sorted."""
+    operands = [input_buffer(ctx, i) for i in range(len(ctx.inputs))]
+    out = output_buffer(ctx)
+    terms, arrow, result = ctx.attr("equation").replace(" ", "").partition("->")
+    terms = terms.split(",")
+    ellipsis = max((len(b.shape) - len(t.replace("...", "")) for b, t in zip(operands, terms)
+                    if "..." in t), default=0)
+    dots = "".join(chr(ord("A") + k) for k in range(ellipsis))  # upper case: unused by ONNX
+    letters = [t.replace("...", dots[ellipsis - (len(b.shape) - len(t.replace("...", ""))):])
+               for b, t in zip(operands, terms)]
+    if not arrow:
+        used = "".join(letters)
+        result = dots + "".join(sorted(c for c in set(used) - set(dots) if used.count(c) == 1))
+    result = result.replace("...", dots)
+    sizes = {c: n for b, t in zip(operands, letters) for c, n in zip(t, b.shape)}
+    summed = sorted(set(sizes) - set(result))
+    if len(result) != len(out.shape):
+        raise ctx.unsupported(f"equation {ctx.attr('equation')!r}")
+
+    def value(s, r):
+        where = dict(zip(result, s)) | dict(zip(summed, r))
+        product = None
+        for b, t in zip(operands, letters):
+            v = b[tuple(where[c] for c in t)]
+            v = widen(v) if summed else v  # float16 products summed in float32
+            product = v if product is None else product * v
+        return product
+    body = reduction(out, out.shape, [sizes[c] for c in summed], lambda s: tuple(s), 0, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), tuple(operands), (out,), body), list(range(len(operands))))
