@@ -271,6 +271,10 @@ SHAPE = [
          value=numpy_helper.from_array(np.array([7], "int32"))),
     case("Range", [C(1.0, f32), C(4.0, f32), C(0.5, f32)], opset=11, id="Range-f32"),
     case("Range", [C(10, i64), C(1, i64), C(-3, i64)], opset=11, id="Range-i64"),
+    case("OneHot", [np.array([[0, -1, 7], [2, 4, -6]], i64), C(5, i64), C([-1, 3], f32)], opset=11,
+         axis=1, id="OneHot-negative-and-out-of-range"),
+    case("OneHot", [np.array([1.0, 3.0, -1.0], f32), C(4.0, f32), C([0, 1], i32)], opset=11,
+         id="OneHot-float-indices"),
 ]
 
 

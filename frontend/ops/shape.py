@@ -12,7 +12,7 @@ import math
 import numpy as np
 from onnx import numpy_helper
 
-from ...ir import (Buffer, Expr, Kernel, as_expr, call, cast, ge, logical_and, loop_nest, lt,
+from ...ir import (Buffer, Expr, Kernel, as_expr, call, cast, eq, ge, logical_and, loop_nest, lt,
                    maximum, minimum, select, seq, store)
 from .common import elementwise, input_buffer, normalize_axis, output_buffer
 from .registry import Alias, Lowered, OpContext, register_op
@@ -359,3 +359,18 @@ def lower_range(ctx: OpContext):
     out = output_buffer(ctx)
     body = loop_nest(out.shape, lambda i: store(out, (i,), start + cast(out.dtype, i) * delta))
     return Lowered(Kernel(ctx.kernel_name(), tuple(bufs.values()), (out,), body), args)
+
+
+@register_op("OneHot")
+def lower_one_hot(ctx: OpContext) -> Lowered:
+    """out[.., k, ..] (k on `axis`) = values[1] where the index (negative ones counted from
+    depth, floats truncated) is k, else values[0]; an index out of range is all values[0]."""
+    idx, values, out = input_buffer(ctx, 0, "Indices"), input_buffer(ctx, 2, "Values"), output_buffer(ctx)
+    depth = int(np.asarray(ctx.const(1)).reshape(-1)[0])
+    axis = normalize_axis(ctx, ctx.attr("axis", -1), len(out.shape))
+
+    def body(*vs):
+        i = cast("int64", idx[vs[:axis] + vs[axis + 1:]])
+        i = select(lt(i, as_expr(0, "int64")), i + depth, i)
+        return store(out, vs, select(eq(i, cast("int64", vs[axis])), values[1], values[0]))
+    return Lowered(Kernel(ctx.kernel_name(), (idx, values), (out,), loop_nest(out.shape, body)), [0, 2])
