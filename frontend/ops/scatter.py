@@ -1,0 +1,70 @@
+"""ScatterElements (and the older Scatter), ScatterND: written as gathers, so each output element
+is computed once with no racing stores: out[p] = data[p] combined with every update aimed at p
+(a reduction over the updates that could hit p, the others masked to the identity). reduction
+'none' adds (update - data[p]) for the update that hits p: the update itself where indices are
+unique, which ONNX requires of 'none'."""
+from __future__ import annotations
+
+import math
+
+from ...ir import Kernel, as_expr, cast, eq, logical_and, lt, minimum, select
+from .common import input_buffer, normalize_axis, output_buffer
+from .reduce import _identity, reduction
+from .registry import Lowered, OpContext, register_op
+
+_OPS = {"none": "add", "add": "add", "mul": "mul", "max": "max", "min": "min"}
+
+
+def _combine(ctx: OpContext):
+    kind = ctx.attr("reduction", "none")
+    if kind not in _OPS:
+        raise ctx.unsupported(f"reduction={kind}")
+    return kind, _OPS[kind]
+
+
+def _hit(index, target, size):
+    """Whether `index` (negative ones counted from the end) names position `target`."""
+    i = cast("int64", index)
+    return eq(select(lt(i, as_expr(0, "int64")), i + size, i), cast("int64", target))
+
+
+def _masked(kind, op, hit, update, current):
+    value = update - current if kind == "none" else update
+    return select(hit, value, _identity(op, update.dtype))
+
+
+@register_op("ScatterElements", "Scatter")
+def lower_scatter_elements(ctx: OpContext) -> Lowered:
+    """out[p] = data[p] op updates[q] for each q equal to p off the axis whose index names p[axis]."""
+    data, idx, upd = (input_buffer(ctx, i, n) for i, n in enumerate(("Data", "Indices", "Updates")))
+    out = output_buffer(ctx)
+    axis = normalize_axis(ctx, ctx.attr("axis", 0), len(data.shape))
+    kind, op = _combine(ctx)
+
+    def value(p, r):
+        # updates may be smaller than data off the axis: positions past them read a clamped
+        # (in-bounds) update and are masked out
+        q = tuple(r[0] if d == axis else minimum(v, n - 1) for d, (v, n) in enumerate(zip(p, upd.shape)))
+        inside = [lt(v, as_expr(n, v.dtype)) for d, (v, n) in enumerate(zip(p, upd.shape)) if d != axis]
+        hit = logical_and(*inside, _hit(idx[q], p[axis], data.shape[axis]))
+        return _masked(kind, op, hit, upd[q], data[tuple(p)])
+    body = reduction(out, out.shape, [upd.shape[axis]], lambda s: tuple(s),
+                     lambda p: data[tuple(p)], value, op)
+    return Lowered(Kernel(ctx.kernel_name(), (data, idx, upd), (out,), body), [0, 1, 2])
+
+
+@register_op("ScatterND")
+def lower_scatter_nd(ctx: OpContext) -> Lowered:
+    """out[p] = data[p] op updates[q, p[k:]] for each q whose index tuple indices[q, :k] is p[:k]."""
+    data, idx, upd = (input_buffer(ctx, i, n) for i, n in enumerate(("Data", "Indices", "Updates")))
+    out = output_buffer(ctx)
+    k, batch = idx.shape[-1], idx.shape[:-1]
+    kind, op = _combine(ctx)
+
+    def value(p, q):
+        hits = [_hit(idx[(*q, as_expr(i))], p[i], data.shape[i]) for i in range(k)]
+        return _masked(kind, op, logical_and(*hits), upd[(*q, *p[k:])], data[tuple(p)])
+    if math.prod(batch) == 0:
+        raise ctx.unsupported("no updates")
+    body = reduction(out, out.shape, batch, lambda s: tuple(s), lambda p: data[tuple(p)], value, op)
+    return Lowered(Kernel(ctx.kernel_name(), (data, idx, upd), (out,), body), [0, 1, 2])
