@@ -15,7 +15,7 @@ import time
 import numpy as np
 import onnx
 
-import nestor.tvm  # before the first tuning: MetaSchedule keeps the tuning function it finds then
+import nestor.tvm
 
 
 def tuned(onnx_model, target, trials: int, work_dir: str, nestor_tuning: bool):

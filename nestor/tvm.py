@@ -4,10 +4,9 @@
     nestor.tvm.install()   # or: with nestor.tvm.installed(): ...
     mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=64)(mod)
 
-`install` makes MetaSchedule's Relax tuning (the global `tvm.s_tir.meta_schedule.tune_relax`,
-which the static_shape_tuning pipeline's MetaScheduleTuneIRMod calls; import this module before
-the process's first such tuning, as MetaScheduleTuneIRMod keeps the function it found then)
-search with Nestor, and
+`install` makes MetaSchedule's Relax tuning (relax.transform.MetaScheduleTuneIRMod, which the
+static_shape_tuning pipeline builds, and the global `tvm.s_tir.meta_schedule.tune_relax` the C++
+pass calls) search with Nestor, and
 puts Nestor's kernels in place wherever MetaSchedule's records are applied (the pipeline's
 MetaScheduleApplyDatabase, `compile_relax`, the zero pipeline under a database). Without
 installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`: its database
@@ -37,6 +36,7 @@ __all__ = ["MARK", "NestorDatabase", "NestorSearch", "apply", "install", "instal
 
 _TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
 _ms_apply_database = relax.transform.MetaScheduleApplyDatabase
+_ms_tune_irmod = relax.transform.MetaScheduleTuneIRMod
 _options: dict | None = None   # tune_relax arguments while installed; None: not installed
 
 
@@ -61,6 +61,7 @@ def install(**options) -> None:
     global _options
     options.setdefault("builder", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT))
     _options = options
+    relax.transform.MetaScheduleTuneIRMod = _tune_irmod
     relax.transform.MetaScheduleApplyDatabase = _apply_database
 
 
@@ -68,6 +69,7 @@ def uninstall() -> None:
     """MetaSchedule's own tuning and database application again."""
     global _options
     _options = None
+    relax.transform.MetaScheduleTuneIRMod = _ms_tune_irmod
     relax.transform.MetaScheduleApplyDatabase = _ms_apply_database
 
 
@@ -92,13 +94,24 @@ def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per
     return mod  # MetaScheduleTuneIRMod passes its input on: the kernels go in at apply
 
 
+def _tune_irmod(params, work_dir, max_trials_global, max_trials_per_task=None, op_names=None):
+    """MetaScheduleTuneIRMod as the pipelines build it (looked up at each call, unlike the global)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="NestorTuneIRMod")
+    def run(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=False)
+        return _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task, op_names)
+    return run
+
+
 def _apply_database(work_dir=None, enable_warning=False):
     """MetaScheduleApplyDatabase, Nestor's kernels put in place first."""
     return tvm.transform.Sequential([apply_nestor(work_dir), _ms_apply_database(work_dir, enable_warning)],
                                     name="NestorThenMetaScheduleApplyDatabase")
 
 
-# Registered at import, once: MetaScheduleTuneIRMod looks the global up at its first call and
+# Registered at import, once, for callers of the C++ MetaScheduleTuneIRMod pass (the pipelines'
+# Python attribute is replaced while installed): it looks the global up at its first call and
 # keeps what it found for the life of the process (a later registration goes unseen), so
 # install and uninstall switch what this one function does instead.
 tvm_ffi.register_global_func(_TUNE_RELAX, _tune_relax, override=True)

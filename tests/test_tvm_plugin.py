@@ -89,6 +89,7 @@ def test_tune_relax_then_compile_relax_gives_nestors_kernels(tmp_path, model):
             assert all(_nestors(relax.get_pipeline("zero")(_relax(onnx_model))).values())
         _check_runs(ms.relax_integration.compile_relax(db, mod, target, None), x, want)
     assert relax.transform.MetaScheduleApplyDatabase is nestor.tvm._ms_apply_database  # uninstalled
+    assert relax.transform.MetaScheduleTuneIRMod is nestor.tvm._ms_tune_irmod
 
 
 def test_static_shape_tuning_pipeline_tunes_with_nestor_once_installed(tmp_path, model):
