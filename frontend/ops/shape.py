@@ -199,6 +199,33 @@ def lower_gather_elements(ctx: OpContext):
     return Lowered(kernel, [0, 1])
 
 
+@register_op("GatherND")
+def lower_gather_nd(ctx: OpContext):
+    """Out[b.., q.., r..] = X[b.., Indices[b.., q.., :k], r..] over batch_dims leading b
+    (negative indices count from the end)."""
+    x, ind, out = input_buffer(ctx, 0), input_buffer(ctx, 1, "Indices"), output_buffer(ctx)
+    batch, k = ctx.attr("batch_dims", 0), ind.shape[-1]
+    lead = len(ind.shape) - 1  # output dims taken from the indices (batch included)
+
+    def body(*vs):
+        picked = []
+        for j in range(k):
+            i = cast("int64", ind[(*vs[:lead], as_expr(j))])
+            picked.append(select(lt(i, as_expr(0, "int64")), i + x.shape[batch + j], i))
+        return store(out, vs, x[(*vs[:batch], *picked, *vs[lead:])])
+    kernel = Kernel(ctx.kernel_name(), (x, ind), (out,), loop_nest(out.shape, body))
+    return Lowered(kernel, [0, 1])
+
+
+@register_op("EyeLike")
+def lower_eye_like(ctx: OpContext):
+    """Ones on the k-th diagonal of a matrix shaped as the input, zeros elsewhere."""
+    out, k = output_buffer(ctx), ctx.attr("k", 0)
+    one, zero = as_expr(1, out.dtype), as_expr(0, out.dtype)
+    body = loop_nest(out.shape, lambda i, j: store(out, (i, j), select(eq(j - i, as_expr(k)), one, zero)))
+    return Lowered(Kernel(ctx.kernel_name(), (), (out,), body), [])
+
+
 @register_op("Trilu")
 def lower_trilu(ctx: OpContext):
     """The upper (j - i >= k) or lower (j - i <= k) triangle of the last two dims, zeros
