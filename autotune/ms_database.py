@@ -41,14 +41,24 @@ def lowered(kernel, workload: tirx.PrimFunc, schedule: NestorSchedule | None = N
     loops sit in a root block, as a scheduled TIR function's do: Relax's passes after tuning
     (RewriteDataflowReshape's pattern check) refuse a function without one."""
     func = to_primfunc(kernel)
-    func = tirx.PrimFunc(func.params, SBlockRealize([], True, SBlock([], [], [], "root", func.body)), func.ret_type,
+    params = [func.params[i] for i in workload_order(kernel, workload)]
+    func = tirx.PrimFunc(params, SBlockRealize([], True, SBlock([], [], [], "root", func.body)), func.ret_type,
                          func.attrs)
-    want = [(tuple(int(d) for d in p.shape), canonical(str(p.dtype))) for p in workload.params]
-    got = [(tuple(b.shape), b.dtype) for b in kernel.params]
-    if want != got:  # the importer puts outputs last: a workload writing an earlier param
-        raise TIRImportError(f"{kernel.name}: parameters {got} are not in the workload's order {want}")
     func = func.with_attr("global_symbol", "main").with_attr(MARK, "" if schedule is None else schedule.to_json())
     return _partitioned(func.with_attr("tirx.is_scheduled", True))
+
+
+def workload_order(kernel, workload: tirx.PrimFunc) -> list[int]:
+    """Where each of the workload's params is among the kernel's (inputs, then outputs: the
+    importer's order), matched by name; the importer keeps the params' names."""
+    names = [b.name for b in kernel.params]
+    order = [names.index(p.name) if p.name in names else -1 for p in workload.params]
+    want = [(tuple(int(d) for d in p.shape), canonical(str(p.dtype))) for p in workload.params]
+    got = [(tuple(kernel.params[i].shape), kernel.params[i].dtype) for i in order if i >= 0]
+    if sorted(order) != list(range(len(names))) or want != got:
+        raise TIRImportError(f"{kernel.name}: parameters {[b.name for b in kernel.params]} do not match the "
+                             f"workload's {[p.name for p in workload.params]}")
+    return order
 
 
 def _partitioned(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -81,7 +91,10 @@ class NestorKernels:
             return None
         if (key, best.id) not in self._found:
             schedule = NestorSchedule.from_json(best.schedule)
-            self._found[(key, best.id)] = lowered(schedule.apply(canonical_loops(kernel)), func, schedule)
+            try:
+                self._found[(key, best.id)] = lowered(schedule.apply(canonical_loops(kernel)), func, schedule)
+            except TIRImportError:  # params Nestor cannot match to the workload's: TVM's schedule
+                self._found[(key, best.id)] = None
         return self._found[(key, best.id)]
 
 

@@ -20,7 +20,7 @@ from ..codegen import machine_params
 from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
 from ..costmodel import CostModel
 from .measure import MeasureResult
-from .ms_database import lowered, records_path
+from .ms_database import lowered, records_path, workload_order
 from .records import Records
 from .search import Tuner
 from .tune import target_key
@@ -49,6 +49,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         workload = context.mod["main"]
         try:
             kernel = kernel_from_primfunc(workload, context.task_name)
+            workload_order(kernel, workload)  # its params can be passed as the workload's
         except TIRImportError as err:
             warnings.warn(f"Nestor cannot import task {context.task_name} ({err}); MetaSchedule searches it")
             self.fallback = ms.search_strategy.EvolutionarySearch()

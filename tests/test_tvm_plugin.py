@@ -118,3 +118,16 @@ def test_a_task_nestor_cannot_import_is_searched_by_metaschedule(tmp_path):
     # does for the same tuning without Nestor), and TVM compiles the workload untuned
     sch = ms.tir_integration.compile_tir(db, workload, target)
     assert sch is None or nestor.tvm.MARK not in (sch.mod["main"].attrs or {})
+
+
+def test_nestors_primfunc_takes_the_workloads_arguments_even_with_the_output_first():
+    from nestor.autotune.ms_database import lowered
+    from nestor.codegen.tir_import import kernel_from_primfunc
+    a, b = te.placeholder((3, 4), name="A"), te.placeholder((4,), name="B")
+    c = te.compute((3, 4), lambda i, j: a[i, j] * 2.0 - b[j], name="C")
+    workload = te.create_prim_func([c, a, b])  # the importer's kernel: A, B -> C
+    exe = tvm.compile(lowered(kernel_from_primfunc(workload), workload), host_target())
+    x, y = np.random.rand(3, 4).astype("float32"), np.random.rand(4).astype("float32")
+    out = tvm.runtime.tensor(np.zeros((3, 4), "float32"))
+    exe["main"](out, tvm.runtime.tensor(x), tvm.runtime.tensor(y))
+    np.testing.assert_allclose(out.numpy(), x * 2 - y, rtol=1e-6)
