@@ -351,6 +351,13 @@ def test_cumulative(op, dtype, exclusive, reverse):
                {"axis": np.array(-2, np.int64)}, opset=26)
 
 
+@pytest.mark.parametrize("largest, axis", [(1, -1), (0, 0), (1, 1)])
+def test_top_k(largest, axis):
+    x = np.round(rand(4, 6, 3) * 3)  # ties: the lower index comes first
+    check_node(node("TopK", ["X", "K"], ["V", "I"], largest=largest, axis=axis),
+               {"X": x}, {"K": np.array([3], np.int64)}, opset=11)
+
+
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reduce_bool(op, keepdims):

@@ -10,7 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ...ir import (Allocate, Binary, Buffer, Const, Expr, Kernel, Stmt, Var, as_expr, call, cast,
-                   eq, ge, gt, is_float, is_int, le, loop_nest, lt, select, seq, store)
+                   eq, ge, gt, is_float, is_int, le, logical_and, logical_or, loop_nest, lt, select, seq,
+                   store)
 from .common import input_buffer, normalize_axis, output_buffer
 from .registry import Lowered, OpContext, register_op
 
@@ -258,3 +259,36 @@ def lower_cumulative(ctx: OpContext) -> Lowered:
     body = reduction(out, out.shape, [x.shape[axis]], lambda s: tuple(s), _identity(op, x.dtype),
                      value, op)
     return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
+
+
+@register_op("TopK")
+def lower_top_k(ctx: OpContext) -> Lowered:
+    """The k largest (smallest) along the axis, sorted, ties to the lower index: each element's
+    rank is the count of elements before it in that order (a reduction), and output r gathers
+    the element of rank r (a second one). Quadratic in the axis length."""
+    x, values = input_buffer(ctx, 0, "X"), output_buffer(ctx, 0)
+    wants_indices = len(ctx.outputs) > 1  # the importer passes the outputs that are read
+    axis = normalize_axis(ctx, ctx.attr("axis", -1), len(x.shape))
+    before = gt if ctx.attr("largest", 1) else lt
+    n = x.shape[axis]
+    rank = temp("Rank", x.shape, "int64")
+
+    def at(s, j):
+        return tuple(j if d == axis else v for d, v in enumerate(s))
+
+    def ahead(s, r):  # x[j] comes before x[i] in the order
+        xi, xj, j = x[tuple(s)], x[at(s, r[0])], r[0]
+        return cast("int64", logical_or(before(xj, xi), logical_and(eq(xj, xi), lt(j, s[axis]))))
+    stage_rank = reduction(rank, x.shape, [n], lambda s: tuple(s), 0, ahead, "add", tag="rank_")
+
+    def picked(out, fn):
+        def value(s, r):
+            hit = eq(rank[at(s, r[0])], cast("int64", s[axis]))
+            return select(hit, fn(s, r[0]), _identity("add", out.dtype))
+        return reduction(out, out.shape, [n], lambda s: tuple(s), 0, value, "add", tag=out.name + "_")
+    outs, stages = [values], [stage_rank, picked(values, lambda s, j: x[at(s, j)])]
+    if wants_indices:  # (unsorted output may be in any order: sorted is one)
+        outs.append(output_buffer(ctx, 1, "Indices"))
+        stages.append(picked(outs[1], lambda s, j: cast("int64", j)))
+    body = allocate([rank], seq(*stages))
+    return Lowered(Kernel(ctx.kernel_name(), (x,), tuple(outs), body), [0])
