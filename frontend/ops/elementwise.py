@@ -353,7 +353,8 @@ def lower_identity(ctx: OpContext):
 
 @register_op("Dropout")
 def lower_dropout(ctx: OpContext):
-    if ctx.opset >= 12 and ctx.has_input(2) and bool(ctx.const(2).item()):
+    training = ctx.opset >= 12 and ctx.has_input(2) and bool(ctx.const(2).item())
+    if training and float(ctx.const(1, 0.5)) != 0:  # with ratio 0, training drops nothing
         raise ctx.unsupported("training_mode=True is not supported")
     if len(ctx.node.output) > 1 and ctx.node.output[1]:
         return _identity_with_mask(ctx)

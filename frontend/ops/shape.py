@@ -217,6 +217,19 @@ def lower_gather_nd(ctx: OpContext):
     return Lowered(kernel, [0, 1])
 
 
+@register_op("ReverseSequence")
+def lower_reverse_sequence(ctx: OpContext):
+    """Each batch entry b's first sequence_lens[b] steps along time_axis reversed, the rest kept."""
+    x, lens, out = input_buffer(ctx, 0), input_buffer(ctx, 1, "Lens"), output_buffer(ctx)
+    batch, time = ctx.attr("batch_axis", 1), ctx.attr("time_axis", 0)
+
+    def body(*vs):
+        n, t = cast("int64", lens[vs[batch]]), cast("int64", vs[time])
+        src = select(lt(t, n), n - 1 - t, t)
+        return store(out, vs, x[tuple(src if d == time else v for d, v in enumerate(vs))])
+    return Lowered(Kernel(ctx.kernel_name(), (x, lens), (out,), loop_nest(out.shape, body)), [0, 1])
+
+
 @register_op("EyeLike")
 def lower_eye_like(ctx: OpContext):
     """Ones on the k-th diagonal of a matrix shaped as the input, zeros elsewhere."""
