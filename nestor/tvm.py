@@ -41,11 +41,10 @@ _options: dict | None = None   # tune_relax arguments while installed; None: not
 
 
 def tuning(work_dir: str, seed: int = 0) -> dict:
-    """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy, its
-    database (Nestor's records in work_dir), and a space generator with no rules (Nestor ignores
-    MetaSchedule's design spaces; building them would cost time for nothing)."""
-    return {"strategy": NestorSearch(work_dir, seed=seed), "database": NestorDatabase(work_dir),
-            "space": ms.space_generator.PostOrderApply(sch_rules=[], postprocs=[], mutator_probs={})}
+    """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy and its
+    database (Nestor's records in work_dir). MetaSchedule's design spaces stay: Nestor ignores
+    them, and a task it cannot import is searched in them by MetaSchedule's own search."""
+    return {"strategy": NestorSearch(work_dir, seed=seed), "database": NestorDatabase(work_dir)}
 
 
 def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
