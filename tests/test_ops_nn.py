@@ -94,6 +94,22 @@ def test_einsum(equation, shapes, dtype):
     np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == np.float16 else 1e-5)
 
 
+@pytest.mark.parametrize("mode, padding_mode, align_corners", [
+    ("nearest", "zeros", 0), ("linear", "border", 1), ("linear", "reflection", 0),
+    ("cubic", "reflection", 1), ("cubic", "zeros", 0)])
+def test_grid_sample(mode, padding_mode, align_corners):
+    grid = (rand(2, 3, 4, 2, seed=1) - 0.5) * 7  # well past [-1, 1]: every padding rule is hit
+    check_node(node("GridSample", ["X", "G"], mode=mode, padding_mode=padding_mode,
+                    align_corners=align_corners), {"X": rand(2, 2, 4, 3), "G": grid}, opset=20,
+               rtol=1e-4, atol=1e-4)
+
+
+def test_grid_sample_volumetric():
+    grid = (rand(1, 2, 3, 2, 3, seed=1) - 0.5) * 3
+    check_node(node("GridSample", ["X", "G"], padding_mode="reflection"),
+               {"X": rand(1, 2, 3, 4, 2), "G": grid}, opset=20, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_float64():
     inputs = {"X": rand(1, 2, 5, 5, dtype=np.float64), "W": rand(2, 2, 3, 3, dtype=np.float64)}
     check_node(node("Conv", inputs, pads=[1, 1, 1, 1]), inputs, opset=9)

@@ -7,4 +7,4 @@ from . import nn, linalg, reduce  # noqa: F401
 from . import blocked  # noqa: F401  (Nestor's own domain: frontend/layout.py writes these)
 from . import winograd  # noqa: F401  (Nestor's own domain: frontend/winograd.py writes these)
 from . import resize  # noqa: F401  (what frontend/resize.py did not rewrite)
-from . import quantize, scatter  # noqa: F401
+from . import grid_sample, quantize, scatter  # noqa: F401
