@@ -110,6 +110,13 @@ def test_grid_sample_volumetric():
                {"X": rand(1, 2, 3, 4, 2), "G": grid}, opset=20, rtol=1e-4, atol=1e-4)
 
 
+def test_col2im():
+    # image 5x6, blocks 2x3, dilations (2, 1), strides (1, 2), pads (1, 0, 0, 1): 4 x 3 blocks
+    consts = {"image": np.array([5, 6], np.int64), "block": np.array([2, 3], np.int64)}
+    check_node(node("Col2Im", ["X", "image", "block"], dilations=[2, 1], strides=[1, 2],
+                    pads=[1, 0, 0, 1]), {"X": rand(2, 2 * 6, 4 * 3)}, consts, opset=18)
+
+
 def test_conv_float64():
     inputs = {"X": rand(1, 2, 5, 5, dtype=np.float64), "W": rand(2, 2, 3, 3, dtype=np.float64)}
     check_node(node("Conv", inputs, pads=[1, 1, 1, 1]), inputs, opset=9)

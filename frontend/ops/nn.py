@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from dataclasses import dataclass
 from typing import Sequence
@@ -184,6 +185,36 @@ def lower_conv_transpose(ctx: OpContext) -> Lowered:
         init = lambda idx: b[idx[1]]  # noqa: E731
     body = reduction(out, out.shape, (c_per_group, *kernel), lambda s: tuple(s), init, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
+
+
+@register_op("Col2Im")
+def lower_col2im(ctx: OpContext) -> Lowered:
+    """Y[n, c, p] = sum over block offsets k of X[n, c*B + flat(k), flat(l)] for the block
+    positions l with l*s + k*d - pad = p (the sliding blocks that cover p), as ConvTranspose."""
+    x, out = input_buffer(ctx, 0, "X"), output_buffer(ctx)
+    image, block = [int(v) for v in ctx.const(1)], [int(v) for v in ctx.const(2)]
+    n = len(image)
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    pads = list(ctx.attr("pads", None) or [0] * 2 * n)
+    counts = [(i + pads[d] + pads[d + n] - dl * (b - 1) - 1) // s + 1
+              for d, (i, b, s, dl) in enumerate(zip(image, block, strides, dilations))]
+
+    def flat(idx, sizes):
+        f = idx[0]
+        for i, size in zip(idx[1:], sizes[1:]):
+            f = f * size + i
+        return f
+
+    def value(sp, r):
+        ts = [p + pad - k * dl for p, pad, k, dl in zip(sp[2:], pads[:n], r, dilations)]
+        conds = [c for t, st, cnt in zip(ts, strides, counts)
+                 for c in ((ge(t, 0), lt(t, st * cnt)) + ((eq(t % st, 0),) if st > 1 else ()))]
+        pos = [t // st if st > 1 else t for t, st in zip(ts, strides)]
+        channel = sp[1] * math.prod(block) + flat(list(r), block)
+        return select(logical_and(*conds), x[(sp[0], channel, flat(pos, counts))], as_expr(0, x.dtype))
+    body = reduction(out, out.shape, block, lambda sp: tuple(sp), 0, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
 
 
 def _transpose_pads(ctx: OpContext, sizes, kernel, strides, dilations) -> list[int]:
