@@ -141,12 +141,7 @@ def lower_conv(ctx: OpContext) -> Lowered:
         xv = _padded_load(padded, (s[0], channel), windows, s[-nsp:], taps, as_expr(0, x.dtype))
         return widen(xv) * widen(w[(index(s)[1], c, *taps)])
 
-    inputs, args, init = [x, w], [0, 1], 0
-    if ctx.has_input(2):
-        b = input_buffer(ctx, 2, "B")
-        inputs.append(b)
-        args.append(2)
-        init = lambda idx: b[idx[1]]  # noqa: E731
+    inputs, args, init = _with_bias(ctx, [x, w])
     body = reduction(out, spatial, (c_per_group, *w.shape[2:]), index, init, value, "add")
     if pad_stage is not None:
         body = Allocate(padded, seq(pad_stage, body))
@@ -171,18 +166,11 @@ def lower_conv_transpose(ctx: OpContext) -> Lowered:
         c, taps = r[0], r[1:]
         channel = s[1] // m_per_group * c_per_group + c
         ts = [o + b - k * d for o, b, k, d in zip(s[2:], begins, taps, dilations)]
-        conds = [c for t, st, size in zip(ts, strides, sizes)
-                 for c in ((ge(t, 0), lt(t, st * size)) + ((eq(t % st, 0),) if st > 1 else ()))]
-        pos = [t // st if st > 1 else t for t, st in zip(ts, strides)]
+        conds, pos = _strided_taps(ts, strides, sizes)
         term = widen(x[(s[0], channel, *pos)]) * widen(w[(channel, s[1] % m_per_group, *taps)])
         return select(logical_and(*conds), term, as_expr(0, term.dtype))
 
-    inputs, args, init = [x, w], [0, 1], 0
-    if ctx.has_input(2):
-        b = input_buffer(ctx, 2, "B")
-        inputs.append(b)
-        args.append(2)
-        init = lambda idx: b[idx[1]]  # noqa: E731
+    inputs, args, init = _with_bias(ctx, [x, w])
     body = reduction(out, out.shape, (c_per_group, *kernel), lambda s: tuple(s), init, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
 
@@ -208,9 +196,7 @@ def lower_col2im(ctx: OpContext) -> Lowered:
 
     def value(sp, r):
         ts = [p + pad - k * dl for p, pad, k, dl in zip(sp[2:], pads[:n], r, dilations)]
-        conds = [c for t, st, cnt in zip(ts, strides, counts)
-                 for c in ((ge(t, 0), lt(t, st * cnt)) + ((eq(t % st, 0),) if st > 1 else ()))]
-        pos = [t // st if st > 1 else t for t, st in zip(ts, strides)]
+        conds, pos = _strided_taps(ts, strides, counts)
         channel = sp[1] * math.prod(block) + flat(list(r), block)
         return select(logical_and(*conds), x[(sp[0], channel, flat(pos, counts))], as_expr(0, x.dtype))
     body = reduction(out, out.shape, block, lambda sp: tuple(sp), 0, value, "add")
@@ -230,6 +216,23 @@ def _transpose_pads(ctx: OpContext, sizes, kernel, strides, dilations) -> list[i
     totals = [s * (i - 1) + e + (k - 1) * d + 1 - o
               for i, k, s, d, o, e in zip(sizes, kernel, strides, dilations, outs, extra)]
     return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+
+
+def _with_bias(ctx: OpContext, inputs: list):
+    """A conv's kernel inputs, their node input indices, and the accumulator's start: the
+    optional bias B (input 2) per output channel, else 0."""
+    if not ctx.has_input(2):
+        return inputs, [0, 1], 0
+    b = input_buffer(ctx, 2, "B")
+    return inputs + [b], [0, 1, 2], lambda idx: b[idx[1]]
+
+
+def _strided_taps(ts, strides, counts):
+    """For offsets t = p + pad - k*d of the output points from a tap: the conditions that t
+    lands on one of `counts` input positions a stride apart, and those positions."""
+    conds = [c for t, st, cnt in zip(ts, strides, counts)
+             for c in ((ge(t, 0), lt(t, st * cnt)) + ((eq(t % st, 0),) if st > 1 else ()))]
+    return conds, [t // st if st > 1 else t for t, st in zip(ts, strides)]
 
 
 def _materialize_padding(x: Buffer, windows):
