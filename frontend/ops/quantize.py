@@ -1,11 +1,13 @@
-"""QuantizeLinear and DequantizeLinear on integer types: elementwise, the scale and zero point
-per tensor (scalars), per axis (1-D along `axis`) or per block (`block_size` along `axis`)."""
+"""QuantizeLinear and DequantizeLinear on integer types, elementwise, the scale and zero point
+per tensor (scalars), per axis (1-D along `axis`) or per block (`block_size` along `axis`);
+QLinearMatMul with per-tensor scales."""
 from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Const, Kernel, call, cast, is_int, loop_nest, maximum, minimum, store
-from .common import input_buffer, normalize_axis, output_buffer
+from ...ir import Const, Kernel, call, cast, is_int, loop_nest, maximum, minimum, seq, store
+from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
+from .reduce import allocate, reduction, temp
 from .registry import Lowered, OpContext, register_op
 
 
@@ -68,3 +70,35 @@ def lower_quantize(ctx: OpContext) -> Lowered:
         q = minimum(maximum(q, Const(float(info.min), wide)), Const(float(info.max), wide))
         return store(out, v, cast(out.dtype, q))
     return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(x.shape, body)), args)
+
+
+@register_op("QLinearMatMul")
+def lower_qlinear_matmul(ctx: OpContext) -> Lowered:
+    """y = saturate(rint((a - a_zp) @ (b - b_zp) * a_scale * b_scale / y_scale) + y_zp), as
+    onnx.reference: the product in int32, the rescaling in float64; per-tensor scales."""
+    names = ("A", "AScale", "AZero", "B", "BScale", "BZero", "YScale", "YZero")
+    bufs = [input_buffer(ctx, i, n) for i, n in enumerate(names)]
+    a, a_s, a_z, b, b_s, b_z, y_s, y_z = bufs
+    out = output_buffer(ctx)
+    if len(a.shape) < 2 or len(b.shape) < 2 or any(p.size != 1 for p in (a_s, a_z, b_s, b_z, y_s, y_z)):
+        raise ctx.unsupported("per-row or per-column scales, or a 1-D operand")
+    acc = temp("Acc", out.shape, "int32")
+    one = lambda p: p[(Const(0),) * len(p.shape)]  # noqa: E731
+    i32 = lambda v: cast("int32", v)  # noqa: E731
+
+    def value(s, r):
+        *batch, i, j = s
+        av = a[broadcast_index(a.shape[:-2], batch) + (i, r[0])]
+        bv = b[broadcast_index(b.shape[:-2], batch) + (r[0], j)]
+        return (i32(av) - i32(one(a_z))) * (i32(bv) - i32(one(b_z)))
+    product = reduction(acc, out.shape, [a.shape[-1]], lambda s: tuple(s), 0, value, "add")
+    info = np.iinfo(np.dtype(out.dtype))
+    f64 = lambda v: cast("float64", v)  # noqa: E731
+    scale = f64(one(a_s)) * f64(one(b_s)) / f64(one(y_s))
+
+    def requantize(*v):
+        q = call("round", f64(acc[v]) * scale + f64(one(y_z)))
+        q = minimum(maximum(q, Const(float(info.min), "float64")), Const(float(info.max), "float64"))
+        return store(out, v, cast(out.dtype, q))
+    body = allocate([acc], seq(product, loop_nest(out.shape, requantize)))
+    return Lowered(Kernel(ctx.kernel_name(), tuple(bufs), (out,), body), list(range(8)))
