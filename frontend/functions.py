@@ -89,3 +89,40 @@ def _version(versions, opset: int) -> int:
 
 def _type_proto(t: TensorType) -> TypeProto:
     return helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), t.shape)
+
+
+def inline_constant_ifs(nodes: list[onnx.NodeProto], consts: dict) -> tuple[list[onnx.NodeProto], bool]:
+    """Each If whose condition is a constant replaced by the nodes of its taken branch (as
+    function bodies can hold them: AffineGrid's); and whether any was."""
+    out, changed = [], False
+    for node in nodes:
+        branch = _taken_branch(node, consts)
+        out.extend([node] if branch is None else _inline(node, branch))
+        changed |= branch is not None
+    return out, changed
+
+
+def _taken_branch(node, consts):
+    if node.op_type != "If" or node.input[0] not in consts:
+        return None
+    name = "then_branch" if bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]) else "else_branch"
+    g = next(a.g for a in node.attribute if a.name == name)
+    return None if g.initializer or any(a.HasField("g") or a.graphs for n in g.node for a in n.attribute) else g
+
+
+def _inline(node, g) -> list[onnx.NodeProto]:
+    """The branch's nodes, the names they define prefixed with the If's, its outputs the If's."""
+    defined = {o for n in g.node for o in n.output if o}
+    rename = {o: f"{node.name}__{o}" for o in defined}
+    rename.update({vi.name: out for vi, out in zip(g.output, node.output) if vi.name in defined})
+    nodes = []
+    for i, n in enumerate(g.node):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        copy.input[:] = [rename.get(x, x) for x in n.input]
+        copy.output[:] = [rename.get(x, x) for x in n.output]
+        copy.name = f"{node.name}__{n.op_type}_{i}"
+        nodes.append(copy)
+    nodes += [helper.make_node("Identity", [vi.name], [out], name=f"{node.name}__out{k}")
+              for k, (vi, out) in enumerate(zip(g.output, node.output)) if vi.name not in defined]
+    return nodes

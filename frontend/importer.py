@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 from ..ir import Graph, Node, TensorType, canonical
 from ..ir.errors import ModelError
 from ..ir.machine import GENERIC_CPU, MachineParams
-from .functions import expand_functions
+from .functions import expand_functions, inline_constant_ifs
 from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
@@ -84,7 +84,8 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
         _infer_types(nodes, inputs, consts, types, opsets)
         nodes, expanded = expand_functions(nodes, opsets.get("ai.onnx", 0), types)
         nodes, resized = expand_resizes(nodes, opsets.get("ai.onnx", 0), consts, types)
-        if expanded or resized:  # the new nodes' tensors need types first
+        nodes, inlined = inline_constant_ifs(nodes, consts)
+        if expanded or resized or inlined:  # the new nodes' tensors need types first
             continue
         remaining = []
         for node in nodes:
@@ -138,7 +139,7 @@ def _named(node: onnx.NodeProto, index: int) -> onnx.NodeProto:
 
 def _infer_types(nodes, inputs, consts, types, opsets) -> None:
     """Run ONNX shape inference on the remaining nodes; record every tensor type it finds."""
-    needed = {i for n in nodes for i in n.input if i} | set(inputs)
+    needed = {i for n in nodes for i in list(n.input) + sorted(_outer_names(n)) if i} | set(inputs)
     small = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()
              if k in needed and v.size <= SMALL_CONSTANT]
     typed = [k for k in needed if k not in consts or consts[k].size > SMALL_CONSTANT]
@@ -186,10 +187,11 @@ def _try_fold(node, consts, types, opsets):
         start = _attr(node, "start", 0)
         end = _attr(node, "end", None)
         return [shape[start:end]]
-    if not all(i in consts for i in node.input if i):
+    outer = _outer_names(node)  # what an If's or Loop's branches read from the enclosing graph
+    if not all(i in consts for i in list(node.input) + sorted(outer) if i):
         return None
     opset = opsets.get("ai.onnx", 0)
-    feeds = {i: consts[i] for i in node.input if i}
+    feeds = {i: consts[i] for i in list(node.input) + sorted(outer) if i}
     vis = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
            for k, v in feeds.items()]
     outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
@@ -201,6 +203,18 @@ def _try_fold(node, consts, types, opsets):
         raise ModelError(f"{node.op_type} node '{node.name}': cannot evaluate its constant inputs: "
                          f"{_first_line(err)}") from None
     return [np.asarray(v) for v in values]
+
+
+def _outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs read but do not define (outer-scope references)."""
+    names = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            defined = ({i.name for i in g.input} | {t.name for t in g.initializer}
+                       | {o for n in g.node for o in n.output})
+            used = {i for n in g.node for i in n.input if i} | set().union(*map(_outer_names, g.node))
+            names |= used - defined
+    return names
 
 
 def _lower(node, opsets, consts, types) -> Node:

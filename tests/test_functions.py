@@ -51,3 +51,15 @@ def test_attention_becomes_matmul_and_softmax_kernels():
     g = import_model(model(helper.make_node("Attention", ["q", "k", "v"], ["y"]), inputs, 23))
     ops = [n.op_type for n in g.nodes]
     assert ops.count("MatMul") == 2 and "Softmax" in ops, ops
+
+
+def test_if_on_a_constant_condition_is_its_taken_branch():
+    x = f32(2, 3)
+    branches = [helper.make_graph([helper.make_node(op, ["x"], ["out"])], name, [],
+                                  [helper.make_tensor_value_info("out", 1, [2, 3])])
+                for op, name in (("Neg", "then"), ("Abs", "else"))]
+    for cond, want in ((True, -x), (False, np.abs(x))):
+        node = helper.make_node("If", ["c"], ["y"], then_branch=branches[0], else_branch=branches[1])
+        m = single_node_model(node, {"x": x}, {"c": np.array(cond)}, opset=17)
+        assert "If" not in [n.op_type for n in import_model(m).nodes]
+        np.testing.assert_allclose(backend.prepare(m).run([x])[0], want)
