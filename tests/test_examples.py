@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import nestor
+from nestor.autotune.records import Records
 from nestor.autotune.budget import Budget
 from nestor.autotune.kernel_suite import SUITE
 from nestor.autotune.tune import tune_graph
@@ -17,7 +18,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_compare_records_times_two_tuning_runs_side_by_side(tmp_path):
     a, b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
     graph = nestor.import_onnx(SUITE["layernorm"].onnx_model())
-    tune_graph(graph, Budget(trials=4), records_path=b, show_progress=False)  # A: untuned
+    Records(a).close()  # A: untuned (an empty database; a missing one is an error)
+    tune_graph(graph, Budget(trials=4), records_path=b, show_progress=False)
     done = subprocess.run([sys.executable, str(EXAMPLES / "compare_records.py"), a, b, "--kernels", "layernorm",
                            "--repeat", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -65,6 +67,7 @@ def test_compare_layouts_measures_a_task_in_both_layouts():
 
 
 def test_kernel_times_times_each_kernel_of_a_compiled_model(tmp_path):
+    Records(str(tmp_path / "none.sqlite")).close()  # untuned: an empty database
     out = _run(EXAMPLES / "kernel_times.py", "squeezenet", "--records", tmp_path / "none.sqlite", "--runs", "2",
                "--top", "3")
     assert "ConvNCHWc" in out

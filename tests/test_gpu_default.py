@@ -242,14 +242,19 @@ def test_recorded_cpu_default_steps_replay_as_recorded():
 
 def test_cpu_default_schedule_unchanged():
     """The CPU default of SqueezeNet's, ResNet-50's and an encoder's kernels, as it was before
-    the GPU form (tests/data/cpu_default_fca6876.json)."""
+    the GPU form (tests/data/cpu_default_fca6876.json). Since then SqueezeNet's global pool reads
+    its input blocked (3206e16): that pool and the conversion after it are new kernels."""
     saved = json.loads((DATA / "cpu_default_fca6876.json").read_text())
-    checked = 0
+    checked, new = set(), set()
     for label, m in (("squeezenet", light_model("squeezenet")), ("resnet50", light_model("resnet50")),
                      ("encoder", encoder_block(seq=16, hidden=64, heads=4, ffn=128))):
         for k in nestor.import_onnx(m, target="cpu", blocked=True, winograd=True).kernels():
             for machine_name, machine in (("avx512", AVX512), ("avx2", AVX2)):
                 key = f"{label}/{k.name}/{structural_hash(k)[:12]}/{machine_name}"
+                if key not in saved:
+                    new.add(f"{label}/{k.name}")
+                    continue
                 assert print_kernel(default_schedule(k, machine)) == saved[key], key
-                checked += 1
-    assert checked >= len(saved)
+                checked.add(key)
+    assert new <= {"squeezenet/globalaveragepoolnchwc", "squeezenet/from_nchwc"}
+    assert len(checked) == len(saved) - 4  # all but the plain pool and its conversion, on two machines
