@@ -137,7 +137,7 @@ class CostModel:
         if not self.trained:
             return np.zeros(len(x))
         if self._booster is None:  # pretrained only
-            return self._base.predict(xgb.DMatrix(x, nthread=self.nthread)).astype(np.float64)
+            return self._base.predict(self._matrix(x, None)).astype(np.float64)
         return self._booster.predict(self._matrix(x, self._base)).astype(np.float64)
 
     # training
@@ -145,7 +145,7 @@ class CostModel:
     def _matrix(self, x: np.ndarray, base: xgb.Booster | None, **kw) -> xgb.DMatrix:
         data = xgb.DMatrix(x, nthread=self.nthread, **kw)
         if base is not None:
-            data.set_base_margin(base.predict(xgb.DMatrix(x, nthread=self.nthread), output_margin=True))
+            data.set_base_margin(base.predict(data, output_margin=True))  # (no margin set yet: base's own)
         return data
 
     def _train(self, samples, base: xgb.Booster | None) -> xgb.Booster | None:
