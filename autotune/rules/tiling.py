@@ -135,7 +135,9 @@ class MultiLevelTiling(SketchRule):
                 choices.append(Choice(pool or (1,), ordered=True,
                                       legal=functools.partial(_even, extent=loop.extent) if even else _positive))
             return PerLoop(tuple(choices), weight=2)
-        outer = len(outer_loops(info, effective_factors(info, earlier))) if "factors" in earlier else 0
+        factors = effective_factors(info, earlier) if "factors" in earlier else []
+        positions = outer_loops(info, factors)
+        outer = len(positions)
         if field == "order":
             return Choice(tuple(range(_permutations(outer))))
         if field == "fuse":
@@ -143,8 +145,6 @@ class MultiLevelTiling(SketchRule):
             # copied or chunked at the first; and both cut evenly: a tile's guard through the
             # fused loop's // and % is not peeled (codegen), a vector tail's then runs scalar
             levels = [earlier["stage_at"], (earlier["cache_read"] or (0, None))[1], (earlier["chunk"] or (0, None))[1]]
-            factors = effective_factors(info, earlier)
-            positions = outer_loops(info, factors)
             first = [positions[i] for i in _permutation(outer, earlier["order"])[:2]]
             even = all(loops[k].extent % factors[k] == 0 for k in first)
             return Choice((1, 2) if outer >= 2 and 0 not in levels and even else (1,))
