@@ -188,17 +188,11 @@ def lower_col2im(ctx: OpContext) -> Lowered:
     counts = [(i + pads[d] + pads[d + n] - dl * (b - 1) - 1) // s + 1
               for d, (i, b, s, dl) in enumerate(zip(image, block, strides, dilations))]
 
-    def flat(idx, sizes):
-        f = idx[0]
-        for i, size in zip(idx[1:], sizes[1:]):
-            f = f * size + i
-        return f
-
     def value(sp, r):
         ts = [p + pad - k * dl for p, pad, k, dl in zip(sp[2:], pads[:n], r, dilations)]
         conds, pos = _strided_taps(ts, strides, counts)
-        channel = sp[1] * math.prod(block) + flat(list(r), block)
-        return select(logical_and(*conds), x[(sp[0], channel, flat(pos, counts))], as_expr(0, x.dtype))
+        channel = sp[1] * math.prod(block) + flat_position(r, range(n), block)
+        return select(logical_and(*conds), x[(sp[0], channel, flat_position(pos, range(n), counts))], as_expr(0, x.dtype))
     body = reduction(out, out.shape, block, lambda sp: tuple(sp), 0, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), (x,), (out,), body), [0])
 
