@@ -9,6 +9,8 @@ to them.
 """
 from __future__ import annotations
 
+import os
+
 import tvm
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
@@ -25,8 +27,8 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current(allow_none=True)
         db = database if database is not None else ms.Database.current()
-        if target is None or (db is None and work_dir is None):
-            return mod
+        if target is None or (db is None and (work_dir is None or not os.path.exists(records_path(work_dir)))):
+            return mod  # nothing tuned (a reader must not create an empty records file)
         kernels = None if db is not None else NestorKernels(records_path(work_dir))
         out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
         for gv, func in mod.functions.items():
