@@ -23,7 +23,7 @@ import numpy as np
 
 from ...ir import Allocate, Kernel, as_expr, loop_nest, seq, store
 from .common import input_buffer, output_buffer
-from .nn import _materialize_padding, _padded_load, _require_float, _windows
+from .nn import _materialize_padding, _padded_load, _require_float, _windows, _with_bias
 from .reduce import reduction, widen
 from .registry import NESTOR_DOMAIN as DOMAIN, Lowered, OpContext, register_op
 
@@ -94,12 +94,7 @@ def _blocked_window_sum(ctx: OpContext, name: str, taps, reduce, value) -> Lower
     windows = _windows(ctx, x.shape[2:2 + nsp], taps, out.shape[2:2 + nsp])
     padded, pad_stage, windows = _materialize_padding(x, windows)
     block = out.shape[-1]
-    inputs, args, init = [x, w], [0, 1], 0
-    if ctx.has_input(2):
-        b = input_buffer(ctx, 2, "B")
-        inputs.append(b)
-        args.append(2)
-        init = lambda idx: b[idx[1] * block + idx[-1]]  # noqa: E731
+    inputs, args, init = _with_bias(ctx, [x, w], lambda idx: idx[1] * block + idx[-1])
     body = reduction(out, out.shape, reduce, lambda s: s, init, lambda s, r: value(padded, windows, s, r), "add")
     if pad_stage is not None:
         body = Allocate(padded, seq(pad_stage, body))

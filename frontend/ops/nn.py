@@ -212,13 +212,13 @@ def _transpose_pads(ctx: OpContext, sizes, kernel, strides, dilations) -> list[i
     return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
 
 
-def _with_bias(ctx: OpContext, inputs: list):
+def _with_bias(ctx: OpContext, inputs: list, channel=lambda idx: idx[1]):
     """A conv's kernel inputs, their node input indices, and the accumulator's start: the
-    optional bias B (input 2) per output channel, else 0."""
+    optional bias B (input 2) at the output channel `channel(output index)`, else 0."""
     if not ctx.has_input(2):
         return inputs, [0, 1], 0
     b = input_buffer(ctx, 2, "B")
-    return inputs + [b], [0, 1, 2], lambda idx: b[idx[1]]
+    return inputs + [b], [0, 1, 2], lambda idx: b[channel(idx)]
 
 
 def _strided_taps(ts, strides, counts):
