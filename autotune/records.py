@@ -8,6 +8,7 @@ readers never block the writer. Resume is a query: `measured()` names what a new
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from ..ir.errors import NestorError
 
 FORMAT = "nestor-records"   # meta['format']: tells our file from another app's SQLite database
-SCHEMA_VERSION = 1          # bump on any incompatible change to the tables below
+SCHEMA_VERSION = 2          # bump on any change to the tables below, with a step in _MIGRATIONS
 BUSY_TIMEOUT_MS = 60_000    # other tuners hold the write lock only for one INSERT; wait for them
 
 _SCHEMA = (
@@ -30,10 +31,17 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         task TEXT NOT NULL, target TEXT NOT NULL, schedule TEXT NOT NULL,
         median REAL, repeats TEXT NOT NULL, error TEXT,  -- repeats: a JSON list of seconds
-        timestamp REAL NOT NULL, version TEXT NOT NULL)""",
+        timestamp REAL NOT NULL, version TEXT NOT NULL,
+        device TEXT NOT NULL DEFAULT 'local')  -- the device key that measured it ('local': this host)""",
     "CREATE INDEX IF NOT EXISTS records_task_target ON records (task, target)",
 )
-_COLUMNS = "id, task, target, schedule, median, repeats, error, timestamp, version"
+_COLUMNS = "id, task, target, schedule, median, repeats, error, timestamp, version, device"
+LOCAL_DEVICE = "local"
+
+# schema version n -> the statements that make a version-n file version n + 1 (old files keep working)
+_MIGRATIONS = {
+    1: ("ALTER TABLE records ADD COLUMN device TEXT NOT NULL DEFAULT 'local'",),
+}
 
 
 def nestor_version() -> str:
@@ -62,6 +70,7 @@ class Record:
     error: str | None
     timestamp: float            # time.time() when stored
     version: str                # the Nestor that measured it
+    device: str = LOCAL_DEVICE  # the device key it was measured on
 
     @property
     def ok(self) -> bool:
@@ -98,11 +107,13 @@ class Records:
         with self._guard(self._not_ours):
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables:
-                self._check(tables)
+                self._check(tables, older_ok=True)
             self._set_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL a commit survives kill -9; no fsync each
             if not tables:
                 self._create()
+            elif self._schema_version() < SCHEMA_VERSION:
+                self._migrate()
 
     def _set_wal(self) -> None:
         # Switching a new file to WAL needs an exclusive lock. When two tuners try at once, SQLite
@@ -132,7 +143,23 @@ class Records:
             self._db.execute("ROLLBACK")
             raise
 
-    def _check(self, tables: set[str]) -> None:
+    def _migrate(self) -> None:
+        # Under the write lock, the version read again: another process may have migrated it meanwhile.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for old in range(self._schema_version(), SCHEMA_VERSION):
+                for statement in _MIGRATIONS[old]:
+                    self._db.execute(statement)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    def _check(self, tables: set[str], older_ok: bool = False) -> None:
         if "meta" not in tables:
             raise RecordsError(self._not_ours("it has tables but no 'meta' table"))
         try:
@@ -141,7 +168,8 @@ class Records:
             raise RecordsError(self._not_ours(f"its 'meta' table is not Nestor's ({e})")) from None
         if meta.get("format") != FORMAT:
             raise RecordsError(self._not_ours(f"its meta table has no format '{FORMAT}'"))
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        version = meta.get("schema_version")
+        if not (version == str(SCHEMA_VERSION) or older_ok and version in {str(v) for v in _MIGRATIONS}):
             raise RecordsError(f"records file '{self.path}' has schema version {meta.get('schema_version')}, "
                                f"this Nestor reads version {SCHEMA_VERSION}; use another records file")
 
@@ -178,17 +206,56 @@ class Records:
     def tasks(self) -> list[str]:
         return [r[0] for r in self._query("SELECT hash FROM tasks ORDER BY rowid")]
 
+    def task_flops(self, task: str) -> float | None:
+        rows = self._query("SELECT flops FROM tasks WHERE hash = ?", (task,))
+        return rows[0][0] if rows else None
+
+    # meta: facts stored with the records (as the tuning machine's measured roofline)
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def meta_items(self) -> dict[str, str]:
+        """Every meta entry but the file's own format and schema version."""
+        return dict(self._query("SELECT key, value FROM meta WHERE key NOT IN ('format', 'schema_version')"))
+
+    def set_meta(self, key: str, value: str) -> None:
+        if key in ("format", "schema_version"):
+            raise ValueError(f"meta key '{key}' belongs to the records file itself")
+        self._query("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     # records
 
     def add(self, task: str, target: str, schedule_json: str, median: float | None,
-            repeats, error: str | None = None) -> Record:
+            repeats, error: str | None = None, device: str = LOCAL_DEVICE) -> Record:
         """Store one measurement, committed before returning (autocommit: one transaction per record)."""
         row = (task, str(target), schedule_json, None if median is None else float(median),
-               tuple(float(r) for r in repeats), error, time.time(), self._version)
+               tuple(float(r) for r in repeats), error, time.time(), self._version, device)
+        return Record(self._insert(row), *row)
+
+    def add_record(self, record: Record) -> Record:
+        """Store a record measured elsewhere (imported, merged) as it is: its time, version and device kept."""
+        return Record(self._insert(dataclasses.astuple(record)[1:]), *dataclasses.astuple(record)[1:])
+
+    def _insert(self, row: tuple) -> int:
         with self._guard():
-            cur = self._db.execute(f"INSERT INTO records ({_COLUMNS[4:]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            cur = self._db.execute(f"INSERT INTO records ({_COLUMNS[4:]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                    row[:4] + (json.dumps(row[4]),) + row[5:])
-        return Record(cur.lastrowid, *row)
+        return cur.lastrowid
+
+    @contextmanager
+    def transaction(self):
+        """Many writes in one commit: all of them or none (an import, a merge)."""
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        with self._guard():
+            self._db.execute("COMMIT")
 
     def _where(self, task, target, ok_only=False) -> tuple[str, tuple]:
         terms, params = [], []

@@ -202,3 +202,48 @@ def test_reading_a_records_file_that_does_not_exist_is_an_error(tmp_path):
     with pytest.raises(RecordsError, match=r"records file '.*typo.sqlite' does not exist"):
         Records(tmp_path / "typo.sqlite", create=False)
     assert not (tmp_path / "typo.sqlite").exists()
+
+
+def test_a_schema_1_file_is_migrated_and_keeps_its_records(tmp_path):
+    """Files written before records had a device key open as they were, their rows measured 'local'."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        raw.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE tasks (hash TEXT PRIMARY KEY, kernel TEXT NOT NULL, flops REAL NOT NULL);
+            CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, target TEXT NOT NULL,
+                schedule TEXT NOT NULL, median REAL, repeats TEXT NOT NULL, error TEXT, timestamp REAL NOT NULL,
+                version TEXT NOT NULL);
+            INSERT INTO meta VALUES ('format', 'nestor-records'), ('schema_version', '1');
+            INSERT INTO tasks VALUES ('t', 'kernel k() {}', 1e6);
+            INSERT INTO records (task, target, schedule, median, repeats, error, timestamp, version)
+                VALUES ('t', 'llvm', '[]', 0.002, '[0.002, 0.003]', NULL, 1700000000.0, '0.0.1');""")
+    raw.close()
+    with Records(path, create=False) as db:
+        old, = db.records()
+        assert (old.median, old.repeats, old.timestamp, old.version, old.device) == \
+            (0.002, (0.002, 0.003), 1700000000.0, "0.0.1", "local")
+        new = db.add("t", "llvm", schedule(1), 1e-3, [1e-3], device="rpi4-0")
+    with Records(path) as db:
+        assert db.records() == [old, new] and db.best("t", "llvm").device == "rpi4-0"
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    raw.close()
+
+
+def test_meta_entries_and_records_added_as_they_are(tmp_path):
+    with Records(tmp_path / "a.db") as db:
+        assert db.meta("roofline") is None and db.meta_items() == {}
+        db.set_meta("roofline", '{"flops": 1}')
+        db.set_meta("roofline", '{"flops": 2}')   # replaced
+        assert db.meta("roofline") == '{"flops": 2}' and db.meta_items() == {"roofline": '{"flops": 2}'}
+        with pytest.raises(ValueError):
+            db.set_meta("schema_version", "3")
+        theirs = Record(7, "t", "llvm", schedule(1), 1e-3, (1e-3,), None, 1600000000.0, "0.0.9", "board-1")
+        with db.transaction():
+            kept = db.add_record(theirs)
+        with pytest.raises(KeyError), db.transaction():
+            db.add_record(theirs)
+            raise KeyError   # rolled back: the second copy is not stored
+    with Records(tmp_path / "a.db") as db:
+        assert db.records() == [kept] and kept.timestamp == theirs.timestamp and kept.device == "board-1"
