@@ -310,6 +310,12 @@ class Records:
         where, params = self._where(task, target)
         return {r[0] for r in self._query(f"SELECT DISTINCT schedule FROM records{where}", params)}
 
+    def tallies(self) -> list[tuple[str, str, int, int, tuple[str, ...]]]:
+        """(target, task, records, errors, device keys) of each task measured on each target, by first record."""
+        rows = self._query("SELECT target, task, COUNT(*), SUM(error IS NOT NULL OR median IS NULL), "
+                           "GROUP_CONCAT(DISTINCT device) FROM records GROUP BY target, task ORDER BY MIN(id)")
+        return [(*r[:4], tuple(sorted(r[4].split(",")))) for r in rows]
+
     def count(self, task: str | None = None, target: str | None = None) -> int:
         where, params = self._where(task, target)
         return self._query(f"SELECT COUNT(*) FROM records{where}", params)[0][0]

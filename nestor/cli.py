@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)
+    from .cli_records import add_commands
+    add_commands(sub)   # records export | import | merge | show, report
     return p
 
 
