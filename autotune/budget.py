@@ -60,6 +60,11 @@ class Budget:
                 or (self.seconds is not None and self.elapsed >= self.seconds))
 
     @property
+    def seconds_left(self) -> float | None:
+        """What is left of the time budget (None: no time limit)."""
+        return None if self.seconds is None else max(self.seconds - self.elapsed, 0.0)
+
+    @property
     def trials_left(self) -> int | None:
         return None if self.trials is None else max(self.trials - self.done, 0)
 

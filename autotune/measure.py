@@ -29,6 +29,7 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 from multiprocessing.connection import Connection, Pipe, wait
 
 import numpy as np
@@ -54,6 +55,12 @@ MIN_REPEAT = 1e-3        # number=None: a repeat runs a short kernel enough time
 SINGLE_RUN = 2e-4
 START_TIMEOUT = 120.0    # a worker's start: a fresh interpreter importing TVM (~1.5 s when idle)
 BUILD_TIMEOUT = 120.0    # LLVM can take minutes on a huge unrolled loop: that is an error too
+# A candidate still building or running when the time budget ends: cut, not the candidate's
+# fault, so the tuner does not record it (a later run measures it).
+BUDGET_ENDED = "not measured: the time budget ended"
+# Tests: a builder sleeps this many seconds before each candidate's build (a hung build).
+BUILD_DELAY_ENV = "NESTOR_TEST_BUILD_DELAY"
+DIR_PREFIX = "nestor-measure-"  # then the owner's pid and a dash: nestor-measure-1234-k2j4x_
 WAKE = 0.1               # a batch's first candidate runs untimed this long before its timing
 
 
@@ -91,13 +98,18 @@ class Measurer:
     with the timing for 2 cores; one per core when the timing is on the GPU.
     The reference output is computed on the CPU (the unscheduled kernel binds no GPU threads).
 
+    `time_left()`: the seconds left of the tuning's time budget (None: no limit); a batch's
+    builds and runs stop when they run out, and what they cut gets BUDGET_ENDED.
+
     `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
     take turns); a kernel switched back to keeps its inputs and reference outputs."""
 
     def __init__(self, reference: Kernel | None, target=None, repeats: int = 5, number: int | None = None,
                  timeout: float = 10.0, build_workers: int | None = None, rtol: float = 1e-4,
-                 atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None):
+                 atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None,
+                 time_left: Callable[[], float | None] | None = None):
         self.repeats, self.number, self.timeout = repeats, number, timeout
+        self._time_left = time_left
         self._rtol, self._atol = rtol, atol
         self._constants: set[int] = set()
         self._count = 0
@@ -106,7 +118,8 @@ class Measurer:
         if build_workers is None:
             from ..codegen import host_cores
             build_workers = host_cores() if self._gpu else 2
-        self._dir = tempfile.mkdtemp(prefix="nestor-measure-")
+        remove_stale_directories()
+        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
         self._builders = [_Worker("builder", {"target": target, "host": host},
                                   os.path.join(self._dir, f"builder{n}.log"))
                           for n in range(max(1, build_workers))]
@@ -186,9 +199,11 @@ class Measurer:
         # per job: the kernels to build (the candidate, or its part after constant stages, then
         # those stages) and how the runner calls them
         parts = [self._constant_stages(k) for _, k, _ in jobs]
+        left = self._time_left() if self._time_left is not None else None
+        deadline = None if left is None else time.monotonic() + left
 
         built = _serve(self._builders, [(kernels, path) for (_, _, path), (kernels, _) in zip(jobs, parts)],
-                       BUILD_TIMEOUT, "build failed: ")
+                       BUILD_TIMEOUT, "build failed: ", deadline)
         runnable = []
         for job, part, b in zip(jobs, parts, built):
             if "error" in b:
@@ -203,7 +218,7 @@ class Measurer:
             # batch timed 1.5x slower than the same code later in it, in every repeat.
             requests[0]["wake"] = WAKE
         runnable = [(job, seconds) for job, seconds, _ in runnable]
-        for ((n, _, path), build_s), r in zip(runnable, _serve([self._runner], requests, self.timeout, "")):
+        for ((n, _, path), build_s), r in zip(runnable, _serve([self._runner], requests, self.timeout, "", deadline)):
             _remove(path)
             if "error" in r:
                 results[n] = MeasureResult(None, error=r["error"], build_seconds=build_s)
@@ -236,12 +251,15 @@ class _Worker:
 
     def start(self) -> None:
         ours, theirs = Pipe()
-        code = f"from nestor.autotune.measure import _child; _child({theirs.fileno()})"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        code = (f"import sys; sys.path += {_worker_path()!r}; "
+                f"from nestor.autotune.measure import _child; _child({theirs.fileno()})")
         with open(self.log, "ab") as log:
+            # Isolated (-I): neither the working directory nor PYTHON* variables nor the user's
+            # site shape what runs here; the parent's path, less the user's directories, is
+            # appended for a Nestor or TVM found only through it.
             # Own session: the user's Ctrl-C is the parent's to handle; it stops us in close().
-            self.proc = subprocess.Popen([sys.executable, "-P", "-c", code], pass_fds=[theirs.fileno()],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], pass_fds=[theirs.fileno()],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
         theirs.close()
         self.conn = ours
@@ -287,22 +305,33 @@ class _Worker:
             self.proc = self.conn = None
 
 
-def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str) -> list[dict]:
+def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str,
+           deadline: float | None = None) -> list[dict]:
     """Each request's reply, in order, spread over the workers (one request each at a time).
     A worker that dies or runs past `timeout` gets that request an error ("crashed ...",
     "timeout ...", after `prefix`) and is replaced for the next; so is one whose reply says
-    `replace` (its process is unusable: a GPU fault)."""
+    `replace` (its process is unusable: a GPU fault). At `deadline` (time.monotonic) the
+    requests in flight are stopped and they and those not sent get BUDGET_ENDED."""
     replies: list = [None] * len(requests)
     todo = collections.deque(range(len(requests)))
     idle, busy = list(workers), {}
     while todo or busy:
+        if deadline is not None and time.monotonic() >= deadline:
+            for w, n in busy.items():
+                w.stop()
+                replies[n] = {"error": BUDGET_ENDED}
+            for n in todo:
+                replies[n] = {"error": BUDGET_ENDED}
+            break
         while todo and idle:
             w = idle.pop()
             n = todo.popleft()
             w.submit(requests[n])
             busy[w] = n
-        left = min(w.since + timeout for w in busy) - time.monotonic()
-        ready = wait([w.conn for w in busy], max(left, 0.0))
+        end = min(w.since + timeout for w in busy)
+        if deadline is not None:
+            end = min(end, deadline)
+        ready = wait([w.conn for w in busy], max(end - time.monotonic(), 0.0))
         for w in list(busy):
             if w.conn in ready:
                 r = w.reply()
@@ -318,6 +347,43 @@ def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str) 
             replies[busy.pop(w)] = r
             idle.append(w)
     return replies
+
+
+def _worker_path() -> list[str]:
+    """The parent's import path less the directories a user's own modules come from (the
+    working directory, the main script's): a worker imports Nestor and its dependencies only."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    own = {os.path.realpath(os.getcwd())}
+    if main:
+        own.add(os.path.realpath(os.path.dirname(os.path.abspath(main))))
+    return [p for p in sys.path if p and os.path.realpath(p) not in own]
+
+
+def remove_stale_directories() -> None:
+    """Remove the measurement directories (DIR_PREFIX, then the owner's pid) of processes that
+    are gone: a killed tuner leaves its candidates' modules behind. A directory whose pid now
+    belongs to a process started after the directory last changed is stale too (a reused pid)."""
+    import psutil
+    root = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        m = re.fullmatch(re.escape(DIR_PREFIX) + r"(\d+)-.*", entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
+                continue
+            if psutil.Process(int(m.group(1))).create_time() <= st.st_mtime:
+                continue  # its owner is alive
+        except psutil.NoSuchProcess:
+            pass
+        except (OSError, psutil.Error):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _shut_down(workers: list[_Worker], directory: str) -> None:
@@ -476,6 +542,7 @@ def _builder(target: str, host: str):
             return compute_reference(**request)
         kernels, path = request
         start = time.perf_counter()
+        time.sleep(float(os.environ.get(BUILD_DELAY_ENV, 0)))
         try:
             build(kernels if isinstance(kernels, list) else [kernels], target).export(path)
             return {"seconds": time.perf_counter() - start}

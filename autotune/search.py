@@ -13,6 +13,7 @@ import random
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
+from .measure import BUDGET_ENDED
 from .space import Candidate, Sketch
 
 POOL = 256           # candidates ranked by the cost model per round (at most)
@@ -186,6 +187,8 @@ class Tuner:
         """Store a proposed batch's measurements (MeasureResult each) and train the model on them."""
         good_kernels, good_secs = [], []
         for (d, schedule, kernel), res in zip(batch, results):
+            if res.error == BUDGET_ENDED:  # cut, not measured: a later run measures it
+                continue
             key = schedule.to_json()
             self.seen.add(key)
             if self.records is not None:
@@ -234,6 +237,8 @@ class Tuner:
             results = self.measurer.measure(kernels)
             for key, res in zip(ranked, results):
                 again.add(key)
+                if res.error == BUDGET_ENDED:
+                    continue
                 if self.records is not None:
                     self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error)
                 if res.ok:

@@ -64,7 +64,7 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
     target = as_target(target)
     machine = machine_params(target)
     with _tuning_state(records_path, model_path, seed, machine, pretrained, target_key(target)) as (records, model), \
-            Measurer(None, target=target) as measurer:
+            Measurer(None, target=target, time_left=lambda: budget.seconds_left) as measurer:
         scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine, batch, seed)
         try:
             scheduler.tune(budget, round_printer() if show_progress else None)

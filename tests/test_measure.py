@@ -181,3 +181,48 @@ def test_workers_do_not_import_from_the_working_directory(tmp_path, monkeypatch)
     with Measurer(MATMUL, repeats=1) as m:
         (r,) = m.measure([GOOD])
     assert_timed(r, repeats=1)
+
+
+def test_workers_do_not_run_a_tvm_module_of_the_working_directory(tmp_path, monkeypatch):
+    """Not even where the working directory is on the parent's path (`python -m` puts it first)."""
+    import tvm  # noqa: F401  (the parent's own import, before the directory joins its path)
+    (tmp_path / "tvm.py").write_text("import os\nopen(os.path.join(os.getcwd(), 'ran'), 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with Measurer(MATMUL, repeats=1, build_workers=1) as m:
+        (r,) = m.measure([GOOD])
+    assert_timed(r, repeats=1)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_stale_measurement_directories_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from nestor.autotune.measure import DIR_PREFIX, remove_stale_directories
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{DIR_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{DIR_PREFIX}x1y2z3"  # no pid in the name: not ours to judge
+    for d in (dead, live, other):
+        d.mkdir()
+        (d / "candidate1.so").write_bytes(b"x" * 100)
+    remove_stale_directories()
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_hanging_build_ends_with_the_time_budget(monkeypatch):
+    """A build that hangs is cut when the budget runs out, not at its own BUILD_TIMEOUT; the cut
+    candidates are not recorded (a later run measures them)."""
+    import time
+    from nestor.autotune import Budget
+    from nestor.autotune.tune import tune_kernels
+    from nestor.autotune.measure import BUILD_DELAY_ENV, BUILD_TIMEOUT
+    monkeypatch.setenv(BUILD_DELAY_ENV, "600")
+    budget = Budget(seconds=3)
+    start = time.monotonic()
+    (task,) = tune_kernels({"mm": MATMUL}, budget, show_progress=False)
+    assert budget.elapsed < 3 + 3
+    assert time.monotonic() - start < BUILD_TIMEOUT / 2  # the workers' start included
+    assert task.best is None and task.trials >= 1 and task.errors == 0

@@ -89,7 +89,7 @@ class MeasuringWith:
     def __init__(self, measurer):
         self.measurer, self.target = measurer, None
 
-    def __call__(self, reference, target=None):
+    def __call__(self, reference, target=None, time_left=None):
         self.target = target
         return self
 
