@@ -24,6 +24,9 @@ _COMPARE = {"eq": tirx.EQ, "ne": tirx.NE, "lt": tirx.LT, "le": tirx.LE, "gt": ti
             "ge": tirx.GE}
 
 
+_BITWISE = {"bitand": tirx.bitwise_and, "bitor": tirx.bitwise_or, "bitxor": tirx.bitwise_xor,
+            "shl": tirx.shift_left, "shr": tirx.shift_right}  # shr: arithmetic for signed types
+
 _NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}
 
 _INTRIN = {
@@ -199,6 +202,8 @@ class _Lower:
             return tirx.Min(a, b)
         if op == "max":
             return tirx.Max(a, b)
+        if op in _BITWISE:
+            return _BITWISE[op](a, b)
         if is_float(dtype):
             if op == "div":
                 return tirx.Div(a, b)

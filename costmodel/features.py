@@ -52,7 +52,8 @@ UNKNOWN = 1 << 20         # stride of an index that is not affine (data-dependen
 _FLOAT_BINARY = {"add": "f_add", "sub": "f_add", "mul": "f_mul", "div": "f_div", "floordiv": "f_div",
                  "mod": "f_div", "min": "f_minmax", "max": "f_minmax"}
 _INT_BINARY = {"add": "i_add", "sub": "i_add", "mul": "i_mul", "div": "i_divmod",
-               "floordiv": "i_divmod", "mod": "i_divmod", "min": "i_minmax", "max": "i_minmax"}
+               "floordiv": "i_divmod", "mod": "i_divmod", "min": "i_minmax", "max": "i_minmax",
+               "bitand": "i_add", "bitor": "i_add", "bitxor": "i_add", "shl": "i_add", "shr": "i_add"}
 _CHEAP = {"abs", "floor", "ceil", "round", "neg"}
 _REDUCE_OP = {"add": "f_add", "mul": "f_mul", "max": "f_minmax", "min": "f_minmax"}
 

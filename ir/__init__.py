@@ -2,7 +2,8 @@
 from .dtypes import canonical, short, is_float, is_int, itemsize, INDEX
 from .expr import (Expr, Const, Var, Buffer, Load, Binary, Compare, Logic, Not, Select, Cast, Call,
                    as_expr, const, eq, ne, lt, le, gt, ge, logical_and, logical_or, select,
-                   minimum, maximum, call, cast, BINARY_OPS, COMPARE_OPS, INTRINSICS)
+                   minimum, maximum, call, cast, bitwise, bitwise_not, BINARY_OPS, BITWISE_OPS,
+                   COMPARE_OPS, INTRINSICS)
 from .stmt import (Stmt, For, Store, Seq, If, Allocate, Kernel, seq, store, loop_nest,
                    LOOP_KINDS, AXES, REDUCE_OPS)
 from .visit import (rewrite, rewrite_stmt, substitute, walk, walk_stmts, loads, replace_body, variables)

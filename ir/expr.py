@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dtypes import INDEX, canonical, is_float
+from .dtypes import INDEX, canonical, is_float, itemsize
 
-BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max")
+BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max",
+              "bitand", "bitor", "bitxor", "shl", "shr")
+# Bitwise ops take integers (or bools, for the three logical ones); shr of a signed integer is
+# arithmetic. A shift by the operand's bit width or more is undefined, as in C.
+BITWISE_OPS = ("bitand", "bitor", "bitxor", "shl", "shr")
 COMPARE_OPS = ("eq", "ne", "lt", "le", "gt", "ge")
 LOGIC_OPS = ("and", "or")
 # Intrinsics a kernel may call; all are elementwise and keep their first argument's dtype.
@@ -228,6 +232,25 @@ def call(fn: str, *args) -> Call:
         raise ValueError(f"unknown intrinsic {fn!r}")
     first = as_expr(args[0], "float32")
     return Call(fn, (first,) + tuple(as_expr(a, first.dtype) for a in args[1:]))
+
+
+def bitwise(op: str, a, b) -> Expr:
+    """A bitwise op from BITWISE_OPS; a Python int operand takes the other's dtype."""
+    if op not in BITWISE_OPS:
+        raise ValueError(f"unknown bitwise op {op!r}")
+    a_expr = as_expr(a, b.dtype if isinstance(b, Expr) else INDEX)
+    return Binary(op, a_expr, as_expr(b, a_expr.dtype))
+
+
+def bitwise_not(x: Expr) -> Expr:
+    """~x: x xor all ones (-1 in a signed type, the largest value in an unsigned one)."""
+    if x.dtype == "bool":
+        ones = Const(True, "bool")
+    elif x.dtype.startswith("u"):
+        ones = Const((1 << (8 * itemsize(x.dtype))) - 1, x.dtype)
+    else:
+        ones = Const(-1, x.dtype)
+    return Binary("bitxor", x, ones)
 
 
 def cast(dtype: str, value: Expr) -> Expr:

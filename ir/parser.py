@@ -15,11 +15,12 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .dtypes import LONG, is_float
-from .expr import INTRINSICS, Binary, Buffer, Call, Cast, Compare, Const, Expr, Load, Logic, Not, Select, Var
+from .expr import BINARY_OPS, INTRINSICS, Binary, Buffer, Call, Cast, Compare, Const, Expr, Load, Logic, Not, Select, Var
 from .printer import BINARY_SYMBOLS, COMPARE_SYMBOLS, REDUCE_SYMBOLS
 from .stmt import AXES, LOOP_KINDS, Allocate, For, If, Kernel, Seq, Stmt, Store
 
 SCOPES = ("global", "local", "shared")
+_FUNCTION_OPS = tuple(op for op in BINARY_OPS if op not in BINARY_SYMBOLS)  # min(a, b), shl(a, b) ...
 _ASSIGN = {symbol: op for op, symbol in REDUCE_SYMBOLS.items()}
 # How to name terminals in "expected ..." messages; groups collapse into one word.
 _FRIENDLY = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "ASSIGN": "'=' or '+=' etc.",
@@ -229,16 +230,16 @@ class _Builder:
 
     def call(self, name: Token, args: tuple[Expr, ...]) -> Expr:
         fn = str(name)
-        arity = {"select": 3, "min": 2, "max": 2}.get(fn, 1 if fn in LONG else None)
+        arity = 3 if fn == "select" else 2 if fn in _FUNCTION_OPS else 1 if fn in LONG else None
         if arity is not None and len(args) != arity:
             raise self.error(f"{fn}() takes {arity} argument{'s' * (arity > 1)}, got {len(args)}", name)
         if fn == "select":
             return Select(*args)
-        if fn in ("min", "max"):
+        if fn in _FUNCTION_OPS:
             return Binary(fn, *args)
         if fn in LONG:
             return Cast(LONG[fn], args[0])
         if fn in INTRINSICS:
             return Call(fn, args)
-        raise self.error(f"unknown function {fn!r} (expected select, min, max, a type cast such as "
-                         f"f32(x), or one of {', '.join(INTRINSICS)})", name)
+        raise self.error(f"unknown function {fn!r} (expected select, {', '.join(_FUNCTION_OPS)}, a type "
+                         f"cast such as f32(x), or one of {', '.join(INTRINSICS)})", name)

@@ -72,7 +72,7 @@ def print_expr(e: Expr) -> str:
     if isinstance(e, Load):
         return f"{e.buffer.name}[{_args(e.indices)}]"
     if isinstance(e, Binary):
-        if e.op not in BINARY_SYMBOLS:  # min, max
+        if e.op not in BINARY_SYMBOLS:  # min, max and the bitwise ops: function calls
             return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
         p = PREC[e.op]  # left-associative: a right operand of equal strength needs parentheses
         return f"{_operand(e.a, p)} {BINARY_SYMBOLS[e.op]} {_operand(e.b, p + 1)}"

@@ -9,8 +9,8 @@ of `&&` / `||`) is assumed to be protected by it and is not bounds-checked.
 from __future__ import annotations
 
 from .dtypes import SHORT, is_int
-from .expr import (BINARY_OPS, COMPARE_OPS, INTRINSICS, LOGIC_OPS, Binary, Buffer, Call, Cast, Compare,
-                   Const, Expr, Load, Logic, Not, Select, Var)
+from .expr import (BINARY_OPS, BITWISE_OPS, COMPARE_OPS, INTRINSICS, LOGIC_OPS, Binary, Buffer, Call, Cast,
+                   Compare, Const, Expr, Load, Logic, Not, Select, Var)
 from .interval import index_bounds
 from .printer import print_expr, print_header, print_stmt, print_type
 from .stmt import AXES, LOOP_KINDS, REDUCE_OPS, Allocate, For, If, Kernel, Seq, Stmt, Store
@@ -139,6 +139,8 @@ class _Verifier:
             a, b = sub(e.a), sub(e.b)
             if a != b:
                 self.fail(f"operands of {e.op} have different dtypes {a} and {b}: {print_expr(e)}")
+            if e.op in BITWISE_OPS and not (is_int(a) or (a == "bool" and e.op.startswith("bit"))):
+                self.fail(f"{e.op} of {a} operands (bitwise ops take integers): {print_expr(e)}")
         elif isinstance(e, Logic):
             if e.op not in LOGIC_OPS:
                 self.fail(f"unknown operator {e.op!r}")

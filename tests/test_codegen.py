@@ -7,8 +7,8 @@ import scipy.special
 
 from nestor.codegen import (CompiledKernels, build, cuda_target, host_target, load, run_kernel,
                             to_primfunc)
-from nestor.ir import (Allocate, Buffer, Const, For, If, Kernel, Var, call, cast, eq, ge, gt, ne,
-                       logical_and, lt, maximum, minimum, select, seq, store, loop_nest, Not,
+from nestor.ir import (Allocate, Buffer, Const, For, If, Kernel, Var, bitwise, bitwise_not, call, cast,
+                       eq, ge, gt, ne, logical_and, lt, maximum, minimum, select, seq, store, loop_nest, Not,
                        logical_or, INTRINSICS)
 import tvm
 
@@ -244,6 +244,23 @@ def test_int_abs_neg_minmax():
     y, z = run_kernel(Kernel("iabs", (X,), (Y, Z), body), [x])
     np.testing.assert_array_equal(y, np.abs(x))
     np.testing.assert_array_equal(z, np.clip(-x, -2, 3))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool"])
+def test_bitwise_ops(dtype):
+    X = Buffer("X", (6,), dtype); S = Buffer("S", (6,), dtype)
+    outs = [Buffer(f"Y{k}", (6,), dtype) for k in range(6 if dtype != "bool" else 4)]
+    exprs = [bitwise("bitand", X[i], S[i]), bitwise("bitor", X[i], S[i]), bitwise("bitxor", X[i], S[i]),
+             bitwise_not(X[i]), bitwise("shl", X[i], S[i]), bitwise("shr", X[i], S[i])]
+    body = For("i", 6, seq(*[store(y, i, e) for y, e in zip(outs, exprs)]), kind="vectorized")
+    if dtype == "bool":
+        x, s = np.array([0, 1, 0, 1, 1, 0], bool), np.array([0, 0, 1, 1, 1, 1], bool)
+    else:
+        x, s = np.array([-100, -1, 0, 5, 77, 120]).astype(dtype), np.array([0, 1, 2, 3, 5, 7], dtype)
+    got = run_kernel(Kernel("bits", (X, S), tuple(outs), body), [x, s])
+    want = [x & s, x | s, x ^ s, ~x, x << s, x >> s]  # >> of a signed integer keeps its sign
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
 
 
 def _scale_kernel(name, factor, n=8):

@@ -135,6 +135,9 @@ def test_dtype_mismatches():
     fails(nest(Store(Y, (i, j), Select(Compare("lt", i, j), zero, X[i]))), "select branches have different")
     fails(nest(Store(Y, (Cast("float32", i), j), zero)), "index f32(i) of Y has dtype float32")
     fails(nest(Store(Y, (i, j), Call("pow", (A[i, j],)))), "pow takes 2 argument")
+    fails(nest(Store(Y, (i, j), Binary("bitand", A[i, j], zero))), "bitand of float32 operands")
+    fails(nest(Store(Y, (i, j), Cast("float32", Binary("shl", Compare("lt", i, j), Const(True, "bool"))))),
+          "shl of bool operands")
 
 
 def test_non_positive_extent():

@@ -97,6 +97,24 @@ LOGIC = [
     case("Xor", [rand(2, 3, dtype=bool), rand(2, 3, dtype=bool)], id="Xor"),
 ]
 
+SHIFTS = np.array([0, 1, 7, 8, 9, -1], "int8")  # 8 and up, and negatives, shift every bit out
+BITWISE = [
+    case("BitwiseAnd", [rand(2, 3, dtype=i32, lo=-99, hi=99), rand(3, dtype=i32, lo=-99, hi=99)], opset=18),
+    case("BitwiseOr", [rand(2, 3, dtype="uint8", lo=0, hi=255), rand(2, 1, dtype="uint8", lo=0, hi=255)],
+         opset=18),
+    case("BitwiseXor", [rand(4, dtype=i64, lo=-2**40, hi=2**40), rand(4, dtype=i64, lo=-9, hi=9)], opset=18),
+    case("BitwiseNot", [rand(2, 3, dtype="uint16", lo=0, hi=65535)], opset=18, id="BitwiseNot-u16"),
+    case("BitwiseNot", [rand(2, 3, dtype="int8", lo=-128, hi=127)], opset=18, id="BitwiseNot-i8"),
+    case("BitShift", [rand(2, 3, dtype="uint32", lo=0, hi=2**32 - 1), rand(3, dtype="uint32", lo=0, hi=33)],
+         opset=11, direction="RIGHT"),
+    case("BitShift", [rand(2, 5, dtype="uint8", lo=0, hi=255), SHIFTS.astype("uint8")[:5]],
+         opset=11, direction="LEFT", id="BitShift-u8-left-past-width"),
+    case("BitShift", [np.array([-8, 4, -1, 5, -128, 127], "int8"), SHIFTS], opset=28, direction="RIGHT",
+         id="BitShift-i8-right-out-of-range"),
+    case("BitShift", [np.array([-8, 4, -1, 5, -128, 127], "int8"), SHIFTS], opset=28, direction="LEFT",
+         id="BitShift-i8-left-out-of-range"),
+]
+
 SPECIAL = np.array([[0.5, 1.5, 2.5, -0.5, -1.5, -2.5], [0.0, -0.0, 3.7, -3.7, 1e-3, -8.0]], f32)
 UNARY = [case(op, [rand(2, 3, 4)]) for op in (
     "Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Softplus", "Softsign", "HardSwish",
@@ -160,7 +178,8 @@ CAST = [
 ]
 
 
-@pytest.mark.parametrize("node, inputs, consts, opset, tol", ARITH + LOGIC + UNARY + CLIP + CAST)
+@pytest.mark.parametrize("node, inputs, consts, opset, tol", ARITH + LOGIC + BITWISE + UNARY + CLIP
+                         + CAST)
 def test_elementwise(node, inputs, consts, opset, tol):
     check(node, inputs, consts, opset, tol)
 

@@ -1,4 +1,5 @@
-"""Elementwise ONNX ops: arithmetic, activations, trigonometry, comparisons, logic, Where, Cast, Identity.
+"""Elementwise ONNX ops: arithmetic, activations, trigonometry, comparisons, logic, bitwise ops,
+Where, Cast, Identity.
 
 Every op is one loop nest over the output with numpy broadcasting (`common.elementwise`).
 Scalar constants that act as parameters (a Pow exponent, Clip bounds) are baked into the kernel.
@@ -10,8 +11,8 @@ from functools import reduce
 
 from onnx import helper
 
-from ...ir import (Const, Expr, Kernel, Not, as_expr, call, canonical, cast, eq, ge, gt, is_float,
-                   le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne, select, seq,
+from ...ir import (Const, Expr, Kernel, Not, as_expr, bitwise, bitwise_not, call, canonical, cast, eq,
+                   ge, gt, is_float, itemsize, le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne, select, seq,
                    store)
 from .common import elementwise, input_buffer, output_buffer
 from .registry import Alias, Lowered, OpContext, register_op
@@ -206,6 +207,7 @@ UNARY = {
     "Mish": lambda ctx, x: _mish(x),
     "Gelu": _gelu,
     "Not": lambda ctx, x: Not(x),
+    "BitwiseNot": lambda ctx, x: bitwise_not(x),
     "IsInf": _is_inf,
     "IsNaN": lambda ctx, x: ne(x, x),
     "Sin": lambda ctx, x: call("sin", x),
@@ -239,6 +241,9 @@ BINARY = {
     "Or": logical_or,
     "Xor": ne,
     "PRelu": lambda x, slope: select(lt(x, _c(x, 0)), x * slope, x),
+    "BitwiseAnd": lambda a, b: bitwise("bitand", a, b),
+    "BitwiseOr": lambda a, b: bitwise("bitor", a, b),
+    "BitwiseXor": lambda a, b: bitwise("bitxor", a, b),
 }
 
 # Variadic ops folded left to right.
@@ -259,6 +264,24 @@ def lower_binary(ctx: OpContext):
 @register_op(*VARIADIC)
 def lower_variadic(ctx: OpContext):
     return elementwise(ctx, lambda *xs: reduce(VARIADIC[ctx.op_type], xs))
+
+
+@register_op("BitShift")
+def lower_bit_shift(ctx: OpContext):
+    direction = ctx.attr("direction")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ctx.unsupported(f"direction {direction!r} (expected 'LEFT' or 'RIGHT')")
+    op = "shl" if direction == "LEFT" else "shr"
+
+    def shift(x, y):
+        # a shift by a negative amount or by the bit width or more (undefined in C) shifts every
+        # bit out: 0, or the sign in every bit for a right shift of a signed integer
+        bits = 8 * itemsize(x.dtype)
+        in_range = logical_and(ge(y, _c(y, 0)), lt(y, _c(y, bits)))
+        if op == "shr" and not x.dtype.startswith("u"):
+            return bitwise(op, x, select(in_range, y, _c(y, bits - 1)))
+        return select(in_range, bitwise(op, x, y), _c(x, 0))
+    return elementwise(ctx, shift, args=[0, 1])
 
 
 @register_op("Mean")
