@@ -19,6 +19,7 @@ from .budget import Budget
 from .measure import Measurer
 from .model_quality import pretraining_samples
 from .records import Records
+from .roofline import ensure_roofline
 from .task_scheduler import Task, TaskScheduler, extract_tasks, kernel_tasks, round_printer, similarity_key
 
 
@@ -71,6 +72,8 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
         finally:
             if show_progress:
                 sys.stderr.write("\n")
+        if records is not None and target.kind.name == "llvm":   # the host timed them: its roofline
+            ensure_roofline(records, target_key(target))   # (after the budget, which it must not eat)
     return tasks
 
 

@@ -70,8 +70,12 @@ def test_tune_a_kernel_file_within_a_time_budget_only(tmp_path, capsys):
     assert re.search(r"\[tune\] [#-]+ +\d+ trials +\d+/3 s ", last), last
     assert "ms" in last and "GFLOP/s" in last
     assert "/1000000000" not in captured.err  # no trial count stands in for "no limit"
+    from nestor.autotune.roofline import stored_roofline
+    from nestor.autotune.tune import target_key
     with Records(records) as db:
         assert db.count() > 0
+        roof = stored_roofline(db, target_key())   # the host's, measured after the tuning
+        assert roof is not None and roof.flops > 1e8 and roof.bandwidth > 1e8
 
 
 def test_tune_pretrained_from_other_records_and_an_old_cost_model_refused(tmp_path, capsys):
