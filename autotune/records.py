@@ -4,7 +4,9 @@ SQLite in WAL mode is the embedded default because it gives what a tuner needs f
 is committed in its own transaction, so a tuner killed with kill -9 loses at most the candidate in
 flight and leaves a readable file; several tuners (processes) can append to one file at once; and
 readers never block the writer. Resume is a query: `measured()` names what a new run may skip and
-`best()` is what `nestor compile` uses.
+`best()` is what `nestor compile` uses. Each record keeps the key of the device that timed it; the
+meta table also holds facts measured beside the records (the tuning machine's roofline). Records
+travel between files through autotune/records_io.py.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class Records:
 
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.fspath(path)
+        self._writer = create  # False: a reader, which creates nothing
         if not create and not os.path.exists(self.path):
             raise RecordsError(f"records file '{self.path}' does not exist")
         self._version = nestor_version()
@@ -108,7 +111,10 @@ class Records:
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables:
                 self._check(tables, older_ok=True)
-            self._set_wal()
+            elif not self._writer:  # a reader leaves a file that is not ours as it found it
+                raise RecordsError(self._not_ours("it holds no tables"))
+            if self._writer:  # a reader takes the journal mode the file has
+                self._set_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL a commit survives kill -9; no fsync each
             if not tables:
                 self._create()

@@ -1,7 +1,7 @@
 """The tuning machine's roofline, measured: peak FLOP/s by a BLAS matmul, memory bandwidth by a copy
-too large for the caches. A short probe (about a second), run when a tuning first writes a records
-file for a CPU target, and stored in its meta table: a report made elsewhere, later, judges the
-kernels against the machine that timed them.
+too large for the caches. A short probe (about a second), run after the first tuning into a records
+file for a CPU target (outside its time budget) and stored in the file's meta table: a report made
+elsewhere, later, judges the kernels against the machine that timed them.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def write_report(records_path: str, out: str, model: str | None = None, input_sh
         tasks = [_task_data(db, task, key) for task in db.tasks()]
         tasks = [t for t in tasks if t.records]
         roofline = stored_roofline(db, key)
-    roofline_note = "measured on the tuning machine when tuning began"
+    roofline_note = "measured on the tuning machine after its tuning"
     if roofline is None and _is_cpu(key):
         roofline, roofline_note = measure_roofline(), "not stored with these records: measured on this machine now"
     untuned = _weigh_by_model(tasks, model, input_shapes, key) if model else []

@@ -152,7 +152,7 @@ def test_numbers_are_those_of_the_records_and_the_stored_roofline(tuned):
     page = make(tuned, "--model", tuned["model"])
     mm, sm = tuned["mm"], tuned["sm"]
     summary = dict(page.table("summary")[1:])
-    assert summary["peak compute"].startswith("100.0 GFLOP/s (measured on the tuning machine")
+    assert summary["peak compute"] == "100.0 GFLOP/s (measured on the tuning machine after its tuning)"
     assert summary["memory bandwidth"] == "20.0 GB/s" and summary["devices"] == "board-1"
     assert (summary["tasks"], summary["records"], summary["errors"]) == ("2", "6", "1")   # 'other' is not in the model
 
