@@ -90,7 +90,6 @@ class Records:
 
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.fspath(path)
-        self._writer = create  # False: a reader, which creates nothing
         if not create and not os.path.exists(self.path):
             raise RecordsError(f"records file '{self.path}' does not exist")
         self._version = nestor_version()
@@ -111,10 +110,7 @@ class Records:
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables:
                 self._check(tables, older_ok=True)
-            elif not self._writer:  # a reader leaves a file that is not ours as it found it
-                raise RecordsError(self._not_ours("it holds no tables"))
-            if self._writer:  # a reader takes the journal mode the file has
-                self._set_wal()
+            self._set_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL a commit survives kill -9; no fsync each
             if not tables:
                 self._create()
