@@ -36,6 +36,7 @@ import numpy as np
 
 from ..ir import Kernel, structural_hash
 from ..ir.errors import NestorError
+from .records import LOCAL_DEVICE
 
 # Before each repeat every argument but the first is flushed from the caches (clflush), as a
 # kernel finds them in a model: its input was just written by the kernel before it, its weights
@@ -70,6 +71,7 @@ class MeasureResult:
     repeats: tuple[float, ...] = ()
     error: str | None = None
     build_seconds: float = 0.0
+    device: str = LOCAL_DEVICE        # the device key it ran on (records keep it)
 
     @property
     def ok(self) -> bool:
@@ -123,8 +125,8 @@ class Measurer:
         self._builders = [_Worker("builder", {"target": target, "host": host},
                                   os.path.join(self._dir, f"builder{n}.log"))
                           for n in range(max(1, build_workers))]
-        self._runner = _Worker("runner", {"gpu": self._gpu}, os.path.join(self._dir, "runner.log"))
-        workers = self._builders + [self._runner]
+        self._runners = self._new_runners()
+        workers = self._workers = self._builders + self._runners
         self._finalizer = weakref.finalize(self, _shut_down, workers, self._dir)
         try:
             for w in workers:  # start all, then wait: the imports overlap
@@ -164,10 +166,15 @@ class Measurer:
                 del self._tasks[key]
                 raise NestorError(f"measure: the reference kernel {reference.name} fails: {ref['error']}")
         self._signature = _signature(reference)
-        self._runner.config = {"gpu": self._gpu, **config}  # what a replacement runner starts with
-        (reply,) = _serve([self._runner], [{"configure": config}], self.timeout, "")
-        if "error" in reply:
-            raise NestorError(f"measure: the runner cannot take kernel {reference.name}: {reply['error']}")
+        for w in self._runners:
+            w.config = {**w.config, **config}  # what a replacement runner starts with
+        for reply in _serve(self._runners, [{"configure": config}] * len(self._runners), self.timeout, ""):
+            if "error" in reply:
+                raise NestorError(f"measure: the runner cannot take kernel {reference.name}: {reply['error']}")
+
+    def _new_runners(self) -> list[_Worker]:
+        """The processes that time candidates, one candidate each at a time: here, one."""
+        return [_Worker("runner", {"gpu": self._gpu}, os.path.join(self._dir, "runner.log"))]
 
     def _constant_stages(self, kernel: Kernel) -> tuple[list[Kernel], dict]:
         """The kernels to build for a candidate, and the runner's instructions: `stages` (name,
@@ -218,13 +225,14 @@ class Measurer:
             # batch timed 1.5x slower than the same code later in it, in every repeat.
             requests[0]["wake"] = WAKE
         runnable = [(job, seconds) for job, seconds, _ in runnable]
-        for ((n, _, path), build_s), r in zip(runnable, _serve([self._runner], requests, self.timeout, "", deadline)):
+        for ((n, _, path), build_s), r in zip(runnable, _serve(self._runners, requests, self.timeout, "", deadline)):
             _remove(path)
+            device = r.get("device", LOCAL_DEVICE)
             if "error" in r:
-                results[n] = MeasureResult(None, error=r["error"], build_seconds=build_s)
+                results[n] = MeasureResult(None, error=r["error"], build_seconds=build_s, device=device)
             else:
                 reps = tuple(r["repeats"])
-                results[n] = MeasureResult(statistics.median(reps), reps, None, build_s)
+                results[n] = MeasureResult(statistics.median(reps), reps, None, build_s, device)
         return results
 
     def close(self) -> None:
@@ -481,7 +489,11 @@ def _child(fd: int) -> None:
         pass
     conn = Connection(fd)
     role, config = conn.recv()
-    serve = _builder(**config) if role == "builder" else _runner(**config)
+    if role == "remote runner":
+        from .rpc_measure import remote_runner
+        serve = remote_runner(**config)
+    else:
+        serve = _builder(**config) if role == "builder" else _runner(**config)
     conn.send("ready")
     while True:
         try:
@@ -567,6 +579,67 @@ def _register_l2_flush(dev) -> str:
     return FLUSH_GPU
 
 
+class _Bench:
+    """One kernel's inputs and reference outputs placed on a device (this host's CPU or GPU, or
+    a remote one through TVM's RPC), and the checked run and timing of its candidates there."""
+
+    def __init__(self, config: dict, dev, flush: str, gpu: bool = False, remote: bool = False):
+        import tvm
+        self.dev, self.flush, self.gpu, self.remote = dev, flush, gpu, remote
+        self.rtol, self.atol = config["rtol"], config["atol"]
+        self.host = _load_arrays(config["inputs"])
+        self.args = [tvm.runtime.tensor(a, dev) for a in self.host]
+        # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
+        # candidate fails to write cannot pass with a value left there by the one before.
+        self.fills = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
+                              (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in config["outputs"]]
+        self.outs = [tvm.runtime.tensor(fill, dev) for fill in self.fills]
+        self.names = [name for name, _, _ in config["outputs"]]
+        self.truth = _load_arrays(config["reference"])  # the parent computed it before (Measurer.switch)
+
+    def run(self, module, request: dict) -> dict:
+        """{"repeats": seconds} of the candidate `request["name"]` in `module`, or {"error": ...}
+        when its checked run is wrong. Exceptions are the caller's."""
+        import tvm
+        dev, args, outs = self.dev, self.args, self.outs
+        # the inputs again too: a candidate that wrote out of bounds without faulting (easy
+        # on a GPU) must not pass its damage on to the next
+        for t, a in zip(args, self.host):
+            t.copyfrom(a)
+        for t, fill in zip(outs, self.fills):
+            t.copyfrom(fill)
+        call_args = args
+        if request.get("stages"):  # constant stages (weight packing): run once, untimed
+            call_args = [args[i] for i in request["kept"]]
+            for name, sources, shape, dtype in request["stages"]:
+                produced = tvm.runtime.tensor(np.empty(shape, dtype), dev)
+                module[name](*[args[i] for i in sources], produced)
+                call_args.append(produced)
+        func = module[request["name"]]
+        start = time.perf_counter()
+        func(*call_args, *outs)
+        dev.sync()
+        first = time.perf_counter() - start
+        wrong = _mismatch([t.numpy() for t in outs], self.truth, self.names, self.rtol, self.atol)
+        if wrong:
+            return {"error": wrong}
+        if self.remote:  # the call's time here includes the round trip to the device: timed there
+            first = module.time_evaluator(request["name"], dev, number=1, repeat=1)(*call_args, *outs).mean
+        elif self.gpu:  # the first call also loaded the code onto the device
+            start = time.perf_counter()
+            func(*call_args, *outs)
+            dev.sync()
+            first = time.perf_counter() - start
+        wake, woken = request.get("wake", 0.0), time.perf_counter()
+        while first < wake and time.perf_counter() - woken < wake:
+            func(*call_args, *outs)
+        dev.sync()
+        number = request["number"] or runs_per_repeat(first)
+        timer = module.time_evaluator(request["name"], dev, number=number,
+                                      repeat=request["repeats"], f_preproc=self.flush)
+        return {"repeats": list(timer(*call_args, *outs).results)}
+
+
 def _runner(gpu: bool = False, **config):
     """Runs candidates of one kernel at a time, on the CPU or (`gpu`) on CUDA device 0; a
     `{"configure": config}` request moves it to another kernel (inputs, reference outputs,
@@ -579,68 +652,18 @@ def _runner(gpu: bool = False, **config):
         _cuda_compiler()  # a module built where no GPU was is CUDA source, compiled on loading
     dev = tvm.cuda(0) if gpu else tvm.cpu()
     flush = _register_l2_flush(dev) if gpu else FLUSH
-    host, args, outs, fills, names, truth = [], [], [], [], [], []
-    rtol, atol = 0.0, 0.0
-
-    def configure(c: dict) -> None:
-        nonlocal rtol, atol
-        rtol, atol, outputs = c["rtol"], c["atol"], c["outputs"]
-        host[:] = _load_arrays(c["inputs"])
-        args[:] = [tvm.runtime.tensor(a, dev) for a in host]
-        # Outputs start as NaN (ints: their maximum) before the checked run, so an element a
-        # candidate fails to write cannot pass with a value left there by the one before.
-        fills[:] = [np.full(shape, np.nan if np.dtype(dt).kind == "f" else
-                            (True if dt == "bool" else np.iinfo(dt).max), dt) for _, shape, dt in outputs]
-        outs[:] = [tvm.runtime.tensor(fill, dev) for fill in fills]
-        names[:] = [name for name, _, _ in outputs]
-        truth[:] = _load_arrays(c["reference"])  # the parent computed it before (Measurer.switch)
-
-    if config:
-        configure(config)
+    bench = _Bench(config, dev, flush, gpu) if config else None
 
     def serve(request) -> dict:
+        nonlocal bench
         if "configure" in request:
             try:
-                configure(request["configure"])
+                bench = _Bench(request["configure"], dev, flush, gpu)
                 return {}
             except Exception as err:
                 return {"error": f"configure failed: {_brief(err)}"}
         try:
-            module = tvm.runtime.load_module(request["path"])
-            # the inputs again too: a candidate that wrote out of bounds without faulting (easy
-            # on a GPU) must not pass its damage on to the next
-            for t, a in zip(args, host):
-                t.copyfrom(a)
-            for t, fill in zip(outs, fills):
-                t.copyfrom(fill)
-            call_args = args
-            if request.get("stages"):  # constant stages (weight packing): run once, untimed
-                call_args = [args[i] for i in request["kept"]]
-                for name, sources, shape, dtype in request["stages"]:
-                    produced = tvm.runtime.tensor(np.empty(shape, dtype), dev)
-                    module[name](*[args[i] for i in sources], produced)
-                    call_args.append(produced)
-            func = module[request["name"]]
-            start = time.perf_counter()
-            func(*call_args, *outs)
-            dev.sync()
-            first = time.perf_counter() - start
-            wrong = _mismatch([t.numpy() for t in outs], truth, names, rtol, atol)
-            if wrong:
-                return {"error": wrong}
-            if gpu:  # the first call also loaded the code onto the device
-                start = time.perf_counter()
-                func(*call_args, *outs)
-                dev.sync()
-                first = time.perf_counter() - start
-            wake, woken = request.get("wake", 0.0), time.perf_counter()
-            while first < wake and time.perf_counter() - woken < wake:
-                func(*call_args, *outs)
-            dev.sync()
-            number = request["number"] or runs_per_repeat(first)
-            timer = module.time_evaluator(request["name"], dev, number=number,
-                                          repeat=request["repeats"], f_preproc=flush)
-            return {"repeats": list(timer(*call_args, *outs).results)}
+            return bench.run(tvm.runtime.load_module(request["path"]), request)
         except Exception as err:
             # On the GPU this may be a fault (an illegal address) that left the process's CUDA
             # context unusable: every later call in it would fail too.

@@ -192,7 +192,8 @@ class Tuner:
             key = schedule.to_json()
             self.seen.add(key)
             if self.records is not None:
-                self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error)
+                self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error,
+                                 res.device)
             if not res.ok:
                 self.errors += 1
                 continue
@@ -240,7 +241,8 @@ class Tuner:
                 if res.error == BUDGET_ENDED:
                     continue
                 if self.records is not None:
-                    self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error)
+                    self.records.add(self.task, self.target_key, key, res.median, list(res.repeats), res.error,
+                                     res.device)
                 if res.ok:
                     self.times[key] = res.median
                 else:  # as in Records.best, its earlier correct time stands

@@ -39,25 +39,28 @@ def target_key(target: tvm.target.Target | None = None) -> str:
 
 def tune_kernels(kernels: dict[str, Kernel], budget: Budget, records_path: str | None = None,
                  target=None, show_progress: bool = True, model_path: str | None = None,
-                 seed: int = 0, batch: int = 16, pretrained: str | list[str] | None = None) -> list[Task]:
+                 seed: int = 0, batch: int = 16, pretrained: str | list[str] | None = None,
+                 rpc: tuple[str, str] | None = None) -> list[Task]:
     """Tune kernels given by name (structurally equal ones are one task, its nodes their names)
     with the task scheduler, as the kernels of a model are. Returns the tasks."""
     return _tune_tasks(kernel_tasks(kernels), budget, records_path, target, show_progress, model_path, seed, batch,
-                       pretrained)
+                       pretrained, rpc)
 
 
 def tune_graph(graph, budget: Budget, records_path: str | None = None, target=None,
                show_progress: bool = True, model_path: str | None = None, seed: int = 0,
-               batch: int = 16, pretrained: str | list[str] | None = None) -> list[Task]:
+               batch: int = 16, pretrained: str | list[str] | None = None,
+               rpc: tuple[str, str] | None = None) -> list[Task]:
     """Tune the kernels of a model graph together (autotune.task_scheduler). Returns the tasks
     with their best times and trial counts. `pretrained`: records of other tunings (.sqlite)
-    or saved cost models, whose samples the cost model learns from before the first round."""
+    or saved cost models, whose samples the cost model learns from before the first round.
+    `rpc`: (tracker HOST:PORT, key): measure on the devices registered there, not here."""
     return _tune_tasks(extract_tasks(graph), budget, records_path, target, show_progress, model_path, seed, batch,
-                       pretrained)
+                       pretrained, rpc)
 
 
 def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, target, show_progress: bool,
-                model_path: str | None, seed: int, batch: int, pretrained=None) -> list[Task]:
+                model_path: str | None, seed: int, batch: int, pretrained=None, rpc=None) -> list[Task]:
     """Tune `tasks` within `budget` on `target` (anything `as_target` takes; None: this host):
     one set of measurement workers, the records and the cost model shared by all of them."""
     if not tasks:
@@ -65,7 +68,7 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
     target = as_target(target)
     machine = machine_params(target)
     with _tuning_state(records_path, model_path, seed, machine, pretrained, target_key(target)) as (records, model), \
-            Measurer(None, target=target, time_left=lambda: budget.seconds_left) as measurer:
+            _measurer(target, rpc, time_left=lambda: budget.seconds_left) as measurer:
         scheduler = TaskScheduler(tasks, measurer, records, model, target_key(target), machine, batch, seed)
         try:
             scheduler.tune(budget, round_printer() if show_progress else None)
@@ -75,6 +78,14 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
         if records is not None and target.kind.name == "llvm":   # the host timed them: its roofline
             ensure_roofline(records, target_key(target))   # (after the budget, which it must not eat)
     return tasks
+
+
+def _measurer(target, rpc: tuple[str, str] | None, **options) -> Measurer:
+    """This host's measurer, or with `rpc` (tracker, key) the one timing on remote devices."""
+    if rpc is None:
+        return Measurer(None, target=target, **options)
+    from .rpc_measure import RPCMeasurer
+    return RPCMeasurer(None, *rpc, target=target, **options)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ Facts measured with TVM 0.27 / tvm-ffi 0.1.14 (2-core host, small 64x64 kernels)
 """
 from __future__ import annotations
 
+import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -31,9 +32,10 @@ from .tir import to_primfunc
 class CompiledKernels:
     """The compiled module of a build; each kernel is a packed function named after it."""
 
-    def __init__(self, module, names=None):
+    def __init__(self, module, names=None, target=None):
         self.module = module  # tvm.runtime.Module (executable's .mod, or a loaded .so)
         self.names = tuple(names or ())
+        self.target = target  # what it was compiled for (None: loaded)
 
     def get(self, name: str):
         try:
@@ -45,10 +47,24 @@ class CompiledKernels:
 
     def export(self, path: str) -> str:
         """Write a shared library (needs a C compiler now, only the TVM runtime to load)."""
-        if get_cc() is None:  # TVM's own error would be an opaque TypeError
+        linker = cross_linker(self.target)
+        if linker is None and get_cc() is None:  # TVM's own error would be an opaque TypeError
             raise RuntimeError("export needs a C compiler (gcc on PATH, or $CXX) to link the .so")
-        self.module.export_library(str(path))
+        self.module.export_library(str(path), fcompile=linker)
         return str(path)
+
+
+def cross_linker(target):
+    """TVM's cross compiler `TRIPLE-g++` for a CPU target whose triple (`mtriple`) names another
+    architecture than this host's (a board measured through RPC); None for this host's."""
+    from tvm.support.cc import cross_compiler
+    triple = str(target.attrs.get("mtriple") or "") if target is not None and target.kind.name == "llvm" else ""
+    host = str(tvm.get_global_func("target.llvm_get_system_triple")())
+    if not triple or triple.split("-")[0] == host.split("-")[0]:
+        return None
+    if shutil.which(f"{triple}-g++") is None:
+        raise RuntimeError(f"target triple {triple} needs the cross compiler {triple}-g++ on PATH to link")
+    return cross_compiler(f"{triple}-g++")
 
 
 def load(path: str) -> CompiledKernels:
@@ -69,7 +85,7 @@ def build(kernels: list[Kernel], target=None) -> CompiledKernels:
     # so the hot loop carries no condition.
     with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
         exe = tvm.compile(tvm.IRModule(funcs), target=target)
-    return CompiledKernels(exe.mod, list(funcs))
+    return CompiledKernels(exe.mod, list(funcs), target)
 
 
 # Compiled single kernels keyed by the kernel itself (structural equality): the op tests call

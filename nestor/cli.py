@@ -117,6 +117,9 @@ def _tuning_args(p) -> None:
     p.add_argument("--pretrained", metavar="FILE", action="append",
                    help="pretrain the cost model from these records of other tunings (.sqlite) or this saved "
                         "cost model (repeatable)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="time the candidates on the devices of this TVM RPC tracker (with --rpc-key)")
+    p.add_argument("--rpc-key", metavar="KEY", help="the key the devices are registered under")
 
 
 def _target_arg(p, default: str | None = "cpu", default_text: str = "cpu") -> None:
@@ -377,7 +380,7 @@ def cmd_tune(args) -> int:
         from .autotune.tune import tune_kernels
         kernel = _read_kernel(args.model)
         _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, target=args.target,
-                                          model_path=args.cost_model, pretrained=args.pretrained),
+                                          model_path=args.cost_model, pretrained=args.pretrained, rpc=_rpc(args)),
               f"kernel {kernel.name}", 1, args)
     else:
         from .api import import_onnx
@@ -401,8 +404,15 @@ def _tune_graph(graph, args) -> None:
     from .ir import structural_hash
     distinct = len({structural_hash(k) for k in graph.kernels()})
     _tune(lambda budget: tune_graph(graph, budget, args.records, target=args.target, model_path=args.cost_model,
-                                    pretrained=args.pretrained),
+                                    pretrained=args.pretrained, rpc=_rpc(args)),
           f"{distinct} distinct kernels of {len(graph.kernels())} calls", distinct, args)
+
+
+def _rpc(args) -> tuple[str, str] | None:
+    """(tracker, key) of --rpc-tracker and --rpc-key, or None: both or neither."""
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise InputError("--rpc-tracker and --rpc-key go together")
+    return (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
 
 
 def _tune(run, what: str, distinct: int, args) -> None:

@@ -99,7 +99,7 @@ def test_reference_that_fails_raises():
 
 def test_close_stops_workers():
     m = Measurer(MATMUL, build_workers=1)
-    procs = [w.proc for w in m._builders + [m._runner]]
+    procs = [w.proc for w in m._builders + m._runners]
     directory = m._dir
     m.close()
     assert all(p.poll() is not None for p in procs)

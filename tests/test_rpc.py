@@ -1,0 +1,196 @@
+"""Measurement on remote devices through TVM's RPC tracker: a tracker and RPC servers on
+loopback (python -m tvm.exec.rpc_tracker / rpc_server), tuned through, one killed mid-run."""
+import os
+import shutil
+import signal
+import struct
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from nestor.autotune.measure import Measurer
+from nestor.autotune.records import Records
+from nestor.autotune.rpc_measure import RPCError, RPCMeasurer, free_devices, tracker_session
+from nestor.cli import main
+from nestor.codegen import build
+from nestor.ir import print_kernel
+
+from .test_measure import BAD, GOOD, MATMUL, parse_kernel
+
+pytest.importorskip("tornado")  # TVM's tracker needs it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Loopback:
+    """A tracker and the RPC servers started under it, each in its own process group."""
+
+    def __init__(self, tmp):
+        self.tmp, self.procs, self.servers = tmp, [], {}
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self._start("tracker", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                    "--port-end", str(port + 1))
+        deadline = time.monotonic() + 60
+        while True:  # up once it answers as a tracker
+            try:
+                self.tracker = tracker_session("127.0.0.1", port)
+                break
+            except RPCError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _start(self, name, module, *args) -> subprocess.Popen:
+        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=log,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def serve(self, key: str, n: int) -> list[str]:
+        """Start n servers under `key`, wait until all are free; their device keys."""
+        names = []
+        for _ in range(n):
+            port = free_port()
+            name = f"{key}@127.0.0.1:{port}"
+            self.servers[name] = self._start(name, "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                                             "--port", str(port), "--port-end", str(port + 1),
+                                             "--tracker", self.address, "--key", key)
+            names.append(name)
+        deadline = time.monotonic() + 60
+        while free_devices(self.tracker, key)[0] < n:
+            assert time.monotonic() < deadline, "RPC servers did not register"
+            time.sleep(0.2)
+        return names
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.tmp, f"{name}.log")) as f:
+            return f.read()
+
+    def kill(self, name: str) -> None:
+        os.killpg(self.servers[name].pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    lb = Loopback(str(tmp_path_factory.mktemp("rpc")))
+    try:
+        yield lb
+    finally:
+        lb.close()
+
+
+@pytest.fixture(scope="module")
+def pair(loopback):
+    """Two devices under the key 'pair'."""
+    return loopback.serve("pair", 2)
+
+
+def test_tune_through_the_tracker_uses_every_device(loopback, pair, tmp_path):
+    path, db = tmp_path / "mm.ir", tmp_path / "r.sqlite"
+    path.write_text(print_kernel(MATMUL))
+    assert main(["tune", str(path), "--records", str(db), "--trials", "8",
+                 "--rpc-tracker", loopback.address, "--rpc-key", "pair"]) == 0
+    with Records(db) as records:
+        done = records.records()
+    assert len(done) == 8 and sum(r.ok for r in done) >= 6
+    assert {r.device for r in done} == set(pair)  # both devices measured, and the records say which
+
+
+WRONG = parse_kernel(BAD["wrong"][0])
+
+
+def test_remote_checks_and_a_killed_device(loopback, pair):
+    """(Last of the tests on `pair`: it kills one of them.)"""
+    doomed, survivor = pair
+    # 1000 runs a repeat: the unscheduled matmul takes about half a second on its device
+    with RPCMeasurer(MATMUL, loopback.address, "pair", repeats=2, number=1000, timeout=60) as m:
+        assert len(m._runners) == 2  # one per device
+        checked = m.measure([GOOD, WRONG, MATMUL, GOOD])
+        # as a local measurement judges them (test_measure): the wrong one caught there
+        assert [r.ok for r in checked] == [True, False, True, True]
+        assert checked[1].error.startswith("wrong result: max abs err")
+        assert all(len(r.repeats) == 2 and r.median > 0 for r in checked if r.ok)
+        assert {r.device for r in checked} == set(pair)
+
+        def kill_when_serving():  # the doomed server's next session is a candidate in flight
+            sessions = loopback.log(doomed).count("start serving")
+            deadline = time.monotonic() + 120
+            while loopback.log(doomed).count("start serving") == sessions and time.monotonic() < deadline:
+                time.sleep(0.01)
+            loopback.kill(doomed)
+
+        killer = threading.Thread(target=kill_when_serving)
+        killer.start()
+        results = m.measure([MATMUL] * 5)
+        killer.join()
+        lost = [r for r in results if not r.ok]
+        assert len(lost) == 1 and lost[0].error.startswith(f"run failed on {doomed}: ")
+        assert len(results) == 5 and all(r.device == survivor for r in results if r.ok)
+        again = m.measure([GOOD, MATMUL])  # the next batch: one runner for the one device left
+        assert len(m._runners) == 1 and all(r.ok and r.device == survivor for r in again)
+
+
+@pytest.mark.slow
+def test_remote_results_equal_local_ones(loopback):
+    loopback.serve("equal", 2)
+    kernels = [GOOD, WRONG, MATMUL, parse_kernel(BAD["unbuildable"][0])]
+    with RPCMeasurer(MATMUL, loopback.address, "equal", repeats=2) as m:
+        remote = m.measure(kernels)
+    with Measurer(MATMUL, repeats=2, build_workers=1) as local:
+        here = local.measure(kernels)
+    assert [r.ok for r in remote] == [r.ok for r in here] == [True, False, True, False]
+    assert [r.error.split(":")[0] for r in remote if r.error] == [r.error.split(":")[0] for r in here if r.error]
+    assert {r.device for r in here} == {"local"}
+
+
+def test_unreachable_tracker_is_one_line(tmp_path, capsys):
+    port = free_port()  # nothing listens there
+    path = tmp_path / "mm.ir"
+    path.write_text(print_kernel(MATMUL))
+    assert main(["tune", str(path), "--records", str(tmp_path / "r.sqlite"),
+                 "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "k"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nestor: error: RPC tracker 127.0.0.1:{port} cannot be reached") and "\n" not in err
+    with pytest.raises(RPCError, match="is not HOST:PORT"):
+        RPCMeasurer(MATMUL, "localhost", "k")
+    assert main(["tune", str(path), "--rpc-key", "k"]) == 1
+    assert capsys.readouterr().err.strip() == "nestor: error: --rpc-tracker and --rpc-key go together"
+
+
+def test_key_without_devices_is_an_error_after_the_wait(loopback):
+    start = time.monotonic()
+    with pytest.raises(RPCError, match=r"no free device under key 'nobody' after 1 s \(none registered\)"):
+        RPCMeasurer(MATMUL, loopback.address, "nobody", device_wait=1)
+    assert time.monotonic() - start < 10
+
+
+def test_a_target_of_another_architecture_is_cross_linked(tmp_path):
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("no aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)")
+    path = build([GOOD], {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}).export(str(tmp_path / "k.so"))
+    with open(path, "rb") as f:
+        assert struct.unpack("<H", f.read(20)[18:20])[0] == 183  # ELF e_machine: AArch64
+
+
+def test_a_missing_cross_compiler_is_named_before_tuning():
+    with pytest.raises(RPCError, match=r"target triple riscv64-linux-gnu needs the cross compiler "
+                                       r"riscv64-linux-gnu-g\+\+ on PATH"):
+        RPCMeasurer(MATMUL, "127.0.0.1:1", "k", target={"kind": "llvm", "mtriple": "riscv64-linux-gnu"})
