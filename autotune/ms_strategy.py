@@ -90,14 +90,14 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
     def notify_runner_results(self, measure_candidates, results) -> None:
         if self.fallback is not None:
             return self.fallback.notify_runner_results(measure_candidates, results)
-        self.tuner.learn(self.pending, [_result(r) for r in results])
+        self.tuner.learn(self.pending, [runner_result(r) for r in results])
         self.pending = []
 
     def clone(self):
         return NestorSearch(self.work_dir, self.records_path, self.model, self.seed)
 
 
-def _result(r) -> MeasureResult:
+def runner_result(r) -> MeasureResult:
     """A MetaSchedule RunnerResult as Nestor's measurement."""
     if r.error_msg or not r.run_secs:
         return MeasureResult(None, error=str(r.error_msg or "no times"))

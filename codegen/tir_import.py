@@ -19,8 +19,8 @@ from tvm import ir as tvm_ir
 from tvm import s_tir, tirx
 
 from nestor.ir import (INDEX, Allocate, Binary, Buffer, Call, Compare, Const, Expr, For, If, Kernel, Load,
-                       Logic, ModelError, Not, Select, Store, Var, canonical, cast, is_float, is_int, seq,
-                       substitute, variables)
+                       Logic, ModelError, Not, Select, Seq, Store, Var, canonical, cast, is_float, is_int, rewrite_stmt,
+                       seq, substitute, variables)
 
 
 class TIRImportError(ModelError):
@@ -39,6 +39,7 @@ _REDUCE = {tirx.Add: "add", tirx.Mul: "mul", tirx.Max: "max", tirx.Min: "min"}
 _LOOP_KIND = {int(tirx.ForKind.SERIAL): "serial", int(tirx.ForKind.PARALLEL): "parallel",
               int(tirx.ForKind.VECTORIZED): "vectorized", int(tirx.ForKind.UNROLLED): "unrolled"}
 _INT32_MAX = 2 ** 31 - 1
+_AUTO_UNROLL = "pragma_auto_unroll_max_step"   # MetaSchedule's unroll decision on a loop
 
 
 def kernel_from_primfunc(func: tirx.PrimFunc, name: str | None = None) -> Kernel:
@@ -209,6 +210,9 @@ class _Importer:
         elif self.in_reduce:
             self.inner_spatial.pop()
         loop = For(name, loop.extent, body, loop.kind, loop.axis)
+        max_step = (s.annotations or {}).get(_AUTO_UNROLL)
+        if max_step is not None:
+            loop = _auto_unrolled(loop, int(max_step))
         if not outermost:
             return loop
         inits = self.inits
@@ -361,6 +365,34 @@ class _Importer:
             return canonical(str(dtype))
         except ValueError:
             self.fail(f"element type {dtype} is not supported")
+
+
+def _auto_unrolled(loop: For, max_step: int) -> For:
+    """The serial loops of `loop` that TVM's UnrollLoop unrolls under an auto-unroll pragma of
+    `max_step`, marked unrolled: those with no loop left rolled inside whose unrolled body would
+    hold at most `max_step` statements (a vector loop is one vector statement)."""
+    def unrolled(s):
+        if isinstance(s, For) and s.kind == "serial":
+            steps = _unrolled_steps(s.body)
+            if steps is not None and s.extent * steps <= max_step:
+                return For(s.var, s.extent, s.body, "unrolled", s.axis)
+        return None
+    return rewrite_stmt(loop, stmt_fn=unrolled)
+
+
+def _unrolled_steps(s) -> int | None:
+    """Statements `s` runs once unrolled; None when a rolled loop stays inside."""
+    if isinstance(s, Store):
+        return 1
+    if isinstance(s, For):
+        inner = _unrolled_steps(s.body)
+        if inner is None or s.kind not in ("unrolled", "vectorized"):
+            return None
+        return inner * (s.extent if s.kind == "unrolled" else 1)
+    parts = (s.stmts if isinstance(s, Seq) else (s.then, s.otherwise) if isinstance(s, If)
+             else (s.body,) if isinstance(s, Allocate) else ())
+    steps = [_unrolled_steps(p) for p in parts if p is not None]
+    return None if None in steps else sum(steps)
 
 
 def _scope(b) -> str:

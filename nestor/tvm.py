@@ -11,6 +11,8 @@ puts Nestor's kernels in place wherever MetaSchedule's records are applied (the 
 MetaScheduleApplyDatabase, `compile_relax`, the zero pipeline under a database). Without
 installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`: its database
 gives Nestor's kernel to `compile_tir`; `compile_relax` needs `install` (or the pass `apply`).
+To keep MetaSchedule's own search and rank its candidates with Nestor's cost model instead,
+pass `cost_model=nestor.tvm.cost_model()` to `ms.tune_tir` / `tune_relax`.
 
 Why a pass and not a trace: a MetaSchedule record is a trace of schedule primitives replayed on
 the workload; Nestor's schedules are its own passes, handed to MetaSchedule as lowered modules
@@ -29,10 +31,12 @@ from tvm.s_tir.meta_schedule.relax_integration import _tune_relax as _ms_tune_re
 
 from .autotune.measure import BUILD_TIMEOUT
 from .autotune.ms_apply import apply_nestor
+from .autotune.ms_cost_model import NestorCostModel
 from .autotune.ms_database import MARK, NestorDatabase
 from .autotune.ms_strategy import NestorSearch
 
-__all__ = ["MARK", "NestorDatabase", "NestorSearch", "apply", "install", "installed", "tuning", "uninstall"]
+__all__ = ["MARK", "NestorCostModel", "NestorDatabase", "NestorSearch", "apply", "cost_model", "install", "installed",
+           "tuning", "uninstall"]
 
 _TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
 _ms_apply_database = relax.transform.MetaScheduleApplyDatabase
@@ -45,6 +49,13 @@ def tuning(work_dir: str, seed: int = 0) -> dict:
     database (Nestor's records in work_dir). MetaSchedule's design spaces stay: Nestor ignores
     them, and a task it cannot import is searched in them by MetaSchedule's own search."""
     return {"strategy": NestorSearch(work_dir, seed=seed), "database": NestorDatabase(work_dir)}
+
+
+def cost_model(path: str | None = None, seed: int = 0) -> NestorCostModel:
+    """Nestor's features and XGBoost ranking model as MetaSchedule's cost model, for its own
+    evolutionary search: `ms.tune_tir(..., cost_model=nestor.tvm.cost_model())`. `path`: start
+    from a model saved by its `save` (MetaSchedule's CostModel.save)."""
+    return NestorCostModel(path=path, seed=seed)
 
 
 def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
