@@ -10,6 +10,7 @@ A workload Nestor cannot import is searched by MetaSchedule's own evolutionary s
 from __future__ import annotations
 
 import statistics
+import time
 import warnings
 
 from tvm.ir.utils import derived_object
@@ -30,15 +31,16 @@ from .tune import target_key
 class NestorSearch(ms.search_strategy.PySearchStrategy):
     """The strategy of each task (MetaSchedule clones it per task: the clones share the cost
     model and the records file). `work_dir` (or `records`) locates Nestor's records; pair it
-    with NestorDatabase of the same work_dir, which compiles what they hold."""
+    with NestorDatabase of the same work_dir, which compiles what they hold. Past `deadline` (a
+    time.monotonic() value) no task is given more candidates."""
 
     def __init__(self, work_dir: str | None = None, records: str | None = None, model: CostModel | None = None,
-                 seed: int = 0):
+                 seed: int = 0, deadline: float | None = None):
         super().__init__()
         if records is None and work_dir is None:
             raise ValueError("NestorSearch needs a work_dir or a records path")
         self.records_path = records or records_path(work_dir)
-        self.work_dir, self.seed = work_dir, seed
+        self.work_dir, self.seed, self.deadline = work_dir, seed, deadline
         self.model = model
         self.tuner: Tuner | None = None
         self.fallback = None     # MetaSchedule's search, for a workload Nestor cannot import
@@ -72,6 +74,8 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
             self.fallback.post_tuning()
 
     def generate_measure_candidates(self):
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return None
         if self.fallback is not None:
             return self.fallback.generate_measure_candidates()
         if self.left <= 0:
@@ -94,7 +98,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         self.pending = []
 
     def clone(self):
-        return NestorSearch(self.work_dir, self.records_path, self.model, self.seed)
+        return NestorSearch(self.work_dir, self.records_path, self.model, self.seed, self.deadline)
 
 
 def runner_result(r) -> MeasureResult:

@@ -22,6 +22,7 @@ takes the kernels from Nestor's records, keyed by the imported kernel, whatever 
 from __future__ import annotations
 
 import contextlib
+import time
 
 import tvm
 import tvm_ffi
@@ -34,6 +35,7 @@ from .autotune.ms_apply import apply_nestor
 from .autotune.ms_cost_model import NestorCostModel
 from .autotune.ms_database import MARK, NestorDatabase
 from .autotune.ms_strategy import NestorSearch
+from .ir.errors import NestorError
 
 __all__ = ["MARK", "NestorCostModel", "NestorDatabase", "NestorSearch", "apply", "cost_model", "install", "installed",
            "tuning", "uninstall"]
@@ -42,13 +44,29 @@ _TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
 _ms_apply_database = relax.transform.MetaScheduleApplyDatabase
 _ms_tune_irmod = relax.transform.MetaScheduleTuneIRMod
 _options: dict | None = None   # tune_relax arguments while installed; None: not installed
+TIMED_BATCH = 16               # candidates per batch under a time budget (MetaSchedule's default: 64)
 
 
-def tuning(work_dir: str, seed: int = 0) -> dict:
+def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None) -> dict:
     """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy and its
     database (Nestor's records in work_dir). MetaSchedule's design spaces stay: Nestor ignores
-    them, and a task it cannot import is searched in them by MetaSchedule's own search."""
-    return {"strategy": NestorSearch(work_dir, seed=seed), "database": NestorDatabase(work_dir)}
+    them, and a task it cannot import is searched in them by MetaSchedule's own search.
+    `time_budget` (seconds from now) ends the tuning however many trials are left; it also makes
+    the batches small, so that MetaSchedule's first round, one batch per task, reaches every task
+    early in the budget."""
+    args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=_deadline(time_budget)),
+            "database": NestorDatabase(work_dir)}
+    if time_budget is not None:
+        args["num_trials_per_iter"] = TIMED_BATCH
+    return args
+
+
+def _deadline(time_budget: float | None) -> float | None:
+    if time_budget is None:
+        return None
+    if not time_budget >= 0:  # NaN too
+        raise NestorError(f"nestor.tvm: the time budget must be a number of seconds >= 0, not {time_budget}")
+    return time.monotonic() + time_budget
 
 
 def cost_model(path: str | None = None, seed: int = 0) -> NestorCostModel:
@@ -64,13 +82,15 @@ def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
     return apply_nestor(work_dir, database)
 
 
-def install(**options) -> None:
+def install(time_budget: float | None = None, **options) -> None:
     """From now on MetaSchedule's Relax tuning searches with Nestor (`options`: more arguments
     of ms.relax_integration.tune_relax, e.g. builder, runner, seed) and Nestor's kernels are
-    compiled wherever MetaSchedule's records are applied. Undone by `uninstall`."""
+    compiled wherever MetaSchedule's records are applied. With `time_budget` (seconds), each
+    tuning (one per pipeline run) stops after that long, whatever its trials. Undone by `uninstall`."""
     global _options
+    _deadline(time_budget)  # a bad budget fails here, not in the middle of a pipeline
     options.setdefault("builder", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT))
-    _options = options
+    _options = {**options, "time_budget": time_budget}
     relax.transform.MetaScheduleTuneIRMod = _tune_irmod
     relax.transform.MetaScheduleApplyDatabase = _apply_database
 
@@ -84,9 +104,9 @@ def uninstall() -> None:
 
 
 @contextlib.contextmanager
-def installed(**options):
+def installed(time_budget: float | None = None, **options):
     """`install` for the duration of a with block."""
-    install(**options)
+    install(time_budget, **options)
     try:
         yield
     finally:
@@ -97,10 +117,12 @@ def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per
     """The global MetaScheduleTuneIRMod calls: Nestor's search while installed, else MetaSchedule's."""
     if _options is None:
         return _ms_tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task, op_names)
+    options = dict(_options)
+    nestor_args = tuning(work_dir, options.get("seed") or 0, options.pop("time_budget"))
     ms.relax_integration.tune_relax(
         mod, params, target, work_dir, int(max_trials_global),
         None if max_trials_per_task is None else int(max_trials_per_task), op_names,
-        **{**tuning(work_dir, _options.get("seed") or 0), **_options})
+        **{**nestor_args, **options})
     return mod  # MetaScheduleTuneIRMod passes its input on: the kernels go in at apply
 
 

@@ -15,6 +15,7 @@ import nestor.tvm
 from nestor.autotune.ms_database import records_path
 from nestor.autotune.records import Records
 from nestor.codegen import host_target
+from nestor.ir.errors import NestorError
 
 from .ms_inprocess import InProcessBuilder, InProcessRunner
 from .test_tir_import import _conv_relu_matmul_model
@@ -102,6 +103,28 @@ def test_static_shape_tuning_pipeline_tunes_with_nestor_once_installed(tmp_path,
     found = _nestors(tuned)
     assert len(found) >= 3 and all(found.values()), found
     _check_runs(tvm.compile(tuned, target), x, want)
+
+
+@pytest.mark.parametrize("budget, trials", [(0, 0), (600, 4)])
+def test_a_time_budget_ends_nestors_tuning_whatever_trials_are_left(tmp_path, budget, trials):
+    """Past the budget no task is given more candidates; within it the trials are the limit."""
+    m, k, n = 8, 8, 8
+    a, b = te.placeholder((m, k), name="A"), te.placeholder((k, n), name="B")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="C")
+    work_dir = str(tmp_path)
+    _unnamed_log_handlers_dropped()
+    ms.tune_tir(te.create_prim_func([a, b, c]), host_target(), work_dir, max_trials_global=4,
+                **{**nestor.tvm.tuning(work_dir, time_budget=budget), **MEASURE})
+    with Records(records_path(work_dir)) as records:
+        assert records.count() == trials
+
+
+@pytest.mark.parametrize("budget", [float("nan"), -1.0])
+def test_a_bad_time_budget_is_refused_before_any_tuning(budget):
+    with pytest.raises(NestorError, match="time budget"):
+        nestor.tvm.install(time_budget=budget)
+    assert relax.transform.MetaScheduleTuneIRMod is nestor.tvm._ms_tune_irmod  # nothing installed
 
 
 def test_a_task_nestor_cannot_import_is_searched_by_metaschedule(tmp_path):
