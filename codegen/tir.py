@@ -243,6 +243,10 @@ class _Lower:
                 val = self.binary(s.reduce, tirx.BufferLoad(buf, idx), val, s.buffer.dtype)
             T.buffer_store(buf, val, idx)
         elif isinstance(s, For):
+            if s.kind == "vectorized" and _stores_bfloat16_constant(s):
+                # TVM's bfloat16 legalization leaves a vector of a bfloat16 constant in the
+                # uint16 buffer it makes of a bfloat16 one, and fails: such a loop stays serial
+                s = For(s.var, s.extent, s.body, "serial", s.axis)
             if s.kind in _FOR:
                 frame, extent = _FOR[s.kind](0, s.extent), s.extent
             elif not self.gpu:  # a GPU binding on the CPU: its iterations are independent and
@@ -294,6 +298,11 @@ class _Lower:
                 self.stmt(s.body)
         else:
             raise TypeError(f"not a statement: {s!r}")
+
+
+def _stores_bfloat16_constant(loop: For) -> bool:
+    return any(isinstance(s, Store) and s.buffer.dtype == "bfloat16" and isinstance(s.value, Const)
+               for s in walk_stmts(loop.body))
 
 
 def _launch_extents(launch: For) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Element types: canonical names (numpy/TVM spelling) and the short names of the text form."""
 
 SHORT = {
-    "float32": "f32", "float64": "f64", "float16": "f16",
+    "float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
     "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
     "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64",
     "bool": "bool",
@@ -24,7 +24,7 @@ def short(dtype: str) -> str:
 
 
 def is_float(dtype: str) -> bool:
-    return dtype.startswith("float")
+    return dtype.startswith("float") or dtype == "bfloat16"
 
 
 def is_int(dtype: str) -> bool:

@@ -1,4 +1,5 @@
 """Elementwise and shape op lowerings, each checked against onnx.reference on one node."""
+import ml_dtypes
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -172,6 +173,11 @@ CAST = [
     case("Cast", [rand(2, 3, dtype="float64")], to=TensorProto.FLOAT, opset=13),
     case("Cast", [rand(2, 3, dtype=i32, lo=0, hi=255)], to=TensorProto.UINT8, opset=19),
     case("CastLike", [rand(2, 3, lo=-5, hi=5), rand(1, dtype=i64)], opset=15),
+    case("Cast", [np.array([0.1, -3.7, 1e5, 1e-8, np.inf, np.nan, 1 + 2**-8, 1 + 3 * 2**-8], f32)],
+         to=TensorProto.BFLOAT16, opset=19, id="Cast-f32-bf16-nearest-even"),
+    case("Cast", [rand(2, 3, lo=-5, hi=5).astype(ml_dtypes.bfloat16)], to=TensorProto.FLOAT, opset=19,
+         id="Cast-bf16-f32"),
+    case("Celu", [rand(2, 3, lo=-5, hi=5).astype(ml_dtypes.bfloat16)], opset=12, tol=1e-2, id="Celu-bf16"),
     case("Identity", [rand(2, 3)]),
     case("Dropout", [rand(2, 3)], opset=10, ratio=0.3),
     case("Dropout", [rand(2, 3), C(0.3, f32), C(False, bool)], opset=13, id="Dropout-13"),
