@@ -10,7 +10,10 @@ Every Store statement gets one fixed-length vector describing
   most bytes touched first): scope, strides of the innermost and of the vectorized loop, and
   at each level of the nest (innermost 1..4 loops, whole nest) the bytes and cache lines
   touched and the reuse (iterations / distinct elements); Ansor's reuse distance (iterations
-  and bytes inside the innermost loop the access does not depend on).
+  and bytes inside the innermost loop the access does not depend on);
+- how the schedule fits the target (MachineParams): vector registers and lanes in use, parallel
+  tasks per core, accumulator registers, flops per byte (ShapeFeatures), and, over every loop
+  level, how far out the working set fits each cache and the traffic that follows (CacheFeatures).
 
 Each group is a dataclass whose fields are the features' names (as Halide's Featurization.h
 names every feature): `named_statement_features` returns them, and the vectors and
@@ -196,6 +199,26 @@ class ShapeFeatures:
     l2_share_Lall: float
 
 
+@dataclass(slots=True, kw_only=True)
+class CacheFeatures:
+    """Where the working set of the loop nest stops fitting each cache of the target, and the
+    traffic that follows: the classic reuse model, in which the widest loop nest (counted from
+    the innermost) whose cache lines fit a cache brings them in once per execution and the
+    loops outside it bring them in again. It tells apart tilings whose innermost four loops look
+    alike (what AccessFeatures describes) but whose outer tiles do or do not fit. L1 and L2 are a
+    core's; the shared L3 is counted as its share per core."""
+    fit_L1: float              # loops, from the innermost, whose working set fits L1
+    fit_L2: float
+    fit_L3: float
+    traffic_L1: float          # bytes loaded into L1 over the whole nest
+    traffic_L2: float
+    traffic_L3: float
+    flops_per_L1: float        # float operations per byte of that traffic
+    flops_per_L2: float
+    flops_per_L3: float
+    task_share_L2: float       # working set of one parallel task (inside the parallel loops) / L2
+
+
 @functools.cache
 def _field_names(group: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(group))
@@ -217,10 +240,11 @@ class StatementFeatures:
     arith: ArithFeatures
     accesses: tuple[AccessFeatures, ...]  # N_ACCESSES: the store, the loads; zeros pad
     shape: ShapeFeatures
+    cache: CacheFeatures
 
     def groups(self) -> tuple:
         """The groups in vector order (named after _PREFIXES)."""
-        return (self.loop, self.arith, *self.accesses, self.shape)
+        return (self.loop, self.arith, *self.accesses, self.shape, self.cache)
 
     def names(self) -> list[str]:
         # a trailing underscore only keeps a Python keyword out of a field name (`global_`)
@@ -234,10 +258,10 @@ class StatementFeatures:
         return out
 
 
-_PREFIXES = ("loop", "arith", *(f"acc{n}" for n in range(N_ACCESSES)), "shape")
+_PREFIXES = ("loop", "arith", *(f"acc{n}" for n in range(N_ACCESSES)), "shape", "cache")
 _ABSENT = _zeros(AccessFeatures)
 STATEMENT_NAMES = StatementFeatures(_zeros(LoopFeatures), _zeros(ArithFeatures), (_ABSENT,) * N_ACCESSES,
-                                    _zeros(ShapeFeatures)).names()
+                                    _zeros(ShapeFeatures), _zeros(CacheFeatures)).names()
 FEATURE_NAMES = ([f"sum.{n}" for n in STATEMENT_NAMES] + [f"max.{n}" for n in STATEMENT_NAMES]
                  + [f"top.{n}" for n in STATEMENT_NAMES])
 
@@ -298,26 +322,31 @@ def _statement(s: Store, loops: tuple[For, ...], guards: tuple, allocs: tuple[Bu
     vec_len = loops[vec].extent if vec is not None else 1
     loop = _loop_features(s, loops, guards, allocs, exec_count, vec, machine)
     arith = _arith_features(s, guards, exec_count, vec_len)
-    accesses = _accesses(s, loops, vec, machine.cache_line)
+    accesses, lines = _accesses(s, loops, vec, machine.cache_line)
     return StatementFeatures(loop=loop, arith=arith, accesses=accesses,
-                             shape=_shape_features(s, loops, loop, arith, accesses, machine))
+                             shape=_shape_features(s, loops, loop, arith, accesses, machine),
+                             cache=_cache_features(loops, arith, lines, machine))
 
 
-def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[AccessFeatures, ...]:
-    """The stored buffer, then its distinct loads, most bytes touched first; zeros pad."""
+def _accesses(s: Store, loops, vec: int | None, line: int) -> tuple[tuple[AccessFeatures, ...], list[int]]:
+    """The stored buffer, then its distinct loads, most bytes touched first; zeros pad. And the
+    cache lines all of them (not only the first N_ACCESSES) touch while the innermost 0, 1, ...,
+    depth loops run."""
     target = (s.buffer.name, s.indices)
     read_write = s.reduce is not None
     seen, reads = {target}, []
+    lines = [0] * (len(loops) + 1)
     for load in loads(s.value):
         key = (load.buffer.name, load.indices)
         read_write = read_write or key == target  # `Y[i] = Y[i] + ...`
         if key not in seen:
             seen.add(key)
-            reads.append(_access(load.buffer, load.indices, loops, vec, line, is_store=False, read_write=False))
+            reads.append(_access(load.buffer, load.indices, loops, vec, line, lines, is_store=False,
+                                 read_write=False))
     reads.sort(key=lambda a: -a.bytes_Lall)
-    store = _access(s.buffer, s.indices, loops, vec, line, is_store=True, read_write=read_write)
+    store = _access(s.buffer, s.indices, loops, vec, line, lines, is_store=True, read_write=read_write)
     kept = [store, *reads][:N_ACCESSES]
-    return tuple(kept) + (_ABSENT,) * (N_ACCESSES - len(kept))
+    return tuple(kept) + (_ABSENT,) * (N_ACCESSES - len(kept)), lines
 
 
 # -- loops ----------------------------------------------------------------------------------
@@ -416,6 +445,25 @@ def _shape_features(s: Store, loops, loop: LoopFeatures, arith: ArithFeatures,
         l2_share_Lall=lines("all") / machine.l2_bytes)
 
 
+def _cache_features(loops, arith: ArithFeatures, lines: list[int], machine: MachineParams) -> CacheFeatures:
+    """`lines[n]`: cache lines the accesses touch while the innermost n loops run."""
+    depth = len(loops)
+    inside = [1] * (depth + 1)  # iterations of the innermost n loops
+    for n in range(1, depth + 1):
+        inside[n] = inside[n - 1] * loops[depth - n].extent
+    exec_count, flops = inside[depth], arith.float_per_iter * inside[depth]
+    footprint = [n * machine.cache_line for n in lines]
+    out = {}
+    l3 = machine.l3_bytes // max(1, machine.cores) or machine.l2_bytes
+    for name, size in (("L1", machine.l1_bytes), ("L2", machine.l2_bytes), ("L3", l3)):
+        fit = max((n for n in range(depth + 1) if footprint[n] <= size), default=0)
+        traffic = footprint[fit] * (exec_count // max(1, inside[fit]))
+        out |= {f"fit_{name}": fit, f"traffic_{name}": traffic, f"flops_per_{name}": flops / max(1, traffic)}
+    par = [n for n, l in enumerate(loops) if l.kind == "parallel"]
+    task = footprint[depth - 1 - par[-1]] if par else footprint[depth]
+    return CacheFeatures(**out, task_share_L2=task / machine.l2_bytes)
+
+
 def _guard_fraction(guards, loops) -> float:
     ranges = {l.var: l.extent for l in loops}
     return math.prod((_pass_fraction(cond, ranges) for cond, _ in guards), start=1.0)
@@ -504,8 +552,9 @@ def _nbytes(b: Buffer) -> int:
     return b.size * itemsize(b.dtype)
 
 
-def _access(buf: Buffer, indices, loops, vec: int | None, line: int, is_store: bool,
+def _access(buf: Buffer, indices, loops, vec: int | None, line: int, lines: list[int], is_store: bool,
             read_write: bool) -> AccessFeatures:
+    """One access's features; adds the cache lines it touches at each loop level to `lines`."""
     affine_uses, others, flat = _index_terms(buf.shape, indices)
     scope = buf.scope
     return AccessFeatures(
@@ -514,7 +563,7 @@ def _access(buf: Buffer, indices, loops, vec: int | None, line: int, is_store: b
         itemsize=itemsize(buf.dtype), buffer_bytes=_nbytes(buf),
         **_strides(flat, loops, vec),
         unknown_index=float(not all(bounded for *_, bounded in others)),
-        **_sweep(buf, indices, loops, affine_uses, others, line))
+        **_sweep(buf, indices, loops, affine_uses, others, line, lines))
 
 
 def _index_terms(shape, indices) -> tuple[dict, list, dict]:
@@ -567,9 +616,11 @@ def _strides(flat: dict[str, int], loops, vec: int | None) -> dict[str, float]:
 _LEVEL_NAMES = [(lv, tuple(f"{what}_L{lv or 'all'}" for what in ("bytes", "lines", "reuse"))) for lv in LEVELS]
 
 
-def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list, line: int) -> dict[str, float]:
+def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list, line: int,
+           lines_by_level: list[int]) -> dict[str, float]:
     """Sweeps the loops from the innermost out: bytes, cache lines and reuse at each of LEVELS,
-    and the reuse distance at the first loop (from inside) the access does not depend on."""
+    and the reuse distance at the first loop (from inside) the access does not depend on; adds
+    the lines touched at every level (0: one iteration) to `lines_by_level`."""
     isz = itemsize(buf.dtype)
     ndim = len(indices)
     extent = [buf.shape[d] if d < len(buf.shape) else 1 for d in range(ndim)]
@@ -599,6 +650,7 @@ def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list, line: i
     iters = 1
     wanted = {(depth if lv == 0 else min(lv, depth)) for lv in LEVELS}
     results = {0: (1, 1, 1.0)}
+    lines_by_level[0] += 1
     for n in range(depth - 1, -1, -1):
         var, ext = loops[n].var, loops[n].extent
         if not reuse["reuse_count"] and var not in used and ext > 1:
@@ -610,8 +662,9 @@ def _sweep(buf: Buffer, indices, loops, affine_uses: dict, others: list, line: i
             cap *= ext
         inner[var] = ext
         iters *= ext
+        distinct, lines = footprint()
+        lines_by_level[depth - n] += lines
         if depth - n in wanted:
-            distinct, lines = footprint()
             results[depth - n] = (distinct, lines, iters / distinct)
     levels = {}
     for lv, (nbytes, nlines, nreuse) in _LEVEL_NAMES:

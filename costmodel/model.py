@@ -32,7 +32,7 @@ from .features import FEATURE_NAMES, kernel_features
 
 ROUNDS = 150           # trees per fit
 MAX_SAMPLES = 20_000   # most recent samples kept for training
-FORMAT = 3             # 2: ShapeFeatures; 3: pretraining samples and base booster saved apart
+FORMAT = 4             # 2: ShapeFeatures; 3: pretraining samples and base booster saved apart; 4: CacheFeatures
 PARAMS = {
     "objective": "rank:pairwise",
     "lambdarank_pair_method": "mean",     # random pairs across the whole group, not only the top

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, AccessFeatures, ArithFeatures, LoopFeatures,
+from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, AccessFeatures, ArithFeatures, CacheFeatures, LoopFeatures,
                               ShapeFeatures, StatementFeatures, kernel_features, named_statement_features, statement_features)
 from nestor.ir import Binary, Buffer, Cast, Compare, Const, Load, Select, Var, index_bounds, parse_kernel, variables, verify
 
@@ -25,15 +25,16 @@ i, j = Var("i"), Var("j")
 
 
 def test_names_and_values_correspond_one_to_one():
-    sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures, ShapeFeatures)]
-    assert sizes == [35, 18, 36, 20] and len(STATEMENT_NAMES) == 35 + 18 + 5 * 36 + 20
+    sizes = [len(dataclasses.fields(g)) for g in (LoopFeatures, ArithFeatures, AccessFeatures, ShapeFeatures,
+                                                   CacheFeatures)]
+    assert sizes == [35, 18, 36, 20, 10] and len(STATEMENT_NAMES) == 35 + 18 + 5 * 36 + 20 + 10
     assert len(set(STATEMENT_NAMES)) == len(STATEMENT_NAMES)
     assert FEATURE_NAMES == [f"{agg}.{n}" for agg in ("sum", "max", "top") for n in STATEMENT_NAMES]
     (stmt,) = named_statement_features(SCALE)
     assert stmt.names() == STATEMENT_NAMES and len(stmt.vector()) == len(STATEMENT_NAMES)
     by_name = dict(zip(stmt.names(), stmt.vector()))
     prefixes = ([("loop", stmt.loop), ("arith", stmt.arith)] + [(f"acc{n}", a) for n, a in enumerate(stmt.accesses)]
-                + [("shape", stmt.shape)])
+                + [("shape", stmt.shape), ("cache", stmt.cache)])
     for prefix, group in prefixes:
         for field in dataclasses.fields(group):
             assert by_name[f"{prefix}.{field.name.removesuffix('_')}"] == getattr(group, field.name)
@@ -65,7 +66,7 @@ def test_features_module_reads_features_by_name_not_position():
     assert ".index(" not in source
     for gone in ("LOOP_NAMES", "ARITH_NAMES", "ACCESS_NAMES"):
         assert gone not in source
-    assert [f.name for f in dataclasses.fields(StatementFeatures)] == ["loop", "arith", "accesses", "shape"]
+    assert [f.name for f in dataclasses.fields(StatementFeatures)] == ["loop", "arith", "accesses", "shape", "cache"]
 
 
 @pytest.mark.parametrize("expr, extents, bounds", [
@@ -225,3 +226,54 @@ kernel odd(A: f32[8, 20]) -> (Y: f32[8, 20]) {
     assert (s.shape.par_per_core, s.shape.par_balance, s.shape.vec_regs, s.shape.vec_fill) == (32, 1, 1, 0.5)
     # one iteration: 2 float ops; the innermost loop touches A's, b's and Y's 8 floats (one line each)
     assert s.shape.intensity_L1 == pytest.approx(2 * 8 / (3 * 64))
+
+
+# -- CacheFeatures: where the working set stops fitting each cache, and the traffic that follows --
+
+_NAIVE_MM = parse_kernel("""
+kernel mm(A: f32[128, 128], B: f32[128, 128]) -> (C: f32[128, 128]) {
+  for i in 0..128 parallel { for j in 0..128 {
+    C[i, j] = 0.0
+    for k in 0..128 reduce { C[i, j] += A[i, k] * B[k, j] }
+  } }
+}""")
+_PANEL_MM = parse_kernel("""
+kernel mm(A: f32[128, 128], B: f32[128, 128]) -> (C: f32[128, 128]) {
+  for jo in 0..16 parallel { for i in 0..128 {
+    for ji in 0..8 vectorized { C[i, jo * 8 + ji] = 0.0 }
+    for k in 0..128 reduce { for ji in 0..8 vectorized { C[i, jo * 8 + ji] += A[i, k] * B[k, jo * 8 + ji] } }
+  } }
+}""")
+
+
+def test_cache_features_of_a_nest_that_fits():
+    (s,) = named_statement_features(SCALE)  # A and Y 8 KB each, b 128 B: all of it fits the 32 KB L1
+    assert (s.cache.fit_L1, s.cache.fit_L2, s.cache.fit_L3) == (3, 3, 3)
+    assert s.cache.traffic_L1 == s.cache.traffic_L2 == 2 * 64 * 32 * 4 + 32 * 4
+    assert s.cache.flops_per_L1 == pytest.approx(2 * 64 * 32 / 16512)
+    assert s.cache.task_share_L2 == 6 * 64 / (1 << 20)  # one row of A, Y and all of b: 2 lines each
+
+
+def test_cache_features_tell_a_blocked_matmul_from_a_naive_one():
+    naive, panel = (named_statement_features(k)[-1].cache for k in (_NAIVE_MM, _PANEL_MM))
+    # naive: only the k loop fits L1 (A's row: 8 lines, B's column: 128, C: 1), loaded again for
+    # each of the 128 x 128 elements of C; the panel of B (k x 8 columns) fits with k, and is
+    # loaded again for each row i of each of the 16 panels: 8 times less traffic
+    assert (naive.fit_L1, panel.fit_L1) == (1, 2)
+    assert naive.traffic_L1 == 137 * 64 * 128 * 128 and panel.traffic_L1 == 137 * 64 * 16 * 128
+    assert panel.flops_per_L1 == pytest.approx(8 * naive.flops_per_L1)
+    # both fit the 1 MB L2 whole: A, B and C loaded once
+    assert naive.traffic_L2 == panel.traffic_L2 == 3 * 128 * 128 * 4
+    # a parallel task: a row of C (naive: A's row, all of B, C's row) or a panel (a row of A as well)
+    assert naive.task_share_L2 == (8 + 1024 + 8) * 64 / (1 << 20)
+    assert panel.task_share_L2 == 1280 * 64 / (1 << 20)
+
+
+def test_cache_features_read_the_machines_caches():
+    from nestor.ir.machine import cpu
+    small = cpu(4, 32, 16, l2_bytes=64 << 10, l3_bytes=256 << 10)  # L3: 64 KB a core
+    naive, panel = (named_statement_features(k, small)[-1].cache for k in (_NAIVE_MM, _PANEL_MM))
+    # (j, k) of the naive nest take 1040 lines (65 KB): past this L2, so only k fits it too
+    assert (naive.fit_L2, naive.traffic_L2, naive.fit_L3) == (1, naive.traffic_L1, 1)
+    assert (panel.fit_L2, panel.traffic_L2) == (2, panel.traffic_L1)
+    assert naive.task_share_L2 == (8 + 1024 + 8) * 64 / (64 << 10)
