@@ -22,6 +22,7 @@ from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
 from .resize import expand_resizes
+from .rnn import expand_recurrences
 
 # Ops never folded even with constant inputs: their result is not a function of the inputs.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -101,6 +102,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
         nodes = remaining
 
     outputs = [vi.name for vi in g.output]
+    nodes = expand_recurrences(nodes, consts, types, outputs)
     if optimize:
         nodes = optimize_nodes(nodes, consts, types, outputs)
         if blocked:

@@ -8,3 +8,4 @@ from . import blocked  # noqa: F401  (Nestor's own domain: frontend/layout.py wr
 from . import winograd  # noqa: F401  (Nestor's own domain: frontend/winograd.py writes these)
 from . import resize  # noqa: F401  (what frontend/resize.py did not rewrite)
 from . import grid_sample, quantize, scatter  # noqa: F401
+from . import rnn  # noqa: F401  (what frontend/rnn.py unrolls LSTM, GRU and RNN into)
