@@ -11,6 +11,7 @@ import onnx
 
 from .ir.errors import NestorError
 from .zoo import LIGHT_MODELS, encoder_block, light_model
+from .zoo_breadth import BREADTH_MODELS
 from .zoo_cnn import CNN_MODELS
 from .zoo_transformers import TRANSFORMER_MODELS
 
@@ -18,14 +19,14 @@ SEEN = LIGHT_MODELS + ("bert_layer",)       # the models the sketch rules were w
 # The wider zoo (issue 20): no rule constant may cite these. HELD_OUT stay out of rule work
 # altogether and are reported last, as the test of what the rules do on models nobody looked at.
 HELD_OUT = ("regnet_y_400mf", "gpt2_77")
-UNSEEN = tuple(n for n in (*CNN_MODELS, *TRANSFORMER_MODELS) if n not in HELD_OUT) + HELD_OUT
+UNSEEN = tuple(n for n in (*CNN_MODELS, *TRANSFORMER_MODELS, *BREADTH_MODELS) if n not in HELD_OUT) + HELD_OUT
 MODELS = SEEN + UNSEEN
 
 
 def example_model(name: str):
     if name == "bert_layer":
         return encoder_block()
-    builder = CNN_MODELS.get(name) or TRANSFORMER_MODELS.get(name)
+    builder = CNN_MODELS.get(name) or TRANSFORMER_MODELS.get(name) or BREADTH_MODELS.get(name)
     return builder() if builder else light_model(name)
 
 
