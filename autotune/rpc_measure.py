@@ -79,11 +79,12 @@ class RPCMeasurer(Measurer):
     """A Measurer (same arguments, same results) whose candidates run on the devices registered
     under `key` at the tracker `tracker` (`HOST:PORT`), one candidate per device at a time.
     `timeout` bounds a candidate's session (upload, checked run, timing); `device_wait` how long
-    to wait for a free device when there is none (then RPCError)."""
+    to wait for a free device when there is none (then RPCError). `build_workers` (None): one
+    per core here, where no timing runs for builds to disturb."""
 
     def __init__(self, reference, tracker: str, key: str, target=None, timeout: float = 10.0,
                  device_wait: float = DEVICE_WAIT, **options):
-        from ..codegen import as_target, is_gpu
+        from ..codegen import as_target, host_cores, is_gpu
         from ..codegen.build import cross_linker
         if is_gpu(as_target(target)):
             raise RPCError("remote measurement times CPU (llvm) targets; a CUDA target is timed here")
@@ -97,6 +98,8 @@ class RPCMeasurer(Measurer):
         self._made = 0
         # here, a runner may first wait for a device (after one was lost), then upload
         self._session_timeout = timeout
+        if options.get("build_workers") is None:
+            options["build_workers"] = host_cores()
         super().__init__(reference, target, timeout=timeout + QUEUE_WAIT + CONNECT_TIMEOUT, **options)
 
     def _new_runners(self) -> list[_Worker]:
@@ -178,7 +181,10 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
             module = remote.load_module(os.path.basename(request["path"]))
             reply = _Bench(kernel, remote.cpu(), FLUSH, remote=True).run(module, request)
         except Exception as err:  # the candidate failed there, or the device was lost mid-run
-            reply = {"error": f"run failed on {device}: {_brief(err)}"}
+            if "RPCSessionTimeoutError" in str(err):  # the server ended the session (a hang)
+                reply = {"error": f"timeout after {timeout:g} s on {device}"}
+            else:
+                reply = {"error": f"run failed on {device}: {_brief(err)}"}
         reply["device"] = device
         return reply
     return serve

@@ -1,6 +1,7 @@
 """Measurement on remote devices through TVM's RPC tracker: a tracker and RPC servers on
 loopback (python -m tvm.exec.rpc_tracker / rpc_server), tuned through, one killed mid-run."""
 import os
+import re
 import shutil
 import signal
 import struct
@@ -159,6 +160,19 @@ def test_remote_results_equal_local_ones(loopback):
     assert [r.ok for r in remote] == [r.ok for r in here] == [True, False, True, False]
     assert [r.error.split(":")[0] for r in remote if r.error] == [r.error.split(":")[0] for r in here if r.error]
     assert {r.device for r in here} == {"local"}
+
+
+@pytest.mark.slow
+def test_a_hang_and_a_crash_cost_their_candidates(loopback):
+    devices = loopback.serve("hc", 2)
+    with RPCMeasurer(MATMUL, loopback.address, "hc", repeats=2, timeout=4) as m:
+        hang, *good = m.measure([parse_kernel(BAD["hang"][0]), GOOD, GOOD])
+        assert re.fullmatch(r"timeout after 4 s on hc@127\.0\.0\.1:\d+", hang.error) and all(r.ok for r in good)
+        crash, *good = m.measure([parse_kernel(BAD["crash"][0]), GOOD, GOOD])
+        assert crash.error.startswith(f"run failed on {crash.device}") and all(r.ok for r in good)
+        # TVM's rpc_server stops serving after a session crashed; the other device goes on
+        again = m.measure([GOOD, GOOD])
+        assert all(r.ok for r in again) and {r.device for r in again} == set(devices) - {crash.device}
 
 
 def test_unreachable_tracker_is_one_line(tmp_path, capsys):
