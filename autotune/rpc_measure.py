@@ -66,7 +66,10 @@ def wait_for_devices(tracker, address: str, key: str, wait: float, want: int = 1
     """The free devices under `key` once there are `want` (or, after `wait` seconds, at least one)."""
     deadline = time.monotonic() + wait
     while True:
-        free, registered = free_devices(tracker, key)
+        try:
+            free, registered = free_devices(tracker, key)
+        except (OSError, RuntimeError, struct.error) as err:  # it went away, or answers garbage
+            raise RPCError(f"RPC tracker {address} lost: {err or type(err).__name__}") from None
         if free >= want or (free and time.monotonic() >= deadline):
             return free
         if time.monotonic() >= deadline:

@@ -189,6 +189,27 @@ def test_unreachable_tracker_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "nestor: error: --rpc-tracker and --rpc-key go together"
 
 
+def test_a_tracker_lost_is_one_line():
+    """A peer that answers the tracker's handshake, then goes away."""
+    from tvm.rpc.base import RPC_TRACKER_MAGIC
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def handshake_then_close():
+        for _ in range(2):  # the probe, then the session
+            conn, _ = listener.accept()
+            conn.recv(4)
+            conn.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+            conn.close()
+
+    thread = threading.Thread(target=handshake_then_close)
+    thread.start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    with pytest.raises(RPCError, match=rf"RPC tracker {address} lost: "):
+        RPCMeasurer(MATMUL, address, "k")
+    thread.join()
+    listener.close()
+
+
 def test_key_without_devices_is_an_error_after_the_wait(loopback):
     start = time.monotonic()
     with pytest.raises(RPCError, match=r"no free device under key 'nobody' after 1 s \(none registered\)"):
