@@ -14,7 +14,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def rnn_model(op, steps=3, batch=2, inputs=3, hidden=4, direction="forward", initial=False,
-              lens=None, peepholes=False, constant=True, layout=0, opset=17, **attrs):
+              lens=None, peepholes=False, constant=True, layout=0, opset=17, outputs=3, **attrs):
     """One `op` node with seeded weights (initializers, or graph inputs unless `constant`);
     returns the model and its feeds."""
     rng = np.random.default_rng(0)
@@ -32,7 +32,7 @@ def rnn_model(op, steps=3, batch=2, inputs=3, hidden=4, direction="forward", ini
     names = [n if n == "X" or n in values else "" for n in names]
     while not names[-1]:
         names.pop()
-    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    outs = (["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []))[:outputs]
     if layout:
         attrs["layout"] = layout
     node = helper.make_node(op, names, outs, name="rnn", direction=direction, hidden_size=hidden, **attrs)
@@ -76,6 +76,7 @@ OP_VARIANTS = {
     "LSTM": {"peepholes": dict(peepholes=True, initial=True),
              "peepholes_as_inputs": dict(peepholes=True, constant=False, direction="reverse"),
              "input_forget": dict(input_forget=1),
+             "lens_without_Y_c": dict(lens=[3, 1], outputs=2, direction="bidirectional"),
              "clip": dict(clip=0.6, initial=True),
              "activations": dict(direction="bidirectional",
                                  activations=["Sigmoid", "Relu", "Tanh", "HardSigmoid", "Tanh", "Relu"],

@@ -51,8 +51,9 @@ def lower_cell(ctx: OpContext) -> Lowered:
     args = [i for i in range(len(ctx.inputs)) if ctx.has_input(i)]
     buf = {i: input_buffer(ctx, i, name) for i, name in
            zip(range(9), ("XW", "HR", "RHR", "Hprev", "Cprev", "B", "P", "Lens", "Step")) if i in args}
-    outs = tuple(output_buffer(ctx, i, name) for i, name in
-                 zip(range(len(ctx.outputs)), ("H", "C" if kind == "LSTM" else "Y", "Y")))
+    # the outputs read (the importer blanks the others: the last step's C when Y_c is not wanted)
+    slots = [i for i, name in enumerate(ctx.node.output) if name]
+    outs = tuple(output_buffer(ctx, k, ("H", "C" if kind == "LSTM" else "Y", "Y")[i]) for k, i in enumerate(slots))
     hidden, gates = ctx.attr("hidden_size"), GATES[kind]
     batch, steps, layout = ctx.attr("batch"), ctx.attr("steps"), ctx.attr("layout", 0)
     dtype = buf[XW].dtype
@@ -108,9 +109,9 @@ def lower_cell(ctx: OpContext) -> Lowered:
             new = [o * acts[2](c), c]
         kept = [h_prev, c_prev]
         values = [v if valid is None else select(valid, v, old) for v, old in zip(new, kept)]
-        if len(outs) > len(new):  # Y: zero past the sequence's end
+        if valid is not None:  # Y: zero past the sequence's end
             values.append(select(valid, new[0], zero))
-        return seq(*(store(o, (b, h), v) for o, v in zip(outs, values)))
+        return seq(*(store(o, (b, h), values[i]) for o, i in zip(outs, slots)))
 
     kernel = Kernel(f"{kind.lower()}_cell", tuple(buf[i] for i in args), outs,
                     loop_nest((batch, hidden), body))
