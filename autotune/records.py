@@ -84,12 +84,33 @@ class Record:
         return min(self.repeats) if self.repeats and self.median is not None else self.median
 
 
+def _record(row: tuple) -> Record:
+    """A row as a Record, its values checked: SQLite keeps whatever a column was given."""
+    rid, task, target, schedule, median, repeats, error, timestamp, version, device = row
+    for name, value in (("task", task), ("target", target), ("schedule", schedule), ("repeats", repeats),
+                        ("version", version), ("device", device)):
+        if not isinstance(value, str):
+            raise TypeError(f"its {name} is a {type(value).__name__}")
+    for name, value in (("median", median), ("timestamp", timestamp)):
+        if not (isinstance(value, float) or value is None and name == "median"):
+            raise TypeError(f"its {name} is a {type(value).__name__}")
+    if error is not None and not isinstance(error, str):
+        raise TypeError(f"its error is a {type(error).__name__}")
+    json.loads(schedule)   # a schedule that is not JSON cannot be replayed
+    times = json.loads(repeats)
+    if not (isinstance(times, list) and all(type(t) in (int, float) for t in times)):
+        raise ValueError(f"its repeats {repeats[:40]!r} are not a list of seconds")
+    return Record(rid, task, target, schedule, median, tuple(float(t) for t in times), error, timestamp,
+                  version, device)
+
+
 class Records:
     """An open records file. Creates it when missing, unless `create` is False (for readers: a
     mistyped name is an error, not a new empty database). One object per process (or thread)."""
 
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.fspath(path)
+        self._writer = create  # False: a reader, which creates nothing
         if not create and not os.path.exists(self.path):
             raise RecordsError(f"records file '{self.path}' does not exist")
         self._version = nestor_version()
@@ -110,7 +131,10 @@ class Records:
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables:
                 self._check(tables, older_ok=True)
-            self._set_wal()
+            elif not self._writer:  # a reader leaves a file that is not ours as it found it
+                raise RecordsError(self._not_ours("it holds no tables"))
+            if self._writer:  # a reader takes the journal mode the file has
+                self._set_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL a commit survives kill -9; no fsync each
             if not tables:
                 self._create()
@@ -159,7 +183,10 @@ class Records:
             raise
 
     def _schema_version(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():  # _check read it, through another path: corrupt
+            raise RecordsError(self._corrupt(f"its schema version reads {row and row[0]!r}"))
+        return int(row[0])
 
     def _check(self, tables: set[str], older_ok: bool = False) -> None:
         if "meta" not in tables:
@@ -190,6 +217,8 @@ class Records:
             raise RecordsError(f"records file '{self.path}': {e}") from None
         except sqlite3.DatabaseError as e:  # SQLITE_NOTADB, SQLITE_CORRUPT
             raise RecordsError((message or self._corrupt)(e)) from None
+        except UnicodeDecodeError as e:  # a damaged byte in a name or a text column
+            raise RecordsError((message or self._corrupt)(f"text that is not UTF-8 ({e.reason})")) from None
 
     def _query(self, sql: str, params=()) -> list[tuple]:
         with self._guard():
@@ -275,8 +304,7 @@ class Records:
         rows = self._query(sql, params)
         for r in rows:
             try:
-                json.loads(r[3])   # a schedule that is not JSON cannot be replayed
-                found.append(Record(*r[:5], tuple(float(t) for t in json.loads(r[5])), *r[6:]))
+                found.append(_record(r))
             except (ValueError, TypeError) as e:   # (a hand edit, a disk error, another writer's bug)
                 if r[0] not in self._skipped:
                     self._skipped.add(r[0])

@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import math
+import zipfile
+import zlib
 from typing import Iterable
 
 import numpy as np
@@ -184,24 +186,38 @@ class CostModel:
         """A saved model, to rank kernels for `machine`. One saved with other features (an
         older Nestor) cannot predict these: CostModelError, which says so."""
         try:
-            f = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
+            with np.load(path, allow_pickle=False) as f:
+                # every member read now: a damaged one fails here, not in a later refit
+                saved = {name: f[name] for name in _SAVED}
+            meta = json.loads(str(saved["meta"]))
+        except KeyError as err:
+            raise CostModelError(f"{path}: not a Nestor cost model file (no {err.args[0].split()[0]})") from None
+        except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                zlib.error) as err:  # numpy's, zipfile's and zlib's ways of saying "damaged"
             raise CostModelError(f"{path}: not a Nestor cost model file ({err})") from None
-        with f:
-            try:
-                meta = json.loads(str(f["meta"]))
-            except (KeyError, ValueError):
-                raise CostModelError(f"{path}: not a Nestor cost model file (no metadata)") from None
-            if meta.get("format") != FORMAT or meta.get("features") != _FEATURES_ID:
-                saved = f"format {meta.get('format')}" + (" with other features" if meta.get("format") == FORMAT else "")
-                raise CostModelError(
-                    f"{path}: cost model saved by another Nestor ({saved}; this one reads format {FORMAT}): "
-                    f"its samples are not today's features. Delete it or choose another file; to keep what it "
-                    f"learned, pretrain from the records it was tuned with (--pretrained RECORDS.sqlite)")
-            model = cls(seed=meta.get("seed", 0), rounds=meta.get("rounds", ROUNDS), machine=machine)
-            model._own = (f["x"], f["seconds"], f["groups"])
-            model._pre = (f["pre_x"], f["pre_seconds"], f["pre_groups"])
-            model._booster, model._base = model._unraw(f["booster"]), model._unraw(f["base"])
+        if not isinstance(meta, dict):
+            raise CostModelError(f"{path}: not a Nestor cost model file (its metadata is not an object)")
+        if meta.get("format") != FORMAT or meta.get("features") != _FEATURES_ID:
+            was = f"format {meta.get('format')}" + (" with other features" if meta.get("format") == FORMAT else "")
+            raise CostModelError(
+                f"{path}: cost model saved by another Nestor ({was}; this one reads format {FORMAT}): "
+                f"its samples are not today's features. Delete it or choose another file; to keep what it "
+                f"learned, pretrain from the records it was tuned with (--pretrained RECORDS.sqlite)")
+        seed, rounds = meta.get("seed", 0), meta.get("rounds", ROUNDS)
+        if not (_is_int(seed) and _is_int(rounds) and rounds > 0):
+            raise CostModelError(f"{path}: damaged cost model file (seed {seed!r}, rounds {rounds!r})")
+        model = cls(seed=seed, rounds=rounds, machine=machine)
+        model._own = _samples(saved, "", path)
+        model._pre = _samples(saved, "pre_", path)
+        try:
+            model._booster, model._base = model._unraw(saved["booster"]), model._unraw(saved["base"])
+        except (ValueError, TypeError) as err:  # XGBoostError is a ValueError
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]  # XGBoost appends a stack
+            raise CostModelError(f"{path}: damaged cost model file (its booster: {first})") from None
+        for booster in (model._booster, model._base):
+            if booster is not None and booster.num_features() != len(FEATURE_NAMES):
+                raise CostModelError(f"{path}: damaged cost model file (a booster of {booster.num_features()} "
+                                     f"features, not {len(FEATURE_NAMES)})")
         return model
 
     def _unraw(self, raw: np.ndarray) -> xgb.Booster | None:
@@ -210,6 +226,25 @@ class CostModel:
         booster = xgb.Booster(params={"nthread": self.nthread})
         booster.load_model(bytearray(raw.tobytes()))
         return booster
+
+
+_SAVED = ("x", "seconds", "groups", "pre_x", "pre_seconds", "pre_groups", "booster", "base", "meta")
+
+
+def _samples(saved: dict, prefix: str, path: str):
+    """The (features, seconds, groups) of a loaded file, checked: rows of today's features,
+    as many times and groups."""
+    x, seconds, groups = (saved[prefix + k] for k in ("x", "seconds", "groups"))
+    if not (x.ndim == 2 and x.shape[1] == len(FEATURE_NAMES) and x.dtype.kind == "f"
+            and seconds.ndim == groups.ndim == 1 and seconds.dtype.kind == "f" and groups.dtype.kind == "U"
+            and len(x) == len(seconds) == len(groups)):
+        raise CostModelError(f"{path}: damaged cost model file ({prefix}samples: features {x.shape} {x.dtype}, "
+                             f"times {seconds.shape} {seconds.dtype}, groups {groups.shape} {groups.dtype})")
+    return x, seconds, groups
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _no_samples():

@@ -15,6 +15,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .dtypes import LONG, is_float
+from .errors import NestorError
 from .expr import BINARY_OPS, INTRINSICS, Binary, Buffer, Call, Cast, Compare, Const, Expr, Load, Logic, Not, Select, Var
 from .printer import BINARY_SYMBOLS, COMPARE_SYMBOLS, REDUCE_SYMBOLS
 from .stmt import AXES, LOOP_KINDS, Allocate, For, If, Kernel, Seq, Stmt, Store
@@ -31,7 +32,7 @@ _OPERATORS = {"'+'", "'-'", "'*'", "'/'", "'//'", "'%'", "'=='", "'!='", "'<'", 
 _STMT_START = {"a name", "'for'", "'if'", "'alloc'", "'{'"}
 
 
-class IRSyntaxError(ValueError):
+class IRSyntaxError(NestorError, ValueError):
     """A malformed kernel text; `line` and `column` are 1-based."""
 
     def __init__(self, message: str, line: int, column: int, context: str):

@@ -9,6 +9,7 @@ of `&&` / `||`) is assumed to be protected by it and is not bounds-checked.
 from __future__ import annotations
 
 from .dtypes import SHORT, is_int
+from .errors import NestorError
 from .expr import (BINARY_OPS, BITWISE_OPS, COMPARE_OPS, INTRINSICS, LOGIC_OPS, Binary, Buffer, Call, Cast,
                    Compare, Const, Expr, Load, Logic, Not, Select, Var)
 from .interval import index_bounds
@@ -18,8 +19,8 @@ from .stmt import AXES, LOOP_KINDS, REDUCE_OPS, Allocate, For, If, Kernel, Seq, 
 _ARITY = {"pow": 2}  # other intrinsics take one argument
 
 
-class VerifyError(ValueError):
-    pass
+class VerifyError(NestorError, ValueError):
+    """A kernel that breaks the IR's rules (a user's hand-written one, or a pass's bug)."""
 
 
 def verify(kernel: Kernel) -> None:

@@ -75,8 +75,14 @@ class Schedule:
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:
+        try:
+            items = json.loads(text)
+        except ValueError as err:
+            raise ScheduleError("schedule", None, f"not JSON ({err})") from None
+        if not isinstance(items, list):
+            raise ScheduleError("schedule", None, f"expected a list of steps, got {type(items).__name__}")
         steps = []
-        for n, item in enumerate(json.loads(text)):
+        for n, item in enumerate(items):
             if not (isinstance(item, dict) and isinstance(item.get("pass"), str)
                     and isinstance(item.get("params", {}), dict)):
                 raise ScheduleError(f"step {n + 1}", None, f"expected {{\"pass\": name, \"params\": "
