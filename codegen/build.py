@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 from tvm.support.cc import get_cc
 
-from nestor.ir import Kernel
+from nestor.ir import Kernel, storage
 
 from .target import as_target, device_of, is_gpu
 from .tir import to_primfunc
@@ -122,7 +122,7 @@ def run_kernel(kernel: Kernel, inputs: list, target=None) -> list[np.ndarray]:
             raise ValueError(f"kernel {kernel.name}: input {buf.name} wants {buf.dtype}"
                              f"{list(buf.shape)}, got {arr.dtype}{list(arr.shape)}")
         # np.asarray(order="C"), not ascontiguousarray: the latter turns a 0-d array into 1-d
-        args.append(tvm.runtime.tensor(np.asarray(arr, order="C"), dev))
-    outs = [tvm.runtime.tensor(np.zeros(b.shape, b.dtype), dev) for b in kernel.outputs]
+        args.append(tvm.runtime.tensor(np.asarray(arr, order="C").view(storage(buf.dtype)), dev))
+    outs = [tvm.runtime.tensor(np.zeros(b.shape, storage(b.dtype)), dev) for b in kernel.outputs]
     _compiled(kernel, target)(*args, *outs)
-    return [o.numpy() for o in outs]
+    return [o.numpy().view(b.dtype) for o, b in zip(outs, kernel.outputs)]

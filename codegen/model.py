@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tvm
 
-from ..ir import Graph, Kernel
+from ..ir import Graph, Kernel, storage
 from ..ir.hashing import structural_hash
 from ..ir.errors import InputError, ModelError
 from . import artifact
@@ -86,6 +86,11 @@ def compile_graph(graph: Graph, target=None,
     return CompiledModel(module, plan, constants)
 
 
+def _stored(value: np.ndarray) -> np.ndarray:
+    """The array as the device holds it: sub-byte integers as their bytes (ir.dtypes.STORAGE)."""
+    return value.view(storage(value.dtype.name))
+
+
 class CompiledModel:
     def __init__(self, module, plan: dict, constants: Mapping[str, np.ndarray]):
         self.module = module
@@ -123,7 +128,7 @@ class CompiledModel:
     def _upload_constants(self) -> dict[str, tvm.runtime.Tensor]:
         """Every constant as a view into one buffer: on the CPU on huge pages (codegen/pages.py);
         on the GPU one allocation, uploaded here, once. Runs share them: kernels only read them."""
-        values = {name: np.asarray(value, order="C") for name, value in self.constants.items()}
+        values = {name: _stored(np.asarray(value, order="C")) for name, value in self.constants.items()}
         offsets, size = {}, 0
         for name, value in values.items():
             offsets[name] = size
@@ -144,11 +149,12 @@ class CompiledModel:
             if self._constants is None:
                 self._constants = self._upload_constants()
         arena, arena_at = self._buffer(self.plan["arena_bytes"])
-        inputs = [tvm.runtime.empty(*self.tensor_type(name), self.device) for name in self.plan["inputs"]]
+        inputs = [tvm.runtime.empty(shape, storage(dtype), self.device)
+                  for shape, dtype in map(self.tensor_type, self.plan["inputs"])]
         base = {**self._constants, **dict(zip(self.plan["inputs"], inputs))}
         tensors = {}
         for name, t in self.plan["tensors"].items():
-            shape, dtype = tuple(t["shape"]), t["dtype"]
+            shape, dtype = tuple(t["shape"]), storage(t["dtype"])
             if t["place"] == "arena":
                 tensors[name] = arena._create_view(shape, dtype, arena_at + t["key"])
             else:
@@ -205,7 +211,7 @@ class CompiledModel:
                 raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")
             if value.dtype != np.dtype(dtype):
                 raise InputError(f"input '{name}' must have dtype {dtype}, got {value.dtype}")
-            checked.append(np.asarray(value, order="C"))
+            checked.append(_stored(np.asarray(value, order="C")))
         return checked
 
     def run(self, inputs) -> list[np.ndarray]:
@@ -217,7 +223,8 @@ class CompiledModel:
         try:
             workspace.feed(values)
             workspace.execute()
-            return [workspace.tensors[n].numpy() for n in self.plan["outputs"]]
+            return [workspace.tensors[n].numpy().view(self.tensor_type(n)[1])  # (sub-byte types)
+                    for n in self.plan["outputs"]]
         finally:
             with self._lock:
                 self._free.append(workspace)

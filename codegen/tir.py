@@ -15,7 +15,8 @@ from .fast_math import FAST_FLOAT32
 from .target import TargetError
 from nestor.ir.affine import affine_form
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
-                       Load, Logic, Not, Seq, Select, Store, Var, is_float, walk, walk_stmts)
+                       Load, Logic, Not, Seq, Select, Store, Var, bits, is_float, storage, walk, walk_stmts)
+from nestor.ir.dtypes import STORAGE
 
 _FOR = {"serial": T.serial, "parallel": T.parallel, "vectorized": T.vectorized,
         "unrolled": T.unroll}
@@ -103,14 +104,15 @@ class _Lower:
     # -- expressions -------------------------------------------------------------------------
     def expr(self, e):
         if isinstance(e, Const):
-            return tirx.const(e.value, e.dtype)
+            return tirx.const(e.value, storage(e.dtype))
         if isinstance(e, Var):
             try:
                 return self.vars[e.name]
             except KeyError:
                 raise ValueError(f"loop variable {e.name!r} used outside its loop") from None
         if isinstance(e, Load):
-            return tirx.BufferLoad(self.buffer(e.buffer), [self.expr(i) for i in e.indices])
+            return _unpacked(tirx.BufferLoad(self.buffer(e.buffer), [self.expr(i) for i in e.indices]),
+                             e.dtype)
         if isinstance(e, Binary):
             return self.binary(e.op, self.expr(e.a), self.expr(e.b), e.dtype)
         if isinstance(e, Compare):
@@ -131,7 +133,7 @@ class _Lower:
             # if_then_else, not Select: only the taken branch is evaluated
             return tirx.if_then_else(self.expr(e.cond), self.expr(e.t), self.expr(e.f))
         if isinstance(e, Cast):
-            return tirx.Cast(e.dtype, self.expr(e.value))
+            return _low_bits(tirx.Cast(storage(e.dtype), self.expr(e.value)), e.dtype)
         if isinstance(e, Call):
             args = [self.expr(a) for a in e.args]
             if e.fn == "neg":
@@ -151,7 +153,7 @@ class _Lower:
             return self.expr(e)
         indices = [tirx.max(tirx.min(self.expr(i), tirx.const(n - 1, i.dtype)), tirx.const(0, i.dtype))
                    for i, n in zip(e.indices, e.buffer.shape)]
-        return tirx.BufferLoad(self.buffer(e.buffer), indices)
+        return _unpacked(tirx.BufferLoad(self.buffer(e.buffer), indices), e.dtype)
 
     def compare(self, e: Compare):
         a, b = self.expr(e.a), self.expr(e.b)
@@ -240,8 +242,9 @@ class _Lower:
             idx = [self.expr(i) for i in s.indices]
             val = self.expr(s.value)
             if s.reduce is not None:
-                val = self.binary(s.reduce, tirx.BufferLoad(buf, idx), val, s.buffer.dtype)
-            T.buffer_store(buf, val, idx)
+                val = self.binary(s.reduce, _unpacked(tirx.BufferLoad(buf, idx), s.buffer.dtype), val,
+                                  s.buffer.dtype)
+            T.buffer_store(buf, _packed(val, s.buffer.dtype), idx)
         elif isinstance(s, For):
             if s.kind == "vectorized" and _stores_bfloat16_constant(s):
                 # TVM's bfloat16 legalization leaves a vector of a bfloat16 constant in the
@@ -292,12 +295,36 @@ class _Lower:
         elif isinstance(s, Allocate):
             b = s.buffer
             # AllocBuffer emitted inside the enclosing loop body: a parallel loop gets its own copy
-            buf = T.alloc_buffer(b.shape, b.dtype, scope=b.scope)
+            buf = T.alloc_buffer(b.shape, storage(b.dtype), scope=b.scope)
             IRBuilder.name(b.name, buf)
             with _bound(self.bufs, b, buf):
                 self.stmt(s.body)
         else:
             raise TypeError(f"not a statement: {s!r}")
+
+
+def _low_bits(value, dtype: str):
+    """A value of a sub-byte integer type (held in its byte type) cut to its low bits: a signed
+    one sign-extended from its top bit. Other types pass."""
+    if dtype not in STORAGE:
+        return value
+    if dtype.startswith("u"):
+        return tirx.bitwise_and(value, tirx.const((1 << bits(dtype)) - 1, storage(dtype)))
+    shift = tirx.const(8 - bits(dtype), storage(dtype))
+    return tirx.shift_right(tirx.shift_left(value, shift), shift)
+
+
+def _unpacked(loaded, dtype: str):
+    """A loaded element of a sub-byte type: its low bits (memory holds no others, as ml_dtypes
+    writes them) sign-extended."""
+    return _low_bits(loaded, dtype) if dtype in STORAGE and not dtype.startswith("u") else loaded
+
+
+def _packed(value, dtype: str):
+    """A value to store into a sub-byte type's byte: its low bits alone, the others zero."""
+    if dtype not in STORAGE:
+        return value
+    return tirx.bitwise_and(value, tirx.const((1 << bits(dtype)) - 1, storage(dtype)))
 
 
 def _stores_bfloat16_constant(loop: For) -> bool:
@@ -330,6 +357,6 @@ def to_primfunc(kernel: Kernel, gpu: bool = False) -> tirx.PrimFunc:
                 # at any byte offset (one memory arena for all intermediates) and data that is
                 # not 64-byte aligned. The default instead assumes both (byte_offset == 0 is
                 # checked, alignment is not: a misaligned numpy-backed tensor would segfault).
-                low.bufs[b] = T.arg(b.name, T.buffer(b.shape, b.dtype, offset_factor=1))
+                low.bufs[b] = T.arg(b.name, T.buffer(b.shape, storage(b.dtype), offset_factor=1))
             low.stmt(kernel.body)
     return ib.get()

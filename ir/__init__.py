@@ -1,5 +1,5 @@
 """The Nestor IR: kernels as explicit loop nests over named buffers. Imports nothing of Nestor."""
-from .dtypes import canonical, short, is_float, is_int, itemsize, INDEX
+from .dtypes import canonical, short, is_float, is_int, itemsize, bits, storage, INDEX
 from .expr import (Expr, Const, Var, Buffer, Load, Binary, Compare, Logic, Not, Select, Cast, Call,
                    as_expr, const, eq, ne, lt, le, gt, ge, logical_and, logical_or, select,
                    minimum, maximum, call, cast, bitwise, bitwise_not, BINARY_OPS, BITWISE_OPS,

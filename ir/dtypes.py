@@ -5,7 +5,11 @@ SHORT = {
     "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
     "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64",
     "bool": "bool",
+    "int4": "i4", "uint4": "u4", "int2": "i2", "uint2": "u2",
 }
+# Sub-byte integers: one element a byte, the value in its low bits (ml_dtypes' layout of
+# numpy arrays), computed in the byte type; a cast into one keeps the value's low bits.
+STORAGE = {"int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8"}
 LONG = {short: long for long, short in SHORT.items()}
 INDEX = "int32"  # dtype of loop variables and index arithmetic
 
@@ -31,5 +35,20 @@ def is_int(dtype: str) -> bool:
     return dtype.startswith(("int", "uint"))
 
 
+def storage(dtype: str) -> str:
+    """The byte-addressable type that holds `dtype`'s elements in memory and registers."""
+    return STORAGE.get(dtype, dtype)
+
+
+def bits(dtype: str) -> int:
+    return 8 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit()))
+
+
+def int_range(dtype: str) -> tuple[int, int]:
+    """The least and greatest value of an integer type."""
+    width = bits(dtype)
+    return (0, (1 << width) - 1) if dtype.startswith("u") else (-(1 << (width - 1)), (1 << (width - 1)) - 1)
+
+
 def itemsize(dtype: str) -> int:
-    return 1 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit())) // 8
+    return bits(storage(dtype)) // 8

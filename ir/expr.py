@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dtypes import INDEX, canonical, is_float, itemsize
+from .dtypes import INDEX, bits, canonical, is_float
 
 BINARY_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "min", "max",
               "bitand", "bitor", "bitxor", "shl", "shr")
@@ -247,7 +247,7 @@ def bitwise_not(x: Expr) -> Expr:
     if x.dtype == "bool":
         ones = Const(True, "bool")
     elif x.dtype.startswith("u"):
-        ones = Const((1 << (8 * itemsize(x.dtype))) - 1, x.dtype)
+        ones = Const((1 << bits(x.dtype)) - 1, x.dtype)
     else:
         ones = Const(-1, x.dtype)
     return Binary("bitxor", x, ones)

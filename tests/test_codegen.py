@@ -11,6 +11,7 @@ from nestor.codegen import (CompiledKernels, build, cuda_target, host_target, lo
 from nestor.ir import (Allocate, Buffer, Const, For, If, Kernel, Var, bitwise, bitwise_not, call, cast,
                        eq, ge, gt, ne, logical_and, lt, maximum, minimum, select, seq, store, loop_nest, Not,
                        logical_or, INTRINSICS)
+from nestor.ir.dtypes import int_range
 import tvm
 
 RNG = np.random.default_rng(0)
@@ -275,6 +276,25 @@ def test_bfloat16_vector_loops():
     assert y.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(y, (x * x).astype(ml_dtypes.bfloat16) + ml_dtypes.bfloat16(0.5))
     np.testing.assert_array_equal(z.astype("float32"), np.full(8, -1.5, "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["int4", "uint4", "int2", "uint2"])
+def test_sub_byte_integers(dtype):
+    """A sub-byte integer is held in a byte, its value in the low bits (ml_dtypes' layout): loads
+    sign-extend, stores keep the low bits, casts into the type wrap."""
+    np_type = getattr(ml_dtypes, dtype)
+    lo, hi = int_range(dtype)
+    n = hi - lo + 1
+    X = Buffer("X", (n,), dtype); Y = Buffer("Y", (n,), "int32"); Z = Buffer("Z", (n,), dtype)
+    body = For("i", n, seq(store(Y, i, cast("int32", X[i])),
+                           store(Z, i, cast(dtype, cast("int32", X[i]) + Const(n + 1, "int32")))),
+               kind="vectorized")
+    x = np.arange(lo, hi + 1).astype(np_type)
+    y, z = run_kernel(Kernel("subbyte", (X,), (Y, Z), body), [x])
+    np.testing.assert_array_equal(y, np.arange(lo, hi + 1))
+    assert z.dtype == np_type  # x + n + 1 wraps to x + 1, and hi to lo
+    np.testing.assert_array_equal(z.astype("int32"), np.roll(np.arange(lo, hi + 1), -1))
+    assert (z.view("uint8") < n).all()
 
 
 def _scale_kernel(name, factor, n=8):

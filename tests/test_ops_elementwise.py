@@ -178,6 +178,18 @@ CAST = [
     case("Cast", [rand(2, 3, lo=-5, hi=5).astype(ml_dtypes.bfloat16)], to=TensorProto.FLOAT, opset=19,
          id="Cast-bf16-f32"),
     case("Celu", [rand(2, 3, lo=-5, hi=5).astype(ml_dtypes.bfloat16)], opset=12, tol=1e-2, id="Celu-bf16"),
+    # to sub-byte integers: floats truncated, 0 out of range (as ml_dtypes); integers wrapped
+    *[case("Cast", [np.array([-9, -8.5, -8, -2.5, -0.5, 0, 1.9, 2.5, 3.5, 7.9, 8, 15.5, 16, np.nan], f32)],
+           to=to, opset=21, id=f"Cast-f32-{TensorProto.DataType.Name(to)}")
+      for to in (TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2)],
+    case("Cast", [np.array([-100, -9, -8, -1, 0, 7, 8, 17, 100], i32)], to=TensorProto.INT4, opset=21,
+         id="Cast-i32-int4-wraps"),
+    case("Cast", [np.array([0, 1, 2, 3, 5, 6], "uint8")], to=TensorProto.UINT2, opset=21,
+         id="Cast-u8-uint2-wraps"),
+    case("Cast", [np.arange(-8, 8).astype(ml_dtypes.int4)], to=TensorProto.FLOAT, opset=21,
+         id="Cast-int4-f32"),
+    case("Cast", [np.arange(-2, 2).astype(ml_dtypes.int2)], to=TensorProto.INT8, opset=21, id="Cast-int2-i8"),
+    case("CastLike", [rand(2, 3, lo=-5, hi=5), np.zeros(1, ml_dtypes.uint4)], opset=21, id="CastLike-uint4"),
     case("Identity", [rand(2, 3)]),
     case("Dropout", [rand(2, 3)], opset=10, ratio=0.3),
     case("Dropout", [rand(2, 3), C(0.3, f32), C(False, bool)], opset=13, id="Dropout-13"),
@@ -327,6 +339,12 @@ SHAPE = [
                            C(0.05, f32), C(120, "uint8")], opset=21, id="QLinearMatMul-batch-uint8"),
     case("DequantizeLinear", [rand(4, dtype="uint8", lo=0, hi=255), C(0.1, f32)], opset=21,
          id="DequantizeLinear-no-zero-point"),
+    case("QuantizeLinear", [np.array([-30, -2.5, -1.5, 0.5, 4.8, 8.6, 30], f32), C(2.0, f32),
+                            C([1], ml_dtypes.int4)], opset=21, id="QuantizeLinear-int4-saturate"),
+    case("QuantizeLinear", [np.array([-3, -1, 0.5, 1.5, 2.5, 9], f32), C(1.0, f32), C(1, ml_dtypes.uint2)],
+         opset=21, id="QuantizeLinear-uint2-saturate"),
+    case("DequantizeLinear", [np.array([0, 1, 7, -4, -8], ml_dtypes.int4), C([2.0], f32),
+                              C([1], ml_dtypes.int4)], opset=21, id="DequantizeLinear-int4"),
     case("OneHot", [np.array([[0, -1, 7], [2, 4, -6]], i64), C(5, i64), C([-1, 3], f32)], opset=11,
          axis=1, id="OneHot-negative-and-out-of-range"),
     case("OneHot", [np.array([1.0, 3.0, -1.0], f32), C(4.0, f32), C([0, 1], i32)], opset=11,
@@ -360,6 +378,23 @@ def test_dropout_mask_keeps_everything_at_inference():
     out, mask = run_nestor_node(helper.make_node("Dropout", ["x"], ["y", "m"]), {"x": x}, opset=13)
     np.testing.assert_array_equal(out, x)
     assert mask.dtype == bool and mask.all()
+
+
+def test_sub_byte_model_inputs_constants_and_outputs():
+    """A compiled model takes and returns ml_dtypes' sub-byte arrays, and holds such constants."""
+    import nestor.backend
+    x = np.array([-7, -1, 0, 3, 7], ml_dtypes.int4)
+    zp = np.array([2], ml_dtypes.int4)
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "zp"], ["d"], axis=0),
+             helper.make_node("Cast", ["d"], ["y"], to=TensorProto.UINT4)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT4, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT4, [5])],
+                              [numpy_helper.from_array(np.array([0.5], f32), "s"),
+                               numpy_helper.from_array(zp, "zp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    (y,) = nestor.backend.run_model(model, [x])
+    assert y.dtype == ml_dtypes.uint4
+    np.testing.assert_array_equal(y.astype("int32"), [0, 0, 0, 0, 2])  # (x - 2) / 2, truncated, >= 0
 
 
 def test_unsupported_cast_type():

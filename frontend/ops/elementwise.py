@@ -11,9 +11,10 @@ from functools import reduce
 
 from onnx import helper
 
-from ...ir import (Const, Expr, Kernel, Not, as_expr, bitwise, bitwise_not, call, canonical, cast, eq,
-                   ge, gt, is_float, itemsize, le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne, select, seq,
-                   store)
+from ...ir import (Const, Expr, Kernel, Not, as_expr, bits, bitwise, bitwise_not, call, canonical, cast,
+                   eq, ge, gt, is_float, le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne,
+                   select, seq, store)
+from ...ir.dtypes import STORAGE, int_range
 from .common import elementwise, input_buffer, output_buffer
 from .registry import Alias, Lowered, OpContext, register_op
 
@@ -276,10 +277,10 @@ def lower_bit_shift(ctx: OpContext):
     def shift(x, y):
         # a shift by a negative amount or by the bit width or more (undefined in C) shifts every
         # bit out: 0, or the sign in every bit for a right shift of a signed integer
-        bits = 8 * itemsize(x.dtype)
-        in_range = logical_and(ge(y, _c(y, 0)), lt(y, _c(y, bits)))
+        width = bits(x.dtype)
+        in_range = logical_and(ge(y, _c(y, 0)), lt(y, _c(y, width)))
         if op == "shr" and not x.dtype.startswith("u"):
-            return bitwise(op, x, select(in_range, y, _c(y, bits - 1)))
+            return bitwise(op, x, select(in_range, y, _c(y, width - 1)))
         return select(in_range, bitwise(op, x, y), _c(x, 0))
     return elementwise(ctx, shift, args=[0, 1])
 
@@ -366,7 +367,18 @@ def _target_dtype(ctx: OpContext) -> str:
 def lower_cast(ctx: OpContext):
     # The IR's casts are ONNX's: float -> int truncates toward zero, x -> bool is x != 0.
     dtype = _target_dtype(ctx)
+    if dtype in STORAGE and is_float(ctx.inputs[0].dtype):
+        return elementwise(ctx, lambda x: _float_to_sub_byte(x, dtype), args=[0])
     return elementwise(ctx, lambda x: cast(dtype, x), args=[0])
+
+
+def _float_to_sub_byte(x: Expr, dtype: str) -> Expr:
+    """A float cast to a sub-byte integer: truncated toward zero, and 0 where that is out of
+    the type's range or x is NaN (ONNX leaves it undefined; this is what its reference, through
+    ml_dtypes, gives)."""
+    lo, hi = int_range(dtype)
+    in_range = logical_and(gt(x, _c(x, lo - 1)), lt(x, _c(x, hi + 1)))
+    return select(in_range, cast(dtype, x), Const(0, dtype))
 
 
 @register_op("Identity")

@@ -3,9 +3,8 @@ per tensor (scalars), per axis (1-D along `axis`) or per block (`block_size` alo
 QLinearMatMul with per-tensor scales."""
 from __future__ import annotations
 
-import numpy as np
-
 from ...ir import Const, Kernel, call, cast, is_int, loop_nest, maximum, minimum, seq, store
+from ...ir.dtypes import int_range
 from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
 from .reduce import allocate, reduction, temp
 from .registry import Lowered, OpContext, register_op
@@ -36,11 +35,12 @@ def lower_dequantize(ctx: OpContext) -> Lowered:
     if zp is not None:
         params.append(zp)
         args.append(2)
+        zp_at = _param_index(ctx, zp, len(x.shape))
 
     def body(*v):
         q = cast(out.dtype, x[v])
         if zp is not None:
-            q = q - cast(out.dtype, zp[at(v)])
+            q = q - cast(out.dtype, zp[zp_at(v)])
         return store(out, v, q * cast(out.dtype, scale[at(v)]))
     return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(x.shape, body)), args)
 
@@ -55,19 +55,20 @@ def lower_quantize(ctx: OpContext) -> Lowered:
     at = _param_index(ctx, scale, len(x.shape))
     if ctx.attr("precision", 0):
         raise ctx.unsupported("precision")
-    info = np.iinfo(np.dtype(out.dtype))
+    lo, hi = int_range(out.dtype)
     params, args = [x, scale], [0, 1]
     zp = input_buffer(ctx, 2, "ZeroPoint") if ctx.has_input(2) else None
     if zp is not None:
         params.append(zp)
         args.append(2)
+        zp_at = _param_index(ctx, zp, len(x.shape))
     wide = "float64" if x.dtype == "float64" else "float32"
 
     def body(*v):
         q = call("round", cast(wide, x[v]) / cast(wide, scale[at(v)]))
         if zp is not None:
-            q = q + cast(wide, zp[at(v)])
-        q = minimum(maximum(q, Const(float(info.min), wide)), Const(float(info.max), wide))
+            q = q + cast(wide, zp[zp_at(v)])
+        q = minimum(maximum(q, Const(float(lo), wide)), Const(float(hi), wide))
         return store(out, v, cast(out.dtype, q))
     return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(x.shape, body)), args)
 
@@ -92,13 +93,13 @@ def lower_qlinear_matmul(ctx: OpContext) -> Lowered:
         bv = b[broadcast_index(b.shape[:-2], batch) + (r[0], j)]
         return (i32(av) - i32(one(a_z))) * (i32(bv) - i32(one(b_z)))
     product = reduction(acc, out.shape, [a.shape[-1]], lambda s: tuple(s), 0, value, "add")
-    info = np.iinfo(np.dtype(out.dtype))
+    lo, hi = int_range(out.dtype)
     f64 = lambda v: cast("float64", v)  # noqa: E731
     scale = f64(one(a_s)) * f64(one(b_s)) / f64(one(y_s))
 
     def requantize(*v):
         q = call("round", f64(acc[v]) * scale + f64(one(y_z)))
-        q = minimum(maximum(q, Const(float(info.min), "float64")), Const(float(info.max), "float64"))
+        q = minimum(maximum(q, Const(float(lo), "float64")), Const(float(hi), "float64"))
         return store(out, v, cast(out.dtype, q))
     body = allocate([acc], seq(product, loop_nest(out.shape, requantize)))
     return Lowered(Kernel(ctx.kernel_name(), tuple(bufs), (out,), body), list(range(8)))
