@@ -99,10 +99,10 @@ class RPCMeasurer(Measurer):
         self._tracker = tracker_session(*parse_tracker(tracker))
         self._free = wait_for_devices(self._tracker, tracker, key, device_wait)
         self._made = 0
-        # here, a runner may first wait for a device (after one was lost), then upload
         self._session_timeout = timeout
         if options.get("build_workers") is None:
             options["build_workers"] = host_cores()
+        # a runner's own limit: it may first wait for a device (after one was lost), then upload
         super().__init__(reference, target, timeout=timeout + QUEUE_WAIT + CONNECT_TIMEOUT, **options)
 
     def _new_runners(self) -> list[_Worker]:
@@ -158,14 +158,15 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
         try:
             conn._sock.settimeout(QUEUE_WAIT)
             sendjson(conn._sock, [TrackerCode.REQUEST, key, "", 1])
-            code, (url, port, matchkey) = recvjson(conn._sock)
+            answer = recvjson(conn._sock)
             conn._sock.settimeout(None)
         except BaseException:
             conn.close()  # the tracker then gives the device it would have sent us to another
             trackers.clear()
             raise
-        if code != TrackerCode.SUCCESS:
-            raise RuntimeError(f"the tracker answered {code}")
+        if answer[0] != TrackerCode.SUCCESS:
+            raise RuntimeError(f"the tracker answered {answer}")
+        url, port, matchkey = answer[1]
         return url, port, matchkey
 
     def serve(request) -> dict:
