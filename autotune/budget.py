@@ -32,8 +32,8 @@ class Budget:
             raise NestorError("tune: give a number of trials or a time budget")
         if self.trials is not None and self.trials < 1:
             raise NestorError(f"tune: the number of trials must be at least 1, not {self.trials}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise NestorError(f"tune: the time budget must be positive, not {self.seconds} s")
+        if self.seconds is not None and not 0 < self.seconds < float("inf"):
+            raise NestorError(f"tune: the time budget must be positive and finite, not {self.seconds} s")
 
     def __str__(self) -> str:
         """`64 trials`, `300 s`, or `64 trials or 300 s`."""

@@ -33,7 +33,7 @@ from ..costmodel import FEATURE_NAMES, CostModel, features, pairwise_accuracy, s
 from ..ir import InputError, parse_kernel
 from ..ir.machine import GENERIC_CPU, MachineParams
 from ..passes import Schedule
-from .records import Records
+from .records import Records, RecordsError
 
 
 @dataclass
@@ -134,6 +134,9 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     with Records(records_path, create=False) as records:
         x, seconds, groups = record_samples(records, target, names, medians)
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
+    if not tasks:
+        raise RecordsError(f"records file '{records_path}' has no task with {min_records} correct records "
+                           f"that replay: nothing to evaluate")
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
     judged = np.asarray(medians)[keep] if truth == "median" else seconds

@@ -192,6 +192,9 @@ class CompiledModel:
         if self._absent:
             raise ModelError(f"model '{self.plan['name']}' {self._absent}")
         names = self.plan["inputs"]
+        if not isinstance(inputs, (Mapping, list, tuple)):
+            raise InputError(f"inputs are a dict by name or a list in the order {names}, "
+                             f"not {type(inputs).__name__}")
         if isinstance(inputs, Mapping):
             missing = [n for n in names if n not in inputs]
             unknown = [n for n in inputs if n not in names]
@@ -205,7 +208,10 @@ class CompiledModel:
                 raise InputError(f"model takes {len(names)} inputs {names}, got {len(values)}")
         checked = []
         for name, value in zip(names, values):
-            value = np.asarray(value)
+            try:
+                value = np.asarray(value)
+            except ValueError as err:   # a ragged nested list
+                raise InputError(f"input '{name}' is not an array: {err}") from None
             shape, dtype = self.tensor_type(name)
             if value.shape != shape:
                 raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")

@@ -71,6 +71,10 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     types: dict[str, TensorType] = {n: TensorType(v.shape, canonical(v.dtype)) for n, v in consts.items()}
     inputs = [vi.name for vi in g.input if vi.name not in consts]
+    unknown = sorted(set(input_shapes or {}) - set(inputs))
+    if unknown:
+        raise ModelError(f"a shape is given for {', '.join(map(repr, unknown))}, which the model does not "
+                         f"take; its inputs are {', '.join(map(repr, inputs))}")
     for vi in g.input:
         if vi.name in consts:
             continue
@@ -124,12 +128,23 @@ def _input_type(vi: onnx.ValueInfoProto, override) -> TensorType:
         if len(override) != len(dims):
             raise ModelError(f"input '{vi.name}' has rank {len(dims)}, but the shape given for it "
                              f"is {tuple(override)}")
+        changed = [i for i, (d, o) in enumerate(zip(dims, override)) if d is not None and d != o]
+        if changed:
+            raise ModelError(f"input '{vi.name}' has static shape {_dims_text(t)}; the shape given for it, "
+                             f"{tuple(override)}, changes dimension {changed[0]} (only dynamic ones can be set)")
+        if min(override, default=1) < 1:
+            raise ModelError(f"input '{vi.name}': the shape given for it, {tuple(override)}, has a dimension below 1")
         dims = tuple(override)
     if any(d is None for d in dims):
         names = [d.dim_param or "?" for d in t.shape.dim]
         raise ModelError(f"input '{vi.name}' has dynamic shape {names}; give static dimensions "
                          f"(e.g. --input-shape {vi.name}=1,3,224,224)")
     return TensorType(dims, canonical(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+
+def _dims_text(t) -> str:
+    return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?"
+                           for d in t.shape.dim) + ")"
 
 
 def _named(node: onnx.NodeProto, index: int) -> onnx.NodeProto:

@@ -11,3 +11,13 @@ class ModelError(NestorError):
 
 class InputError(NestorError):
     """A runtime input with a missing name, a wrong shape or a wrong dtype."""
+
+
+class UsageError(NestorError):
+    """A command-line argument that cannot be right (a bad value, a flag missing the one it
+    needs, one given twice): the CLI exits 2, as argparse does for its own errors."""
+
+
+class FileError(NestorError):
+    """A path Nestor was told to read or write and cannot: missing, a directory where a file is
+    wanted, unreadable, in a folder that does not exist or is read-only, or an output over an input."""

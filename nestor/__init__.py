@@ -2,7 +2,7 @@
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from .api import compile, import_onnx, load  # noqa: A004 (nestor.compile is the public name)
-from .ir.errors import InputError, ModelError, NestorError
+from .ir.errors import FileError, InputError, ModelError, NestorError, UsageError
 
 try:
     __version__ = _version("nestor")

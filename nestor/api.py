@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
-from .codegen import CompiledModel, as_target, compile_graph, machine_params
+import onnx
+
+from .codegen import CompiledModel, as_target, compile_graph, is_gpu, machine_params
 from .frontend import import_model
-from .ir import Graph, Kernel
-from .passes import default_schedule
+from .ir import For, Graph, Kernel, walk_stmts
+from .ir.errors import UsageError
+from .passes import ScheduleError, default_schedule
 from .passes.fusion import fuse_elementwise
 from .passes.model_schedule import ModelSchedule, read_model_schedule
 
@@ -27,6 +31,8 @@ def import_onnx(model, input_shapes: dict | None = None, optimize: bool = True,
     kernels that produce their inputs (passes/fusion.py). `target` (anything `as_target` takes:
     "cpu", the default, "cuda", a TVM target string or JSON) decides the layouts' blocks, and
     `blocked` and `winograd` where they are None (on for a CPU, off for a GPU)."""
+    _check_types("import_onnx", model=(model, (str, os.PathLike, onnx.ModelProto)))
+    _check_shapes(input_shapes)
     graph = import_model(model, input_shapes=input_shapes, optimize=optimize, blocked=blocked,
                          winograd=winograd, machine=machine_params(target))
     return fuse_elementwise(graph) if optimize else graph
@@ -39,13 +45,15 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
     kernel, or a ModelSchedule. With `records` (a tuning database), a kernel's best stored
     schedule wins; kernels never tuned get `schedule`."""
     target = as_target(target)
+    _check_types("compile", schedule=(schedule, (str, os.PathLike, ModelSchedule)),
+                 records=(records, (str, os.PathLike, type(None))))
     if isinstance(schedule, str) and schedule in SCHEDULES:
         named = SCHEDULES[schedule]
         base = functools.partial(named, machine=machine_params(target)) if named else None
     else:
         base = (schedule if isinstance(schedule, ModelSchedule) else read_model_schedule(schedule)).scheduler_for(graph)
     if records is None:
-        return base
+        return _for_target(base, target)
     from .autotune.tune import best_kernels
     best = best_kernels(records, target)
 
@@ -54,7 +62,42 @@ def scheduler(schedule: str | os.PathLike | ModelSchedule, graph: Graph, records
         if found is not None:
             return found
         return base(kernel) if base else kernel
-    return tuned_or_base
+    return _for_target(tuned_or_base, target)
+
+
+def _for_target(schedule: Callable[[Kernel], Kernel] | None, target) -> Callable[[Kernel], Kernel] | None:
+    """`schedule`, refusing GPU bindings on a CPU target (TVM would compile them as plain loops)."""
+    if schedule is None or is_gpu(target):
+        return schedule
+
+    def checked(kernel: Kernel) -> Kernel:
+        out = schedule(kernel)
+        for s in walk_stmts(out.body):
+            if isinstance(s, For) and s.kind.startswith(("blockIdx", "threadIdx")):
+                raise ScheduleError(f"kernel {out.name}", s.var, f"bound to {s.kind}, but the target "
+                                    f"({target.kind.name}) is a CPU; bind is for GPU targets")
+        return out
+    return checked
+
+
+def _check_types(function: str, **values) -> None:
+    """Each keyword's (value, allowed types): a wrong type is a UsageError naming the argument."""
+    for name, (value, types) in values.items():
+        if not isinstance(value, types):
+            allowed = " or ".join(t.__name__ for t in types if t is not type(None))
+            raise UsageError(f"nestor.{function}: {name} must be {allowed}, not {type(value).__name__}")
+
+
+def _check_shapes(input_shapes) -> None:
+    """None or {input name: a sequence of whole numbers}."""
+    if input_shapes is None:
+        return
+    if not isinstance(input_shapes, Mapping):
+        raise UsageError(f"input_shapes must be a dict of input name -> shape, not {type(input_shapes).__name__}")
+    for name, shape in input_shapes.items():
+        if not (isinstance(shape, Sequence) and not isinstance(shape, str)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            raise UsageError(f"input_shapes['{name}'] must be a sequence of whole numbers, not {shape!r}")
 
 
 def compile(model, *, input_shapes: dict | None = None, target=None,
@@ -67,6 +110,7 @@ def compile(model, *, input_shapes: dict | None = None, target=None,
     "cpu" or None (this CPU), "cuda" (this machine's GPU), a TVM target, its string, JSON or
     dict form. The model runs on the target's device."""
     target = as_target(target)
+    _check_types("compile", model=(model, (str, os.PathLike, onnx.ModelProto, Graph)))
     graph = model if isinstance(model, Graph) else import_onnx(model, input_shapes, optimize, blocked, winograd, target)
     return compile_graph(graph, target=target, schedule=scheduler(schedule, graph, records, target),
                          progress=progress)
@@ -74,4 +118,5 @@ def compile(model, *, input_shapes: dict | None = None, target=None,
 
 def load(path: str) -> CompiledModel:
     """Load a model saved with `CompiledModel.save` (needs only the TVM runtime)."""
+    _check_types("load", path=(path, (str, os.PathLike)))
     return CompiledModel.load(path)

@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import importlib.metadata
 import inspect
-import os
 import sys
 import textwrap
 import time
@@ -18,28 +17,42 @@ import warnings
 
 import numpy as np
 
-from .ir.errors import InputError, NestorError
+from .cli_checks import Parser, at_least, by_name, check_command, duration, input_shape, name_file, quiet_broken_pipe
+from .ir.errors import InputError, NestorError, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:   # --help, or a usage error argparse printed (exit 2)
+        return done.code or 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args) or 0
-    except NestorError as err:
-        print(f"nestor: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("nestor: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            check_command(args)
+            return args.func(args) or 0
+        except NestorError as err:  # the first line: a syntax error's source and caret stay out
+            print(f"nestor: error: {(str(err).strip().splitlines() or [type(err).__name__])[0]}", file=sys.stderr)
+            return 2 if isinstance(err, UsageError) else 1
+        except BrokenPipeError:    # `nestor passes | head`
+            quiet_broken_pipe()
+            return 0
+        except KeyboardInterrupt:
+            print("nestor: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"nestor: warning: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nestor", description="An autotuning tensor compiler.")
-    sub = p.add_subparsers(metavar="command")
+    p = Parser(prog="nestor", description="An autotuning tensor compiler.")
+    sub = p.add_subparsers(metavar="command", dest="command")
 
     c = sub.add_parser("compile", help="compile an ONNX model into a deployable .nestor file")
     c.add_argument("model", help="model.onnx")
@@ -54,13 +67,13 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a compiled model (or an ONNX model, compiled first)")
     r.add_argument("model", help="model.nestor or model.onnx")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", type=name_file,
                    help="an input from a .npy file (repeatable); random inputs where none given")
     r.add_argument("--save-outputs", metavar="OUT.npz", help="save the outputs, by name")
-    r.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
-    r.add_argument("--profile", type=int, nargs="?", const=15, metavar="N",
+    r.add_argument("--repeat", type=at_least(1), default=20, help="timed runs (default 20)")
+    r.add_argument("--profile", type=at_least(1), nargs="?", const=15, metavar="N",
                    help="then time each kernel alone and print the N slowest (default 15)")
-    _shape_and_schedule_args(r)
+    _shape_and_schedule_args(r, default_schedule=None)   # None: an explicit one on a .nestor is refused
     _target_arg(r, default=None, default_text="a compiled model's own; cpu for an ONNX model")
     r.set_defaults(func=cmd_run)
 
@@ -79,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="model.onnx or kernel.ir (Nestor IR text)")
     t.add_argument("--records", default="nestor_records.sqlite", help="records database (default: %(default)s)")
     _tuning_args(t)
-    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", type=input_shape)
     _target_arg(t)
     t.set_defaults(func=cmd_tune)
 
@@ -88,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="costmodel: ranking quality on held-out records of --records")
     b.add_argument("--models", help="models: comma-separated names (default: all)")
     b.add_argument("--kernels", help="kernels: comma-separated names (default: all)")
-    b.add_argument("--trials", type=int, default=256, help="kernels: trials per kernel and tuner")
-    b.add_argument("--repeat", type=int, default=20)
+    b.add_argument("--trials", type=at_least(1), default=256, help="kernels: trials per kernel and tuner")
+    b.add_argument("--repeat", type=at_least(1), default=20)
     b.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
                    help="kernels: time Nestor against the library alone (ONNX Runtime, or PyTorch on a GPU)")
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
@@ -100,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                         "saved cost model (repeatable)")
     b.add_argument("--truth", choices=["median", "fastest"], default="median",
                    help="costmodel: judge the ranking against each record's median (default) or fastest repeat")
-    b.add_argument("--time-budget", metavar="30m", help="models: tune each model this long first")
+    b.add_argument("--time-budget", metavar="30m", type=duration, help="models: tune each model this long first")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)
     from .cli_records import add_commands
@@ -109,10 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tuning_args(p) -> None:
-    p.add_argument("--trials", type=int, help="measurements in all, spread over a model's kernels by "
+    p.add_argument("--trials", type=at_least(1), help="measurements in all, spread over a model's kernels by "
                                               "the task scheduler (default 64 per distinct kernel; "
                                               "with --time-budget alone: as many as fit)")
-    p.add_argument("--time-budget", metavar="30m", help="stop tuning after this long (s, m or h)")
+    p.add_argument("--time-budget", metavar="30m", type=duration, help="stop tuning after this long (s, m or h)")
     p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
     p.add_argument("--pretrained", metavar="FILE", action="append",
                    help="pretrain the cost model from these records of other tunings (.sqlite) or this saved "
@@ -134,25 +147,16 @@ def _target(args):
 
 
 def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", type=input_shape,
                    help="fix a dynamic input's shape (repeatable)")
     p.add_argument("--schedule", default=default_schedule, metavar="default|none|FILE.json|PIPELINE",
                    help=f"kernel schedule: default, none, a schedule file, or a pipeline string "
                         f"such as 'split(i0, 4); vectorize(i0_i)' for every kernel "
-                        f"(default: {default_schedule})")
+                        f"(default: {default_schedule or 'default'})")
 
 
-def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for item in items:
-        name, _, dims = item.rpartition("=")
-        try:
-            shapes[name] = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            raise InputError(f"--input-shape '{item}' is not NAME=D0,D1,...") from None
-        if not name:
-            raise InputError(f"--input-shape '{item}' is not NAME=D0,D1,...")
-    return shapes
+def _input_shapes(items: list[tuple[str, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:
+    return by_name(items, "--input-shape")
 
 
 def _compile(path: str, args):
@@ -162,7 +166,7 @@ def _compile(path: str, args):
     print(f"  compiling for {describe(target)}", flush=True)
     start = time.perf_counter()
     model = nestor_compile(path, input_shapes=_input_shapes(args.input_shape), target=target,
-                           schedule=args.schedule, records=getattr(args, "records", None),
+                           schedule=args.schedule or "default", records=getattr(args, "records", None),
                            progress=lambda msg: print(f"  {msg}", flush=True))
     return model, time.perf_counter() - start
 
@@ -172,12 +176,9 @@ def cmd_compile(args) -> int:
     _target(args)
     if args.tune:
         from .api import import_onnx
-        args.records = args.records or "nestor_records.sqlite"
         _tune_graph(import_onnx(args.model, _input_shapes(args.input_shape), target=args.target), args)
-    elif args.trials or args.time_budget:
-        raise InputError("--trials and --time-budget need --tune")
     model, seconds = _compile(args.model, args)
-    out = args.output or os.path.splitext(args.model)[0] + ".nestor"
+    out = args.output   # checked, and defaulted, by check_command
     model.save(out)
     print(f"compiled {args.model} for {describe(model.target)} in {seconds:.1f} s: "
           f"{len(model.plan['steps'])} kernel calls, "
@@ -193,23 +194,15 @@ def cmd_run(args) -> int:
         model, _ = _compile(args.model, args)
     else:
         wanted = _target(args) if args.target is not None else None
-        if not os.path.isfile(args.model):
-            raise InputError(f"no such compiled model: '{args.model}'")
         model = load(args.model)
         _check_artifact_target(args.model, model.target, wanted)
     inputs = model.random_inputs()
-    for item in args.input:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise InputError(f"--input '{item}' is not NAME=FILE.npy")
+    for name, path in by_name(args.input, "--input").items():
         if name not in inputs:
             raise InputError(f"--input '{name}': the model's inputs are {model.input_names}")
-        try:
-            inputs[name] = np.load(path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"--input '{name}': cannot read '{path}': {err}") from None
+        inputs[name] = _read_array(name, path)
     outputs = model.run(inputs)
-    times = [model.time_once(inputs) for _ in range(max(args.repeat, 1))]
+    times = [model.time_once(inputs) for _ in range(args.repeat)]
     for name, value in zip(model.output_names, outputs):
         print(f"output {name}: shape {tuple(value.shape)} {value.dtype}")
     print(f"median latency: {np.median(times) * 1e3:.3f} ms over {len(times)} runs")
@@ -219,8 +212,21 @@ def cmd_run(args) -> int:
             np.savez(f, **dict(zip(model.output_names, outputs)))
         print(f"outputs saved to {args.save_outputs}")
     if args.profile:
-        _print_profile(model.profile(inputs, max(args.repeat, 1)), args.profile)
+        _print_profile(model.profile(inputs, args.repeat), args.profile)
     return 0
+
+
+def _read_array(name: str, path: str) -> np.ndarray:
+    """One array from a .npy file (never a pickle: loading one runs code)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        kind = "an .npz archive" if magic.startswith(b"PK") else "not a NumPy .npy file"
+        raise InputError(f"--input '{name}': '{path}' is {kind}; give one array saved with numpy.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--input '{name}': cannot read '{path}': {err}") from None
 
 
 def _print_profile(rows: list[dict], top: int) -> None:
@@ -347,31 +353,21 @@ def cmd_bench(args) -> int:
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report
-        if not args.records:
-            raise InputError("nestor bench costmodel needs --records DB (from nestor tune or "
-                             "nestor bench kernels --records DB)")
-        if not os.path.exists(args.records):
-            raise InputError(f"records file '{args.records}' does not exist")
-        for path in args.pretrained or ():
-            if not os.path.exists(path):
-                raise InputError(f"pretraining file '{path}' does not exist")
         report(evaluate(args.records, pretrained=args.pretrained, truth=args.truth))
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
-    bench_models(names, repeat=args.repeat, time_budget=_seconds(args.time_budget), records=args.records,
+    bench_models(names, repeat=args.repeat, time_budget=args.time_budget, records=args.records,
                  target=args.target)
     return 0
 
 
 def _seconds(text: str | None) -> float | None:
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600}
+    """A --time-budget of a script that parses its own flags -> seconds (0: no tuning; None stays)."""
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except ValueError:
-        raise InputError(f"--time-budget '{text}' is not a duration such as 90s, 10m or 1h") from None
+        return None if text is None else duration(text, allow_zero=True)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"--time-budget {err}") from None
 
 
 def cmd_tune(args) -> int:
@@ -390,12 +386,22 @@ def cmd_tune(args) -> int:
 
 
 def _read_kernel(path: str):
+    """A kernel.ir file: UTF-8 Nestor IR text (errors name the file, line and column)."""
     from .ir import parse_kernel
+    from .ir.errors import ModelError
+    from .ir.parser import IRSyntaxError
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path) as f:
-            return parse_kernel(f.read())
-    except OSError as err:
-        raise InputError(f"cannot read '{path}': {err}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelError(f"'{path}' is not UTF-8 text (byte {err.start}); a kernel file is Nestor IR text") from None
+    if not text.strip():
+        raise ModelError(f"'{path}' is empty; a kernel file holds one kernel in Nestor IR text")
+    try:
+        return parse_kernel(text)
+    except IRSyntaxError as err:
+        raise ModelError(f"'{path}', {str(err).splitlines()[0]}") from None
 
 
 def _tune_graph(graph, args) -> None:
@@ -420,7 +426,7 @@ def _tune(run, what: str, distinct: int, args) -> None:
     distinct kernel by default), then print the table of tasks."""
     from .autotune.budget import Budget
     from .autotune.task_scheduler import task_table
-    seconds = _seconds(args.time_budget)
+    seconds = args.time_budget
     budget = Budget(args.trials or (None if seconds is not None else 64 * distinct), seconds)
     from .codegen import describe
     print(f"tuning {what} for {describe(args.target)} ({budget}); records in {args.records}", flush=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from .cli_checks import input_shape
 from .ir.errors import InputError
 
 
@@ -29,7 +30,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("report", help="an HTML page of a tuning: curves, roofline, time per task, schedules")
     p.add_argument("database", help="records database (.sqlite)")
     p.add_argument("--model", help="model.onnx: weigh each task by its calls in this model")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", type=input_shape,
                    help="fix a dynamic input's shape of --model (repeatable)")
     p.add_argument("--target", help="the records' target to report (default: the one with most records)")
     p.add_argument("-o", "--output", required=True, help="report.html")

@@ -117,4 +117,4 @@ def test_schedule_file_errors_are_one_line(tmp_path, model, capsys, content, exp
 
 def test_missing_schedule_file(model, capsys):
     assert main(["ir", model, "--schedule", "no_such.json"]) == 1
-    assert "cannot read schedule file 'no_such.json'" in capsys.readouterr().err
+    assert "schedule file 'no_such.json' does not exist" in capsys.readouterr().err
