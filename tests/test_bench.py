@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import nestor
 import nestor.codegen
 from nestor import bench, bench_kernels as bk
 from nestor.autotune.kernel_suite import SUITE
@@ -200,3 +201,50 @@ def test_kernel_bench_without_metaschedule_times_nestor_against_the_library(monk
     assert row[0] == "softmax" and row[2:4] == ["-", "-"] and row[5] == "-"  # no MetaSchedule columns
     assert float(row[7].rstrip("%")) == pytest.approx(100 * share, abs=1)  # % of ONNX Runtime
     assert lines[-1] == f"geomean share of ONNX Runtime's speed: {share:.0%}"
+
+
+def _saturated_classifier():
+    """Gemm with large seeded weights, then Softmax: outputs of exact 0s and a 1, as the seeded
+    ImageNet models give."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 100)).astype(np.float32) * 30, "W")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["prob"])],
+        "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 100])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_bench_models_checks_the_logits_and_fails_on_a_wrong_kernel(monkeypatch):
+    """Saturated softmax outputs hide any error; the benchmark compares the logits before them,
+    and a model whose logits are 1% off fails it."""
+    import numpy as np
+    monkeypatch.setattr(bench, "example_model", lambda name: _saturated_classifier())
+    monkeypatch.setattr(bench, "interleaved_medians", lambda fns, repeat: [1e-3 for _ in fns])
+    lines = []
+    bench.bench_models(["squeezenet"], repeat=1, out=lines.append)
+    row = next(line for line in lines if line.startswith("squeezenet"))
+    assert float(row.split()[-1]) < 1e-5   # the err column: the logits checked, and right
+
+    run = nestor.codegen.CompiledModel.run
+
+    def wrong(self, inputs):   # a kernel 1% off: the logits change, the saturated softmax does not
+        prob, logits = run(self, inputs)
+        logits = logits * 1.01
+        e = np.exp(logits - logits.max())
+        return [e / e.sum(), logits]
+    x = {"x": np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)}
+    compiled = nestor.compile(bench.with_logits(_saturated_classifier()))
+    right, off = run(compiled, x), wrong(compiled, x)
+    assert right[0].max() == 1.0 and bench.output_error(off[:1], right[:1]) < 1e-20   # hidden in the softmax
+    monkeypatch.setattr(nestor.codegen.CompiledModel, "run", wrong)
+    with pytest.raises(NestorError, match=r"outputs differ from ONNX Runtime's by more than 0.001 .*: squeezenet"):
+        bench.bench_models(["squeezenet"], repeat=1, out=lines.append)
+
+
+def test_with_logits_adds_the_softmax_input_as_an_output():
+    model = bench.with_logits(_saturated_classifier())
+    assert [o.name for o in model.graph.output] == ["prob", "logits"]
+    assert bench.output_error([[1.0, 2.0]], [[1.0, 2.0]]) == 0
+    assert bench.output_error([[1.0, 2.02]], [[1.0, 2.0]]) == pytest.approx(0.01)
