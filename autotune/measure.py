@@ -285,11 +285,18 @@ class _Worker:
         raise NestorError(f"measure: the {self.role} process did not start: {tail or 'no output'}")
 
     def submit(self, request) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.stop()
-            self.start()
-            self.ready()
-        self.conn.send(request)
+        for retry in (False, True):
+            if self.proc is None or self.proc.poll() is not None:
+                self.stop()
+                self.start()
+                self.ready()
+            try:
+                self.conn.send(request)
+                break
+            except OSError:  # it died since the poll (killed): once more, to a new one
+                self.stop()
+                if retry:
+                    raise
         self.since = time.monotonic()
 
     def reply(self) -> dict:
