@@ -17,7 +17,8 @@ from nestor.autotune.measure import Measurer
 from nestor.autotune.records import Records
 from nestor.autotune.rpc_measure import RPCError, RPCMeasurer, free_devices, tracker_session
 from nestor.cli import main
-from nestor.codegen import build
+from nestor.autotune.search import Tuner
+from nestor.codegen import build, host_target, machine_params
 from nestor.ir import print_kernel
 
 from .test_measure import BAD, GOOD, MATMUL, parse_kernel
@@ -104,6 +105,7 @@ def pair(loopback):
     return loopback.serve("pair", 2)
 
 
+@pytest.mark.slow
 def test_tune_through_the_tracker_uses_every_device(loopback, pair, tmp_path):
     path, db = tmp_path / "mm.ir", tmp_path / "r.sqlite"
     path.write_text(print_kernel(MATMUL))
@@ -118,7 +120,7 @@ def test_tune_through_the_tracker_uses_every_device(loopback, pair, tmp_path):
 WRONG = parse_kernel(BAD["wrong"][0])
 
 
-def test_remote_checks_and_a_killed_device(loopback, pair):
+def test_remote_checks_records_and_a_killed_device(loopback, pair, tmp_path):
     """(Last of the tests on `pair`: it kills one of them.)"""
     doomed, survivor = pair
     # 1000 runs a repeat: the unscheduled matmul takes about half a second on its device
@@ -130,6 +132,9 @@ def test_remote_checks_and_a_killed_device(loopback, pair):
         assert checked[1].error.startswith("wrong result: max abs err")
         assert all(len(r.repeats) == 2 and r.median > 0 for r in checked if r.ok)
         assert {r.device for r in checked} == set(pair)
+        with Records(tmp_path / "r.sqlite") as records:  # a tuner's round: its records say where
+            Tuner(MATMUL, m, records, None, "t", machine_params(host_target()), batch=4).round()
+            assert {r.device for r in records.records()} == set(pair) and len(records.records()) == 4
 
         def kill_when_serving():  # the doomed server's next session is a candidate in flight
             sessions = loopback.log(doomed).count("start serving")
