@@ -128,3 +128,12 @@ def test_unknown_activation_is_named():
     model, _ = rnn_model("RNN", activations=["Gelu"])
     with pytest.raises(UnsupportedOpError, match="RNN node 'rnn': activation 'Gelu'"):
         nestor.import_onnx(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", list(GATES))
+def test_onnx_node_cases_pass(op):
+    """ONNX's own LSTM / GRU / RNN node test cases (18 in all) through nestor.backend."""
+    from nestor.conformance import case_op, node_cases, run_case
+    results = [run_case(c) for c in node_cases() if case_op(c) == op]
+    assert results and all(r.status == "pass" for r in results), [(r.name, r.detail) for r in results]
