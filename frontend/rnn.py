@@ -53,7 +53,7 @@ class _Unrolled:
         self.op = node.op_type
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         self.inputs = list(node.input) + [""] * (8 - len(node.input))
-        for name in self.inputs[:1] + self.inputs[1:3]:
+        for name in self.inputs[:3]:  # X, W, R
             if name not in types:
                 raise ModelError(f"{self.op} node '{node.name}': the shape of '{name}' could not "
                                  f"be inferred statically")
