@@ -22,7 +22,7 @@ import tvm
 
 from ..ir import Graph, Kernel, storage
 from ..ir.hashing import structural_hash
-from ..ir.errors import InputError, ModelError
+from ..ir.errors import FileError, InputError, ModelError
 from . import artifact
 from .artifact import FORMAT_VERSION
 from .build import build, load as load_module, run_kernel
@@ -95,6 +95,7 @@ class CompiledModel:
     def __init__(self, module, plan: dict, constants: Mapping[str, np.ndarray]):
         self.module = module
         self.plan = plan
+        self.library: bytes | None = None   # a loaded model's kernels.so: a loaded library cannot be exported again
         self.constants = dict(constants)
         self.target = as_target(plan.get("target"))   # version 1 plans have none: the CPU
         self.device = device_of(self.target)
@@ -286,12 +287,15 @@ class CompiledModel:
     # --- artifact ----------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write the artifact (codegen/artifact.py): a file at `path` is replaced only whole."""
-        kernels = None
-        if self.module is not None:
+        kernels = self.library
+        if kernels is None and self.module is not None:
             with tempfile.TemporaryDirectory() as tmp, \
                     open(self.module.export(os.path.join(tmp, "kernels.so")), "rb") as f:
                 kernels = f.read()
-        artifact.write(path, {**self.plan, "target": str(self.target)}, self.constants, kernels)
+        try:
+            artifact.write(path, {**self.plan, "target": str(self.target)}, self.constants, kernels)
+        except OSError as err:   # a missing or read-only folder, a directory at `path`, a full disk
+            raise FileError(f"cannot write compiled model '{path}': {err.strerror or err}") from None
 
     @classmethod
     def load(cls, path: str) -> "CompiledModel":
@@ -311,7 +315,9 @@ class CompiledModel:
                 except (RuntimeError, OSError) as err:   # tvm.error.TVMError is a RuntimeError
                     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                     raise ModelError(f"cannot load the kernels of '{path}': {first}") from None
-        return cls(module, found.plan, found.constants)
+        model = cls(module, found.plan, found.constants)
+        model.library = found.kernels
+        return model
 
 
 class _Workspace:

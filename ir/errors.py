@@ -18,6 +18,7 @@ class UsageError(NestorError):
     needs, one given twice): the CLI exits 2, as argparse does for its own errors."""
 
 
-class FileError(NestorError):
+class FileError(NestorError, OSError):
     """A path Nestor was told to read or write and cannot: missing, a directory where a file is
-    wanted, unreadable, in a folder that does not exist or is read-only, or an output over an input."""
+    wanted, unreadable, in a folder that does not exist or is read-only, or an output over an input.
+    An OSError too, for callers that catch those around file work."""

@@ -258,6 +258,7 @@ BAD_CALLS = [
     (lambda: _compiled().run([np.ones((2, 3), np.float32)] * 2), "takes 1 inputs"),
     (lambda: _compiled().run({"x": [[1.0, 2.0], [3.0]]}), "input 'x' is not an array"),
     (lambda: _compiled().run({"x": np.ones((2, 3), np.float32), "nope": 1}), "unknown ['nope']"),
+    (lambda: _compiled().save("/nonexistent/folder/m.nestor"), "cannot write compiled model"),
 ]
 
 
@@ -266,3 +267,11 @@ def test_a_bad_api_call_is_a_nestor_error(call, message):
     with pytest.raises(nestor.NestorError) as info:
         call()
     assert message in str(info.value)
+
+
+def test_a_loaded_model_saves_again(tmp_path):
+    """Its kernels.so is kept as loaded (TVM cannot export a library it loaded)."""
+    nestor.compile(tiny_model()).save(str(tmp_path / "a.nestor"))
+    nestor.load(str(tmp_path / "a.nestor")).save(str(tmp_path / "b.nestor"))
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(nestor.load(str(tmp_path / "b.nestor")).run([x])[0], np.maximum(x, 0))
