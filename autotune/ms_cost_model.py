@@ -18,6 +18,7 @@ shunned.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import tvm
@@ -29,6 +30,7 @@ from ..codegen import machine_params
 from ..codegen.tir_import import kernel_from_primfunc
 from ..costmodel import CostModel, kernel_features
 from ..ir import NestorError
+from .model_quality import pretraining_samples
 from .ms_strategy import runner_result
 
 NEUTRAL = 0.5            # a score before training: the mean of the random ones
@@ -39,12 +41,16 @@ _CACHE_LIMIT = 100_000   # feature rows kept by module hash (a tuning proposes m
 @derived_object
 class NestorCostModel(ms.cost_model.PyCostModel):
     """One model for all the tasks of a tuning (MetaSchedule's task scheduler shares it), each
-    task a ranking group. `model`: a Nestor CostModel to start from (e.g. loaded or
-    pretrained); `path`: load one saved by `save`."""
+    task a ranking group. `model`: a Nestor CostModel to start from; `path`: load one saved by
+    `save`; `pretrained`: records databases of Nestor's tunings (or saved Nestor cost models)
+    to pretrain on, as `nestor tune --pretrained` does: then even the first round is ranked."""
 
-    def __init__(self, model: CostModel | None = None, path: str | None = None, seed: int = 0):
+    def __init__(self, model: CostModel | None = None, path: str | None = None, seed: int = 0,
+                 pretrained: str | Sequence[str] | None = None):
         super().__init__()
         self.model = CostModel.load(path) if path else model or CostModel(seed=seed)
+        if pretrained:
+            self.model.pretrain_features(*pretraining_samples(pretrained))
         self.rng = np.random.default_rng(seed)
         self.rows: dict[int, np.ndarray | None] = {}  # module hash -> feature row (None: cannot featurize)
         self.failed: set[str] = set()                 # tasks warned about

@@ -51,9 +51,10 @@ def metaschedule_target(target):
     return tvm.target.Target({**limits, **dict(target.export())})  # what the target sets wins
 
 
-def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
+def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model="xgb"):
     """MetaSchedule's best build after `trials` measurements in all (those already in its
-    database in `workdir` count, as Nestor's records do), and the seconds taken."""
+    database in `workdir` count, as Nestor's records do), and the seconds taken. `cost_model`:
+    what ranks its evolutionary search's candidates (ms.tune_tir's argument)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
@@ -65,7 +66,8 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target):
         # a longer build timeout than the default 30 s: a builder's first import of TVM takes
         # longer on a loaded 2-core machine, and every candidate then "fails" to build
         database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
-                               num_trials_per_iter=min(64, left), builder=ms.builder.LocalBuilder(timeout_sec=120))
+                               num_trials_per_iter=min(64, left), builder=ms.builder.LocalBuilder(timeout_sec=120),
+                               cost_model=cost_model)
     else:
         database = ms.database.JSONDatabase(work_dir=workdir)
     seconds = time.perf_counter() - start

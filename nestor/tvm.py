@@ -69,11 +69,12 @@ def _deadline(time_budget: float | None) -> float | None:
     return time.monotonic() + time_budget
 
 
-def cost_model(path: str | None = None, seed: int = 0) -> NestorCostModel:
+def cost_model(path: str | None = None, seed: int = 0, pretrained=None) -> NestorCostModel:
     """Nestor's features and XGBoost ranking model as MetaSchedule's cost model, for its own
     evolutionary search: `ms.tune_tir(..., cost_model=nestor.tvm.cost_model())`. `path`: start
-    from a model saved by its `save` (MetaSchedule's CostModel.save)."""
-    return NestorCostModel(path=path, seed=seed)
+    from a model saved by its `save` (MetaSchedule's CostModel.save); `pretrained`: Nestor's
+    records databases (or saved cost models) to pretrain on, one path or several."""
+    return NestorCostModel(path=path, seed=seed, pretrained=pretrained)
 
 
 def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:

@@ -9,17 +9,17 @@ a busy 2-core machine); the fixture pays it once."""
 import numpy as np
 import pytest
 import tvm
+from nestor.autotune.ms_cost_model import NestorCostModel
+from nestor.codegen import host_target
+from nestor.codegen.tir_import import kernel_from_primfunc
+from nestor.costmodel import pairwise_accuracy
+from nestor.ir import For, walk_stmts
 from tvm import te, topi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import Schedule, Trace
 from tvm.s_tir import meta_schedule as ms
 
 import nestor.tvm
-from nestor.autotune.ms_cost_model import NestorCostModel
-from nestor.codegen import host_target
-from nestor.codegen.tir_import import kernel_from_primfunc
-from nestor.costmodel import pairwise_accuracy
-from nestor.ir import For, walk_stmts
 
 from .ms_inprocess import InProcessBuilder, InProcessRunner
 from .test_tvm_plugin import _unnamed_log_handlers_dropped
@@ -74,6 +74,17 @@ def test_the_model_learns_to_rank_candidates_it_has_not_seen(task):
     assert pairwise_accuracy(scores, truth, np.zeros(len(truth))) > 0.8
     fastest_seen = model.predict(context, [min(train, key=_truth)])[0]
     assert fastest_seen == pytest.approx(1.0, rel=0.05)  # a score reads as best measured time / predicted
+
+
+def test_a_model_pretrained_on_a_saved_one_ranks_from_the_first_round(task, tmp_path):
+    context, candidates = task
+    donor = NestorCostModel()
+    donor.update(context, candidates[:24], _results([_truth(c) for c in candidates[:24]]))
+    donor.save(str(tmp_path / "donor.npz"))
+    model = nestor.tvm.cost_model(pretrained=str(tmp_path / "donor.npz"))
+    assert model.model.samples == 24
+    truth = [_truth(c) for c in candidates[24:]]
+    assert pairwise_accuracy(model.predict(context, candidates[24:]), truth, np.zeros(len(truth))) > 0.8
 
 
 def test_failed_candidates_teach_nothing(task):
