@@ -162,16 +162,30 @@ def lower_conv_transpose(ctx: OpContext) -> Lowered:
     group = ctx.attr("group", 1)
     c_per_group, m_per_group = x.shape[1] // group, w.shape[1]
 
+    # Kernel no wider than the stride, no dilation (a UNet's k = s = 2 upsampling): each output
+    # point has one tap per dim at most, its phase (o + pad) % s, and the reduction runs over
+    # channels alone instead of masking out all taps but one.
+    phased = all(d == 1 and k <= st and b >= 0 for d, k, st, b in zip(dilations, kernel, strides, begins))
+
     def value(s, r):
         c, taps = r[0], r[1:]
         channel = s[1] // m_per_group * c_per_group + c
-        ts = [o + b - k * d for o, b, k, d in zip(s[2:], begins, taps, dilations)]
-        conds, pos = _strided_taps(ts, strides, sizes)
+        if phased:
+            ts = [o + b for o, b in zip(s[2:], begins)]
+            taps = [t % st if st > 1 else as_expr(0) for t, st in zip(ts, strides)]
+            pos = [t // st if st > 1 else t for t, st in zip(ts, strides)]
+            conds = [lt(t, k) for t, k, st in zip(taps, kernel, strides) if k < st]
+            conds += [lt(p, n) for p, n, last, b, st in zip(pos, sizes, out.shape[2:], begins, strides)
+                      if (last - 1 + b) // st >= n]
+        else:
+            ts = [o + b - k * d for o, b, k, d in zip(s[2:], begins, taps, dilations)]
+            conds, pos = _strided_taps(ts, strides, sizes)
         term = widen(x[(s[0], channel, *pos)]) * widen(w[(channel, s[1] % m_per_group, *taps)])
-        return select(logical_and(*conds), term, as_expr(0, term.dtype))
+        return select(logical_and(*conds), term, as_expr(0, term.dtype)) if conds else term
 
     inputs, args, init = _with_bias(ctx, [x, w])
-    body = reduction(out, out.shape, (c_per_group, *kernel), lambda s: tuple(s), init, value, "add")
+    body = reduction(out, out.shape, (c_per_group,) + (() if phased else tuple(kernel)), lambda s: tuple(s),
+                     init, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), tuple(inputs), (out,), body), args)
 
 
