@@ -130,3 +130,91 @@ def test_ms_cost_model_tunes_a_kernel_with_both_rankings():
     rows = [line.split() for line in out.splitlines() if line.startswith("layernorm")]
     assert rows and len(rows[-1]) == 6 and all(float(x) > 0 for x in rows[-1][1:]), out
     assert out.splitlines()[-1].startswith("geomean speedup of Nestor's cost model over XGBModel: ")
+
+
+# --- README: every command line in it parses, the "Using it" block runs, every example is smoke-tested
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_command_lines(program: str) -> list[str]:
+    """The lines of README's code blocks that start with `program`, comments dropped."""
+    lines, in_block = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+        elif in_block and line.startswith(program + " "):
+            lines.append(line.split("  #")[0].strip())
+    return lines
+
+
+def _one_variant(line: str) -> list[str]:
+    """A README synopsis line as one concrete command: optional parts in, the first of each set
+    of alternatives, placeholders filled."""
+    import shlex
+    line = re.sub(r"\[([^\]]*?) \| [^\]]*\]", r"\1", line)   # [--trials N | --time-budget 10m]
+    line = line.replace("[", "").replace("]", "")
+    words = [w.split("|")[0] if "|" in w and not w.startswith(("'", '"')) else w for w in shlex.split(line)]
+    return [{"N": "4", "NAME": "n0"}.get(w, w) for w in words]
+
+
+def test_every_readme_nestor_command_parses():
+    from nestor.cli import _parser
+    lines = _readme_command_lines("nestor")
+    assert len(lines) >= 12
+    for line in lines:
+        try:
+            args = _parser().parse_args(_one_variant(line)[1:])
+        except SystemExit:
+            pytest.fail(f"README command does not parse: {line}")
+        assert args.func is not None, line
+
+
+def test_every_example_script_has_a_smoke_test():
+    """Each script in examples/ is named by a test (here, or beside the feature it shows; the
+    plugin package has test_plugin); README's `python examples/...` lines name scripts that exist."""
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    for script in EXAMPLES.glob("*.py"):
+        assert f'"{script.name}"' in tests, f"examples/{script.name} has no smoke test"
+    for line in _readme_command_lines("python") + re.findall(r"`python (examples/\S+)", README.read_text()):
+        for name in re.findall(r"examples/(\w+\.py)", line):
+            assert (EXAMPLES / name).exists(), line
+
+
+def test_onnx_backend_tests_runs_the_cases_of_an_op():
+    out = _run(EXAMPLES / "onnx_backend_tests.py", "--ops", "Relu")
+    assert re.search(r"^1 passed, 0 failed, \d+ skipped", out.splitlines()[-1]), out
+
+
+def test_readme_using_it_block_runs_on_a_small_model(tmp_path, monkeypatch, capsys):
+    """README's "Using it" commands in order, on a one-node model, a few trials of tuning."""
+    import numpy as np
+    import onnx
+    from nestor.cli import main
+    from tests.test_errors import tiny_model
+    monkeypatch.chdir(tmp_path)
+    onnx.save(tiny_model(), "model.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.save("x.npy", x)
+    steps = [
+        "compile model.onnx -o model.nestor",
+        "compile model.onnx --tune --trials 4 --records db.sqlite -o model.nestor",
+        "run model.nestor --input x=x.npy --save-outputs out.npz --repeat 2",
+        "run model.nestor --profile --repeat 2",
+        "ir model.onnx --node the_node --schedule default",
+        "tune model.onnx --trials 4 --records db.sqlite",
+        "passes -v",
+    ]
+    for step in steps:
+        assert main(step.split()) == 0, (step, capsys.readouterr().err)
+    out = capsys.readouterr().out
+    assert "kernels timed alone" in out and "# node 'the_node' (Relu)" in out and "built-in passes:" in out
+    np.testing.assert_array_equal(np.load("out.npz")["y"], np.maximum(x, 0))
+
+
+def test_readme_bench_costmodel_reports_ranking_quality(tmp_path, capsys):
+    from nestor.cli import main
+    from tests.test_costmodel import synthetic_records
+    records = synthetic_records(tmp_path / "k.sqlite", ("matmul",), count=16)
+    assert main(["bench", "costmodel", "--records", records]) == 0
+    assert re.search(r"^matmul +\w+ +16 +[01]\.\d{3}", capsys.readouterr().out, re.M)
