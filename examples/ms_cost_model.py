@@ -1,12 +1,15 @@
 """MetaSchedule's evolutionary search ranking its candidates with its own XGBoost model and with
 Nestor's cost model (nestor.tvm.cost_model), the same trials per kernel of the kernel suite.
 
-Each kernel is tuned twice by `ms.tune_tir` (same design spaces, mutators, builder and runner;
-only the cost model differs), both results are checked against ONNX Runtime and timed
-interleaved in this process (medians). Per kernel: both medians, the ratio (XGBModel's time /
-Nestor's model's: above 1, Nestor's model found the faster kernel) and both tuning times.
-    python examples/ms_cost_model.py [--kernels matmul512,conv3x3] [--trials 64] [--repeat 20]
-                                     [--pretrained nestor_records.sqlite]
+Each kernel is tuned twice by `ms.tune_tir` (same design spaces, mutators, builder, runner and
+seed; only the cost model differs), both results are checked against ONNX Runtime and timed
+interleaved in this process (medians). MetaSchedule measures batches of 64 and the first is
+ranked by neither model (both untrained: random scores), so the trials should span several
+batches (MetaSchedule's XGBModel scores at random until it has 100 samples). Per kernel: both
+medians, the ratio (XGBModel's time / Nestor's model's: above 1, Nestor's model found the faster
+kernel) and both tuning times.
+    python examples/ms_cost_model.py [--kernels matmul512,conv3x3] [--trials 256] [--repeat 20]
+                                     [--seed 0] [--pretrained nestor_records.sqlite]
 `--pretrained` pretrains Nestor's model on Nestor's records (of other kernels, for a fair race).
 The last line reads `geomean speedup of Nestor's cost model over XGBModel: <X>`.
 """
@@ -16,7 +19,7 @@ import tempfile
 import numpy as np
 
 
-def compare(name: str, trials: int, repeat: int, target, pretrained=None) -> tuple[float, float, float, float]:
+def compare(name: str, trials: int, repeat: int, target, seed: int, pretrained=None):
     """Medians (s) of the kernel tuned with XGBModel and with Nestor's model, and their tuning s."""
     import tvm
     from nestor.autotune.kernel_suite import kernels_named
@@ -30,7 +33,8 @@ def compare(name: str, trials: int, repeat: int, target, pretrained=None) -> tup
     for label, cost_model in (("XGBModel", "xgb"), ("Nestor", nestor.tvm.cost_model(pretrained=pretrained))):
         print(f"-- {name}: MetaSchedule with {label}'s ranking ({trials} trials)", flush=True)
         with tempfile.TemporaryDirectory() as work_dir:
-            built[label], tune_s[label] = _tune_metaschedule(suite.prim_func(), trials, work_dir, target, cost_model)
+            tuned = _tune_metaschedule(suite.prim_func(), trials, work_dir, target, cost_model, seed)
+        built[label], tune_s[label] = tuned
     xs = suite.random_inputs()
     want = ort_session(suite.onnx_model()).run(None, {n: x for (n, _), x in zip(suite.inputs, xs)})[0]
     args = [tvm.runtime.tensor(x) for x in xs]
@@ -49,7 +53,8 @@ def compare(name: str, trials: int, repeat: int, target, pretrained=None) -> tup
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernels", help="comma-separated suite kernels (default: the suite)")
-    p.add_argument("--trials", type=int, default=64, help="trials of each side per kernel (default 64)")
+    p.add_argument("--trials", type=int, default=256, help="trials of each side per kernel (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="MetaSchedule's seed, the same for both sides (default 0)")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--pretrained", metavar="FILE", action="append",
                    help="pretrain Nestor's model on these records (.sqlite) or saved cost models (repeatable)")
@@ -59,7 +64,7 @@ def main() -> None:
     names = list(kernels_named(args.kernels.split(",") if args.kernels else None))
     target, rows = host_target(), []
     for name in names:
-        t_xgb, t_nestor, s_xgb, s_nestor = compare(name, args.trials, args.repeat, target, args.pretrained)
+        t_xgb, t_nestor, s_xgb, s_nestor = compare(name, args.trials, args.repeat, target, args.seed, args.pretrained)
         rows.append(f"{name:<14} {t_xgb * 1e3:>9.3f} {t_nestor * 1e3:>9.3f} {t_xgb / t_nestor:>7.2f} {s_xgb:>10.0f} "
                     f"{s_nestor:>13.0f}")
         print(rows[-1], flush=True)

@@ -51,10 +51,11 @@ def metaschedule_target(target):
     return tvm.target.Target({**limits, **dict(target.export())})  # what the target sets wins
 
 
-def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model="xgb"):
+def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model="xgb", seed: int | None = None):
     """MetaSchedule's best build after `trials` measurements in all (those already in its
     database in `workdir` count, as Nestor's records do), and the seconds taken. `cost_model`:
-    what ranks its evolutionary search's candidates (ms.tune_tir's argument)."""
+    what ranks its evolutionary search's candidates, and `seed` its random state (ms.tune_tir's
+    arguments)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
@@ -67,7 +68,7 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model=
         # longer on a loaded 2-core machine, and every candidate then "fails" to build
         database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
                                num_trials_per_iter=min(64, left), builder=ms.builder.LocalBuilder(timeout_sec=120),
-                               cost_model=cost_model)
+                               cost_model=cost_model, seed=seed)
     else:
         database = ms.database.JSONDatabase(work_dir=workdir)
     seconds = time.perf_counter() - start
