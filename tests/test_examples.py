@@ -111,7 +111,7 @@ def _tiny_onnx(tmp_path) -> Path:
 
 
 def test_tvm_plugin_compiles_a_model_both_ways_beside_onnx_runtime(tmp_path):
-    """Untuned (--trials 0: MetaSchedule's workers take minutes to start on CI); the slow test tunes."""
+    """Untuned (--trials 0: MetaSchedule's workers take minutes to start on CI); the slow tests tune."""
     out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "0", "--repeat", "2")
     assert re.search(r"via TVM: Nestor [\d.]+ ms, MetaSchedule [\d.]+ ms, ONNX Runtime [\d.]+ ms$",
                      out.splitlines()[-1])
@@ -130,6 +130,15 @@ def test_ms_cost_model_tunes_a_kernel_with_both_rankings():
     rows = [line.split() for line in out.splitlines() if line.startswith("layernorm")]
     assert rows and len(rows[-1]) == 6 and all(float(x) > 0 for x in rows[-1][1:]), out
     assert out.splitlines()[-1].startswith("geomean speedup of Nestor's cost model over XGBModel: ")
+
+
+@pytest.mark.slow
+def test_tvm_plugin_gives_each_side_the_time_budget(tmp_path):
+    """MetaSchedule, stopped in a child process when its time is up, compiles what it measured."""
+    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--time-budget", "60s", "--repeat", "2")
+    took = [int(t) for t in re.findall(r"tuned and compiled in (\d+) s", out)]
+    assert len(took) == 2 and took[0] >= 60, out   # MetaSchedule's trials outlast any budget
+    assert "via TVM: Nestor " in out.splitlines()[-1]
 
 
 # --- README: every command line in it parses, the "Using it" block runs, every example is smoke-tested
