@@ -169,7 +169,9 @@ def _infer_types(nodes, inputs, consts, types, opsets) -> None:
         opset_imports=[helper.make_opsetid("" if d == "ai.onnx" else d, v) for d, v in opsets.items()])
     model.ir_version = 10
     try:
-        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        # check_type: an input of a type the op does not take (LeakyRelu of a bool) is the model's
+        # error, not a TypeError in the op's lowering
+        model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as err:
         raise ModelError(f"shape inference failed: {_first_line(err)}") from None
     for vi in list(model.graph.output) + list(model.graph.value_info):

@@ -1,5 +1,7 @@
 """Element types: canonical names (numpy/TVM spelling) and the short names of the text form."""
 
+from .errors import NestorError
+
 SHORT = {
     "float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
     "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
@@ -14,12 +16,16 @@ LONG = {short: long for long, short in SHORT.items()}
 INDEX = "int32"  # dtype of loop variables and index arithmetic
 
 
+class DtypeError(NestorError, ValueError):
+    """An element type Nestor does not compile (a model's string tensor, a float8 E8M0)."""
+
+
 def canonical(dtype) -> str:
     """Accept 'f32', 'float32' or a numpy dtype; return the canonical long name."""
     name = str(getattr(dtype, "name", dtype))
     name = LONG.get(name, name)
     if name not in SHORT:
-        raise ValueError(f"unsupported element type {dtype!r}")
+        raise DtypeError(f"unsupported element type {dtype!r}")
     return name
 
 

@@ -16,9 +16,11 @@ import warnings
 import zipfile
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 import nestor
 from nestor.autotune.records import Records
@@ -171,6 +173,123 @@ def test_records_rows_of_any_values(files, tmp_path_factory, row):
         assert rec.error is None or isinstance(rec.error, str)
         assert isinstance(rec.timestamp, float) and isinstance(rec.version, str) and isinstance(rec.device, str)
         assert rec.fastest is None or isinstance(rec.fastest, float)
+
+
+def many_ops_model() -> onnx.ModelProto:
+    """One model of many ops with the attributes, constant inputs and shapes the fuzzer changes."""
+    f = numpy_helper.from_array
+    inits = [f(np.ones((6, 8), np.float32), "G"), f(np.ones(6, np.float32), "GB"), f(np.array([0, 1]), "st"),
+             f(np.array([2, 4]), "en"), f(np.array([0, 1]), "ax"), f(np.array([0, 2, 1]), "idx"),
+             f(np.array([0, 0, 1, 1]), "pads"), f(np.array([2, 1]), "reps"), f(np.array([1]), "ua"),
+             f(np.ones(3, np.float32), "sc"), f(np.zeros(3, np.float32), "bi"), f(np.ones(8, np.float32), "sc8"),
+             f(np.ones((3, 2, 2, 2), np.float32), "CW"), f(np.array([3, 5]), "spl"), f(np.array([1, -1]), "sh")]
+    node = helper.make_node
+    nodes = [node("Gemm", ["A", "G", "GB"], ["g"], transB=1), node("Slice", ["g", "st", "en", "ax"], ["s"]),
+             node("Gather", ["A", "idx"], ["ga"], axis=0), node("Pad", ["A", "pads"], ["p"], mode="constant"),
+             node("Tile", ["A", "reps"], ["t"]), node("Unsqueeze", ["A", "ua"], ["u"]),
+             node("Split", ["A", "spl"], ["sp0", "sp1"], axis=1), node("ReduceSum", ["A", "ax"], ["rs"], keepdims=0),
+             node("BatchNormalization", ["I", "sc", "bi", "bi", "sc"], ["bn"]),
+             node("AveragePool", ["bn"], ["ap"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, pads=[1, 1, 1, 1]),
+             node("ConvTranspose", ["ap", "CW"], ["ct"], strides=[2, 2], output_padding=[1, 1]),
+             node("Conv", ["I", "CW"], ["cv"], pads=[1, 1, 0, 0], dilations=[1, 2], group=1),
+             node("MaxPool", ["cv"], ["mp"], kernel_shape=[2, 2], strides=[1, 1]),
+             node("Flatten", ["ct"], ["fl"], axis=1), node("Expand", ["sc", "reps"], ["ex"]),
+             node("LeakyRelu", ["fl"], ["lr"], alpha=0.1), node("ArgMax", ["A"], ["am"], axis=1, keepdims=1),
+             node("Cast", ["am"], ["ca"], to=TensorProto.FLOAT), node("Where", ["wc", "A", "A"], ["wh"]),
+             node("Softmax", ["A"], ["sm"], axis=-1), node("Transpose", ["mp"], ["tr"], perm=[0, 2, 3, 1]),
+             node("Reshape", ["tr", "sh"], ["rh"]), node("Concat", ["A", "wh"], ["cc"], axis=0),
+             node("LayerNormalization", ["A", "sc8", "sc8"], ["ln"], axis=-1)]
+    inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, [4, 8]),
+              helper.make_tensor_value_info("I", TensorProto.FLOAT, [1, 3, 7, 7]),
+              helper.make_tensor_value_info("wc", TensorProto.BOOL, [4, 8])]
+    outputs = ["s", "ga", "p", "t", "u", "sp0", "sp1", "rs", "lr", "ex", "ca", "sm", "rh", "cc", "ln"]
+    model = helper.make_model(helper.make_graph(nodes, "many", inputs, [
+        helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs], inits),
+        opset_imports=[helper.make_opsetid("", 18)])
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type for v in list(inferred.value_info) + list(inferred.output)}
+    for o in model.graph.output:
+        o.type.CopyFrom(types[o.name])
+    return model
+
+
+MANY_OPS = many_ops_model()
+assert nestor.import_onnx(MANY_OPS).nodes  # the fuzzer starts from a model that imports
+INTS = st.sampled_from([0, 1, -1, 2, 3, -2, 5, 7, 100, 2 ** 31, -(2 ** 40)])
+
+
+@st.composite
+def model_changes(draw) -> onnx.ModelProto:
+    """MANY_OPS with 1-3 changes: an attribute, an input's dimension, a constant's value or
+    shape, a node's input, or the opset."""
+    model = onnx.ModelProto.FromString(MANY_OPS.SerializeToString())
+    g = model.graph
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["attribute", "dimension", "constant", "input", "opset"]))
+        if kind == "attribute":
+            a = draw(st.sampled_from([a for n in g.node for a in n.attribute]))
+            if a.ints:
+                a.ints[draw(st.integers(0, len(a.ints) - 1))] = draw(INTS)
+                if draw(st.booleans()):
+                    del a.ints[-1]
+            elif a.type == onnx.AttributeProto.INT:
+                a.i = draw(INTS)
+            elif a.type == onnx.AttributeProto.FLOAT:
+                a.f = draw(st.sampled_from([0.0, -1.0, float("inf"), float("nan"), 1e30]))
+            elif a.type == onnx.AttributeProto.STRING:
+                a.s = draw(st.sampled_from([b"", b"reflect", b"edge", b"wrap", b"x"]))
+        elif kind == "dimension":
+            dims = draw(st.sampled_from(g.input)).type.tensor_type.shape.dim
+            dims[draw(st.integers(0, len(dims) - 1))].dim_value = draw(st.sampled_from([0, 1, 2, 5, 9]))
+        elif kind == "constant":
+            t = draw(st.sampled_from(g.initializer))
+            value = numpy_helper.to_array(t).copy()
+            if value.dtype == np.int64 and value.size and draw(st.booleans()):
+                value.flat[draw(st.integers(0, value.size - 1))] = draw(INTS)
+            else:
+                shape = list(value.shape)
+                shape[draw(st.integers(0, len(shape) - 1))] = draw(st.sampled_from([0, 1, 2, 5]))
+                value = np.ones(shape, value.dtype)
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+        elif kind == "input":
+            n = draw(st.sampled_from(g.node))
+            if len(n.input) > 1 and draw(st.booleans()):
+                del n.input[-1]
+            else:
+                n.input[draw(st.integers(0, len(n.input) - 1))] = draw(st.sampled_from(["A", "I", "wc", "sc", "ax", ""]))
+        else:
+            model.opset_import[0].version = draw(st.sampled_from([7, 11, 13, 18, 21]))
+    return model
+
+
+@fuzz
+@given(model=model_changes())
+def test_onnx_models_with_changed_attributes_shapes_and_constants(model):
+    """Past the protobuf: what the checker lets through reaches shape inference and the ops."""
+    try:
+        nestor.import_onnx(model)
+    except NestorError as err:
+        assert str(err).strip()
+
+
+def _one_node_model(node, inputs, output) -> onnx.ModelProto:
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info(n, t, [4, 4]) for n, t in inputs],
+                              [helper.make_tensor_value_info(node.output[0], output, [4, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("node, inputs, output, match", [
+    # found by the fuzzers: a TypeError in the lowering, an IndexError, a ValueError
+    (helper.make_node("LeakyRelu", ["B"], ["y"]), [("B", TensorProto.BOOL)], TensorProto.FLOAT,
+     "LeakyRelu.*unsupported type"),
+    (helper.make_node("Transpose", ["X"], ["y"], perm=[1]), [("X", TensorProto.FLOAT)], TensorProto.FLOAT,
+     "perm \\[1\\] is not an order of the input.s 2 axes"),
+    (helper.make_node("Equal", ["S", "S"], ["y"]), [("S", TensorProto.STRING)], TensorProto.BOOL,
+     "unsupported element type"),
+])
+def test_models_the_fuzzers_found_are_nestor_errors(node, inputs, output, match):
+    with pytest.raises(NestorError, match=match):
+        nestor.import_onnx(_one_node_model(node, inputs, output))
 
 
 def _zip_with(data: bytes, name: str, content: bytes) -> bytes:

@@ -89,6 +89,8 @@ def lower_unsqueeze(ctx: OpContext):
 def lower_transpose(ctx: OpContext):
     x, out = input_buffer(ctx, 0), output_buffer(ctx)
     perm = ctx.attr("perm") or list(reversed(range(len(x.shape))))
+    if sorted(perm) != list(range(len(x.shape))):
+        raise ctx.unsupported(f"perm {list(perm)} is not an order of the input's {len(x.shape)} axes")
 
     def body(*vs):
         idx = [None] * len(perm)
