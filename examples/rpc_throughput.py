@@ -1,0 +1,54 @@
+"""Candidates measured per minute through a TVM RPC tracker, for each of several keys (say one
+with one device and one with two): the same sampled schedules of a matmul, built here and timed
+on the key's devices. Start the tracker and servers first:
+
+    python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190
+    python -m tvm.exec.rpc_server --tracker HOST:9190 --key one      # on one device
+    python -m tvm.exec.rpc_server --tracker HOST:9190 --key two      # on each of two devices
+    python examples/rpc_throughput.py --tracker HOST:9190 --keys one,two [--candidates 16] [--number 100]
+
+Builds take about sum(build seconds) / build workers of a batch; the rest is the timing on the
+devices, which is what more devices divide.
+"""
+import argparse
+import random
+import time
+
+from nestor.autotune.rpc_measure import RPCMeasurer
+from nestor.autotune.space import Sketch
+from nestor.codegen import as_target, machine_params
+from nestor.ir import parse_kernel
+
+MATMUL = parse_kernel("""kernel mm(A: f32[128, 128], B: f32[128, 128]) -> (C: f32[128, 128]) {
+  for i in 0..128 { for j in 0..128 { C[i, j] = 0.0 } }
+  for i in 0..128 { for j in 0..128 { for k in 0..128 reduce { C[i, j] += A[i, k] * B[k, j] } } }
+}""")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tracker", required=True, metavar="HOST:PORT")
+    p.add_argument("--keys", required=True, help="comma-separated device keys, each measured in turn")
+    p.add_argument("--candidates", type=int, default=16)
+    p.add_argument("--number", type=int, help="runs a timed repeat (default: about 1 ms a repeat)")
+    p.add_argument("--target", help="the devices' target (default: this host's CPU)")
+    args = p.parse_args()
+    sketch = Sketch.of(MATMUL, machine_params(as_target(args.target)))
+    rng = random.Random(0)
+    candidates = [sketch.realize(sketch.sample(rng))[1] for _ in range(args.candidates)]
+    print(f"{'key':<12} {'devices':>7} {'cand/min':>9} {'batch s':>8} {'builds s':>8} {'ok':>4}")
+    for key in args.keys.split(","):
+        with RPCMeasurer(MATMUL, args.tracker, key, target=args.target, repeats=3, number=args.number,
+                         timeout=120) as m:
+            m.measure(candidates[:2])  # every process has run once
+            start = time.perf_counter()
+            results = m.measure(candidates)
+            seconds = time.perf_counter() - start
+            builds = sum(r.build_seconds for r in results) / len(m._builders)
+            devices = len({r.device for r in results if r.ok})
+            print(f"{key:<12} {devices:>7} {60 * len(results) / seconds:>9.1f} {seconds:>8.1f} {builds:>8.1f} "
+                  f"{sum(r.ok for r in results):>4}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
