@@ -13,7 +13,7 @@ with `a` fitted so that margin differences read as log time ratios on the measur
 about the best measured time / the candidate's, the same on every call. Before any training
 the scores are random, as MetaSchedule's XGBModel's are; a candidate Nestor cannot featurize
 scores as the task's median measured candidate (0.5 before training), neither chosen nor
-shunned.
+shunned, and a batch of which it can featurize none scores at random.
 """
 from __future__ import annotations
 
@@ -80,11 +80,12 @@ class NestorCostModel(ms.cost_model.PyCostModel):
         if not self.model.trained:
             return self.rng.uniform(0, 1, len(candidates))
         x, ok = self.features(context, candidates)
+        if not ok.any():  # a task Nestor cannot featurize at all: searched as if untrained
+            return self.rng.uniform(0, 1, len(candidates))
         group = _group(context)
         best, neutral = self.best.get(group, self.best_any), self.neutral.get(group, NEUTRAL)
         scores = np.full(len(candidates), neutral)
-        if ok.any():
-            scores[ok] = np.exp(np.minimum(self.slope * (self.model.predict_features(x[ok]) - best), _MAX_LOG))
+        scores[ok] = np.exp(np.minimum(self.slope * (self.model.predict_features(x[ok]) - best), _MAX_LOG))
         return scores
 
     # features

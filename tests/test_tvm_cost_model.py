@@ -120,6 +120,8 @@ def test_a_candidate_nestor_cannot_featurize_scores_neutral(task):
     np.testing.assert_allclose(scores[1:], model.predict(context, candidates[16:20]))
     # neither chosen nor shunned: scored as the median measured candidate
     assert scores[0] == pytest.approx(np.median(model.predict(context, candidates[:15])))
+    alone = model.predict(context, [bad] * 3)  # nothing to rank by: at random, as before training
+    assert len(set(alone)) == 3 and np.all((alone >= 0) & (alone <= 1))
 
 
 @derived_object
