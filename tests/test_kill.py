@@ -30,7 +30,7 @@ TUNE = textwrap.dedent("""
       for i in 0..48 { for j in 0..48 { C[i, j] = 0.0 } }
       for i in 0..48 { for j in 0..48 { for k in 0..48 reduce { C[i, j] += A[i, k] * B[k, j] } } }
     }''')
-    (task,) = tune_kernels({"mm": kernel}, Budget(int(sys.argv[2])), sys.argv[1], show_progress=False, batch=4)
+    (task,) = tune_kernels({"mm": kernel}, Budget(int(sys.argv[2])), sys.argv[1], show_progress=False, batch=2)
     print(task.tuner.stored, task.trials)
 """)
 
@@ -127,7 +127,7 @@ def test_killed_worker_and_tuner_lose_no_records_and_tuning_resumes(tmp_path):
     run.wait_for_records(2)
     kill_worker_at_random(run, rng)
     rows = kill_tuner_at_random(run, rng)
-    resume(tmp_path, rows, trials=4)
+    resume(tmp_path, rows, trials=2)
 
 
 @pytest.mark.slow
