@@ -227,3 +227,17 @@ def test_readme_bench_costmodel_reports_ranking_quality(tmp_path, capsys):
     records = synthetic_records(tmp_path / "k.sqlite", ("matmul",), count=16)
     assert main(["bench", "costmodel", "--records", records]) == 0
     assert re.search(r"^matmul +\w+ +16 +[01]\.\d{3}", capsys.readouterr().out, re.M)
+
+
+def test_rpc_throughput_measures_candidates_through_a_tracker(tmp_path):
+    """A local tracker with one device under a key (tests/test_rpc.py's loopback), two candidates."""
+    from .test_rpc import Loopback
+    loopback = Loopback(str(tmp_path))
+    try:
+        loopback.serve("one", 1)
+        out = _run(EXAMPLES / "rpc_throughput.py", "--tracker", loopback.address, "--keys", "one",
+                   "--candidates", "2", "--number", "2")
+    finally:
+        loopback.close()
+    row = next(line.split() for line in out.splitlines() if line.startswith("one "))
+    assert row[1] == "1" and float(row[2]) > 0, out
