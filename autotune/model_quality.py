@@ -110,6 +110,9 @@ def _pretraining_file(path: str, target: str | None):
     if head == b"SQLite format 3\x00":
         with Records(path, create=False) as records:
             return record_samples(records, target)
+    if not head.startswith(b"PK"):   # np.load would call it pickled data
+        raise InputError(f"pretraining file '{path}' is neither a records database (.sqlite) nor a saved "
+                         f"cost model (.npz)")
     return CostModel.load(path).training_data()
 
 

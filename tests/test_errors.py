@@ -168,6 +168,7 @@ BAD_COMMANDS = [
     ("tune {d}/latin1.ir", 1, "is not UTF-8 text"),
     ("tune {d}/bad.ir", 1, "'{d}/bad.ir', line 1, column 13: unexpected end of input"),
     ("compile {d}/m.onnx --records {d}/text.txt", 1, "is not a Nestor records database"),
+    ("tune {d}/mm.ir --pretrained {d}/text.txt", 1, "is neither a records database (.sqlite) nor a saved cost model"),
     ("compile {d}/m.onnx --schedule {d}/text.txt", 1, "text.txt"),
     ("run {d}/m.nestor --input x={d}/text.txt", 1, "is not a NumPy .npy file"),
     ("run {d}/m.nestor --input x={d}/xs.npz", 1, "is an .npz archive"),
