@@ -120,6 +120,8 @@ def _map_final_body(stmt: Stmt, out: Buffer, fn) -> Stmt | None:
         inner = _map_final_body(stmt.body, out, fn)
         return None if inner is None else Allocate(stmt.buffer, inner)
     if isinstance(stmt, Seq):
+        if not stmt.stmts:  # a kernel of empty tensors
+            return None
         *before, last = stmt.stmts
         if any(_touches(s, out) for s in before):
             return None

@@ -292,6 +292,35 @@ def test_models_the_fuzzers_found_are_nestor_errors(node, inputs, output, match)
         nestor.import_onnx(_one_node_model(node, inputs, output))
 
 
+def test_conv_of_group_zero_is_a_nestor_error():
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Conv", ["X", "W"], ["y"], group=0)], "conv",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w])
+    with pytest.raises(NestorError, match="Conv.*group 0 does not divide its 4 channels"):
+        nestor.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_concat_of_empty_tensors_imports():
+    """Its kernel is an empty sequence, which the elementwise fusion must pass over."""
+    graph = helper.make_graph([helper.make_node("Concat", ["X", "X"], ["y"], axis=0)], "empty",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [0, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 8])])
+    (node,) = nestor.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).nodes
+    assert node.kernel.outputs[0].shape == (0, 8)
+
+
+@pytest.mark.slow
+def test_every_onnx_node_test_case_imports_or_gives_a_nestor_error():
+    """ONNX's 1,884 node test cases (valid models, many of ops or types Nestor does not take)."""
+    from nestor.conformance import node_cases
+    for case in node_cases():
+        try:
+            nestor.import_onnx(case.model)
+        except NestorError:
+            pass
+
+
 def _zip_with(data: bytes, name: str, content: bytes) -> bytes:
     """The zip archive `data` with entry `name` replaced by `content`."""
     with zipfile.ZipFile(io.BytesIO(data)) as z:

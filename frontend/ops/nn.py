@@ -30,6 +30,14 @@ def _requested_output(ctx: OpContext, i: int, name: str) -> Buffer:
     return Buffer(name, tuple(info.shape), info.dtype)
 
 
+def _group(ctx: OpContext, channels: int) -> int:
+    """The `group` attribute, a divisor of the `channels` it splits."""
+    group = ctx.attr("group", 1)
+    if group < 1 or channels % group:
+        raise ctx.unsupported(f"group {group} does not divide its {channels} channels")
+    return group
+
+
 def _require_float(ctx: OpContext, buf: Buffer):
     if not is_float(buf.dtype):
         raise ctx.unsupported(f"input type {buf.dtype}")
@@ -125,7 +133,7 @@ def lower_conv(ctx: OpContext) -> Lowered:
     _require_float(ctx, x)
     nsp = len(x.shape) - 2
     windows = _windows(ctx, x.shape[2:], w.shape[2:], out.shape[2:])
-    group = ctx.attr("group", 1)
+    group = _group(ctx, out.shape[1])
     m_per_group, c_per_group = out.shape[1] // group, w.shape[1]
     grouped = group > 1
     spatial = ((out.shape[0], group, m_per_group) if grouped else out.shape[:2]) + out.shape[2:]
@@ -159,7 +167,7 @@ def lower_conv_transpose(ctx: OpContext) -> Lowered:
     strides = list(ctx.attr("strides", None) or [1] * n)
     dilations = list(ctx.attr("dilations", None) or [1] * n)
     begins = _transpose_pads(ctx, sizes, kernel, strides, dilations)
-    group = ctx.attr("group", 1)
+    group = _group(ctx, x.shape[1])
     c_per_group, m_per_group = x.shape[1] // group, w.shape[1]
 
     # Kernel no wider than the stride, no dilation (a UNet's k = s = 2 upsampling): each output
