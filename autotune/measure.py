@@ -209,24 +209,15 @@ class Measurer:
         left = self._time_left() if self._time_left is not None else None
         deadline = None if left is None else time.monotonic() + left
 
-        built = _serve(self._builders, [(kernels, path) for (_, _, path), (kernels, _) in zip(jobs, parts)],
-                       BUILD_TIMEOUT, "build failed: ", deadline)
-        runnable = []
-        for job, part, b in zip(jobs, parts, built):
-            if "error" in b:
-                results[job[0]] = MeasureResult(None, error=b["error"], build_seconds=b.get("seconds", 0.0))
-            else:
-                runnable.append((job, b["seconds"], part[1]))
-
-        requests = [{"path": path, "name": k.name, "repeats": self.repeats, "number": self.number,
-                     **calls} for (_, k, path), _, calls in runnable]
-        if requests:
-            # The cores idled (or compiled) since the last timing: the first candidates of a
-            # batch timed 1.5x slower than the same code later in it, in every repeat.
-            requests[0]["wake"] = WAKE
-        runnable = [(job, seconds) for job, seconds, _ in runnable]
-        for ((n, _, path), build_s), r in zip(runnable, _serve(self._runners, requests, self.timeout, "", deadline)):
+        builds = [(kernels, path) for (_, _, path), (kernels, _) in zip(jobs, parts)]
+        runs = [{"path": path, "name": k.name, "repeats": self.repeats, "number": self.number, **calls}
+                for (_, k, path), (_, calls) in zip(jobs, parts)]
+        for (n, _, path), (b, r) in zip(jobs, self._build_and_time(builds, runs, deadline)):
             _remove(path)
+            build_s = b.get("seconds", 0.0)
+            if r is None:  # not built
+                results[n] = MeasureResult(None, error=b["error"], build_seconds=build_s)
+                continue
             device = r.get("device", LOCAL_DEVICE)
             if "error" in r:
                 results[n] = MeasureResult(None, error=r["error"], build_seconds=build_s, device=device)
@@ -234,6 +225,18 @@ class Measurer:
                 reps = tuple(r["repeats"])
                 results[n] = MeasureResult(statistics.median(reps), reps, None, build_s, device)
         return results
+
+    def _build_and_time(self, builds: list, runs: list[dict], deadline: float | None) -> list[tuple[dict, dict | None]]:
+        """Each job's build reply and, where it built, its run's reply: every job built (in
+        parallel), then timed, so that no build disturbs a timing on this machine."""
+        built = _serve(self._builders, builds, BUILD_TIMEOUT, "build failed: ", deadline)
+        ok = [n for n, b in enumerate(built) if "error" not in b]
+        if ok:
+            # The cores idled (or compiled) since the last timing: the first candidates of a
+            # batch timed 1.5x slower than the same code later in it, in every repeat.
+            runs[ok[0]]["wake"] = WAKE
+        timed = dict(zip(ok, _serve(self._runners, [runs[n] for n in ok], self.timeout, "", deadline)))
+        return [(b, timed.get(n)) for n, b in enumerate(built)]
 
     def close(self) -> None:
         """Stop the worker processes and delete the temporary files."""

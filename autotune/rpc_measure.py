@@ -2,9 +2,10 @@
 interface as the local Measurer: the tuner cannot tell which it has.
 
 Candidates are built here, in parallel (the Measurer's builders, for the target: its triple where
-it names one), then each is timed in an RPC session of its own on a device registered under the
-key: the module is uploaded, run there once and checked against the reference outputs, then
-timed there. One runner process per free device, so every device times a candidate at once.
+it names one), and a slice of them is timed there while the next slice builds here, each in an
+RPC session of its own on a device registered under the key: the module is uploaded, run there
+once and checked against the reference outputs, then timed there. One runner process per free
+device, so every device times a candidate at once.
 A session per candidate, as MetaSchedule's RPC runner: the server ends a session that runs past
 the timeout (a hung candidate) and the device serves the next; a device that disappears costs the
 candidate it was running, and the candidates after it go to the other devices. Between batches
@@ -17,9 +18,10 @@ import os
 import socket
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..ir.errors import NestorError
-from .measure import FLUSH, Measurer, _Bench, _brief, _Worker
+from .measure import BUILD_TIMEOUT, FLUSH, Measurer, _Bench, _brief, _serve, _Worker
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the tracker
 DEVICE_WAIT = 30.0      # seconds tuning waits for a free device under the key before it gives up
@@ -117,6 +119,26 @@ class RPCMeasurer(Measurer):
     def measure(self, candidates):
         self._follow_devices()
         return super().measure(candidates)
+
+    def _build_and_time(self, builds, runs, deadline):
+        """As the Measurer's, but in slices (as many jobs as builders or devices, whichever are
+        more): a slice is timed there while the next one builds here, where no timing runs."""
+        size = max(len(self._builders), len(self._runners))
+        slices = [range(start, min(start + size, len(builds))) for start in range(0, len(builds), size)]
+        done = []
+        with ThreadPoolExecutor(1) as background:  # the builders' pipes, the main thread the runners'
+            def build(part):
+                return background.submit(_serve, self._builders, [builds[n] for n in part], BUILD_TIMEOUT,
+                                         "build failed: ", deadline)
+            pending = build(slices[0]) if slices else None
+            for k, part in enumerate(slices):
+                built = pending.result()
+                if k + 1 < len(slices):
+                    pending = build(slices[k + 1])
+                ok = [n for n, b in zip(part, built) if "error" not in b]
+                timed = dict(zip(ok, _serve(self._runners, [runs[n] for n in ok], self.timeout, "", deadline)))
+                done += [(b, timed.get(n)) for n, b in zip(part, built)]
+        return done
 
     def _follow_devices(self) -> None:
         """One runner per free device: more for devices that registered since the last batch,
