@@ -12,7 +12,8 @@ MetaScheduleApplyDatabase, `compile_relax`, the zero pipeline under a database).
 installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`: its database
 gives Nestor's kernel to `compile_tir`; `compile_relax` needs `install` (or the pass `apply`).
 To keep MetaSchedule's own search and rank its candidates with Nestor's cost model instead,
-pass `cost_model=nestor.tvm.cost_model()` to `ms.tune_tir` / `tune_relax`.
+pass `cost_model=nestor.tvm.cost_model()` to `ms.tune_tir` / `tune_relax`, or
+`install(search="metaschedule")` for the pipelines.
 
 Why a pass and not a trace: a MetaSchedule record is a trace of schedule primitives replayed on
 the workload; Nestor's schedules are its own passes, handed to MetaSchedule as lowered modules
@@ -44,6 +45,7 @@ _TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
 _ms_apply_database = relax.transform.MetaScheduleApplyDatabase
 _ms_tune_irmod = relax.transform.MetaScheduleTuneIRMod
 _options: dict | None = None   # tune_relax arguments while installed; None: not installed
+_SEARCHES = ("nestor", "metaschedule")   # install's choices: whose search proposes the candidates
 TIMED_BATCH = 16               # candidates per batch under a time budget (MetaSchedule's default: 64)
 
 
@@ -83,15 +85,21 @@ def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
     return apply_nestor(work_dir, database)
 
 
-def install(time_budget: float | None = None, **options) -> None:
+def install(time_budget: float | None = None, search: str = "nestor", **options) -> None:
     """From now on MetaSchedule's Relax tuning searches with Nestor (`options`: more arguments
     of ms.relax_integration.tune_relax, e.g. builder, runner, seed) and Nestor's kernels are
     compiled wherever MetaSchedule's records are applied. With `time_budget` (seconds), each
-    tuning (one per pipeline run) stops after that long, whatever its trials. Undone by `uninstall`."""
+    tuning (one per pipeline run) stops after that long, whatever its trials. With
+    `search="metaschedule"`, MetaSchedule's own evolutionary search and records stay and only
+    its cost model is Nestor's (`cost_model()`, or the `cost_model` option). Undone by `uninstall`."""
     global _options
     _deadline(time_budget)  # a bad budget fails here, not in the middle of a pipeline
+    if search not in _SEARCHES:
+        raise NestorError(f"nestor.tvm: search must be one of {', '.join(_SEARCHES)}, not {search!r}")
+    if search == "metaschedule" and time_budget is not None:
+        raise NestorError("nestor.tvm: a time budget bounds Nestor's search only (search='nestor')")
     options.setdefault("builder", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT))
-    _options = {**options, "time_budget": time_budget}
+    _options = {**options, "time_budget": time_budget, "search": search}
     relax.transform.MetaScheduleTuneIRMod = _tune_irmod
     relax.transform.MetaScheduleApplyDatabase = _apply_database
 
@@ -105,9 +113,9 @@ def uninstall() -> None:
 
 
 @contextlib.contextmanager
-def installed(time_budget: float | None = None, **options):
+def installed(time_budget: float | None = None, search: str = "nestor", **options):
     """`install` for the duration of a with block."""
-    install(time_budget, **options)
+    install(time_budget, search, **options)
     try:
         yield
     finally:
@@ -119,7 +127,11 @@ def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per
     if _options is None:
         return _ms_tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task, op_names)
     options = dict(_options)
-    nestor_args = tuning(work_dir, options.get("seed") or 0, options.pop("time_budget"))
+    seed, time_budget = options.get("seed") or 0, options.pop("time_budget")
+    if options.pop("search") == "metaschedule":
+        nestor_args = {"cost_model": options.pop("cost_model", None) or cost_model(seed=seed)}
+    else:
+        nestor_args = tuning(work_dir, seed, time_budget)
     ms.relax_integration.tune_relax(
         mod, params, target, work_dir, int(max_trials_global),
         None if max_trials_per_task is None else int(max_trials_per_task), op_names,

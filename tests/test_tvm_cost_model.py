@@ -9,20 +9,20 @@ a busy 2-core machine); the fixture pays it once."""
 import numpy as np
 import pytest
 import tvm
-from nestor.autotune.ms_cost_model import NestorCostModel
-from nestor.codegen import host_target
-from nestor.codegen.tir_import import kernel_from_primfunc
-from nestor.costmodel import pairwise_accuracy
-from nestor.ir import For, walk_stmts
-from tvm import te, topi
+from tvm import relax, te, topi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import Schedule, Trace
 from tvm.s_tir import meta_schedule as ms
 
 import nestor.tvm
+from nestor.autotune.ms_cost_model import NestorCostModel
+from nestor.codegen import host_target
+from nestor.codegen.tir_import import kernel_from_primfunc
+from nestor.costmodel import pairwise_accuracy
+from nestor.ir import For, walk_stmts
 
-from .ms_inprocess import InProcessBuilder, InProcessRunner
-from .test_tvm_plugin import _unnamed_log_handlers_dropped
+from .test_tir_import import _conv_relu_matmul_model
+from .test_tvm_plugin import MEASURE, _check_runs, _nestors, _relax, _unnamed_log_handlers_dropped
 
 
 def _matmul(n: int = 64) -> tvm.tirx.PrimFunc:
@@ -144,7 +144,7 @@ def test_metaschedules_evolutionary_search_ranks_with_nestors_model(tmp_path, ta
     search = ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=16, genetic_num_iters=1)
     workload, target = _matmul(32), host_target()
     db = ms.tune_tir(workload, target, str(tmp_path), max_trials_global=8, num_trials_per_iter=4, strategy=search,
-                     cost_model=model, builder=InProcessBuilder(), runner=InProcessRunner())
+                     cost_model=model, **MEASURE)
     assert model.model.samples == 8  # it learnt from MetaSchedule's runner, every candidate featurized
     trained = [(n, s) for n, s, was_trained in model.calls if was_trained]
     assert trained, "the second round ranks with the trained model"
@@ -156,3 +156,25 @@ def test_metaschedules_evolutionary_search_ranks_with_nestors_model(tmp_path, ta
     out = tvm.runtime.tensor(np.zeros((32, 32), "float32"))
     exe["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(y), out)
     np.testing.assert_allclose(out.numpy(), x @ y, rtol=1e-5)
+
+
+def test_installed_with_metaschedules_search_the_pipeline_ranks_with_nestors_model(tmp_path):
+    import onnxruntime as ort
+    _unnamed_log_handlers_dropped()
+    onnx_model = _conv_relu_matmul_model()
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    want = ort.InferenceSession(onnx_model.SerializeToString()).run(None, {"x": x})[0]
+    model, target = _Recording(), host_target()
+    search = ms.search_strategy.EvolutionarySearch(population_size=16, init_min_unmeasured=16, genetic_num_iters=1)
+    with nestor.tvm.installed(search="metaschedule", cost_model=model, strategy=search, **MEASURE):
+        tuned = relax.get_pipeline("static_shape_tuning", target=target, total_trials=6, max_trials_per_task=2,
+                                   work_dir=str(tmp_path))(_relax(onnx_model))
+    assert model.model.samples > 0 and model.calls  # MetaSchedule's search asked Nestor's model
+    assert not any(_nestors(tuned).values())        # the kernels are MetaSchedule's
+    _check_runs(tvm.compile(tuned, target), x, want)
+
+
+def test_install_refuses_an_unknown_search():
+    with pytest.raises(nestor.NestorError, match="search must be one of nestor, metaschedule"):
+        nestor.tvm.install(search="random")
+    assert relax.transform.MetaScheduleTuneIRMod is nestor.tvm._ms_tune_irmod  # nothing installed
