@@ -157,7 +157,7 @@ def check_command(args) -> None:
         readable(schedule, "schedule file")
     if command == "compile":
         if not args.tune:
-            for flag in ("trials", "time_budget", "cost_model", "pretrained"):
+            for flag in ("trials", "time_budget", "cost_model", "pretrained", "rpc_tracker", "rpc_key"):
                 if getattr(args, flag):
                     raise UsageError(f"--{flag.replace('_', '-')} needs --tune")
             if args.records:

@@ -124,6 +124,7 @@ BAD_COMMANDS = [
     ("compile {d}/m.onnx --trials 5", 2, "--trials needs --tune"),
     ("compile {d}/m.onnx --time-budget 5s", 2, "--time-budget needs --tune"),
     ("compile {d}/m.onnx --cost-model {d}/cm.npz", 2, "--cost-model needs --tune"),
+    ("compile {d}/m.onnx --rpc-tracker 127.0.0.1:9190 --rpc-key k", 2, "--rpc-tracker needs --tune"),
     ("run {d}/m.nestor --input x.npy", 2, "'x.npy' is not NAME=FILE.npy"),
     ("run {d}/m.nestor --input x={d}/x.npy --input x={d}/x.npy", 2, "--input names 'x' twice"),
     ("run {d}/m.nestor --input-shape x=2,3", 2, "--input-shape applies to an ONNX model"),
