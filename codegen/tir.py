@@ -15,8 +15,8 @@ from .fast_math import FAST_FLOAT32
 from .target import TargetError
 from nestor.ir.affine import affine_form
 from nestor.ir import (Allocate, Binary, Buffer, Call, Cast, Compare, Const, For, If, Kernel,
-                       Load, Logic, Not, Seq, Select, Store, Var, bits, is_float, storage, walk, walk_stmts)
-from nestor.ir.dtypes import STORAGE
+                       Load, Logic, Not, Seq, Select, Store, Var, is_float, storage, walk, walk_stmts)
+from .narrow_types import loaded, narrowed, stored, value_dtype
 
 _FOR = {"serial": T.serial, "parallel": T.parallel, "vectorized": T.vectorized,
         "unrolled": T.unroll}
@@ -104,15 +104,14 @@ class _Lower:
     # -- expressions -------------------------------------------------------------------------
     def expr(self, e):
         if isinstance(e, Const):
-            return tirx.const(e.value, storage(e.dtype))
+            return tirx.const(e.value, value_dtype(e.dtype))
         if isinstance(e, Var):
             try:
                 return self.vars[e.name]
             except KeyError:
                 raise ValueError(f"loop variable {e.name!r} used outside its loop") from None
         if isinstance(e, Load):
-            return _unpacked(tirx.BufferLoad(self.buffer(e.buffer), [self.expr(i) for i in e.indices]),
-                             e.dtype)
+            return loaded(tirx.BufferLoad(self.buffer(e.buffer), [self.expr(i) for i in e.indices]), e.dtype)
         if isinstance(e, Binary):
             return self.binary(e.op, self.expr(e.a), self.expr(e.b), e.dtype)
         if isinstance(e, Compare):
@@ -133,7 +132,7 @@ class _Lower:
             # if_then_else, not Select: only the taken branch is evaluated
             return tirx.if_then_else(self.expr(e.cond), self.expr(e.t), self.expr(e.f))
         if isinstance(e, Cast):
-            return _low_bits(tirx.Cast(storage(e.dtype), self.expr(e.value)), e.dtype)
+            return narrowed(tirx.Cast(value_dtype(e.dtype), self.expr(e.value)), e.dtype)
         if isinstance(e, Call):
             args = [self.expr(a) for a in e.args]
             if e.fn == "neg":
@@ -153,7 +152,7 @@ class _Lower:
             return self.expr(e)
         indices = [tirx.max(tirx.min(self.expr(i), tirx.const(n - 1, i.dtype)), tirx.const(0, i.dtype))
                    for i, n in zip(e.indices, e.buffer.shape)]
-        return _unpacked(tirx.BufferLoad(self.buffer(e.buffer), indices), e.dtype)
+        return loaded(tirx.BufferLoad(self.buffer(e.buffer), indices), e.dtype)
 
     def compare(self, e: Compare):
         a, b = self.expr(e.a), self.expr(e.b)
@@ -242,9 +241,9 @@ class _Lower:
             idx = [self.expr(i) for i in s.indices]
             val = self.expr(s.value)
             if s.reduce is not None:
-                val = self.binary(s.reduce, _unpacked(tirx.BufferLoad(buf, idx), s.buffer.dtype), val,
+                val = self.binary(s.reduce, loaded(tirx.BufferLoad(buf, idx), s.buffer.dtype), val,
                                   s.buffer.dtype)
-            T.buffer_store(buf, _packed(val, s.buffer.dtype), idx)
+            T.buffer_store(buf, stored(val, s.buffer.dtype), idx)
         elif isinstance(s, For):
             if s.kind == "vectorized" and _stores_bfloat16_constant(s):
                 # TVM's bfloat16 legalization leaves a vector of a bfloat16 constant in the
@@ -301,30 +300,6 @@ class _Lower:
                 self.stmt(s.body)
         else:
             raise TypeError(f"not a statement: {s!r}")
-
-
-def _low_bits(value, dtype: str):
-    """A value of a sub-byte integer type (held in its byte type) cut to its low bits: a signed
-    one sign-extended from its top bit. Other types pass."""
-    if dtype not in STORAGE:
-        return value
-    if dtype.startswith("u"):
-        return tirx.bitwise_and(value, tirx.const((1 << bits(dtype)) - 1, storage(dtype)))
-    shift = tirx.const(8 - bits(dtype), storage(dtype))
-    return tirx.shift_right(tirx.shift_left(value, shift), shift)
-
-
-def _unpacked(loaded, dtype: str):
-    """A loaded element of a sub-byte type: its low bits (memory holds no others, as ml_dtypes
-    writes them) sign-extended."""
-    return _low_bits(loaded, dtype) if dtype in STORAGE and not dtype.startswith("u") else loaded
-
-
-def _packed(value, dtype: str):
-    """A value to store into a sub-byte type's byte: its low bits alone, the others zero."""
-    if dtype not in STORAGE:
-        return value
-    return tirx.bitwise_and(value, tirx.const((1 << bits(dtype)) - 1, storage(dtype)))
 
 
 def _stores_bfloat16_constant(loop: For) -> bool:

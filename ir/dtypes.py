@@ -1,4 +1,5 @@
 """Element types: canonical names (numpy/TVM spelling) and the short names of the text form."""
+import re
 
 from .errors import NestorError
 
@@ -8,10 +9,17 @@ SHORT = {
     "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64",
     "bool": "bool",
     "int4": "i4", "uint4": "u4", "int2": "i2", "uint2": "u2",
+    "float8_e4m3fn": "f8e4m3fn", "float8_e4m3fnuz": "f8e4m3fnuz", "float8_e5m2": "f8e5m2",
+    "float8_e5m2fnuz": "f8e5m2fnuz", "float4_e2m1fn": "f4e2m1fn",
 }
 # Sub-byte integers: one element a byte, the value in its low bits (ml_dtypes' layout of
 # numpy arrays), computed in the byte type; a cast into one keeps the value's low bits.
-STORAGE = {"int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8"}
+# Narrow floats (float8 and float4 formats, as ml_dtypes defines them): one element a byte, its
+# bits in the low bits, computed in float32; a cast into one rounds to nearest even and
+# saturates (a value beyond the largest finite one becomes it; NaN stays NaN).
+NARROW_FLOATS = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn")
+STORAGE = {"int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8",
+           **{name: "uint8" for name in NARROW_FLOATS}}
 LONG = {short: long for long, short in SHORT.items()}
 INDEX = "int32"  # dtype of loop variables and index arithmetic
 
@@ -47,7 +55,8 @@ def storage(dtype: str) -> str:
 
 
 def bits(dtype: str) -> int:
-    return 8 if dtype == "bool" else int("".join(c for c in dtype if c.isdigit()))
+    """The width of a value of the type (float8_e4m3fn: 8, int4: 4; bool: 8, as stored)."""
+    return 8 if dtype == "bool" else int(re.match(r"[a-z]+(\d+)", dtype)[1])
 
 
 def int_range(dtype: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from nestor.codegen import (CompiledKernels, build, cuda_target, host_target, lo
 from nestor.ir import (Allocate, Buffer, Const, For, If, Kernel, Var, bitwise, bitwise_not, call, cast,
                        eq, ge, gt, ne, logical_and, lt, maximum, minimum, select, seq, store, loop_nest, Not,
                        logical_or, INTRINSICS)
-from nestor.ir.dtypes import int_range
+from nestor.ir.dtypes import NARROW_FLOATS, bits, int_range
 import tvm
 
 RNG = np.random.default_rng(0)
@@ -295,6 +295,30 @@ def test_sub_byte_integers(dtype):
     assert z.dtype == np_type  # x + n + 1 wraps to x + 1, and hi to lo
     np.testing.assert_array_equal(z.astype("int32"), np.roll(np.arange(lo, hi + 1), -1))
     assert (z.view("uint8") < n).all()
+
+
+@pytest.mark.parametrize("dtype", NARROW_FLOATS)
+def test_narrow_floats(dtype):
+    """Every bit pattern of a float8 / float4 format decodes to ml_dtypes' value and encodes back
+    to the same value; a float32 cast into the format rounds to nearest even and saturates."""
+    np_type = getattr(ml_dtypes, dtype)
+    n = 1 << bits(dtype)
+    codes = np.arange(n, dtype="uint8").view(np_type)
+    scaled = RNG.uniform(-2, 2, 200) * 2.0 ** RNG.integers(-20, 17, 200)  # subnormals to beyond the largest
+    x = np.concatenate([RNG.uniform(-600, 600, 200), scaled,
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e-30]]).astype("float32")
+    C = Buffer("C", (n,), dtype); X = Buffer("X", (len(x),), "float32")
+    F = Buffer("F", (n,), "float32"); B = Buffer("B", (n,), dtype); Y = Buffer("Y", (len(x),), dtype)
+    body = seq(For("i", n, seq(store(F, i, cast("float32", C[i])), store(B, i, C[i])), kind="vectorized"),
+               For("i", len(x), store(Y, i, cast(dtype, X[i]))))
+    f, b, y = run_kernel(Kernel("narrow", (C, X), (F, B, Y), body), [codes, x])
+    want = codes.astype("float32")
+    np.testing.assert_array_equal(f, want)  # (NaNs where ml_dtypes has them)
+    np.testing.assert_array_equal(b.astype("float32"), want)
+    largest = float(ml_dtypes.finfo(np_type).max)
+    want = np.clip(x, -largest, largest).astype(np_type)
+    assert y.dtype == np_type
+    np.testing.assert_array_equal(y.astype("float32"), want.astype("float32"))
 
 
 def _scale_kernel(name, factor, n=8):

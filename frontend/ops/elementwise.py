@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from functools import reduce
 
+import ml_dtypes
+import numpy as np
+
 from onnx import helper
 
 from ...ir import (Const, Expr, Kernel, Not, as_expr, bits, bitwise, bitwise_not, call, canonical, cast,
                    eq, ge, gt, is_float, le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne,
                    select, seq, store)
-from ...ir.dtypes import STORAGE, int_range
+from ...ir.dtypes import NARROW_FLOATS, STORAGE, int_range
 from .common import elementwise, input_buffer, output_buffer
 from .registry import Alias, Lowered, OpContext, register_op
 
@@ -367,9 +370,28 @@ def _target_dtype(ctx: OpContext) -> str:
 def lower_cast(ctx: OpContext):
     # The IR's casts are ONNX's: float -> int truncates toward zero, x -> bool is x != 0.
     dtype = _target_dtype(ctx)
-    if dtype in STORAGE and is_float(ctx.inputs[0].dtype):
+    if dtype in NARROW_FLOATS and not ctx.attr("saturate", 1) and is_float(ctx.inputs[0].dtype):
+        return elementwise(ctx, lambda x: _overflowing(x, dtype), args=[0])
+    if dtype in STORAGE and is_float(ctx.inputs[0].dtype) and dtype not in NARROW_FLOATS:
         return elementwise(ctx, lambda x: _float_to_sub_byte(x, dtype), args=[0])
     return elementwise(ctx, lambda x: cast(dtype, x), args=[0])
+
+
+def _overflowing(x: Expr, dtype: str) -> Expr:
+    """A cast to a narrow float without saturation: a value that rounds beyond the largest finite
+    one (to nearest even: a tie goes up when that one's mantissa is odd) becomes infinity where
+    the format has it, else NaN."""
+    np_type = getattr(ml_dtypes, dtype)
+    info = ml_dtypes.finfo(np_type)
+    largest = float(info.max)
+    mantissa = int(np.array(largest, np_type).view(np.uint8)) & ((1 << info.nmant) - 1)
+    bound = _c(x, largest + 2.0 ** (math.floor(math.log2(largest)) - info.nmant - 1))
+    beyond = ge(call("abs", x), bound) if mantissa & 1 else gt(call("abs", x), bound)
+    if np.isinf(np.array(np.inf, np.float32).astype(np_type).astype(np.float32)):
+        special = select(lt(x, _c(x, 0)), Const(-math.inf, dtype), Const(math.inf, dtype))
+    else:
+        special = Const(math.nan, dtype)
+    return select(beyond, special, cast(dtype, x))
 
 
 def _float_to_sub_byte(x: Expr, dtype: str) -> Expr:

@@ -4,7 +4,7 @@ QLinearMatMul with per-tensor scales."""
 from __future__ import annotations
 
 from ...ir import Const, Kernel, call, cast, is_int, loop_nest, maximum, minimum, seq, store
-from ...ir.dtypes import int_range
+from ...ir.dtypes import NARROW_FLOATS, int_range
 from .common import broadcast_index, input_buffer, normalize_axis, output_buffer
 from .reduce import allocate, reduction, temp
 from .registry import Lowered, OpContext, register_op
@@ -27,7 +27,7 @@ def _param_index(ctx: OpContext, param, x_rank: int):
 def lower_dequantize(ctx: OpContext) -> Lowered:
     """y = (x - zero_point) * scale, in the scale's dtype."""
     x, scale, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "Scale"), output_buffer(ctx)
-    if not is_int(x.dtype):
+    if not (is_int(x.dtype) or x.dtype in NARROW_FLOATS):
         raise ctx.unsupported(f"input type {x.dtype}")
     at = _param_index(ctx, scale, len(x.shape))
     params, args = [x, scale], [0, 1]
@@ -50,12 +50,13 @@ def lower_quantize(ctx: OpContext) -> Lowered:
     """y = saturate(round_half_even(x / scale) + zero_point) in the zero point's (or
     output_dtype's, else uint8) integer type."""
     x, scale, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "Scale"), output_buffer(ctx)
-    if not is_int(out.dtype):
+    if not (is_int(out.dtype) or out.dtype in NARROW_FLOATS):
         raise ctx.unsupported(f"output type {out.dtype}")
     at = _param_index(ctx, scale, len(x.shape))
     if ctx.attr("precision", 0):
         raise ctx.unsupported("precision")
-    lo, hi = int_range(out.dtype)
+    if out.dtype in NARROW_FLOATS and not ctx.attr("saturate", 1):
+        raise ctx.unsupported("saturate=0")
     params, args = [x, scale], [0, 1]
     zp = input_buffer(ctx, 2, "ZeroPoint") if ctx.has_input(2) else None
     if zp is not None:
@@ -65,9 +66,13 @@ def lower_quantize(ctx: OpContext) -> Lowered:
     wide = "float64" if x.dtype == "float64" else "float32"
 
     def body(*v):
-        q = call("round", cast(wide, x[v]) / cast(wide, scale[at(v)]))
+        q = cast(wide, x[v]) / cast(wide, scale[at(v)])
+        if out.dtype in NARROW_FLOATS:  # the cast rounds and saturates (ONNX's saturate=1)
+            return store(out, v, cast(out.dtype, q if zp is None else q + cast(wide, zp[zp_at(v)])))
+        q = call("round", q)
         if zp is not None:
             q = q + cast(wide, zp[zp_at(v)])
+        lo, hi = int_range(out.dtype)
         q = minimum(maximum(q, Const(float(lo), wide)), Const(float(hi), wide))
         return store(out, v, cast(out.dtype, q))
     return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(x.shape, body)), args)
