@@ -90,12 +90,11 @@ class NestorBackend(Backend):
         names = [n for n in node.input if n]
         vis = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
                for n, x in zip(names, inputs)]
-        outs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
-                for n in node.output if n]
+        outs = [helper.make_empty_tensor_value_info(n) for n in node.output if n]  # types inferred
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         model = helper.make_model(helper.make_graph([node], "node", vis, outs),
                                   opset_imports=[helper.make_opsetid("", opset)])
-        return cls.run_model(model, inputs, device)
+        return cls.run_model(onnx.shape_inference.infer_shapes(model), inputs, device)
 
 
 def _target(device: str) -> str:

@@ -411,6 +411,27 @@ def test_sub_byte_model_inputs_constants_and_outputs():
     np.testing.assert_array_equal(y.astype("int32"), [0, 0, 0, 0, 2])  # (x - 2) / 2, truncated, >= 0
 
 
+@pytest.mark.parametrize("x, to", [
+    (np.array([[1.0, -2.5], [np.inf, np.nan]], f32), TensorProto.INT32),
+    (np.array([True, False, True]), TensorProto.UINT8),
+    (np.array([-1, 2, -300], "int16"), TensorProto.FLOAT16),
+    (np.array(3.5, "float64"), TensorProto.UINT64)], ids=lambda v: getattr(v, "dtype", v))
+def test_bit_cast_reads_the_same_bytes(x, to):
+    import nestor.backend
+    node = helper.make_node("BitCast", ["x"], ["y"], to=to)
+    (y,) = nestor.backend.run_node(node, [x], opset_version=26)
+    want = x.view(helper.tensor_dtype_to_np_dtype(to))
+    assert y.dtype == want.dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y.reshape(-1).view("uint8"), want.reshape(-1).view("uint8"))
+
+
+def test_bit_cast_of_another_width_is_refused():
+    node = helper.make_node("BitCast", ["x"], ["y"], to=TensorProto.INT64)
+    ctx = make_context(node, "bc0", 26, [TensorInfo((3,), "float32")], [TensorInfo((3,), "int64")])
+    with pytest.raises(UnsupportedOpError, match="BitCast node 'bc0' \\(opset 26\\): float32 and int64 differ"):
+        lowering_for("BitCast")(ctx)
+
+
 def test_unsupported_cast_type():
     node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING)
     ctx = make_context(node, "cast0", 17, [TensorInfo((2,), "float32")], [TensorInfo((2,), "int8")])

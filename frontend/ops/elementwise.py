@@ -17,7 +17,7 @@ from onnx import helper
 from ...ir import (Const, Expr, Kernel, Not, as_expr, bits, bitwise, bitwise_not, call, canonical, cast,
                    eq, ge, gt, is_float, le, logical_and, logical_or, loop_nest, lt, maximum, minimum, ne,
                    select, seq, store)
-from ...ir.dtypes import NARROW_FLOATS, STORAGE, int_range
+from ...ir.dtypes import NARROW_FLOATS, STORAGE, int_range, itemsize
 from .common import elementwise, input_buffer, output_buffer
 from .registry import Alias, Lowered, OpContext, register_op
 
@@ -405,6 +405,15 @@ def _float_to_sub_byte(x: Expr, dtype: str) -> Expr:
 
 @register_op("Identity")
 def lower_identity(ctx: OpContext):
+    return Alias(0)
+
+
+@register_op("BitCast")
+def lower_bit_cast(ctx: OpContext):
+    """The input's bytes read as the output's type: a view, no kernel."""
+    src, dst = ctx.inputs[0].dtype, ctx.outputs[0].dtype
+    if itemsize(src) != itemsize(dst) or bits(src) != bits(dst):
+        raise ctx.unsupported(f"{src} and {dst} differ in width")
     return Alias(0)
 
 
