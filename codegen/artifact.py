@@ -19,13 +19,12 @@ import io
 import json
 import math
 import zipfile
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir.dtypes import SHORT, itemsize
-from ..ir.errors import ModelError
+from ..ir.errors import DAMAGED_ARRAY_FILE, ModelError
 from ..ir.files import atomic_write
 
 FORMAT_VERSION = 3   # 3: kernels.so's SHA-256; 2: the target (1: for the CPU)
@@ -75,7 +74,7 @@ def read(path: str) -> Artifact:
     except _Version as v:
         raise ModelError(f"'{path}' has format version {v}, this Nestor reads 1 to {FORMAT_VERSION}; "
                          f"compile the model again with this Nestor") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, ValueError) as err:
+    except DAMAGED_ARRAY_FILE as err:  # zipfile's own failures are among numpy's
         raise ModelError(f"cannot load compiled model '{path}': {err}") from None
     try:
         _check_tensors(plan, constants)

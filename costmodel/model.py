@@ -20,14 +20,13 @@ import hashlib
 import io
 import json
 import math
-import zipfile
-import zlib
 from typing import Iterable
 
 import numpy as np
 import xgboost as xgb
 
 from ..ir import Kernel, NestorError
+from ..ir.errors import DAMAGED_ARRAY_FILE
 from ..ir.files import atomic_write
 from ..ir.machine import GENERIC_CPU, MachineParams
 from .features import FEATURE_NAMES, kernel_features
@@ -192,8 +191,7 @@ class CostModel:
             meta = json.loads(str(saved["meta"]))
         except KeyError as err:
             raise CostModelError(f"{path}: not a Nestor cost model file (no {err.args[0].split()[0]})") from None
-        except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
-                zlib.error) as err:  # numpy's, zipfile's and zlib's ways of saying "damaged"
+        except DAMAGED_ARRAY_FILE as err:
             raise CostModelError(f"{path}: not a Nestor cost model file ({err})") from None
         if not isinstance(meta, dict):
             raise CostModelError(f"{path}: not a Nestor cost model file (its metadata is not an object)")

@@ -68,7 +68,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     model = load_model(source)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     g = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    consts = {t.name: _initializer(t) for t in g.initializer}
     types: dict[str, TensorType] = {n: TensorType(v.shape, canonical(v.dtype)) for n, v in consts.items()}
     inputs = [vi.name for vi in g.input if vi.name not in consts]
     unknown = sorted(set(input_shapes or {}) - set(inputs))
@@ -117,6 +117,15 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     return Graph(name=name or _identifier(g.name or "model"), inputs=inputs, outputs=outputs,
                  nodes=graph_nodes, types=types,
                  constants={k: v for k, v in consts.items() if k in used})
+
+
+def _initializer(t: onnx.TensorProto) -> np.ndarray:
+    """An initializer's value; one whose data does not fill its dims (the checker lets that by)
+    is the model's error."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError) as err:
+        raise ModelError(f"initializer '{t.name}' cannot be read: {_first_line(err)}") from None
 
 
 def _input_type(vi: onnx.ValueInfoProto, override) -> TensorType:

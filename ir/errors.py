@@ -1,4 +1,7 @@
 """Errors every layer raises. The CLI prints a NestorError as one line and exits non-zero."""
+import tokenize
+import zipfile
+import zlib
 
 
 class NestorError(Exception):
@@ -22,3 +25,10 @@ class FileError(NestorError, OSError):
     """A path Nestor was told to read or write and cannot: missing, a directory where a file is
     wanted, unreadable, in a folder that does not exist or is read-only, or an output over an input.
     An OSError too, for callers that catch those around file work."""
+
+
+# What numpy raises for a damaged .npy or .npz (a bad zip, a truncated member, a header that is
+# not a Python literal: its tokenizer's errors pass through): a reader turns these into its own
+# NestorError naming the file.
+DAMAGED_ARRAY_FILE = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+                      zlib.error, NotImplementedError, RuntimeError)

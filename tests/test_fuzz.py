@@ -292,6 +292,33 @@ def test_models_the_fuzzers_found_are_nestor_errors(node, inputs, output, match)
         nestor.import_onnx(_one_node_model(node, inputs, output))
 
 
+def test_an_initializer_whose_data_does_not_fill_its_dims_is_a_model_error():
+    w = numpy_helper.from_array(np.ones(16, np.float32), "W")
+    w.dims[:] = [1, 8]
+    graph = helper.make_graph([helper.make_node("Add", ["X", "W"], ["y"])], "init",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
+    with pytest.raises(NestorError, match="initializer 'W' cannot be read"):
+        nestor.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("damage", [(b"'shape': (", b"'shape': (("),   # tokenize.TokenError
+                                    (b"'descr'", b"'de\x00cr'")])     # SyntaxError: a null byte
+@pytest.mark.parametrize("kind, archive, member", [("costmodel", None, "x.npy"),
+                                                   ("nestor", "constants.npz", "c0.npy")])
+def test_npy_headers_numpy_cannot_parse(files, tmp_path, damage, kind, archive, member):
+    """Found by the fuzzers: numpy's header parser lets its tokenizer's errors through."""
+    outer = files[kind]
+    inner = outer if archive is None else zipfile.ZipFile(io.BytesIO(outer)).read(archive)
+    npy = zipfile.ZipFile(io.BytesIO(inner)).read(member)
+    assert damage[0] in npy[:128]
+    inner = _zip_with(inner, member, npy.replace(damage[0], damage[1], 1))
+    path = tmp_path / f"damaged.{kind}"
+    path.write_bytes(inner if archive is None else _zip_with(outer, archive, inner))
+    with pytest.raises(NestorError, match=f"damaged\\.{kind}"):
+        (CostModel.load if kind == "costmodel" else nestor.load)(str(path))
+
+
 def test_conv_of_group_zero_is_a_nestor_error():
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "W")
     graph = helper.make_graph([helper.make_node("Conv", ["X", "W"], ["y"], group=0)], "conv",
