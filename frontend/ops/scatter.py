@@ -1,4 +1,4 @@
-"""ScatterElements (and the older Scatter), ScatterND: written as gathers, so each output element
+"""ScatterElements (and the older Scatter), ScatterND, TensorScatter: written as gathers, so each output element
 is computed once with no racing stores: out[p] = data[p] combined with every update aimed at p
 (a reduction over the updates that could hit p, the others masked to the identity). reduction
 'none' adds (update - data[p]) for the update that hits p: the update itself where indices are
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from ...ir import Kernel, as_expr, cast, eq, logical_and, lt, minimum, select
+from ...ir import (Kernel, as_expr, cast, eq, ge, logical_and, loop_nest, lt, maximum, minimum, select,
+                   store)
 from .common import input_buffer, normalize_axis, output_buffer
 from .reduce import _identity, reduction
 from .registry import Lowered, OpContext, register_op
@@ -68,3 +69,29 @@ def lower_scatter_nd(ctx: OpContext) -> Lowered:
         raise ctx.unsupported("no updates")
     body = reduction(out, out.shape, batch, lambda s: tuple(s), lambda p: data[tuple(p)], value, op)
     return Lowered(Kernel(ctx.kernel_name(), (data, idx, upd), (out,), body), [0, 1, 2])
+
+
+@register_op("TensorScatter")
+def lower_tensor_scatter(ctx: OpContext) -> Lowered:
+    """A KV cache update: out[p] = update[p with k on the axis] where k = p[axis] - write_index
+    of the batch (mod the cache length when circular) is one of the update's positions, else
+    past[p]."""
+    past, upd, out = input_buffer(ctx, 0, "Past"), input_buffer(ctx, 1, "Update"), output_buffer(ctx)
+    axis = normalize_axis(ctx, ctx.attr("axis", -2), len(past.shape))
+    mode = ctx.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise ctx.unsupported(f"mode '{mode}' (expected 'linear' or 'circular')")
+    params, args = [past, upd], [0, 1]
+    writes = input_buffer(ctx, 2, "WriteIndices") if ctx.has_input(2) else None
+    if writes is not None:
+        params.append(writes)
+        args.append(2)
+
+    def body(*p):
+        k = p[axis] - (cast("int32", writes[p[0]]) if writes is not None else 0)
+        if mode == "circular":
+            k = k % past.shape[axis]
+        inside = logical_and(ge(k, 0), lt(k, upd.shape[axis]))
+        q = tuple(minimum(maximum(k, 0), upd.shape[axis] - 1) if d == axis else v for d, v in enumerate(p))
+        return store(out, p, select(inside, upd[q], past[p]))
+    return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(out.shape, body)), args)
