@@ -325,6 +325,9 @@ SHAPE = [
     case("ScatterElements", [rand(3, 4, dtype=i32, lo=-9, hi=9), C([[0], [3]]),
                              rand(2, 1, dtype=i32, lo=-9, hi=9)], opset=18, axis=1,
          reduction="max", id="ScatterElements-max-i32"),
+    case("Det", [rand(3, 3)], opset=11, tol=1e-4, id="Det-3x3"),
+    case("Det", [rand(2, 3, 4, 4)], opset=22, tol=1e-4, id="Det-batch-4x4"),
+    case("Det", [rand(1, 1, dtype="float64")], opset=22, id="Det-1x1-f64"),
     case("TensorScatter", [rand(2, 3, 5, 4), rand(2, 3, 2, 4), np.array([1, 3], i64)], opset=24,
          id="TensorScatter-linear"),
     case("TensorScatter", [rand(2, 3, 5, 4), rand(2, 3, 3, 4), np.array([4, 2], i64)], opset=24, mode="circular",
@@ -381,6 +384,7 @@ UNSUPPORTED = [
     (case("Reshape", [X234, np.array([4, 6], i64)]), "must be a constant"),
     (case("Pad", [X234, C([0, 3, 0, 0, 0, 0])], mode="reflect"), "reflect"),
     (case("Gelu", [X234], opset=20, approximate="erf"), "approximate"),
+    (case("Det", [rand(5, 5)], opset=22), "5 x 5 matrix"),
 ]
 
 

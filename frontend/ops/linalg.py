@@ -1,7 +1,7 @@
-"""Matrix products: Gemm and MatMul (numpy matmul semantics), Einsum."""
+"""Matrix products: Gemm and MatMul (numpy matmul semantics), Einsum; Det of small matrices."""
 from __future__ import annotations
 
-from ...ir import Kernel, as_expr
+from ...ir import Kernel, as_expr, loop_nest, store
 from .common import broadcast_index, input_buffer, output_buffer
 from .reduce import reduction, widen
 from .registry import Lowered, OpContext, register_op
@@ -92,3 +92,30 @@ def lower_einsum(ctx: OpContext) -> Lowered:
         return product
     body = reduction(out, out.shape, [sizes[c] for c in summed], lambda s: tuple(s), 0, value, "add")
     return Lowered(Kernel(ctx.kernel_name(), tuple(operands), (out,), body), list(range(len(operands))))
+
+
+MAX_DET_ORDER = 4  # Laplace expansion: n! products, 24 at order 4
+
+
+@register_op("Det")
+def lower_det(ctx: OpContext) -> Lowered:
+    """The determinant of each trailing n x n matrix, by Laplace expansion along the first row
+    (small matrices only: its cost grows as n!)."""
+    a, out = input_buffer(ctx, 0, "A"), output_buffer(ctx)
+    n = a.shape[-1]
+    if len(a.shape) < 2 or a.shape[-2] != n:
+        raise ctx.unsupported(f"input of shape {list(a.shape)} is not a batch of square matrices")
+    if not 1 <= n <= MAX_DET_ORDER:
+        raise ctx.unsupported(f"a {n} x {n} matrix (at most {MAX_DET_ORDER} x {MAX_DET_ORDER})")
+
+    def body(*batch):
+        def det(rows: tuple[int, ...], cols: tuple[int, ...]):
+            if len(rows) == 1:
+                return a[(*batch, as_expr(rows[0]), as_expr(cols[0]))]
+            total = None
+            for k, c in enumerate(cols):
+                term = a[(*batch, as_expr(rows[0]), as_expr(c))] * det(rows[1:], cols[:k] + cols[k + 1:])
+                total = term if total is None else (total - term if k % 2 else total + term)
+            return total
+        return store(out, batch, det(tuple(range(n)), tuple(range(n))))
+    return Lowered(Kernel(ctx.kernel_name(), (a,), (out,), loop_nest(out.shape, body)), [0])
