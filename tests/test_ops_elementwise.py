@@ -328,6 +328,11 @@ SHAPE = [
     case("Det", [rand(3, 3)], opset=11, tol=1e-4, id="Det-3x3"),
     case("Det", [rand(2, 3, 4, 4)], opset=22, tol=1e-4, id="Det-batch-4x4"),
     case("Det", [rand(1, 1, dtype="float64")], opset=22, id="Det-1x1-f64"),
+    # MaxUnpool's indices as MaxPool writes them: flat over the whole unpooled tensor
+    case("MaxUnpool", [rand(1, 2, 2, 2), np.array([[[[5, 2], [8, 15]], [[16, 19], [28, 30]]]], i64)],
+         opset=11, kernel_shape=[2, 2], strides=[2, 2], id="MaxUnpool-2d-two-channels"),
+    case("MaxUnpool", [rand(2, 1, 3), np.array([[[1, 2, 5]], [[6, 9, 11]]], i64)], opset=22, kernel_shape=[2],
+         strides=[2], id="MaxUnpool-1d-batch"),
     case("TensorScatter", [rand(2, 3, 5, 4), rand(2, 3, 2, 4), np.array([1, 3], i64)], opset=24,
          id="TensorScatter-linear"),
     case("TensorScatter", [rand(2, 3, 5, 4), rand(2, 3, 3, 4), np.array([4, 2], i64)], opset=24, mode="circular",

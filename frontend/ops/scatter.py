@@ -1,4 +1,5 @@
-"""ScatterElements (and the older Scatter), ScatterND, TensorScatter: written as gathers, so each output element
+"""ScatterElements (and the older Scatter), ScatterND, TensorScatter, MaxUnpool: written as
+gathers, so each output element
 is computed once with no racing stores: out[p] = data[p] combined with every update aimed at p
 (a reduction over the updates that could hit p, the others masked to the identity). reduction
 'none' adds (update - data[p]) for the update that hits p: the update itself where indices are
@@ -10,7 +11,7 @@ import math
 from ...ir import (Kernel, as_expr, cast, eq, ge, logical_and, loop_nest, lt, maximum, minimum, select,
                    store)
 from .common import input_buffer, normalize_axis, output_buffer
-from .reduce import _identity, reduction
+from .reduce import _identity, flat_position, reduction
 from .registry import Lowered, OpContext, register_op
 
 _OPS = {"none": "add", "add": "add", "mul": "mul", "max": "max", "min": "min"}
@@ -95,3 +96,28 @@ def lower_tensor_scatter(ctx: OpContext) -> Lowered:
         q = tuple(minimum(maximum(k, 0), upd.shape[axis] - 1) if d == axis else v for d, v in enumerate(p))
         return store(out, p, select(inside, upd[q], past[p]))
     return Lowered(Kernel(ctx.kernel_name(), tuple(params), (out,), loop_nest(out.shape, body)), args)
+
+
+@register_op("MaxUnpool")
+def lower_max_unpool(ctx: OpContext) -> Lowered:
+    """MaxPool's inverse: each value of X goes to the flat position its index names in the
+    unpooled tensor (batch and channel included, as MaxPool's Indices count), every other
+    position is 0; a larger output_shape pads the end of each dim with zeros. Written as a
+    gather over the inputs of the same batch and channel (indices are unique, as MaxPool's are)."""
+    x, idx, out = input_buffer(ctx, 0, "X"), input_buffer(ctx, 1, "Indices"), output_buffer(ctx)
+    kernel = ctx.attr("kernel_shape")
+    dims = len(x.shape) - 2
+    strides, pads = ctx.attr("strides", [1] * dims), ctx.attr("pads", [0] * (2 * dims))
+    unpooled = list(x.shape[:2]) + [(x.shape[2 + d] - 1) * strides[d] - pads[d] - pads[dims + d] + kernel[d]
+                                    for d in range(dims)]
+    if any(o < u for o, u in zip(out.shape, unpooled)):
+        raise ctx.unsupported(f"output shape {list(out.shape)} is smaller than the unpooled {unpooled}")
+    axes = range(len(out.shape))
+
+    def value(p, r):
+        q = (p[0], p[1], *r)
+        hit = eq(idx[q], cast(idx.dtype, flat_position(p, axes, unpooled)))
+        inside = [lt(p[d], as_expr(unpooled[d], p[d].dtype)) for d in axes[2:] if out.shape[d] > unpooled[d]]
+        return select(logical_and(*inside, hit), x[q], as_expr(0, x.dtype))
+    body = reduction(out, out.shape, x.shape[2:], lambda s: tuple(s), 0, value, "add")
+    return Lowered(Kernel(ctx.kernel_name(), (x, idx), (out,), body), [0, 1])
