@@ -1,9 +1,8 @@
 """ScatterElements (and the older Scatter), ScatterND, TensorScatter, MaxUnpool: written as
-gathers, so each output element
-is computed once with no racing stores: out[p] = data[p] combined with every update aimed at p
-(a reduction over the updates that could hit p, the others masked to the identity). reduction
-'none' adds (update - data[p]) for the update that hits p: the update itself where indices are
-unique, which ONNX requires of 'none'."""
+gathers, so each output element is computed once with no racing stores: out[p] = data[p]
+combined with every update aimed at p (a reduction over the updates that could hit p, the others
+masked to the identity). reduction 'none' adds (update - data[p]) for the update that hits p:
+the update itself where indices are unique, which ONNX requires of 'none'."""
 from __future__ import annotations
 
 import math
