@@ -17,11 +17,11 @@ def tiny_model(op="Relu", opset=17, **attrs):
 
 
 def test_unsupported_op_names_op_node_and_opset():
-    node = helper.make_node("Det", ["x"], ["y"], name="det_node")
+    node = helper.make_node("RandomUniformLike", ["x"], ["y"], name="rand_node")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UnsupportedOpError, match=r"Det.*det_node.*opset 17"):
+    with pytest.raises(UnsupportedOpError, match=r"RandomUniformLike.*rand_node.*opset 17"):
         nestor.compile(model)
 
 
