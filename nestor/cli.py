@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from .cli_checks import Parser, at_least, by_name, check_command, duration, input_shape, name_file, quiet_broken_pipe
-from .ir.errors import InputError, NestorError, UsageError
+from .ir.errors import DAMAGED_ARRAY_FILE, InputError, NestorError, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +225,7 @@ def _read_array(name: str, path: str) -> np.ndarray:
         raise InputError(f"--input '{name}': '{path}' is {kind}; give one array saved with numpy.save")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except DAMAGED_ARRAY_FILE as err:
         raise InputError(f"--input '{name}': cannot read '{path}': {err}") from None
 
 

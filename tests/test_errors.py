@@ -95,6 +95,9 @@ def files(tmp_path_factory):
     np.save(d / "x5.npy", np.ones(5, np.float32))
     np.save(d / "x64.npy", np.ones((2, 3), np.float64))
     np.savez(d / "xs.npz", x=np.ones((2, 3), np.float32))
+    header = bytearray((d / "x.npy").read_bytes())
+    header[20:30] = b"(((((((((("  # the dict header no longer parses (a tokenize error, not a ValueError)
+    (d / "xbad.npy").write_bytes(header)
     return d
 
 
@@ -172,6 +175,7 @@ BAD_COMMANDS = [
     ("tune {d}/mm.ir --pretrained {d}/text.txt", 1, "is neither a records database (.sqlite) nor a saved cost model"),
     ("compile {d}/m.onnx --schedule {d}/text.txt", 1, "text.txt"),
     ("run {d}/m.nestor --input x={d}/text.txt", 1, "is not a NumPy .npy file"),
+    ("run {d}/m.nestor --input x={d}/xbad.npy", 1, "--input 'x': cannot read"),
     ("run {d}/m.nestor --input x={d}/xs.npz", 1, "is an .npz archive"),
     # inputs and shapes
     ("run {d}/m.nestor --input nope={d}/x.npy", 1, "--input 'nope': the model's inputs are ['x']"),
