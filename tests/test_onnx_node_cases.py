@@ -1,8 +1,8 @@
 """ONNX's own node test cases, through nestor.backend, for every op the foundation issue names.
 
 Each op must pass all of its single-op cases that Nestor attempts; cases are skipped only for a
-reason conformance.run_case gives (an element type Nestor does not compile, such as float16,
-bfloat16, float8 or string, or a non-tensor input). The full sweep over all 1,884 cases is
+reason conformance.run_case gives (an element type Nestor does not compile, such as float8
+E8M0 or string, or a non-tensor input). The full sweep over all 1,884 cases is
 examples/onnx_node_tests.py.
 """
 import pytest

@@ -102,9 +102,9 @@ def lower_det(ctx: OpContext) -> Lowered:
     """The determinant of each trailing n x n matrix, by Laplace expansion along the first row
     (small matrices only: its cost grows as n!)."""
     a, out = input_buffer(ctx, 0, "A"), output_buffer(ctx)
-    n = a.shape[-1]
-    if len(a.shape) < 2 or a.shape[-2] != n:
+    if len(a.shape) < 2 or a.shape[-2] != a.shape[-1]:
         raise ctx.unsupported(f"input of shape {list(a.shape)} is not a batch of square matrices")
+    n = a.shape[-1]
     if not 1 <= n <= MAX_DET_ORDER:
         raise ctx.unsupported(f"a {n} x {n} matrix (at most {MAX_DET_ORDER} x {MAX_DET_ORDER})")
 
