@@ -1,4 +1,5 @@
-"""A Relax pass that puts Nestor's tuned kernels in place of the PrimFuncs they were tuned for.
+"""A Relax pass that puts Nestor's tuned kernels in place of the PrimFuncs they were tuned for,
+and Nestor's default schedule in place of those no tuning reached.
 
 MetaSchedule's own MetaScheduleApplyDatabase replays a record's trace on the workload, and a
 Nestor record has none (ms_database.py): this pass asks the database for the module instead
@@ -27,16 +28,17 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current(allow_none=True)
         db = database if database is not None else ms.Database.current()
-        if target is None or (db is None and (work_dir is None or not os.path.exists(records_path(work_dir)))):
-            return mod  # nothing tuned (a reader must not create an empty records file)
-        kernels = None if db is not None else NestorKernels(records_path(work_dir))
+        if target is None:
+            return mod
+        tuned = work_dir is not None and os.path.exists(records_path(work_dir))  # a reader creates no file
+        kernels = None if db is not None else NestorKernels(records_path(work_dir) if tuned else None)
         out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
             workload = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
             if kernels is not None:
-                found = kernels.best(workload, target)
+                found = kernels.best(workload, target) or kernels.default(workload, target)
             else:
                 found = db.query_ir_module(workload, target, gv.name_hint)
                 found = found["main"] if found is not None else None

@@ -18,11 +18,11 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import SBlock, SBlockRealize, Schedule
 from tvm.s_tir import meta_schedule as ms
 
-from ..codegen import to_primfunc
+from ..codegen import machine_params, to_primfunc
 from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
 from ..ir import canonical, structural_hash
 from ..passes import Schedule as NestorSchedule
-from ..passes import canonical_loops
+from ..passes import canonical_loops, default_schedule
 from .records import Records
 from .tune import target_key
 
@@ -71,19 +71,17 @@ def _partitioned(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 class NestorKernels:
-    """Workload -> the PrimFunc of Nestor's fastest recorded schedule for it (None if none)."""
+    """Workload -> the PrimFunc of Nestor's fastest recorded schedule for it (None if none), or of
+    Nestor's default schedule (`default`, for a workload nothing was recorded for). `path`: the
+    records file (None: no records)."""
 
-    def __init__(self, path: str):
-        self.records = Records(path)
+    def __init__(self, path: str | None):
+        self.records = Records(path) if path is not None else None
         self._found: dict = {}
 
     def best(self, mod: tvm.IRModule, target) -> tirx.PrimFunc | None:
-        func = next(iter(mod.functions.values()))  # a workload holds one function
-        if not isinstance(func, tirx.PrimFunc) or (func.attrs and MARK in func.attrs):
-            return None
-        try:
-            kernel = kernel_from_primfunc(func)
-        except TIRImportError:
+        func, kernel = _imported(mod)
+        if kernel is None or self.records is None:
             return None
         key = (structural_hash(kernel), target_key(target))
         best = self.records.best(*key)
@@ -91,11 +89,38 @@ class NestorKernels:
             return None
         if (key, best.id) not in self._found:
             schedule = NestorSchedule.from_json(best.schedule)
-            try:
-                self._found[(key, best.id)] = lowered(schedule.apply(canonical_loops(kernel)), func, schedule)
-            except TIRImportError:  # params Nestor cannot match to the workload's: TVM's schedule
-                self._found[(key, best.id)] = None
+            self._found[(key, best.id)] = _lowered_or_none(schedule.apply(canonical_loops(kernel)), func, schedule)
         return self._found[(key, best.id)]
+
+    def default(self, mod: tvm.IRModule, target) -> tirx.PrimFunc | None:
+        """Nestor's untuned default schedule of the workload (marked with an empty schedule), far
+        faster than an unscheduled PrimFunc, which TVM compiles as its plain loops on a CPU."""
+        func, kernel = _imported(mod)
+        if kernel is None:
+            return None
+        key = (structural_hash(kernel), target_key(target), "default")
+        if key not in self._found:
+            self._found[key] = _lowered_or_none(default_schedule(kernel, machine_params(target)), func)
+        return self._found[key]
+
+
+def _imported(mod: tvm.IRModule):
+    """(the workload's PrimFunc, it as a Nestor kernel), the kernel None where Nestor cannot
+    import it or it is Nestor's already."""
+    func = next(iter(mod.functions.values()))  # a workload holds one function
+    if not isinstance(func, tirx.PrimFunc) or (func.attrs and MARK in func.attrs):
+        return func, None
+    try:
+        return func, kernel_from_primfunc(func)
+    except TIRImportError:
+        return func, None
+
+
+def _lowered_or_none(kernel, workload: tirx.PrimFunc, schedule: NestorSchedule | None = None):
+    try:
+        return lowered(kernel, workload, schedule)
+    except TIRImportError:  # params Nestor cannot match to the workload's: TVM's schedule
+        return None
 
 
 @derived_object
@@ -135,16 +160,19 @@ class NestorDatabase(ms.database.PyDatabase):
         return self.inner.query_tuning_record(mod, target, workload_name)
 
     def query_schedule(self, mod, target, workload_name=None):
-        func = self.kernels.best(mod, target)
-        if func is None:
-            return self.inner.query_schedule(mod, target, workload_name)
-        return Schedule(tvm.IRModule({"main": func}))
+        found = self.query_ir_module(mod, target, workload_name)
+        return None if found is None else Schedule(found)
 
     def query_ir_module(self, mod, target, workload_name=None):
+        """Nestor's best kernel; else MetaSchedule's record (a task MetaSchedule searched); else
+        Nestor's default schedule (a task no tuning reached)."""
         func = self.kernels.best(mod, target)
         if func is None:
-            return self.inner.query_ir_module(mod, target, workload_name)
-        return tvm.IRModule({"main": func})
+            found = self.inner.query_ir_module(mod, target, workload_name)
+            if found is not None:
+                return found
+            func = self.kernels.default(mod, target)
+        return None if func is None else tvm.IRModule({"main": func})
 
     def __len__(self):
         return len(self.inner)

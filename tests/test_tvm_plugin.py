@@ -105,6 +105,20 @@ def test_static_shape_tuning_pipeline_tunes_with_nestor_once_installed(tmp_path,
     _check_runs(tvm.compile(tuned, target), x, want)
 
 
+def test_tasks_no_tuning_reached_get_nestors_default_schedule(tmp_path, model):
+    """Installed, a pipeline that tunes nothing still compiles Nestor's kernels: each task Nestor
+    imports gets its default schedule (TVM would compile the plain loops on a CPU)."""
+    onnx_model, x, want = model
+    target = host_target()
+    with nestor.tvm.installed(**MEASURE):
+        untuned = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
+                                     work_dir=str(tmp_path))(_relax(onnx_model))
+    found = _nestors(untuned)
+    assert len(found) >= 3 and all(found.values()), found
+    assert not (tmp_path / "nestor_records.sqlite").exists()   # nothing tuned, no records file made
+    _check_runs(tvm.compile(untuned, target), x, want)
+
+
 @pytest.mark.parametrize("budget, trials", [(0, 0), (600, 4)])
 def test_a_time_budget_ends_nestors_tuning_whatever_trials_are_left(tmp_path, budget, trials):
     """Past the budget no task is given more candidates; within it the trials are the limit."""
