@@ -32,13 +32,17 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
             return mod
         tuned = work_dir is not None and os.path.exists(records_path(work_dir))  # a reader creates no file
         kernels = None if db is not None else NestorKernels(records_path(work_dir) if tuned else None)
+        searched = None if db is not None else _metaschedules_records(work_dir)
         out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
             workload = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
             if kernels is not None:
-                found = kernels.best(workload, target) or kernels.default(workload, target)
+                found = kernels.best(workload, target)
+                if found is None and (searched is None or searched.query_tuning_record(workload, target, gv.name_hint)
+                                      is None):
+                    found = kernels.default(workload, target)  # neither tuner reached it
             else:
                 found = db.query_ir_module(workload, target, gv.name_hint)
                 found = found["main"] if found is not None else None
@@ -46,6 +50,16 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
                 out[gv] = _in_place_of(found, func)
         return out
     return run
+
+
+def _metaschedules_records(work_dir: str | None):
+    """MetaSchedule's JSON database in work_dir (the tasks its own search tuned), None if none."""
+    if work_dir is None:
+        return None
+    files = [os.path.join(work_dir, f"database_{kind}.json") for kind in ("workload", "tuning_record")]
+    if not all(os.path.exists(f) for f in files):
+        return None
+    return ms.database.JSONDatabase(*files, allow_missing=False)
 
 
 def _in_place_of(new: tirx.PrimFunc, old: tirx.PrimFunc) -> tirx.PrimFunc:
