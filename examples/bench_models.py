@@ -7,9 +7,11 @@ PyTorch eager on the GPU instead (the same ONNX model through onnx2torch).
 The last line reads `geomean latency ratio vs ONNX Runtime: <X>` (or `vs PyTorch`).
 """
 import argparse
+import functools
 import sys
 
 from nestor.bench import MODELS, bench_models
+from nestor.cli_checks import duration
 from nestor.ir.errors import NestorError
 
 if __name__ == "__main__":
@@ -18,14 +20,14 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--schedule", default="default", choices=["default", "none"],
                    help="for kernels without tuned records")
-    p.add_argument("--time-budget", metavar="30m", help="tune each model this long first (s, m or h)")
+    p.add_argument("--time-budget", metavar="30m", type=functools.partial(duration, allow_zero=True),
+                   help="tune each model this long first (s, m or h; 0: no tuning)")
     p.add_argument("--records", help="tuning records database (default: a temporary one); without "
                                      "--time-budget, compile from it untouched")
     p.add_argument("--target", help="cpu (default), cuda, or a TVM target string or JSON")
     args = p.parse_args()
-    from nestor.cli import _seconds
     try:
         bench_models(args.models.split(",") if args.models else None, args.repeat, args.schedule,
-                     _seconds(args.time_budget), args.records, target=args.target)
+                     args.time_budget, args.records, target=args.target)
     except NestorError as err:  # one line, as the CLI says it
         sys.exit(f"error: {err}")

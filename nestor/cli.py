@@ -362,14 +362,6 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _seconds(text: str | None) -> float | None:
-    """A --time-budget of a script that parses its own flags -> seconds (0: no tuning; None stays)."""
-    try:
-        return None if text is None else duration(text, allow_zero=True)
-    except argparse.ArgumentTypeError as err:
-        raise UsageError(f"--time-budget {err}") from None
-
-
 def cmd_tune(args) -> int:
     _target(args)
     if args.model.endswith(".ir"):
