@@ -1,6 +1,7 @@
 """Sketch rules one by one: where each applies, its seeds on small kernels, its candidates realized
 in strict mode (a step a rule needs and a pass refuses raises there), and the GPU's first rule."""
 import dataclasses
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import nestor
-from nestor.autotune.nest import KernelInfo
+from nestor.autotune.nest import KernelInfo, top_level_nests
 from nestor.autotune.rules import CPU_RULES, CUDA_RULES, Builder, SketchRule, StepRefused, rules_for
 from nestor.autotune.rules.gpu import BindSpatial
 from nestor.autotune.rules.gpu_tiling import GpuTileDecisions, GpuTiling
@@ -19,7 +20,7 @@ from nestor.autotune.rules.tiling import MultiLevelTiling
 from nestor.autotune.decisions import Choice
 from nestor.autotune.space import Sketch
 from nestor.codegen import build, cuda_target, machine_params, run_kernel
-from nestor.ir import For, walk_stmts
+from nestor.ir import For, Store, walk_stmts
 from nestor.ir.machine import AVX2, AVX512
 from nestor.passes import Bind, Schedule, Split
 from tests.test_layout import CONV3, make_model, weights
@@ -248,29 +249,49 @@ def test_gpu_tiling_candidates_compute_the_kernel_and_build_for_cuda(name):
     assert "__shared__" in source and "__syncthreads()" in source
 
 
-@pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
-def test_gpu_row_reductions_split_rows_across_threads(op):
+def launches(kernel):
+    """(blocks, widest thread loop) of each top-level loop nest of a scheduled kernel (a launch)."""
+    out = []
+    for nest in top_level_nests(kernel):
+        loops = [s for s in walk_stmts(nest.spatial[0]) if isinstance(s, For)]
+        blocks = math.prod(s.extent for s in loops if s.kind.startswith("blockIdx"))
+        out.append((blocks, max((s.extent for s in loops if s.kind.startswith("threadIdx")), default=1)))
+    return out
+
+
+@pytest.mark.parametrize("op, shape", [("Softmax", [6, 64]), ("LayerNormalization", [6, 64]),
+                                       ("Softmax", [1, 3, 4, 64]), ("LayerNormalization", [1, 5, 96])])
+def test_gpu_row_reductions_split_rows_across_threads(op, shape):
     """A block per row, each reduction's partials in shared memory (one per thread), folded by
-    every thread; the candidates compute the kernel (run here without their bindings) and build
-    with barriers between the partials' writes and reads."""
+    every thread into a register of its own (never into global memory, where the threads would
+    race); rows under a batch loop (a model's [1, seq, hidden]) are still a block each. The
+    candidates compute the kernel (run here without their bindings) and build with barriers
+    between the partials' writes and reads."""
     from nestor.autotune.rules.gpu_rows import GpuRowReductions
     from nestor.codegen.build import build
-    ins = {"X": [6, 64]} if op == "Softmax" else {"X": [6, 64], "S": [64], "B": [64]}
-    kernel = _onnx(op, ins, [6, 64], axis=-1)
+    rows, width = math.prod(shape[:-1]), shape[-1]
+    ins = {"X": shape} if op == "Softmax" else {"X": shape, "S": [width], "B": [width]}
+    kernel = _onnx(op, ins, shape, axis=-1)
     assert GpuRowReductions().applies(KernelInfo.of(kernel, CUDA))
     assert not GpuRowReductions().applies(KernelInfo.of(kernel, AVX512))
     sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuRowReductions(),))
-    candidates = sketch.rule_decisions() + [sketch.sample(random.Random(n)) for n in range(4)]
+    seeds = sketch.rule_decisions()
+    candidates = seeds + [sketch.sample(random.Random(n)) for n in range(4)]
     args = inputs(kernel)
     want = run_kernel(kernel, args)
     built = []
     for n, c in enumerate(candidates):
         _, scheduled = sketch.realize(c)
-        kinds = {s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
-        assert {"blockIdx.x", "threadIdx.x"} <= kinds
+        first = launches(scheduled)[0]
+        assert first == (rows, c.decisions.threads), c.decisions
+        if c.decisions.merge:
+            assert len(launches(scheduled)) == 1
+        assert not [s for s in walk_stmts(scheduled.body)
+                    if isinstance(s, Store) and s.reduce and s.buffer.scope == "global"], c.decisions
         for got, ref in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))
         built.append(dataclasses.replace(scheduled, name=f"rows{n}"))
+    assert {c.decisions.threads for c in seeds} <= {32, 64}  # only widths that divide a row
     source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
     assert "__shared__" in source and "__syncthreads()" in source
 

@@ -1,7 +1,9 @@
 """Row reductions on a GPU (softmax, layer normalization, a mean over the last axis): a block of
 threads per row, each reduction split across the threads.
 
-    for row (blockIdx.x):                      with `merge`, all nests of a row in one launch
+    for row (blockIdx.x):                      a nest's row loops (a batch, heads, rows) fused
+                                               into one; with `merge`, all nests of a row in
+                                               one launch
       for t (threadIdx.x): partial[t] = init     rfactor into shared memory, a partial per thread
       for t (threadIdx.x):
         for r_o: partial[t] op= f(r_o * T + t)   neighbouring threads on neighbouring elements
@@ -9,8 +11,10 @@ threads per row, each reduction split across the threads.
                                                  register (cache_write), so none waits on another
       for i_o: for i_i (threadIdx.x): Out = g(acc, ...)
 
-A row is read by T threads at once instead of one thread walking it. Nests the rule does not
-split get the GPU default schedule.
+A row is read by T threads at once instead of one thread walking it. The row loops are all the
+spatial loops around the reductions: a model's layer norm over [1, 128, 768] or softmax over
+[1, 12, 128, 128] has a batch loop of 1 outside its rows, which alone would make one block.
+Nests the rule does not split get the GPU default schedule.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...ir import Allocate, For, If, Seq, walk_stmts
-from ...passes import Bind, CacheWrite, DefaultNest, Merge, Reorder, Rfactor, Split
+from ...passes import Bind, CacheWrite, DefaultNest, Fuse, Merge, Pass, Reorder, Rfactor, ScheduleError, Split
 from ..decisions import Choice
-from ..nest import KernelInfo
+from ..nest import KernelInfo, Nest
 from .base import Builder, SketchRule
 
 THREADS = (32, 64, 128, 256, 512)
+SEED_THREADS = 256  # the seeds' widest block: more threads fold more partials each
 
 
 @dataclass(frozen=True)
@@ -37,65 +42,108 @@ class GpuRowReductions(SketchRule):
     decisions = GpuRowDecisions
 
     def applies(self, info: KernelInfo) -> bool:
-        return info.machine.is_gpu and bool(info.rows)
+        return info.machine.is_gpu and bool(_thread_counts(info))
 
     def domain(self, info: KernelInfo, field: str, earlier: dict[str, Any]) -> Choice:
         if field == "threads":
-            most = info.machine.max_threads_per_block
-            return Choice(tuple(t for t in THREADS if t <= most), ordered=True)
+            return Choice(_thread_counts(info), ordered=True)
         if field == "merge":
             return Choice((False, True))
         raise KeyError(field)
 
     def seeds(self, info: KernelInfo) -> list[GpuRowDecisions]:
-        return [GpuRowDecisions(256, True), GpuRowDecisions(128, True), GpuRowDecisions(256, False)]
+        counts = _thread_counts(info)
+        most = [t for t in counts if t <= SEED_THREADS] or [counts[0]]
+        seeds = [GpuRowDecisions(most[-1], True), GpuRowDecisions(most[max(len(most) - 2, 0)], True),
+                 GpuRowDecisions(most[-1], False)]
+        return list(dict.fromkeys(seeds))
 
     def realize(self, info: KernelInfo, d: GpuRowDecisions, b: Builder) -> None:
-        roots = [n.root for n in info.nests]
-        groups = {root: root for root in roots}   # a nest's root -> the loop it runs in
-        if d.merge:
-            into = roots[0]
-            for root in roots[1:]:
-                if b.may(Merge(into, root)):
-                    groups[root] = into
-                else:
-                    into = root
-        rows = {}
+        depth = _row_depth(info)
+        groups = [[info.nests[0]]]   # nests that run in one loop over rows
+        for nest in info.nests[1:]:
+            if d.merge and _merge_rows(b, groups[-1][0], nest, depth):
+                groups[-1].append(nest)
+            else:
+                groups.append([nest])
+        split = {}   # nest root -> its reductions as rfactor made them
         for root, loop in info.rows:
             # each reduction at the thread counts that divide it (else it stays in one thread)
             made = b.may(Rfactor(loop, d.threads, "shared"))
             if made:
-                rows.setdefault(groups[root], []).append((root, made))
-        for root in dict.fromkeys(groups.values()):
-            if root not in rows:
-                b.must(DefaultNest.for_machine(root, info.machine))
+                split.setdefault(root, []).append((root, made))
+        for group in groups:
+            reductions = [r for n in group for r in split.get(n.root, ())]
+            if not reductions:
+                b.must(DefaultNest.for_machine(group[0].root, info.machine))
                 continue
-            self._row_block(info, d, b, root, rows[root])
+            self._row_block(info, d, b, [loop.var for loop in group[0].spatial[:depth]], reductions)
 
     @staticmethod
-    def _row_block(info: KernelInfo, d: GpuRowDecisions, b: Builder, root: str, reductions) -> None:
-        """One block per row of loop `root`: its reductions across the threads, its other
-        innermost spatial loops split over them."""
+    def _row_block(info: KernelInfo, d: GpuRowDecisions, b: Builder, rows: list[str], reductions) -> None:
+        """One block per row of loops `rows` (outermost first; a group of nests' row loops): its
+        reductions across the threads, its other innermost spatial loops split over them."""
         nests = {n.root: n for n in info.nests}
+        row = rows[-1]
         for nest_root, made in reductions:
             b.must(Reorder((made.one("lane"), made.one("outer"))))
             # each thread accumulates its partial in a register, stored to shared memory once
             b.may(CacheWrite(made.buffers[0], made.one("lane")))
-            output = nests[nest_root].output
-            if output is not None:  # each thread folds the partials into a register of its own
-                b.may(CacheWrite(output.name, root))
+            # each thread folds the partials into a register of its own: folded in global
+            # memory, the threads of the block would race on the one element
+            b.must(CacheWrite(nests[nest_root].output.name, row))
             b.must(Bind(made.one("zero"), "threadIdx.x"))
             b.must(Bind(made.one("lane"), "threadIdx.x"))
         taken = {name for _, made in reductions for role in ("zero", "lane", "outer", "combine")
                  for name in made.get(role)}
-        for loop in _spatial_leaves(b, root, taken):
+        for loop in _spatial_leaves(b, row, taken):
             extent = b.extents()[loop]
             if extent > d.threads:
                 split = b.must(Split(loop, d.threads))
                 loop = split.one("inner") if split else None
             if loop:
                 b.must(Bind(loop, "threadIdx.x"))
-        b.must(Bind(root, "blockIdx.x"))
+        # the row loops as one block index (after the cache writes, which need affine indices)
+        block = rows[0]
+        for loop in rows[1:]:
+            fused = b.must(Fuse(block, loop))
+            block = fused.one("fused") if fused else block
+        b.must(Bind(block, "blockIdx.x"))
+
+
+def _thread_counts(info: KernelInfo) -> tuple[int, ...]:
+    """Block widths that split some row reduction (rfactor needs a divisor of its extent; at
+    other widths every reduction would stay in one thread) and the machine allows."""
+    most = info.machine.max_threads_per_block
+    return tuple(t for t in THREADS if t <= most and any(info.extent(loop) % t == 0 for _, loop in info.rows))
+
+
+def _row_depth(info: KernelInfo) -> int:
+    """How many spatial loops of a row nest enclose its reductions: all are rows."""
+    roots = {root for root, _ in info.rows}
+    return min(len(n.spatial) for n in info.nests if n.root in roots)
+
+
+def _merge_rows(b: Builder, into: Nest, nest: Nest, depth: int) -> bool:
+    """Merge `nest` into the loops of `into`, row loop by row loop down to `depth`, all or none:
+    a half-merged nest would leave sibling row loops that cannot fuse into one block index."""
+    if min(len(into.spatial), len(nest.spatial)) < depth:
+        return False
+    steps = [Merge(a.var, c.var) for a, c in zip(into.spatial[:depth], nest.spatial[:depth])]
+    if not _all_accepted(b.kernel, steps):
+        return False
+    for step in steps:
+        b.must(step)
+    return True
+
+
+def _all_accepted(kernel, steps: list[Pass]) -> bool:
+    try:
+        for step in steps:
+            kernel = step.apply(kernel)
+    except ScheduleError:
+        return False
+    return True
 
 
 def _spatial_leaves(b: Builder, root: str, taken: set[str]) -> list[str]:
