@@ -1,17 +1,14 @@
-"""LSTM, GRU and RNN unrolled over their (static) time steps, so that their matrix products are
-the MatMul kernels Nestor tunes like any other:
+"""LSTM, GRU and RNN over their (static) time steps, per direction:
 
-- one input projection per direction, X [T*B, I] x W^T [I, G*H], for all steps at once;
-- per step, the recurrent product H_prev [B, H] x R^T [H, G*H] (the same kernel at every step,
-  one tuning task) and a `nestor.RecurrentCell` (frontend/ops/rnn.py) computing the gates and
-  the new state (H, and C for LSTM) from both products, the biases and the peepholes. A GRU
-  without linear_before_reset needs r before its candidate's product: its step is the z, r
-  product, a `GRUReset` cell (r * H_prev), the candidate's product (r * H_prev) x Rh^T, the cell.
-- Y, Y_h and Y_c are the steps' states concatenated (Reshape + Concat).
+- one input projection, X [T*B, I] x W^T [I, G*H] for all steps at once: a MatMul kernel the
+  tuner tunes like any other;
+- one `nestor.Recurrence` node (frontend/ops/rnn.py): a kernel whose loop over the steps holds
+  the recurrent product H_prev x R^T and the gates, the states updated in place.
+- Y, Y_h and Y_c are the directions' outputs concatenated (Reshape + Concat).
 Constant W and R are transposed here; computed ones get Gather and Transpose nodes. A reverse
-direction with sequence_lens reads each sequence from its own end (the cell's `from_end`) and its
-Y is put back in time order by ReverseSequence. The new nodes' tensors are typed here: this runs
-after shape inference, on the folded graph.
+direction with sequence_lens reads each sequence from its own end (the kernel's `from_end`) and
+its Y is put back in time order by ReverseSequence. The new nodes' tensors are typed here: this
+runs after shape inference, on the folded graph.
 """
 from __future__ import annotations
 
@@ -91,66 +88,42 @@ class _Unrolled:
         """(Y of this direction [T, 1, B, H] (or [B, T, 1, H]), final H, final C)."""
         gh, hid, B = self.gates * self.hidden, self.hidden, self.batch
         xw = self._add("MatMul", [self.x2d, self._transposed(self.inputs[1], d)], (self.steps * B, gh))
-        reset = self.op == "GRU" and not self.cell_attrs["linear_before_reset"]
-        r_t = self._transposed(self.inputs[2], d, (0, 2 * hid) if reset else None)
-        rh_t = self._transposed(self.inputs[2], d, (2 * hid, 3 * hid)) if reset else None
-        h = self._state(self.inputs[5], d)
-        c = self._state(self.inputs[6], d) if self.op == "LSTM" else ""
         reverse = direction == "reverse"
         from_end = reverse and bool(self.lens)
-        bias, peepholes = self._row(self.inputs[3], d), self._row(self.inputs[7], d)
-        attrs = dict(self.cell_attrs, from_end=int(from_end), activations=[a[0] for a in acts],
-                     activation_alpha=[a[1] for a in acts], activation_beta=[a[2] for a in acts])
-        ys = []
-        for k in range(self.steps):
-            step = self._const(f"step{k}", np.array([self.steps - 1 - k if reverse and not from_end else k],
-                                                    np.int64))
-            hr = self._add("MatMul", [h, r_t], (B, 2 * hid if reset else gh)) if h else ""
-            rhr = ""
-            if reset and h:
-                rh = self._cell("GRUReset", [xw, hr, "", h, "", bias, "", self.lens, step], attrs, 1)[0]
-                rhr = self._add("MatMul", [rh, rh_t], (B, hid))
-            n_out = (2 if self.op == "LSTM" else 1) + (1 if self.lens and want_y else 0)
-            outs = self._cell(self.op, [xw, hr, rhr, h, c, bias, peepholes, self.lens, step],
-                              attrs, n_out)
-            h, c = outs[0], (outs[1] if self.op == "LSTM" else "")
-            ys.append(outs[-1] if self.lens and want_y else h)
+        attrs = dict(self.cell_attrs, kind=self.op, reverse=int(reverse), from_end=int(from_end),
+                     activations=[a[0] for a in acts], activation_alpha=[a[1] for a in acts],
+                     activation_beta=[a[2] for a in acts])
+        inputs = [xw, self._transposed(self.inputs[2], d), self._state(self.inputs[5], d),
+                  self._state(self.inputs[6], d) if self.op == "LSTM" else "",
+                  self._row(self.inputs[3], d), self._row(self.inputs[7], d), self.lens]
+        while not inputs[-1]:
+            inputs.pop()
+        states = [self._name(s) for s in (("h", "c") if self.op == "LSTM" else ("h",))]
+        for name in states:
+            self.types[name] = TensorType((B, hid), self.dtype)
+        y_shape = (B, self.steps, hid) if self.layout else (self.steps, B, hid)
+        y = self._name("y") if want_y else None
+        if y:
+            self.types[y] = TensorType(y_shape, self.dtype)
+        self.nodes.append(helper.make_node("Recurrence", inputs, states + ([y] if y else []),
+                                           name=self._name("Recurrence"), domain=NESTOR_DOMAIN, **attrs))
+        h, c = states[0], (states[1] if self.op == "LSTM" else "")
         if not want_y:
             return None, h, c
-        if reverse and not from_end:
-            ys.reverse()
         time_axis = 1 if self.layout else 0
-        seq_shape = (B, 1, hid) if self.layout else (1, B, hid)
-        y = self._concat([self._reshape(v, seq_shape) for v in ys], time_axis)
         if from_end:
-            y = self._add("ReverseSequence", [y, self.lens], self.types[y].shape,
-                          time_axis=time_axis, batch_axis=1 - time_axis)
+            y = self._add("ReverseSequence", [y, self.lens], y_shape, time_axis=time_axis, batch_axis=1 - time_axis)
         shape = (B, self.steps, 1, hid) if self.layout else (self.steps, 1, B, hid)
         return self._reshape(y, shape), h, c
 
-    def _cell(self, kind, inputs, attrs, n_out) -> list[str]:
-        names = [self._name(f"{kind.lower()}_out{i}") for i in range(n_out)]
-        for name in names:
-            self.types[name] = TensorType((self.batch, self.hidden), self.dtype)
-        while inputs and not inputs[-1]:
-            inputs = inputs[:-1]
-        self.nodes.append(helper.make_node("RecurrentCell", inputs, names, name=names[0], domain=NESTOR_DOMAIN,
-                                           **dict(attrs, kind=kind)))
-        return names
-
     # -- weights and states -------------------------------------------------------------------
 
-    def _transposed(self, name: str, d: int, rows: tuple[int, int] | None = None) -> str:
-        """W[d] (rows `rows`) transposed to [in, out]: a matrix a MatMul multiplies by."""
+    def _transposed(self, name: str, d: int) -> str:
+        """W[d] (or R[d]) transposed to [in, out]: a matrix a MatMul multiplies by."""
         if name in self.consts:
-            w = np.asarray(self.consts[name])[d]
-            w = w[slice(*rows)] if rows else w
-            return self._const("wt", np.ascontiguousarray(w.T))
+            return self._const("wt", np.ascontiguousarray(np.asarray(self.consts[name])[d].T))
         shape = self.types[name].shape[1:]
         w = self._add("Gather", [name, self._const("dir", np.array(d, np.int64))], shape, axis=0)
-        if rows:
-            shape = (rows[1] - rows[0], shape[1])
-            w = self._add("Gather", [w, self._const("rows", np.arange(*rows, dtype=np.int64))], shape, axis=0)
         return self._add("Transpose", [w], shape[::-1], perm=[1, 0])
 
     def _row(self, name: str, d: int) -> str:

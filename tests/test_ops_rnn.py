@@ -1,5 +1,5 @@
-"""LSTM, GRU and RNN (frontend/rnn.py unrolls them, frontend/ops/rnn.py lowers their cells)
-compiled and compared with ONNX Runtime."""
+"""LSTM, GRU and RNN (frontend/rnn.py splits them into projections and recurrences,
+frontend/ops/rnn.py lowers the recurrences) compiled and compared with ONNX Runtime."""
 import numpy as np
 import onnx
 import pytest
@@ -8,7 +8,6 @@ from onnx import TensorProto, helper, numpy_helper
 import nestor
 from nestor.bench import ort_session
 from nestor.frontend import UnsupportedOpError
-from nestor.ir import structural_hash
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
@@ -109,19 +108,13 @@ def test_batchwise_layout_matches_its_time_major_twin(op):
 
 
 @pytest.mark.parametrize("op", list(GATES))
-def test_steps_share_their_matmul_and_cell_kernels(op):
-    """Every step after the first (whose state is zero) runs the same recurrent MatMul and the
-    same cell (an RNN's and a GRU's candidate fused into the MatMul before them): the tuning
-    tasks are as many for 6 steps as for 3."""
-    def kernels(steps):
-        graph = nestor.import_onnx(rnn_model(op, steps=steps)[0])
-        nodes = [n for n in graph.nodes if "MatMul" in n.op_type or "RecurrentCell" in n.op_type]
-        return nodes, {structural_hash(n.kernel) for n in nodes}
-    (_, tasks), (long, long_tasks) = kernels(3), kernels(6)
-    # the input projection, the first cell, the recurrent MatMul and cell (GRU: the z-r MatMul,
-    # the reset cell, the candidate's MatMul fused with the cell; RNN: MatMul and cell fused)
-    assert len(tasks) == len(long_tasks) == {"LSTM": 4, "GRU": 5, "RNN": 3}[op]
-    assert sum("MatMul" in n.op_type for n in long) == 1 + 5 * (2 if op == "GRU" else 1)
+def test_each_direction_is_one_projection_and_one_recurrence_kernel(op):
+    """Per direction, one MatMul projects the inputs of every step and one kernel loops over
+    the steps: as many kernels for 30 steps as for 3."""
+    def kernel_ops(steps):
+        graph = nestor.import_onnx(rnn_model(op, steps=steps, direction="bidirectional", outputs=2)[0])
+        return sorted(n.op_type for n in graph.nodes if n.kernel is not None)
+    assert kernel_ops(3) == kernel_ops(30) == ["Concat", "Concat", "MatMul", "MatMul", "Recurrence", "Recurrence"]
 
 
 def test_unknown_activation_is_named():

@@ -65,12 +65,13 @@ def _tasks_by_op(model):
 
 
 @pytest.mark.parametrize("builder", [lstm_classifier, gru_speech])
-def test_recurrent_matmul_of_every_step_is_one_tiled_task(builder):
-    """2 layers x 2 directions x 5 steps after the first run one MatMul: one task the
-    sketch tiles (the recurrent cells are tasks too)."""
+def test_each_recurrence_is_one_task_beside_its_tiled_projection(builder):
+    """2 layers x 2 directions: four input projections (MatMul tasks the sketch tiles, the
+    layers' two shapes) and four recurrences, each one kernel over every step."""
     tasks = _tasks_by_op(builder(**SMALL[builder.__name__]))
-    assert any(calls == 20 and "tiling" in rules for calls, rules in tasks["MatMul"])
-    assert sum(calls for calls, _ in tasks["RecurrentCell"]) >= 20
+    assert sorted(calls for calls, _ in tasks["MatMul"]) == [2, 2]
+    assert all("tiling" in rules for _, rules in tasks["MatMul"])
+    assert sum(calls for calls, _ in tasks["Recurrence"]) == 4
 
 
 def test_conv_transpose_is_a_tiled_task():
