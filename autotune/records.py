@@ -342,9 +342,10 @@ class Records:
 
     def tallies(self) -> list[tuple[str, str, int, int, tuple[str, ...]]]:
         """(target, task, records, errors, device keys) of each task measured on each target, by first record."""
+        # the device keys as a JSON array: a key may hold any character, GROUP_CONCAT's comma too
         rows = self._query("SELECT target, task, COUNT(*), SUM(error IS NOT NULL OR median IS NULL), "
-                           "GROUP_CONCAT(DISTINCT device) FROM records GROUP BY target, task ORDER BY MIN(id)")
-        return [(*r[:4], tuple(sorted(r[4].split(",")))) for r in rows]
+                           "json_group_array(DISTINCT device) FROM records GROUP BY target, task ORDER BY MIN(id)")
+        return [(*r[:4], tuple(sorted(map(str, json.loads(r[4]))))) for r in rows]
 
     def count(self, task: str | None = None, target: str | None = None) -> int:
         where, params = self._where(task, target)

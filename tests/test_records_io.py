@@ -154,6 +154,15 @@ def test_show_lists_tasks_trials_errors_and_best_times_per_target(tmp_path, caps
     assert out[cuda + 1] == "devices board-2" and out[cuda + 3].split()[2:5] == ["1", "0", "4.0000"]
 
 
+def test_show_keeps_a_device_key_that_holds_a_comma_whole(tmp_path, capsys):
+    rack = "rack 1,slot 2@10.0.0.5:9090"   # a device key is any string the user chose
+    write_records(tmp_path / "a.sqlite", [A[0], record("mm", 1e-3, 150, device=rack)])
+    with Records(tmp_path / "a.sqlite", create=False) as db:
+        assert db.tallies() == [("llvm", "mm", 2, 0, ("local", rack))]
+    assert main(["records", "show", str(tmp_path / "a.sqlite")]) == 0
+    assert f"devices local, {rack}" in capsys.readouterr().out.splitlines()
+
+
 def test_readme_records_commands(tmp_path, capsys):
     """The README's records lines, end to end through the CLI."""
     write_records(tmp_path / "db.sqlite", A)
