@@ -377,31 +377,68 @@ def _worker_path() -> list[str]:
     return [p for p in sys.path if p and os.path.realpath(p) not in own]
 
 
+# A directory an older Nestor named without its owner's pid (DIR_PREFIX, then mkdtemp's 8 random
+# characters) is judged by its use: a live owner's workers hold their logs in it open, and a
+# measuring owner writes a module into it for every candidate.
+PIDLESS_NAME = re.compile(re.escape(DIR_PREFIX) + r"[a-z0-9_]{8}")
+PIDLESS_IDLE = 3600.0  # seconds unchanged before such a directory may be stale
+
+
 def remove_stale_directories() -> None:
     """Remove the measurement directories (DIR_PREFIX, then the owner's pid) of processes that
     are gone: a killed tuner leaves its candidates' modules behind. A directory whose pid now
-    belongs to a process started after the directory last changed is stale too (a reused pid)."""
+    belongs to a process started after the directory last changed is stale too (a reused pid).
+    One named without a pid (an older Nestor's) is stale when it has not changed for
+    PIDLESS_IDLE and none of our processes has a file open in it or works in it."""
     import psutil
     root = tempfile.gettempdir()
     try:
         entries = list(os.scandir(root))
     except OSError:
         return
+    pidless = []
     for entry in entries:
         m = re.fullmatch(re.escape(DIR_PREFIX) + r"(\d+)-.*", entry.name)
-        if not m:
+        if not (m or PIDLESS_NAME.fullmatch(entry.name)):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
             if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
                 continue
-            if psutil.Process(int(m.group(1))).create_time() <= st.st_mtime:
+            if not m:
+                if time.time() - st.st_mtime >= PIDLESS_IDLE:
+                    pidless.append(entry.path)
+                continue
+            # a second of slack: psutil's start time is the boot time (whole seconds, on a wall
+            # clock that may have been set since) plus the clock ticks since
+            if psutil.Process(int(m.group(1))).create_time() <= st.st_mtime + 1:
                 continue  # its owner is alive
         except psutil.NoSuchProcess:
             pass
         except (OSError, psutil.Error):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
+    if pidless:  # only then are the processes looked into
+        for path in _unused(pidless):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _unused(directories: list[str]) -> list[str]:
+    """Those of `directories` in which no process of this user has a file open or its working
+    directory. A process that cannot be looked into (a container's init) is passed over: the
+    workers that hold an older measurer's logs are its own children, as open to us as it is."""
+    import psutil
+    used: set[str] = set()
+    for proc in psutil.process_iter():
+        try:
+            if proc.uids().real != os.getuid():
+                continue
+            used.update(f.path for f in proc.open_files())
+            used.add(proc.cwd())
+        except psutil.Error:  # gone meanwhile, a zombie, or not ours to look into
+            continue
+    return [d for d in directories
+            if not any(u == real or u.startswith(real + os.sep) for real in [os.path.realpath(d)] for u in used)]
 
 
 def _shut_down(workers: list[_Worker], directory: str) -> None:

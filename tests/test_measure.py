@@ -3,6 +3,7 @@ and the candidate after each still measures."""
 import os
 import re
 import statistics
+import time
 
 import numpy as np
 import pytest
@@ -204,12 +205,39 @@ def test_stale_measurement_directories_of_dead_processes_are_removed(tmp_path, m
     gone.wait()
     dead = tmp_path / f"{DIR_PREFIX}{gone.pid}-abc"
     live = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def"
-    other = tmp_path / f"{DIR_PREFIX}x1y2z3"  # no pid in the name: not ours to judge
+    other = tmp_path / f"{DIR_PREFIX}x1y2z3"  # not a name Nestor gives
     for d in (dead, live, other):
         d.mkdir()
         (d / "candidate1.so").write_bytes(b"x" * 100)
     remove_stale_directories()
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_stale_directories_named_without_a_pid_are_removed_unless_in_use(tmp_path, monkeypatch):
+    """An older Nestor named them DIR_PREFIX + 8 random characters. One unchanged for an hour
+    that no process uses is removed; one whose files a live process holds open (an older tuner's
+    worker logging there), or one changed lately, is kept."""
+    import subprocess
+    import sys
+    from nestor.autotune.measure import DIR_PREFIX, PIDLESS_IDLE, remove_stale_directories
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    idle, held, busy = (tmp_path / f"{DIR_PREFIX}{name}" for name in ("k2j4x_ab", "q9w8e7r6", "zz_y1x2w"))
+    for d in (idle, held, busy):
+        d.mkdir()
+        (d / "candidate1.so").write_bytes(b"x" * 100)
+    with open(held / "runner.log", "ab") as log:  # as an older Measurer started its workers
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=log, stderr=log)
+    try:
+        then = time.time() - PIDLESS_IDLE - 60
+        for d in (idle, held):
+            os.utime(d, (then, then))
+        remove_stale_directories()
+        assert not idle.exists() and held.exists() and busy.exists()
+    finally:
+        worker.kill()
+        worker.wait()
+    remove_stale_directories()  # its worker gone
+    assert not held.exists() and busy.exists()
 
 
 def test_a_hanging_build_ends_with_the_time_budget(monkeypatch):
