@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from nestor.api import import_onnx
+from nestor.autotune.rules.gpu_rows import GpuRowReductions
 from nestor.autotune.space import Sketch
 from nestor.autotune.task_scheduler import extract_tasks
 from nestor.codegen import as_target, cuda_target, machine_params, run_kernel
 from nestor.codegen.build import build
-from nestor.ir import Store, walk_stmts
+from nestor.ir import Store, parse_kernel, walk_stmts
 from nestor.zoo import encoder_block
 from nestor.zoo_breadth import llama_block
 from tests.test_passes import inputs
@@ -44,3 +45,40 @@ def test_model_row_tasks_get_a_block_per_row(model, task, rows):
         built.append(dataclasses.replace(scheduled, name=f"seed{n}"))
     source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
     assert source.count("__global__") >= 2 * len(seeds) and "__syncthreads()" in source
+
+
+ADD_LAYER_NORM = """
+kernel add_ln(X: f32[1, 8, 64], R: f32[1, 8, 64]) -> (Out: f32[1, 8, 64]) {
+  alloc T: f32[1, 8, 64] global {
+    alloc Mean: f32[1, 8, 1] global {
+      for a0 in 0..1 { for a1 in 0..8 { for a2 in 0..64 { T[a0, a1, a2] = X[a0, a1, a2] + R[a0, a1, a2] } } }
+      for i0 in 0..1 {
+        for i1 in 0..8 {
+          Mean[i0, i1, 0] = 0.0
+          for r0 in 0..64 reduce { Mean[i0, i1, 0] += T[i0, i1, r0] }
+          Mean[i0, i1, 0] = Mean[i0, i1, 0] / 64.0
+        }
+      }
+      for e0 in 0..1 { for e1 in 0..8 { for e2 in 0..64 { Out[e0, e1, e2] = T[e0, e1, COLUMN] - Mean[e0, e1, 0] } } }
+    }
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("column, merged", [("e2", 1), ("63 - e2", 2)])
+def test_add_before_a_row_reduction_joins_its_block_where_each_thread_reads_its_own_columns(column, merged):
+    """An Add fused before the mean passes T through global memory: thread t writes the columns
+    c = t mod T and the reduction's thread t reads them, so the three nests run as one launch; an
+    epilogue reading T reversed would read other threads' columns with no barrier between, and
+    runs as a launch of its own."""
+    kernel = parse_kernel(ADD_LAYER_NORM.replace("COLUMN", column))
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuRowReductions(),))
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for c in sketch.rule_decisions():
+        _, scheduled = sketch.realize(c)
+        if c.decisions.merge:
+            assert len(launches(scheduled)) == merged and launches(scheduled)[0] == (8, c.decisions.threads)
+        for got, ref in zip(run_kernel(scheduled, args), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...ir import Allocate, For, If, Seq, walk_stmts
+from ...ir import Allocate, For, If, Seq, Store, Var, loads, walk_stmts
 from ...passes import Bind, CacheWrite, DefaultNest, Fuse, Merge, Pass, Reorder, Rfactor, ScheduleError, Split
 from ..decisions import Choice
 from ..nest import KernelInfo, Nest
@@ -62,7 +62,8 @@ class GpuRowReductions(SketchRule):
         depth = _row_depth(info)
         groups = [[info.nests[0]]]   # nests that run in one loop over rows
         for nest in info.nests[1:]:
-            if d.merge and _merge_rows(b, groups[-1][0], nest, depth):
+            if d.merge and _same_thread_columns(info, groups[-1], nest) and \
+                    _merge_rows(b, groups[-1][0], nest, depth):
                 groups[-1].append(nest)
             else:
                 groups.append([nest])
@@ -135,6 +136,31 @@ def _merge_rows(b: Builder, into: Nest, nest: Nest, depth: int) -> bool:
     for step in steps:
         b.must(step)
     return True
+
+
+def _same_thread_columns(info: KernelInfo, group: list[Nest], nest: Nest) -> bool:
+    """Whether a buffer that `nest` and the group pass between them in global memory (an Add
+    before a layer norm) is read by the thread that wrote it: every access indexes its last
+    dimension by a loop variable alone, and a row block's threads take column c of each loop
+    (split, bound or rfactored by T) at thread c mod T. The reductions' outputs need not: every
+    thread holds them in a register."""
+    outputs = {n.output.name for n in info.nests if n.root in {root for root, _ in info.rows}}
+    (written, used), (written_next, used_next) = _uses(group), _uses([nest])
+    passed = ((written & used_next.keys()) | (written_next & used.keys())) - outputs
+    return all(ix and isinstance(ix[-1], Var) for name in passed for ix in used[name] + used_next[name])
+
+
+def _uses(nests: list[Nest]) -> tuple[set[str], dict[str, list[tuple]]]:
+    """The buffers the nests write, and the indices of every access to each buffer."""
+    written, used = set(), {}
+    for n in nests:
+        for st in walk_stmts(n.spatial[0]):
+            if isinstance(st, Store):
+                written.add(st.buffer.name)
+                used.setdefault(st.buffer.name, []).append(st.indices)
+        for load in loads(n.spatial[0]):
+            used.setdefault(load.buffer.name, []).append(load.indices)
+    return written, used
 
 
 def _all_accepted(kernel, steps: list[Pass]) -> bool:
