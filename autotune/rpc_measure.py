@@ -8,8 +8,13 @@ once and checked against the reference outputs, then timed there. One runner pro
 device, so every device times a candidate at once.
 A session per candidate, as MetaSchedule's RPC runner: the server ends a session that runs past
 the timeout (a hung candidate) and the device serves the next; a device that disappears costs the
-candidate it was running, and the candidates after it go to the other devices. Between batches
-the runners follow the devices: one more for a device that registered, one less for one gone.
+candidate it was running, and the candidates after it go to the other devices. A candidate that
+crashes its session (a segfault) takes TVM's rpc_server down with it: the server's listening
+thread dies of the session's exit status, and the process lives on, unregistered, serving no one.
+So a candidate no device took (all gone, or busy past QUEUE_WAIT) is not its fault: it is offered
+again to the devices found then; when none is left it stays unmeasured (unrecorded), and the next
+batch ends in one RPCError that names the devices lost. Between batches the runners follow the
+devices: one more for a device that registered (a server restarted), one less for one gone.
 Errors and times carry the device key (`KEY@HOST:PORT`), and so do the records.
 """
 from __future__ import annotations
@@ -21,12 +26,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..ir.errors import NestorError
-from .measure import BUILD_TIMEOUT, FLUSH, Measurer, _Bench, _brief, _serve, _Worker
+from .measure import BUDGET_ENDED, BUILD_TIMEOUT, FLUSH, Measurer, _Bench, _brief, _serve, _Worker
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the tracker
 DEVICE_WAIT = 30.0      # seconds tuning waits for a free device under the key before it gives up
 QUEUE_WAIT = 30.0       # seconds a runner waits for a device mid-batch (while another was lost)
 SETTLE = 2.0            # seconds a device takes to register again after a session
+POLL = 0.2              # seconds between two looks at the tracker's queue
+RETRIES = 3             # rounds a batch's candidates no device took are offered to the devices again
+UNSERVED = "unserved"   # a runner's reply: no device took the candidate (never run: tried again)
 
 
 class RPCError(NestorError):
@@ -34,9 +42,10 @@ class RPCError(NestorError):
 
 
 def parse_tracker(address: str) -> tuple[str, int]:
-    """`HOST:PORT` -> (host, port)."""
+    """`HOST:PORT` (an IPv6 host in brackets: `[::1]:9190`) -> (host, port)."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RPCError(f"--rpc-tracker '{address}' is not HOST:PORT")
     return host, int(port)
 
@@ -77,7 +86,7 @@ def wait_for_devices(tracker, address: str, key: str, wait: float, want: int = 1
         if time.monotonic() >= deadline:
             why = f"{registered} registered, all busy" if registered else "none registered"
             raise RPCError(f"RPC tracker {address}: no free device under key '{key}' after {wait:g} s ({why})")
-        time.sleep(0.2)
+        time.sleep(POLL)
 
 
 class RPCMeasurer(Measurer):
@@ -98,14 +107,23 @@ class RPCMeasurer(Measurer):
         except RuntimeError as err:
             raise RPCError(str(err)) from None
         self._address, self._key, self._device_wait = tracker, key, device_wait
-        self._tracker = tracker_session(*parse_tracker(tracker))
-        self._free = wait_for_devices(self._tracker, tracker, key, device_wait)
         self._made = 0
         self._session_timeout = timeout
+        self._lost: list[str] = []  # devices whose session ended mid-run, for the error when none is left
         if options.get("build_workers") is None:
             options["build_workers"] = host_cores()
-        # a runner's own limit: it may first wait for a device (after one was lost), then upload
-        super().__init__(reference, target, timeout=timeout + QUEUE_WAIT + CONNECT_TIMEOUT, **options)
+        self._tracker = tracker_session(*parse_tracker(tracker))
+        try:
+            self._free = wait_for_devices(self._tracker, tracker, key, device_wait)
+            # a runner's own limit: it may first wait for a device (after one was lost), then upload
+            super().__init__(reference, target, timeout=timeout + QUEUE_WAIT + CONNECT_TIMEOUT, **options)
+        except BaseException:
+            self._tracker.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self._tracker.close()
 
     def _new_runners(self) -> list[_Worker]:
         return [self._new_runner() for _ in range(self._free)]
@@ -136,9 +154,35 @@ class RPCMeasurer(Measurer):
                 if k + 1 < len(slices):
                     pending = build(slices[k + 1])
                 ok = [n for n, b in zip(part, built) if "error" not in b]
-                timed = dict(zip(ok, _serve(self._runners, [runs[n] for n in ok], self.timeout, "", deadline)))
+                timed = dict(zip(ok, self._time_on_devices([runs[n] for n in ok], deadline)))
                 done += [(b, timed.get(n)) for n, b in zip(part, built)]
         return done
+
+    def _time_on_devices(self, runs: list[dict], deadline: float | None) -> list[dict]:
+        """Each run's reply. A run no device took (UNSERVED: every device gone or busy; not the
+        candidate's fault) is offered to the devices there are then, RETRIES rounds at most. One
+        still left gets BUDGET_ENDED, the mark of a candidate the tuner does not record: a later
+        batch measures it, or its _follow_devices says in one RPCError that no device is left
+        (after this batch's results, the crash that took the device among them, are recorded)."""
+        replies: list[dict] = [{}] * len(runs)
+        waiting = list(range(len(runs)))
+        for round_ in range(RETRIES + 1):
+            if round_:
+                try:
+                    self._follow_devices()
+                except RPCError:
+                    break
+            for n, reply in zip(waiting, _serve(self._runners, [runs[n] for n in waiting], self.timeout, "",
+                                                deadline)):
+                if reply.pop("lost", False):
+                    self._lost.append(reply["device"])
+                replies[n] = reply
+            waiting = [n for n in waiting if replies[n].get(UNSERVED)]
+            if not waiting:
+                break
+        for n in waiting:
+            replies[n] = {"error": BUDGET_ENDED}
+        return replies
 
     def _follow_devices(self) -> None:
         """One runner per free device: more for devices that registered since the last batch,
@@ -147,7 +191,14 @@ class RPCMeasurer(Measurer):
         try:  # a device just released takes a moment to register again
             free = wait_for_devices(self._tracker, self._address, self._key, SETTLE, want)
         except RPCError:
-            free = wait_for_devices(self._tracker, self._address, self._key, self._device_wait)
+            try:
+                free = wait_for_devices(self._tracker, self._address, self._key, self._device_wait)
+            except RPCError as err:
+                if not self._lost:
+                    raise
+                raise RPCError(f"{err}; lost mid-run: {', '.join(dict.fromkeys(self._lost))} (TVM's "
+                               f"rpc_server stops serving after a candidate crashes its session: restart it)") \
+                    from None
         while len(self._runners) > free:
             w = self._runners.pop()
             w.stop()
@@ -170,15 +221,25 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
     kernel = dict(config)
     trackers = []  # the connection to the tracker, made again after a failure
 
-    def next_device() -> tuple[str, int, str]:
-        """The address and match key of the next free device (waiting QUEUE_WAIT at most)."""
+    def next_device() -> tuple[str, int, str] | None:
+        """The address and match key of the next free device, waiting QUEUE_WAIT at most; None
+        at once when no device is registered under the key (all gone: none will come free)."""
         if not trackers:
             trackers.append(rpc.connect_tracker(*tracker))
         conn = trackers[0]
-        # TrackerSession.request waits without bound and does not say which device it gave:
-        # its protocol, on its socket, with a bound
+        deadline = time.monotonic() + QUEUE_WAIT
         try:
-            conn._sock.settimeout(QUEUE_WAIT)
+            # until one is free: the tracker's queue does not tell a request that the devices left
+            while True:
+                free, registered = free_devices(conn, key)
+                if not registered:
+                    return None
+                if free or time.monotonic() >= deadline:
+                    break
+                time.sleep(POLL)
+            # TrackerSession.request waits without bound and does not say which device it gave:
+            # its protocol, on its socket, with a bound
+            conn._sock.settimeout(max(deadline - time.monotonic(), POLL))
             sendjson(conn._sock, [TrackerCode.REQUEST, key, "", 1])
             answer = recvjson(conn._sock)
             conn._sock.settimeout(None)
@@ -197,9 +258,14 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
             kernel.update(request["configure"])
             return {}
         try:
-            url, port, matchkey = next_device()
+            found = next_device()
         except Exception as err:
-            return {"error": f"no device under key '{key}' within {QUEUE_WAIT:g} s: {_brief(err)}"}
+            found, why = None, _brief(err)
+        else:
+            why = "none registered"
+        if found is None:
+            return {"error": f"not measured: no device under key '{key}' ({why})", UNSERVED: True}
+        url, port, matchkey = found
         device = f"{key}@{url}:{port}"
         try:
             remote = rpc.connect(url, port, matchkey, session_timeout=timeout)
@@ -209,6 +275,9 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
         except Exception as err:  # the candidate failed there, or the device was lost mid-run
             if "RPCSessionTimeoutError" in str(err):  # the server ended the session (a hang)
                 reply = {"error": f"timeout after {timeout:g} s on {device}"}
+            elif "kShutdown" in str(err) or isinstance(err, ConnectionError):  # the session's process is gone
+                reply = {"error": f"run failed on {device}: the session ended mid-run (the candidate crashed "
+                                  f"it, or the device went away): {_brief(err)}", "lost": True}
             else:
                 reply = {"error": f"run failed on {device}: {_brief(err)}"}
         reply["device"] = device

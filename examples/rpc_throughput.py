@@ -5,7 +5,7 @@ on the key's devices. Start the tracker and servers first:
     python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190
     python -m tvm.exec.rpc_server --tracker HOST:9190 --key one      # on one device
     python -m tvm.exec.rpc_server --tracker HOST:9190 --key two      # on each of two devices
-    python examples/rpc_throughput.py --tracker HOST:9190 --keys one,two [--candidates 16] [--number 100]
+    python examples/rpc_throughput.py --tracker HOST:9190 --keys one two [--candidates 16] [--number 100]
 
 Builds take about sum(build seconds) / build workers of a batch; the rest is the timing on the
 devices, which is what more devices divide.
@@ -28,7 +28,7 @@ MATMUL = parse_kernel("""kernel mm(A: f32[128, 128], B: f32[128, 128]) -> (C: f3
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tracker", required=True, metavar="HOST:PORT")
-    p.add_argument("--keys", required=True, help="comma-separated device keys, each measured in turn")
+    p.add_argument("--keys", required=True, nargs="+", help="device keys, each measured in turn")
     p.add_argument("--candidates", type=int, default=16)
     p.add_argument("--number", type=int, help="runs a timed repeat (default: about 1 ms a repeat)")
     p.add_argument("--target", help="the devices' target (default: this host's CPU)")
@@ -37,7 +37,7 @@ def main() -> None:
     rng = random.Random(0)
     candidates = [sketch.realize(sketch.sample(rng))[1] for _ in range(args.candidates)]
     print(f"{'key':<12} {'devices':>7} {'cand/min':>9} {'batch s':>8} {'builds s':>8} {'ok':>4}")
-    for key in args.keys.split(","):
+    for key in args.keys:
         with RPCMeasurer(MATMUL, args.tracker, key, target=args.target, repeats=3, number=args.number,
                          timeout=120) as m:
             m.measure(candidates[:2])  # every process has run once

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from nestor.autotune.measure import Measurer
+from nestor.autotune.measure import BUDGET_ENDED, Measurer
 from nestor.autotune.records import Records
-from nestor.autotune.rpc_measure import RPCError, RPCMeasurer, free_devices, tracker_session
+from nestor.autotune.rpc_measure import RPCError, RPCMeasurer, free_devices, parse_tracker, tracker_session
 from nestor.cli import main
 from nestor.autotune.search import Tuner
 from nestor.codegen import build, host_target, machine_params
@@ -178,6 +178,39 @@ def test_a_hang_and_a_crash_cost_their_candidates(loopback):
         # TVM's rpc_server stops serving after a session crashed; the other device goes on
         again = m.measure([GOOD, GOOD])
         assert all(r.ok for r in again) and {r.device for r in again} == set(devices) - {crash.device}
+        (restarted,) = loopback.serve("hc", 1)  # and a server started again under the key is used
+        deadline = time.monotonic() + 60
+        while free_devices(loopback.tracker, "hc")[0] < 2:
+            assert time.monotonic() < deadline, "the restarted server did not register"
+            time.sleep(0.2)
+        results = m.measure([GOOD] * 4)
+        assert len(m._runners) == 2 and all(r.ok for r in results) and restarted in {r.device for r in results}
+
+
+def test_a_crash_that_takes_the_only_device_down_is_its_error_then_one_line(loopback):
+    """TVM's rpc_server stops serving once a session dies of a signal (its listening thread raises
+    on the exit status, the process lives on unregistered). The crash is that candidate's error;
+    the candidate after it, which no device took, is not measured (the tuner does not record it);
+    the next batch says in one line which device was lost. (A server started again is used:
+    test_a_hang_and_a_crash_cost_their_candidates.)"""
+    (device,) = loopback.serve("solo", 1)
+    with RPCMeasurer(MATMUL, loopback.address, "solo", repeats=2, device_wait=1) as m:
+        crash, after = m.measure([parse_kernel(BAD["crash"][0]), GOOD])
+        assert crash.error.startswith(f"run failed on {device}: the session ended mid-run (the candidate crashed")
+        assert after.error == BUDGET_ENDED
+        with pytest.raises(RPCError, match=rf"no free device under key 'solo' after 1 s \(none registered\); "
+                                           rf"lost mid-run: {re.escape(device)} \(TVM's rpc_server stops serving"):
+            m.measure([GOOD])
+
+
+@pytest.mark.parametrize("address, parsed", [("10.0.0.2:9190", ("10.0.0.2", 9190)), ("[::1]:9190", ("::1", 9190)),
+                                             ("localhost", None), ("h:0", None), ("h:70000", None), (":9190", None)])
+def test_tracker_addresses(address, parsed):
+    if parsed:
+        assert parse_tracker(address) == parsed
+    else:
+        with pytest.raises(RPCError, match=f"--rpc-tracker '{re.escape(address)}' is not HOST:PORT"):
+            parse_tracker(address)
 
 
 def test_unreachable_tracker_is_one_line(tmp_path, capsys):
