@@ -62,8 +62,11 @@ CONV_TRANSPOSE_CASES = [
     ((1, 2, 5), (2, 2, 3), True, dict(auto_pad="SAME_LOWER", strides=[2])),
     ((1, 2, 3, 3), (2, 1, 3, 3), True, dict(auto_pad="SAME_UPPER", strides=[3, 2],
                                             output_shape=[9, 6])),
-    # kernel <= stride: one tap per output point (its phase)
+    # kernel <= stride: one tap per output point (its phase); a UNet's k = s, grouped, 1x1
     ((1, 4, 3, 3), (4, 2, 2, 2), True, dict(strides=[2, 2])),
+    ((2, 4, 3, 2), (4, 3, 2, 3), False, dict(group=2, strides=[2, 3])),
+    ((1, 3, 4), (3, 2, 1), True, {}),
+    ((1, 4, 3, 3), (4, 2, 2, 2), True, dict(strides=[2, 2], output_padding=[1, 0])),
     ((1, 4, 3, 4), (4, 3, 2, 1), True, dict(group=2, strides=[3, 2], pads=[1, 0, 0, 0],
                                             output_padding=[2, 1])),
 ]
