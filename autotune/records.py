@@ -44,6 +44,12 @@ LOCAL_DEVICE = "local"
 _MIGRATIONS = {
     1: ("ALTER TABLE records ADD COLUMN device TEXT NOT NULL DEFAULT 'local'",),
 }
+# schema version n -> how a reader, which writes nothing, sees a version-n file as the current
+# version: a temporary view, which shadows the file's table of the same name
+_READ_AS_CURRENT = {
+    1: (f"CREATE TEMP VIEW records AS SELECT {_COLUMNS.replace('device', repr(LOCAL_DEVICE))} AS device "
+        f"FROM main.records",),
+}
 
 
 def nestor_version() -> str:
@@ -106,7 +112,9 @@ def _record(row: tuple) -> Record:
 
 class Records:
     """An open records file. Creates it when missing, unless `create` is False (for readers: a
-    mistyped name is an error, not a new empty database). One object per process (or thread)."""
+    mistyped name is an error, not a new empty database). A reader writes nothing: it reads a
+    file of an older schema version through a view, where a writer migrates it (once SQLite
+    finds it sound). One object per process (or thread)."""
 
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = os.fspath(path)
@@ -131,6 +139,8 @@ class Records:
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables:
                 self._check(tables, older_ok=True)
+                if self._writer and self._schema_version() < SCHEMA_VERSION:  # before any write (WAL mode too)
+                    self._check_intact(f"left at schema version {self._schema_version()}")
             elif not self._writer:  # a reader leaves a file that is not ours as it found it
                 raise RecordsError(self._not_ours("it holds no tables"))
             if self._writer:  # a reader takes the journal mode the file has
@@ -139,7 +149,9 @@ class Records:
             if not tables:
                 self._create()
             elif self._schema_version() < SCHEMA_VERSION:
-                self._migrate()
+                # A reader leaves an older file as it is: it may be read-only, or an older
+                # Nestor's tuner may still be writing it.
+                self._migrate() if self._writer else self._read_as_current()
 
     def _set_wal(self) -> None:
         # Switching a new file to WAL needs an exclusive lock. When two tuners try at once, SQLite
@@ -179,8 +191,23 @@ class Records:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite rolled back already (a disk error): the first error tells why
+                pass
             raise
+
+    def _check_intact(self, what_then: str) -> None:
+        """RecordsError unless SQLite finds the file sound: a write into a damaged file (a
+        half-copied one, a disk error) could cost the records it still holds."""
+        damage = [str(r[0]).replace("\n", " ") for r in self._db.execute("PRAGMA quick_check(3)")]
+        if damage != ["ok"]:
+            raise RecordsError(self._corrupt(f"{'; '.join(damage)[:300]} ({what_then}, unchanged)"))
+
+    def _read_as_current(self) -> None:
+        for old in range(self._schema_version(), SCHEMA_VERSION):
+            for statement in _READ_AS_CURRENT[old]:
+                self._db.execute(statement)
 
     def _schema_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -215,8 +242,9 @@ class Records:
             yield
         except sqlite3.OperationalError as e:
             raise RecordsError(f"records file '{self.path}': {e}") from None
-        except sqlite3.DatabaseError as e:  # SQLITE_NOTADB, SQLITE_CORRUPT
-            raise RecordsError((message or self._corrupt)(e)) from None
+        except sqlite3.DatabaseError as e:  # SQLITE_NOTADB; SQLITE_CORRUPT: ours or not, it is damaged
+            corrupt = e.sqlite_errorcode == sqlite3.SQLITE_CORRUPT
+            raise RecordsError((self._corrupt if corrupt else message or self._corrupt)(e)) from None
         except UnicodeDecodeError as e:  # a damaged byte in a name or a text column
             raise RecordsError((message or self._corrupt)(f"text that is not UTF-8 ({e.reason})")) from None
 

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from nestor.autotune.records import Record, Records, RecordsError, nestor_version
+from nestor.cli import main
 
 fork = multiprocessing.get_context("fork")  # the children need no fresh import of nestor (and TVM)
 
@@ -139,8 +140,8 @@ def _foreign(path, sql):
 @pytest.mark.parametrize("make, says", [
     (lambda p: p.write_bytes(os.urandom(4096)), "not a Nestor records database"),
     (lambda p: p.write_text("schedule,median\nsplit,1.0\n" * 50), "not a Nestor records database"),
-    (_truncated, "not a Nestor records database"),
-    (lambda p: _truncated(p, 60), "not a Nestor records database"),
+    (_truncated, "is corrupt: database disk image is malformed"),   # ours, half-written
+    (lambda p: _truncated(p, 60), "is corrupt: database disk image is malformed"),
     (lambda p: _foreign(p, "CREATE TABLE songs (title TEXT)"), "no 'meta' table"),
     (lambda p: _foreign(p, "CREATE TABLE meta (a, b)"), "not Nestor's"),
     (lambda p: _foreign(p, "CREATE TABLE meta (key, value)"), "no format"),
@@ -204,9 +205,8 @@ def test_reading_a_records_file_that_does_not_exist_is_an_error(tmp_path):
     assert not (tmp_path / "typo.sqlite").exists()
 
 
-def test_a_schema_1_file_is_migrated_and_keeps_its_records(tmp_path):
-    """Files written before records had a device key open as they were, their rows measured 'local'."""
-    path = tmp_path / "old.db"
+def _schema_1(path, rows: int = 1) -> None:
+    """A records file as Nestor wrote them before records had a device key: one task, `rows` records."""
     with sqlite3.connect(path) as raw:
         raw.executescript("""
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -215,20 +215,53 @@ def test_a_schema_1_file_is_migrated_and_keeps_its_records(tmp_path):
                 schedule TEXT NOT NULL, median REAL, repeats TEXT NOT NULL, error TEXT, timestamp REAL NOT NULL,
                 version TEXT NOT NULL);
             INSERT INTO meta VALUES ('format', 'nestor-records'), ('schema_version', '1');
-            INSERT INTO tasks VALUES ('t', 'kernel k() {}', 1e6);
-            INSERT INTO records (task, target, schedule, median, repeats, error, timestamp, version)
-                VALUES ('t', 'llvm', '[]', 0.002, '[0.002, 0.003]', NULL, 1700000000.0, '0.0.1');""")
+            INSERT INTO tasks VALUES ('t', 'kernel k() {}', 1e6);""")
+        raw.executemany("INSERT INTO records (task, target, schedule, median, repeats, error, timestamp, version) "
+                        "VALUES ('t', 'llvm', ?, 0.002, '[0.002, 0.003]', NULL, 1700000000.0, '0.0.1')",
+                        [("[]" if n == 0 else schedule(n),) for n in range(rows)])
     raw.close()
-    with Records(path, create=False) as db:
+
+
+def test_a_schema_1_file_is_migrated_and_keeps_its_records(tmp_path):
+    """Files written before records had a device key open as they were, their rows measured 'local'."""
+    path = tmp_path / "old.db"
+    _schema_1(path)
+    before = path.read_bytes()
+    with Records(path, create=False) as db:   # a reader: reads it as it is, writes nothing
         old, = db.records()
         assert (old.median, old.repeats, old.timestamp, old.version, old.device) == \
             (0.002, (0.002, 0.003), 1700000000.0, "0.0.1", "local")
+        assert db.tallies() == [("llvm", "t", 1, 0, ("local",))] and db.best("t", "llvm") == old
+    assert path.read_bytes() == before
+    with Records(path) as db:   # a writer migrates it
+        assert db.records() == [old]
         new = db.add("t", "llvm", schedule(1), 1e-3, [1e-3], device="rpi4-0")
     with Records(path) as db:
         assert db.records() == [old, new] and db.best("t", "llvm").device == "rpi4-0"
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
     raw.close()
+
+
+@pytest.mark.parametrize("damage", ["page", "half"])
+def test_a_damaged_schema_1_file_is_one_line_and_left_as_it_is(tmp_path, capsys, damage):
+    """Migrating writes into the file: a damaged one (a page overwritten, or half of it copied) is
+    refused in one line naming it, before any write, so what it still holds stays readable."""
+    path = tmp_path / "old.db"
+    _schema_1(path, rows=2000)   # about 40 pages
+    data = bytearray(path.read_bytes())
+    if damage == "page":   # a page of the records' tree: SQLite opens the file, its check does not pass
+        data[20 * 4096 + 100:20 * 4096 + 300] = bytes(range(200))
+    else:
+        del data[len(data) // 2:]
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordsError, match=f"records file '{path}' is corrupt: "):
+        Records(path)
+    assert path.read_bytes() == bytes(data)
+    assert main(["records", "show", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nestor: error: records file '{path}' is corrupt: ") and "\n" not in err
+    assert path.read_bytes() == bytes(data)
 
 
 def test_meta_entries_and_records_added_as_they_are(tmp_path):
