@@ -162,6 +162,9 @@ def _skip(path: str, line_no: int, why: Exception) -> None:
 
 def export_jsonl(database: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write a records database as JSON lines (atomically). Returns the number of records."""
+    if _same_file(database, out):
+        raise RecordsError(f"records file '{os.fspath(out)}' is the database exported: write the export "
+                           f"to another file")
     contents = read_database(database)
     with atomic_write(out) as f:
         for entry in _jsonl_entries(contents):
@@ -211,7 +214,9 @@ def import_jsonl(source: str | os.PathLike, database: str | os.PathLike) -> Adde
 
 def merge_databases(sources: Iterable[str | os.PathLike], out: str | os.PathLike) -> Added:
     """One database holding every record of `sources` once, in the order they were measured;
-    written whole or not at all. A source may be a database or a JSON-lines export."""
+    written whole or not at all. A source may be a database or a JSON-lines export. `out` is a
+    new file, or one of the sources (never another file, whose records it would replace)."""
+    sources = list(sources)
     merged = Contents()
     for source in sources:
         contents = read_jsonl(source) if _is_jsonl(source) else read_database(source)
@@ -222,7 +227,10 @@ def merge_databases(sources: Iterable[str | os.PathLike], out: str | os.PathLike
         merged.records += contents.records
     merged.records.sort(key=lambda r: r.timestamp)   # stable: one file's order kept on a tie
     out = os.fspath(out)
-    if os.path.getsize(f"{out}-wal") if os.path.exists(f"{out}-wal") else 0:
+    if os.path.exists(out) and not any(_same_file(out, source) for source in sources):
+        raise RecordsError(f"records file '{out}' exists: a merge writes a new file (name it among the "
+                           f"sources too to merge into it)")
+    if os.path.exists(f"{out}-wal") and os.path.getsize(f"{out}-wal"):
         raise RecordsError(f"records file '{out}' is open in a tuner (it has a write-ahead log); "
                            f"merge into another file")
     with tempfile.TemporaryDirectory() as folder:
@@ -232,6 +240,13 @@ def merge_databases(sources: Iterable[str | os.PathLike], out: str | os.PathLike
         with open(built, "rb") as src, atomic_write(out) as dst:
             shutil.copyfileobj(src, dst)
     return added
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _is_jsonl(path: str | os.PathLike) -> bool:

@@ -21,7 +21,7 @@ def add_commands(sub) -> None:
     i.set_defaults(func=cmd_import)
     m = verbs.add_parser("merge", help="merge records databases (or exports) into a new one, each record once")
     m.add_argument("sources", nargs="+", help="records databases (.sqlite) or exports (.jsonl)")
-    m.add_argument("-o", "--output", required=True, help="the merged database (.sqlite)")
+    m.add_argument("-o", "--output", required=True, help="the merged database (.sqlite): a new file, or a source")
     m.set_defaults(func=cmd_merge)
     s = verbs.add_parser("show", help="tasks, trials and best time per task and target")
     s.add_argument("database", help="records database (.sqlite)")

@@ -107,6 +107,22 @@ def test_merge_refuses_a_bad_source_and_leaves_the_output_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sqlite", "bad.jsonl", "c.sqlite"]
 
 
+def test_merge_and_export_never_replace_a_records_file_by_mistake(tmp_path):
+    write_records(tmp_path / "a.sqlite", A)
+    write_records(tmp_path / "b.sqlite", B)
+    kept = (tmp_path / "b.sqlite").read_bytes()
+    with pytest.raises(RecordsError, match=f"records file '{tmp_path / 'b.sqlite'}' exists: a merge writes a new"):
+        merge_databases([tmp_path / "a.sqlite"], tmp_path / "b.sqlite")
+    assert (tmp_path / "b.sqlite").read_bytes() == kept
+    with pytest.raises(RecordsError, match="is the database exported"):
+        export_jsonl(tmp_path / "b.sqlite", tmp_path / "b.sqlite")
+    assert (tmp_path / "b.sqlite").read_bytes() == kept
+    added = merge_databases([tmp_path / "a.sqlite", tmp_path / "b.sqlite"], tmp_path / "b.sqlite")   # into it
+    assert (added.records, added.duplicates) == (7, 1)
+    with Records(tmp_path / "b.sqlite", create=False) as db:
+        assert db.count() == 7
+
+
 @pytest.mark.parametrize("first, says", [
     ('{"format": "nestor-records-jsonl", "version": 2, "nestor": "9.0"}', "format version 2 .*Nestor 9.0.*upgrade"),
     ('{"format": "nestor-records-jsonl"}', "no valid format version"),
