@@ -5,7 +5,9 @@ import pytest
 import nestor
 from nestor.ir import parse_kernel, print_kernel, structural_hash, verify
 from nestor.passes import default_schedule
-from nestor.zoo import LIGHT_MODELS, encoder_block, light_model
+from nestor.zoo import encoder_block, light_model
+
+from .test_models import LIGHT_MODEL_PARAMS
 
 
 def model_graph(name):
@@ -13,7 +15,7 @@ def model_graph(name):
                               if name == "bert_layer" else light_model(name))
 
 
-@pytest.mark.parametrize("name", LIGHT_MODELS + ("bert_layer",))
+@pytest.mark.parametrize("name", LIGHT_MODEL_PARAMS + ["bert_layer"])
 def test_kernels_round_trip_and_verify(name):
     graph = model_graph(name)
     seen = set()

@@ -20,10 +20,26 @@ def assert_close_to_ort(model, compiled, rtol=1e-4):
         assert err <= rtol, f"max error {err:.2e} relative to the largest output"
 
 
-@pytest.mark.parametrize("name", LIGHT_MODELS)
-def test_light_model_matches_onnxruntime(name):
-    model = light_model(name, seed=0)
-    compiled = nestor.compile(model)
+REUSED = ("resnet50", "squeezenet")   # compiled once here, read by several tests
+# VGG19's layers (3x3 convs, ReLU, max pools, Gemm, dropout, softmax) are all in AlexNet's, whose
+# weights are a third of VGG19's 548 MB: the default run leaves VGG19 to the slow tests.
+LIGHT_MODEL_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name == "vgg19" else name
+                      for name in LIGHT_MODELS]
+
+
+@pytest.fixture(scope="module")
+def reused() -> dict:
+    """name -> (model, its compiled module): a compile takes seconds, so tests share it."""
+    return {name: (model, nestor.compile(model)) for name in REUSED for model in [light_model(name, seed=0)]}
+
+
+@pytest.mark.parametrize("name", LIGHT_MODEL_PARAMS)
+def test_light_model_matches_onnxruntime(name, request):
+    if name in REUSED:
+        model, compiled = request.getfixturevalue("reused")[name]
+    else:
+        model = light_model(name, seed=0)
+        compiled = nestor.compile(model)
     assert_close_to_ort(model, compiled)
 
 
@@ -32,9 +48,8 @@ def test_encoder_block_matches_onnxruntime():
     assert_close_to_ort(model, nestor.compile(model))
 
 
-def test_saved_model_reloads_and_gives_same_output(tmp_path):
-    model = light_model("squeezenet")
-    compiled = nestor.compile(model)
+def test_saved_model_reloads_and_gives_same_output(tmp_path, reused):
+    _, compiled = reused["squeezenet"]
     inputs = compiled.random_inputs(seed=3)
     path = tmp_path / "squeezenet.nestor"
     compiled.save(str(path))
@@ -43,14 +58,14 @@ def test_saved_model_reloads_and_gives_same_output(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_memory_plan_reuses_intermediates():
-    compiled = nestor.compile(light_model("resnet50"))
+def test_memory_plan_reuses_intermediates(reused):
+    _, compiled = reused["resnet50"]
     plan = compiled.plan
     assert plan["arena_bytes"] < plan["naive_bytes"] / 4
 
 
-def test_identical_kernels_are_compiled_once():
-    compiled = nestor.compile(light_model("resnet50"))
+def test_identical_kernels_are_compiled_once(reused):
+    _, compiled = reused["resnet50"]
     assert compiled.num_kernels <= len(compiled.plan["steps"]) / 2
 
 
