@@ -49,7 +49,8 @@ def test_live_tensors_never_overlap(model):
 
 def test_concat_inputs_are_slabs_of_its_output():
     """DenseNet's concatenations nest (each output is the next one's first input); every input
-    lies inside the output, one after another, and the Concat runs nothing."""
+    lies inside the output, one after another. (That an elided Concat runs nothing is checked
+    on a small model below; test_models runs DenseNet against ONNX Runtime.)"""
     graph = nestor.import_onnx(light_model("densenet121"))
     plan = plan_memory(graph)
     concats = [n for n in graph.nodes if n.op_type == "Concat"]
@@ -60,8 +61,6 @@ def test_concat_inputs_are_slabs_of_its_output():
         offsets = [plan.placements[t].key - out for t in node.inputs]
         assert offsets == [sum(size[t] for t in node.inputs[:k]) for k in range(len(node.inputs))]
         assert offsets[-1] + size[node.inputs[-1]] == size[node.outputs[0]]
-    compiled = nestor.compile(graph)
-    assert not {s["op"] for s in compiled.plan["steps"]} & {"Concat"}
 
 
 def concat_model(batch, with_graph_input):
@@ -90,4 +89,6 @@ def test_concat_in_place_only_where_it_can_be(batch, with_graph_input, in_place)
     x = np.random.default_rng(0).standard_normal((batch, 16, 4, 4)).astype(np.float32)
     parts = [np.maximum(x, 0), -x] + ([x] if with_graph_input else [])
     want = 1 / (1 + np.exp(-np.concatenate(parts, axis=1)))
-    np.testing.assert_allclose(nestor.compile(graph).run([x])[0], want, rtol=1e-5, atol=1e-6)
+    compiled = nestor.compile(graph)
+    assert any(s["op"] == "Concat" for s in compiled.plan["steps"]) != in_place  # an elided one runs nothing
+    np.testing.assert_allclose(compiled.run([x])[0], want, rtol=1e-5, atol=1e-6)
