@@ -79,9 +79,8 @@ def test_manual_schedules_beat_their_references_correctly():
 
 
 def test_costmodel_quality_reports_held_out_ranking_accuracy(tmp_path):
-    records = str(tmp_path / "q.sqlite")
-    tune_graph(nestor.import_onnx(SUITE["layernorm"].onnx_model()), Budget(trials=24), records_path=records,
-               show_progress=False)
+    from tests.test_costmodel import synthetic_records
+    records = synthetic_records(tmp_path / "q.sqlite", ("matmul",), count=16)  # measuring them takes long
     out = _run(EXAMPLES / "costmodel_quality.py", records, "--folds", "2", "--pool", "4")
     assert out.splitlines()[-1].startswith("cost model pairwise accuracy on held-out records: ")
 
