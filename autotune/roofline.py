@@ -1,11 +1,13 @@
 """The tuning machine's roofline, measured: peak FLOP/s by a BLAS matmul, memory bandwidth by a copy
 too large for the caches. A short probe (about a second), run after the first tuning into a records
-file for a CPU target (outside its time budget) and stored in the file's meta table: a report made
-elsewhere, later, judges the kernels against the machine that timed them.
+file for a CPU target timed on the tuning host (outside its time budget; not when RPC devices timed
+it) and stored in the file's meta table: a report made elsewhere, later, judges the kernels against
+the machine that timed them.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -58,10 +60,15 @@ def stored_roofline(records: Records, target_key: str) -> Roofline | None:
     text = records.meta(meta_key(target_key))
     if text is None:
         return None
+    # a hand edit, or a file from elsewhere: measured again rather than fail a tuning or a report
     try:
-        return Roofline(**json.loads(text))
-    except (ValueError, TypeError):   # a hand edit: measure again rather than fail a tuning or a report
+        found = Roofline(**json.loads(text))
+    except (ValueError, TypeError):
         return None
+    numbers = (found.flops, found.bandwidth, found.measured)
+    if not all(type(v) in (int, float) and math.isfinite(v) for v in numbers) or min(numbers[:2]) <= 0:
+        return None
+    return found
 
 
 def ensure_roofline(records: Records, target_key: str) -> Roofline:

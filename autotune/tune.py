@@ -75,7 +75,7 @@ def _tune_tasks(tasks: list[Task], budget: Budget, records_path: str | None, tar
         finally:
             if show_progress:
                 sys.stderr.write("\n")
-        if records is not None and target.kind.name == "llvm":   # the host timed them: its roofline
+        if records is not None and target.kind.name == "llvm" and rpc is None:   # the host timed them: its roofline
             ensure_roofline(records, target_key(target))   # (after the budget, which it must not eat)
     return tasks
 

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .autotune.records import Record, Records
+from .autotune.records import LOCAL_DEVICE, Record, Records
 from .autotune.roofline import Roofline, measure_roofline, stored_roofline
 from .cli_records import kernel_name
 from .ir import itemsize, parse_kernel, print_kernel
@@ -57,7 +57,8 @@ def write_report(records_path: str, out: str, model: str | None = None, input_sh
         tasks = [t for t in tasks if t.records]
         roofline = stored_roofline(db, key)
     roofline_note = "measured on the tuning machine after its tuning"
-    if roofline is None and _is_cpu(key):
+    timed_here = all(r.device == LOCAL_DEVICE for t in tasks for r in t.records)   # not on RPC devices
+    if roofline is None and _is_cpu(key) and timed_here:
         roofline, roofline_note = measure_roofline(), "not stored with these records: measured on this machine now"
     untuned = _weigh_by_model(tasks, model, input_shapes, key) if model else []
     page = _Page(records_path, key, tasks, roofline, roofline_note, model, untuned, figure)
@@ -180,7 +181,9 @@ class _Page:
         trials, walls, estimates = model_curve(self.tasks)
         what = "model latency (sum of calls x best time)" if self.model else "sum of the tasks' best times"
         if not estimates:
-            return _section("model-estimate", "Model estimate", "<p>No task has a correct record yet.</p>")
+            untimed = [t.name for t in self.tasks if t.best is None]
+            return _section("model-estimate", "Model estimate", f"<p>No estimate: no correct record of "
+                                                                f"{_e(', '.join(untimed))}.</p>")
         body = (f"<p>Estimated {what}: {estimates[-1] * 1e3:.4f} ms after {trials[-1]} trials, from the first "
                 f"trial at which every task had a time.</p>" + self.curve_chart(trials, walls, estimates, what))
         return _section("model-estimate", "Model estimate", body)
@@ -210,8 +213,8 @@ class _Page:
 
     def roofline_section(self) -> str:
         if self.roofline is None:
-            return _section("roofline", "Roofline", "<p>No roofline for this target (measured for CPU targets "
-                                                    "only, by the tuning host).</p>")
+            return _section("roofline", "Roofline", "<p>No roofline for this target: one is measured for CPU "
+                                                    "targets timed on the tuning host only.</p>")
         rows, points = [], []
         for t in self.tasks:
             if not (t.best and t.flops):

@@ -200,9 +200,35 @@ def test_a_target_without_records_is_one_line(tuned, capsys):
     assert len(err) == 1 and "has no records for target" in err[0] and "znver4" in err[0]
 
 
+def test_records_timed_on_rpc_devices_get_no_roofline_of_this_host(tmp_path, monkeypatch):
+    """Without a stored roofline, one is measured here only for records timed here; and a task
+    with no correct record is named where the model estimate would be."""
+    monkeypatch.setattr("nestor.report.measure_roofline", lambda: pytest.fail("this host probed"))
+    relu = "kernel relu(X: f32[64]) -> (Y: f32[64]) {\n  for i0 in 0..64 { Y[i0] = max(X[i0], 0.0) }\n}\n"
+    with Records(tmp_path / "db.sqlite") as db:
+        for task in ("a", "b"):
+            db.add_task(task, relu.replace("relu(", f"relu_{task}("), 64)
+        db.add("a", TARGET, "[]", 1e-6, [1e-6], device="board-1@10.0.0.7:9090")
+        db.add("b", TARGET, "[]", None, [], error="wrong result", device="board-1@10.0.0.7:9090")
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "db.sqlite"), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "No roofline for this target: one is measured for CPU targets timed on the tuning host only." in text
+    assert "No estimate: no correct record of relu_b." in text
+
+
 def test_roofline_probe_measures_once_and_stores(tmp_path):
     with Records(tmp_path / "r.sqlite") as db:
         first = ensure_roofline(db, "llvm")
         assert 1e8 < first.flops < 1e14 and 1e8 < first.bandwidth < 1e13   # plausible for any CPU
         assert ensure_roofline(db, "llvm") == first == stored_roofline(db, "llvm")   # not measured again
         assert stored_roofline(db, "cuda") is None
+
+
+@pytest.mark.parametrize("text", ['{"flops": "1e11", "bandwidth": 2e10, "measured": 1.0}', "[1, 2, 3]",
+                                  '{"flops": 1e11, "bandwidth": 0, "measured": 1.0}', '{"flops": 1e11}', "{",
+                                  '{"flops": NaN, "bandwidth": 2e10, "measured": 1.0}'])
+def test_a_damaged_stored_roofline_is_measured_again(tmp_path, text):
+    with Records(tmp_path / "r.sqlite") as db:
+        db.set_meta(meta_key("llvm"), text)
+        assert stored_roofline(db, "llvm") is None
