@@ -2,11 +2,13 @@
 norms, softmaxes and RMSNorm means sit under a batch loop of 1 ([1, seq, hidden]) and must still
 get a block of threads per row from the GPU row rule, in every seed."""
 import dataclasses
+import random
 
 import numpy as np
 import pytest
 
 from nestor.api import import_onnx
+from nestor.autotune.nest import top_level_nests
 from nestor.autotune.rules.gpu_rows import GpuRowReductions
 from nestor.autotune.space import Sketch
 from nestor.autotune.task_scheduler import extract_tasks
@@ -80,5 +82,30 @@ def test_add_before_a_row_reduction_joins_its_block_where_each_thread_reads_its_
         _, scheduled = sketch.realize(c)
         if c.decisions.merge:
             assert len(launches(scheduled)) == merged and launches(scheduled)[0] == (8, c.decisions.threads)
+        for got, ref in zip(run_kernel(scheduled, args), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))
+
+
+ROWS_AND_COLUMNS = """
+kernel rows_and_columns(X: f32[64, 64]) -> (S: f32[64], C: f32[64]) {
+  for i in 0..64 { S[i] = 0.0; for r in 0..64 reduce { S[i] += X[i, r] } }
+  for j in 0..64 { C[j] = 0.0; for q in 0..64 reduce { C[j] += X[q, j] } }
+}
+"""
+
+
+def test_a_reduction_that_is_not_a_row_stays_out_of_the_row_block():
+    """The column sums would run whole in every thread of a row's block, all adding into one
+    global element: they keep a launch of their own, a thread per column."""
+    kernel = parse_kernel(ROWS_AND_COLUMNS)
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuRowReductions(),))
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    for c in sketch.rule_decisions() + [sketch.sample(random.Random(n)) for n in range(3)]:
+        _, scheduled = sketch.realize(c)
+        assert launches(scheduled)[0] == (64, c.decisions.threads) and len(launches(scheduled)) == 2
+        (row_block, _) = top_level_nests(scheduled)
+        assert not [s for s in walk_stmts(row_block.spatial[0])
+                    if isinstance(s, Store) and s.reduce and s.buffer.scope == "global"], c.decisions
         for got, ref in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))

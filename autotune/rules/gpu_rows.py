@@ -60,15 +60,18 @@ class GpuRowReductions(SketchRule):
 
     def realize(self, info: KernelInfo, d: GpuRowDecisions, b: Builder) -> None:
         depth = _row_depth(info)
+        apart = {n.root for n in info.nests if _other_reduction(info, n)}   # the default schedule's
         groups = [[info.nests[0]]]   # nests that run in one loop over rows
         for nest in info.nests[1:]:
-            if d.merge and _same_thread_columns(info, groups[-1], nest) and \
-                    _merge_rows(b, groups[-1][0], nest, depth):
+            if d.merge and not apart & {n.root for n in groups[-1] + [nest]} and \
+                    _same_thread_columns(info, groups[-1], nest) and _merge_rows(b, groups[-1][0], nest, depth):
                 groups[-1].append(nest)
             else:
                 groups.append([nest])
         split = {}   # nest root -> its reductions as rfactor made them
         for root, loop in info.rows:
+            if root in apart:
+                continue
             # each reduction at the thread counts that divide it (else it stays in one thread)
             made = b.may(Rfactor(loop, d.threads, "shared"))
             if made:
@@ -113,10 +116,19 @@ class GpuRowReductions(SketchRule):
 
 
 def _thread_counts(info: KernelInfo) -> tuple[int, ...]:
-    """Block widths that split some row reduction (rfactor needs a divisor of its extent; at
-    other widths every reduction would stay in one thread) and the machine allows."""
+    """Block widths that split every row reduction (rfactor needs a divisor of its extent; one
+    left whole would run in every thread of the block, each accumulating into the same global
+    element) and the machine allows."""
     most = info.machine.max_threads_per_block
-    return tuple(t for t in THREADS if t <= most and any(info.extent(loop) % t == 0 for _, loop in info.rows))
+    return tuple(t for t in THREADS if info.rows and t <= most
+                 and all(info.extent(loop) % t == 0 for _, loop in info.rows))
+
+
+def _other_reduction(info: KernelInfo, nest: Nest) -> bool:
+    """Whether the nest holds a reduction that is not a row's: in a row block every thread would
+    run it whole, accumulating into one global element; the nest keeps the default schedule."""
+    rows = {loop for _, loop in info.rows}
+    return any(isinstance(s, For) and s.axis == "reduce" and s.var not in rows for s in walk_stmts(nest.spatial[0]))
 
 
 def _row_depth(info: KernelInfo) -> int:
