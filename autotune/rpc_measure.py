@@ -79,7 +79,8 @@ def wait_for_devices(tracker, address: str, key: str, wait: float, want: int = 1
     while True:
         try:
             free, registered = free_devices(tracker, key)
-        except (OSError, RuntimeError, struct.error) as err:  # it went away, or answers garbage
+        except (OSError, RuntimeError, struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
+            # it went away, or answers garbage (not JSON, or JSON of another shape)
             raise RPCError(f"RPC tracker {address} lost: {err or type(err).__name__}") from None
         if free >= want or (free and time.monotonic() >= deadline):
             return free

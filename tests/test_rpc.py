@@ -249,6 +249,32 @@ def test_a_tracker_lost_is_one_line():
     listener.close()
 
 
+def test_a_tracker_answering_garbage_is_one_line():
+    """A peer that answers the tracker's handshake, then a summary of another shape."""
+    import json
+    from tvm.rpc.base import RPC_TRACKER_MAGIC, TrackerCode, recvall
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def handshake_then_garbage():
+        for n in range(2):  # the probe, then the session
+            conn, _ = listener.accept()
+            conn.recv(4)
+            conn.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+            if n:
+                recvall(conn, struct.unpack("<i", recvall(conn, 4))[0])  # the summary request
+                answer = json.dumps([int(TrackerCode.SUCCESS), {"queue_info": 5}]).encode()
+                conn.sendall(struct.pack("<i", len(answer)) + answer)
+            conn.close()
+
+    thread = threading.Thread(target=handshake_then_garbage)
+    thread.start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    with pytest.raises(RPCError, match=rf"RPC tracker {address} lost: "):
+        RPCMeasurer(MATMUL, address, "k")
+    thread.join()
+    listener.close()
+
+
 def test_key_without_devices_is_an_error_after_the_wait(loopback):
     start = time.monotonic()
     with pytest.raises(RPCError, match=r"no free device under key 'nobody' after 1 s \(none registered\)"):
