@@ -228,45 +228,26 @@ def test_unreachable_tracker_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "nestor: error: --rpc-tracker and --rpc-key go together"
 
 
-def test_a_tracker_lost_is_one_line():
-    """A peer that answers the tracker's handshake, then goes away."""
-    from tvm.rpc.base import RPC_TRACKER_MAGIC
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def handshake_then_close():
-        for _ in range(2):  # the probe, then the session
-            conn, _ = listener.accept()
-            conn.recv(4)
-            conn.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-            conn.close()
-
-    thread = threading.Thread(target=handshake_then_close)
-    thread.start()
-    address = f"127.0.0.1:{listener.getsockname()[1]}"
-    with pytest.raises(RPCError, match=rf"RPC tracker {address} lost: "):
-        RPCMeasurer(MATMUL, address, "k")
-    thread.join()
-    listener.close()
-
-
-def test_a_tracker_answering_garbage_is_one_line():
-    """A peer that answers the tracker's handshake, then a summary of another shape."""
+@pytest.mark.parametrize("summary", [None, {"queue_info": 5}], ids=["gone", "garbage"])
+def test_a_tracker_lost_is_one_line(summary):
+    """A peer that answers the tracker's handshake, then goes away (or answers the summary with
+    JSON of another shape)."""
     import json
     from tvm.rpc.base import RPC_TRACKER_MAGIC, TrackerCode, recvall
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def handshake_then_garbage():
+    def handshake_then_fail():
         for n in range(2):  # the probe, then the session
             conn, _ = listener.accept()
             conn.recv(4)
             conn.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-            if n:
+            if n and summary is not None:
                 recvall(conn, struct.unpack("<i", recvall(conn, 4))[0])  # the summary request
-                answer = json.dumps([int(TrackerCode.SUCCESS), {"queue_info": 5}]).encode()
+                answer = json.dumps([int(TrackerCode.SUCCESS), summary]).encode()
                 conn.sendall(struct.pack("<i", len(answer)) + answer)
             conn.close()
 
-    thread = threading.Thread(target=handshake_then_garbage)
+    thread = threading.Thread(target=handshake_then_fail)
     thread.start()
     address = f"127.0.0.1:{listener.getsockname()[1]}"
     with pytest.raises(RPCError, match=rf"RPC tracker {address} lost: "):
