@@ -60,7 +60,7 @@ class GpuRowReductions(SketchRule):
 
     def realize(self, info: KernelInfo, d: GpuRowDecisions, b: Builder) -> None:
         depth = _row_depth(info)
-        apart = {n.root for n in info.nests if _other_reduction(info, n)}   # the default schedule's
+        apart = {n.root for n in info.nests if _other_reduction(info, n)}   # default-scheduled
         groups = [[info.nests[0]]]   # nests that run in one loop over rows
         for nest in info.nests[1:]:
             if d.merge and not apart & {n.root for n in groups[-1] + [nest]} and \
@@ -72,8 +72,7 @@ class GpuRowReductions(SketchRule):
         for root, loop in info.rows:
             if root in apart:
                 continue
-            # each reduction at the thread counts that divide it (else it stays in one thread)
-            made = b.may(Rfactor(loop, d.threads, "shared"))
+            made = b.must(Rfactor(loop, d.threads, "shared"))   # the widths divide every row
             if made:
                 split.setdefault(root, []).append((root, made))
         for group in groups:
