@@ -70,6 +70,8 @@ VARIANTS = {
     "bidirectional_lens_initial": dict(direction="bidirectional", lens=[1, 3], initial=True),
     "weights_as_inputs": dict(direction="bidirectional", initial=True, constant=False, lens=[3, 2]),
     "opset7_one_step": dict(opset=7, steps=1),
+    # large enough for the default schedule to give each direction a thread
+    "bidirectional_threads": dict(direction="bidirectional", steps=16, hidden=16, lens=[16, 9], initial=True),
 }
 OP_VARIANTS = {
     "LSTM": {"peepholes": dict(peepholes=True, initial=True),
@@ -108,13 +110,13 @@ def test_batchwise_layout_matches_its_time_major_twin(op):
 
 
 @pytest.mark.parametrize("op", list(GATES))
-def test_each_direction_is_one_projection_and_one_recurrence_kernel(op):
-    """Per direction, one MatMul projects the inputs of every step and one kernel loops over
-    the steps: as many kernels for 30 steps as for 3."""
+def test_a_recurrence_is_one_projection_and_one_recurrence_kernel(op):
+    """One MatMul projects the inputs of every step and direction, and one kernel loops over
+    the directions and steps, writing Y and Y_h: as many kernels for 30 steps as for 3."""
     def kernel_ops(steps):
         graph = nestor.import_onnx(rnn_model(op, steps=steps, direction="bidirectional", outputs=2)[0])
         return sorted(n.op_type for n in graph.nodes if n.kernel is not None)
-    assert kernel_ops(3) == kernel_ops(30) == ["Concat", "Concat", "MatMul", "MatMul", "Recurrence", "Recurrence"]
+    assert kernel_ops(3) == kernel_ops(30) == ["MatMul", "Recurrence"]
 
 
 def test_unknown_activation_is_named():
