@@ -120,19 +120,13 @@ class Measurer:
         if build_workers is None:
             from ..codegen import host_cores
             build_workers = host_cores() if self._gpu else 2
-        remove_stale_directories()
-        self._dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
-        self._builders = [_Worker("builder", {"target": target, "host": host},
-                                  os.path.join(self._dir, f"builder{n}.log"))
-                          for n in range(max(1, build_workers))]
+        self._dir = new_directory()
+        self._builders = builders(target, host, build_workers, self._dir)
         self._runners = self._new_runners()
         workers = self._workers = self._builders + self._runners
         self._finalizer = weakref.finalize(self, _shut_down, workers, self._dir)
         try:
-            for w in workers:  # start all, then wait: the imports overlap
-                w.start()
-            for w in workers:
-                w.ready()
+            start_all(workers)
             self._signature = None
             if reference is not None:  # else: the first switch() names it
                 self.switch(reference, seed, inputs)
@@ -250,6 +244,27 @@ class Measurer:
 
 
 # ---- the parent's side of the workers ----
+
+def new_directory() -> str:
+    """A fresh directory for a measurement's files (its owner's pid in the name), after
+    removing those of owners that are gone."""
+    remove_stale_directories()
+    return tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
+
+
+def builders(target: str, host: str, count: int, directory: str) -> list[_Worker]:
+    """`count` (at least one) builder processes for `target` (JSON), not started, logging in `directory`."""
+    return [_Worker("builder", {"target": target, "host": host}, os.path.join(directory, f"builder{n}.log"))
+            for n in range(max(1, count))]
+
+
+def start_all(workers: list[_Worker]) -> None:
+    """Start the workers and wait until each is ready (all started first: the imports overlap)."""
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.ready()
+
 
 class _Worker:
     """A child interpreter serving one request at a time; replaced when it dies or hangs."""
@@ -481,17 +496,19 @@ def runs_per_repeat(first: float) -> int:
 
 def _random_inputs(kernel: Kernel, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    arrays = []
-    for b in kernel.inputs:
-        dtype = np.dtype(b.dtype)
-        if dtype.kind == "f":
-            a = rng.standard_normal(b.shape)
-        elif dtype.kind == "b":
-            a = rng.random(b.shape) < 0.5
-        else:
-            a = rng.integers(0, 2, b.shape)  # in bounds for any index into an axis of 2 or more
-        arrays.append(np.asarray(a).astype(dtype))
-    return arrays
+    return [random_array(b.shape, b.dtype, rng) for b in kernel.inputs]
+
+
+def random_array(shape, dtype, rng: np.random.Generator) -> np.ndarray:
+    """Normal floats; integers 0 and 1, in bounds for any index into an axis of 2 or more."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        a = rng.standard_normal(shape)
+    elif dtype.kind == "b":
+        a = rng.random(shape) < 0.5
+    else:
+        a = rng.integers(0, 2, shape)
+    return np.asarray(a).astype(dtype)
 
 
 def _checked(kernel: Kernel, inputs) -> list[np.ndarray]:
@@ -596,6 +613,13 @@ def _builder(target: str, host: str):
             return {"error": f"run failed: {_brief(err)}"}
         return {"seconds": time.perf_counter() - start}
 
+    def build_tir(mod):
+        """A TIR module as MetaSchedule's LocalBuilder builds it. Without importing its tensor
+        intrinsics as LocalBuilder does (a minute on a busy 2-core machine): a candidate comes
+        tensorized already, their registry is for the search."""
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+        return tvm.compile(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target)
+
     def serve(request) -> dict:
         if isinstance(request, dict):
             return compute_reference(**request)
@@ -603,7 +627,10 @@ def _builder(target: str, host: str):
         start = time.perf_counter()
         time.sleep(float(os.environ.get(BUILD_DELAY_ENV, 0)))
         try:
-            build(kernels if isinstance(kernels, list) else [kernels], target).export(path)
+            if isinstance(kernels, tvm.IRModule):  # a MetaSchedule candidate (ms_measure)
+                build_tir(kernels).export_library(path)
+            else:
+                build(kernels if isinstance(kernels, list) else [kernels], target).export(path)
             return {"seconds": time.perf_counter() - start}
         except Exception as err:
             return {"seconds": time.perf_counter() - start, "error": f"build failed: {_brief(err)}"}
@@ -677,14 +704,54 @@ class _Bench:
             func(*call_args, *outs)
             dev.sync()
             first = time.perf_counter() - start
-        wake, woken = request.get("wake", 0.0), time.perf_counter()
-        while first < wake and time.perf_counter() - woken < wake:
-            func(*call_args, *outs)
-        dev.sync()
-        number = request["number"] or runs_per_repeat(first)
-        timer = module.time_evaluator(request["name"], dev, number=number,
-                                      repeat=request["repeats"], f_preproc=self.flush)
-        return {"repeats": list(timer(*call_args, *outs).results)}
+        return _timed(module, request, [*call_args, *outs], first, dev, self.flush)
+
+
+def _timed(module, request: dict, args: list, first: float, dev, flush: str) -> dict:
+    """{"repeats": seconds} of `request["name"]` in `module` on `args`, whose first run took
+    `first` seconds: woken for `request["wake"]` seconds, then `request["repeats"]` timed repeats
+    (of `request["number"]` runs, None: runs_per_repeat), `flush` before each."""
+    func = module[request["name"]]
+    wake, woken = request.get("wake", 0.0), time.perf_counter()
+    while first < wake and time.perf_counter() - woken < wake:
+        func(*args)
+    dev.sync()
+    number = request["number"] or runs_per_repeat(first)
+    timer = module.time_evaluator(request["name"], dev, number=number, repeat=request["repeats"], f_preproc=flush)
+    return {"repeats": list(timer(*args).results)}
+
+
+class _RandomArguments:
+    """Arguments of MetaSchedule candidates, which come with their shapes and dtypes only: random
+    (as a kernel's inputs), made anew when the signature changes (MetaSchedule measures a task's
+    batch together) and restored before each candidate, which may have written over them
+    (MetaSchedule does not say which are outputs)."""
+
+    def __init__(self, dev):
+        self.dev, self.made = dev, {}
+
+    def __call__(self, signature: tuple) -> list:
+        import tvm
+        if signature not in self.made:
+            rng = np.random.default_rng(0)
+            host = [random_array(shape, dtype, rng) for shape, dtype in signature]
+            self.made = {signature: (host, [tvm.runtime.tensor(a, self.dev) for a in host])}
+        host, args = self.made[signature]
+        for t, a in zip(args, host):
+            t.copyfrom(a)
+        return args
+
+
+def _run_unchecked(module, request: dict, args: list, dev, flush: str) -> dict:
+    """A MetaSchedule candidate's times: no reference to check it against (its workload is not
+    handed to the runner); its first run loads the code, the second is its cold time."""
+    func = module[request["name"]]
+    func(*args)
+    dev.sync()
+    start = time.perf_counter()
+    func(*args)
+    dev.sync()
+    return _timed(module, request, args, time.perf_counter() - start, dev, flush)
 
 
 def _runner(gpu: bool = False, **config):
@@ -700,6 +767,7 @@ def _runner(gpu: bool = False, **config):
     dev = tvm.cuda(0) if gpu else tvm.cpu()
     flush = _register_l2_flush(dev) if gpu else FLUSH
     bench = _Bench(config, dev, flush, gpu) if config else None
+    random_arguments = _RandomArguments(dev)
 
     def serve(request) -> dict:
         nonlocal bench
@@ -710,7 +778,10 @@ def _runner(gpu: bool = False, **config):
             except Exception as err:
                 return {"error": f"configure failed: {_brief(err)}"}
         try:
-            return bench.run(tvm.runtime.load_module(request["path"]), request)
+            module = tvm.runtime.load_module(request["path"])
+            if "signature" in request:  # a MetaSchedule candidate (ms_measure)
+                return _run_unchecked(module, request, random_arguments(request["signature"]), dev, flush)
+            return bench.run(module, request)
         except Exception as err:
             # On the GPU this may be a fault (an illegal address) that left the process's CUDA
             # context unusable: every later call in it would fail too.

@@ -13,7 +13,9 @@ installing, pass `**nestor.tvm.tuning(work_dir)` to `ms.tune_tir` / `tune_relax`
 gives Nestor's kernel to `compile_tir`; `compile_relax` needs `install` (or the pass `apply`).
 To keep MetaSchedule's own search and rank its candidates with Nestor's cost model instead,
 pass `cost_model=nestor.tvm.cost_model()` to `ms.tune_tir` / `tune_relax`, or
-`install(search="metaschedule")` for the pipelines.
+`install(search="metaschedule")` for the pipelines. Either way candidates are built and timed by
+Nestor's measurement workers (`measurement()`: persistent processes, caches flushed, a crashing
+candidate failing alone), or with `measure="tvm"` by MetaSchedule's LocalBuilder and LocalRunner.
 
 Why a pass and not a trace: a MetaSchedule record is a trace of schedule primitives replayed on
 the workload; Nestor's schedules are its own passes, handed to MetaSchedule as lowered modules
@@ -35,32 +37,46 @@ from .autotune.measure import BUILD_TIMEOUT
 from .autotune.ms_apply import apply_nestor
 from .autotune.ms_cost_model import NestorCostModel
 from .autotune.ms_database import MARK, NestorDatabase
+from .autotune.ms_measure import close_measurement, measurement
 from .autotune.ms_strategy import NestorSearch
 from .ir.errors import NestorError
 
-__all__ = ["MARK", "NestorCostModel", "NestorDatabase", "NestorSearch", "apply", "cost_model", "install", "installed",
-           "tuning", "uninstall"]
+__all__ = ["MARK", "NestorCostModel", "NestorDatabase", "NestorSearch", "apply", "close_measurement", "cost_model",
+           "install", "installed", "measurement", "tuning", "uninstall"]
 
 _TUNE_RELAX = "tvm.s_tir.meta_schedule.tune_relax"
 _ms_apply_database = relax.transform.MetaScheduleApplyDatabase
 _ms_tune_irmod = relax.transform.MetaScheduleTuneIRMod
 _options: dict | None = None   # tune_relax arguments while installed; None: not installed
 _SEARCHES = ("nestor", "metaschedule")   # install's choices: whose search proposes the candidates
+_MEASURES = ("nestor", "tvm")            # whose builder and runner measure them
 TIMED_BATCH = 16               # candidates per batch under a time budget (MetaSchedule's default: 64)
 
 
-def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None) -> dict:
-    """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy and its
-    database (Nestor's records in work_dir). MetaSchedule's design spaces stay: Nestor ignores
-    them, and a task it cannot import is searched in them by MetaSchedule's own search.
+def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measure: str = "nestor") -> dict:
+    """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy, its
+    database (Nestor's records in work_dir) and its builder and runner (`measure="tvm"`:
+    MetaSchedule's LocalBuilder and LocalRunner). MetaSchedule's design spaces stay: Nestor
+    ignores them, and a task it cannot import is searched in them by MetaSchedule's own search.
     `time_budget` (seconds from now) ends the tuning however many trials are left; it also makes
     the batches small, so that MetaSchedule's first round, one batch per task, reaches every task
-    early in the budget."""
-    args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=_deadline(time_budget)),
-            "database": NestorDatabase(work_dir)}
+    early in the budget. The builder's and runner's processes stop with the tuning's last
+    reference to them, or with `close_measurement(args)`."""
+    deadline = _deadline(time_budget)
+    args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=deadline),
+            "database": NestorDatabase(work_dir), **_measurement(measure, deadline)}
     if time_budget is not None:
         args["num_trials_per_iter"] = TIMED_BATCH
     return args
+
+
+def _measurement(measure: str, deadline: float | None = None) -> dict:
+    """The builder and runner arguments of `measure`, whose builds and runs stop at `deadline`."""
+    if measure == "nestor":
+        return measurement(deadline=deadline)
+    if measure == "tvm":  # LocalBuilder's default timeout is shorter than its first import of TVM's intrinsics
+        return {"builder": ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT), "runner": ms.runner.LocalRunner()}
+    raise NestorError(f"nestor.tvm: measure must be one of {', '.join(_MEASURES)}, not {measure!r}")
 
 
 def _deadline(time_budget: float | None) -> float | None:
@@ -85,21 +101,25 @@ def apply(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
     return apply_nestor(work_dir, database)
 
 
-def install(time_budget: float | None = None, search: str = "nestor", **options) -> None:
+def install(time_budget: float | None = None, search: str = "nestor", measure: str = "nestor", **options) -> None:
     """From now on MetaSchedule's Relax tuning searches with Nestor (`options`: more arguments
     of ms.relax_integration.tune_relax, e.g. builder, runner, seed) and Nestor's kernels are
     compiled wherever MetaSchedule's records are applied. With `time_budget` (seconds), each
     tuning (one per pipeline run) stops after that long, whatever its trials. With
     `search="metaschedule"`, MetaSchedule's own evolutionary search and records stay and only
-    its cost model is Nestor's (`cost_model()`, or the `cost_model` option). Undone by `uninstall`."""
+    its cost model is Nestor's (`cost_model()`, or the `cost_model` option). Candidates are
+    measured by Nestor's builder and runner (ms_measure), or with `measure="tvm"` by
+    MetaSchedule's LocalBuilder and LocalRunner; a builder or runner option replaces either.
+    Undone by `uninstall`."""
     global _options
     _deadline(time_budget)  # a bad budget fails here, not in the middle of a pipeline
     if search not in _SEARCHES:
         raise NestorError(f"nestor.tvm: search must be one of {', '.join(_SEARCHES)}, not {search!r}")
+    if measure not in _MEASURES:
+        raise NestorError(f"nestor.tvm: measure must be one of {', '.join(_MEASURES)}, not {measure!r}")
     if search == "metaschedule" and time_budget is not None:
         raise NestorError("nestor.tvm: a time budget bounds Nestor's search only (search='nestor')")
-    options.setdefault("builder", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT))
-    _options = {**options, "time_budget": time_budget, "search": search}
+    _options = {**options, "time_budget": time_budget, "search": search, "measure": measure}
     relax.transform.MetaScheduleTuneIRMod = _tune_irmod
     relax.transform.MetaScheduleApplyDatabase = _apply_database
 
@@ -113,9 +133,9 @@ def uninstall() -> None:
 
 
 @contextlib.contextmanager
-def installed(time_budget: float | None = None, search: str = "nestor", **options):
+def installed(time_budget: float | None = None, search: str = "nestor", measure: str = "nestor", **options):
     """`install` for the duration of a with block."""
-    install(time_budget, search, **options)
+    install(time_budget, search, measure, **options)
     try:
         yield
     finally:
@@ -127,15 +147,19 @@ def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per
     if _options is None:
         return _ms_tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per_task, op_names)
     options = dict(_options)
-    seed, time_budget = options.get("seed") or 0, options.pop("time_budget")
+    seed, time_budget, measure = options.get("seed") or 0, options.pop("time_budget"), options.pop("measure")
     if options.pop("search") == "metaschedule":
-        nestor_args = {"cost_model": options.pop("cost_model", None) or cost_model(seed=seed)}
+        nestor_args = {"cost_model": options.pop("cost_model", None) or cost_model(seed=seed),
+                       **_measurement(measure)}
     else:
-        nestor_args = tuning(work_dir, seed, time_budget)
-    ms.relax_integration.tune_relax(
-        mod, params, target, work_dir, int(max_trials_global),
-        None if max_trials_per_task is None else int(max_trials_per_task), op_names,
-        **{**nestor_args, **options})
+        nestor_args = tuning(work_dir, seed, time_budget, measure)
+    try:
+        ms.relax_integration.tune_relax(
+            mod, params, target, work_dir, int(max_trials_global),
+            None if max_trials_per_task is None else int(max_trials_per_task), op_names,
+            **{**nestor_args, **options})
+    finally:
+        close_measurement(nestor_args)
     return mod  # MetaScheduleTuneIRMod passes its input on: the kernels go in at apply
 
 

@@ -66,7 +66,7 @@ def test_tune_tir_with_nestors_strategy_compiles_nestors_kernel(tmp_path):
     workload, work_dir, target = te.create_prim_func([a, b, c]), str(tmp_path), host_target()
     _unnamed_log_handlers_dropped()
     db = ms.tune_tir(workload, target, work_dir, max_trials_global=4, num_trials_per_iter=2,
-                     **nestor.tvm.tuning(work_dir), **MEASURE)
+                     **{**nestor.tvm.tuning(work_dir), **MEASURE})
     with Records(records_path(work_dir)) as records:
         assert records.count() == 4  # MetaSchedule's runner timed them; Nestor's records hold them
     func = ms.tir_integration.compile_tir(db, workload, target).mod["main"]
@@ -84,7 +84,7 @@ def test_tune_relax_then_compile_relax_gives_nestors_kernels(tmp_path, model):
     _unnamed_log_handlers_dropped()
     mod = relax.get_pipeline("zero")(_relax(onnx_model))  # MetaSchedule finds its tasks after it
     db = ms.relax_integration.tune_relax(mod, {}, target, work_dir, 6, max_trials_per_task=2,
-                                         **nestor.tvm.tuning(work_dir), **MEASURE)
+                                         **{**nestor.tvm.tuning(work_dir), **MEASURE})
     with nestor.tvm.installed():
         with target, db:  # the zero pipeline applies the database in context, as compile_relax does
             assert all(_nestors(relax.get_pipeline("zero")(_relax(onnx_model))).values())
@@ -147,7 +147,7 @@ def test_a_task_nestor_cannot_import_is_searched_by_metaschedule(tmp_path):
     _unnamed_log_handlers_dropped()
     with pytest.warns(UserWarning, match="MetaSchedule searches it"):
         db = ms.tune_tir(workload, target, work_dir, max_trials_global=2, num_trials_per_iter=2,
-                         **nestor.tvm.tuning(work_dir), **MEASURE)
+                         **{**nestor.tvm.tuning(work_dir), **MEASURE})
     assert db.get_all_tuning_records()
     with Records(records_path(work_dir)) as records:
         assert records.count() == 0
