@@ -183,10 +183,10 @@ def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime
     model = mlp([64, 96, 32])
     graph = nestor.import_onnx(model)
     records = str(tmp_path / "r.sqlite")
-    tasks = tune_graph(graph, Budget(24), records_path=records, show_progress=False)
-    assert sum(t.trials for t in tasks) == 24 and all(t.best for t in tasks)
+    tasks = tune_graph(graph, Budget(12), records_path=records, show_progress=False)
+    assert sum(t.trials for t in tasks) == 12 and all(t.best for t in tasks)
     with Records(records) as db:
-        assert db.count() == 24
+        assert db.count() == 12
     compiled = nestor.compile(model, records=records)
     x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
@@ -195,9 +195,9 @@ def test_tuned_model_compiles_from_records_saves_reloads_and_matches_onnxruntime
     again = nestor.load(tmp_path / "m.nestor")
     np.testing.assert_array_equal(again.run({"x": x})[0], compiled.run({"x": x})[0])
     # tuning again resumes: the stored measurements are not repeated
-    tune_graph(graph, Budget(8), records_path=records, show_progress=False)
+    tune_graph(graph, Budget(4), records_path=records, show_progress=False)
     with Records(records) as db:
-        assert db.count() == 32 and len({(r.task, r.schedule) for r in db.records()}) == 32
+        assert db.count() == 16 and len({(r.task, r.schedule) for r in db.records()}) == 16
 
 
 class RecordingMeasurer(FakeMeasurer):
