@@ -4,7 +4,12 @@ timed beside ONNX Runtime.
 The ONNX model goes through TVM's Relax frontend and `relax.get_pipeline("static_shape_tuning")`
 twice with the same budget: once as TVM ships it, once after `nestor.tvm.install()`.
     python examples/tvm_plugin.py [--model resnet50 | --onnx model.onnx] [--time-budget 10m | --trials 64]
-The last line reads `<model> via TVM: Nestor <a> ms, MetaSchedule <b> ms, ONNX Runtime <c> ms`.
+The three compiled models are timed interleaved (nestor.bench.interleaved_medians: turns in
+alternation, medians of --repeat runs each), and their ratios to ONNX Runtime printed; the last
+line reads `<model> via TVM: Nestor <a> ms, MetaSchedule <b> ms, ONNX Runtime <c> ms`.
+Nestor's side measures its candidates with Nestor's builder and runner (nestor.tvm's default);
+--measure both tunes it a second time, first, with MetaSchedule's LocalBuilder and LocalRunner,
+and prints how many candidates each measured a minute (the timings use Nestor's).
 --time-budget gives each side that long to tune. MetaSchedule's tuning has no time limit of its own, so
 it runs in a child process stopped when the time is up, and the pipeline then compiles what its
 database holds; Nestor stops itself (nestor.tvm.install(time_budget=...)). --trials gives each side
@@ -13,7 +18,6 @@ that many trials instead; 0 compiles untuned.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,15 +31,16 @@ from nestor.cli_checks import duration
 
 
 def tuned(onnx_model, target, trials: int, work_dir: str, nestor_budget: float | None = None,
-          nestor_tuning: bool = False):
-    """The model through the Relax frontend and the static_shape_tuning pipeline, compiled."""
+          nestor_tuning: bool = False, measure: str = "nestor"):
+    """The model through the Relax frontend and the static_shape_tuning pipeline, compiled
+    (`measure`: whose builder and runner measure Nestor's candidates)."""
     import tvm
     import tvm.relax.frontend.onnx
     from tvm import relax
     mod = relax.frontend.onnx.from_onnx(onnx_model, keep_params_in_input=False)
     pipeline = relax.get_pipeline("static_shape_tuning", target=target, total_trials=trials, work_dir=work_dir)
     if nestor_tuning:
-        with nestor.tvm.installed(time_budget=nestor_budget):
+        with nestor.tvm.installed(time_budget=nestor_budget, measure=measure):
             mod = pipeline(mod)
     else:
         mod = pipeline(mod)
@@ -88,14 +93,14 @@ def metaschedule_child(onnx_path: str, work_dir: str) -> None:
 UNBOUNDED_TRIALS = 1_000_000   # a budget of time is the limit
 
 
-def median_ms(run, repeat: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def measured(work_dir: str) -> int:
+    """Candidates Nestor's records in work_dir hold (errors included)."""
+    from nestor.autotune.ms_database import records_path
+    from nestor.autotune.records import Records
+    if not os.path.exists(records_path(work_dir)):
+        return 0
+    with Records(records_path(work_dir)) as records:
+        return records.count()
 
 
 def main() -> None:
@@ -105,7 +110,10 @@ def main() -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", metavar="10m", type=duration, help="tuning time of each side (s, m or h)")
     budget.add_argument("--trials", type=int, default=64, help="trials of each side instead (default 64)")
-    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=20, help="timed runs of each model (default 20)")
+    p.add_argument("--measure", choices=("nestor", "both"), default="nestor",
+                   help="both: tune Nestor's side with MetaSchedule's LocalBuilder/LocalRunner too, and compare "
+                        "the candidates measured a minute")
     p.add_argument("--metaschedule-child", metavar="ONNX", help=argparse.SUPPRESS)
     p.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -113,7 +121,7 @@ def main() -> None:
         return metaschedule_child(args.metaschedule_child, args.work_dir)
 
     import tvm
-    from nestor.bench import example_model, ort_session
+    from nestor.bench import example_model, interleaved_medians, ort_session
     from nestor.codegen import host_target
     seconds = args.time_budget
     onnx_model = onnx.load(args.onnx) if args.onnx else example_model(args.model)
@@ -125,29 +133,38 @@ def main() -> None:
     want = session.run(None, {graph_input.name: x})[0]
     target = host_target()
 
-    ms = {}
-    for label in ("MetaSchedule", "Nestor"):
+    sides = [("MetaSchedule", "tvm"), ("Nestor", "nestor")]
+    if args.measure == "both":
+        sides.insert(1, ("Nestor with LocalBuilder/LocalRunner", "tvm"))
+    vms = {}
+    for label, measure in sides:
         with tempfile.TemporaryDirectory() as work_dir:
             start = time.perf_counter()
-            if seconds is None:
-                vm = tuned(onnx_model, target, args.trials, work_dir, nestor_tuning=label == "Nestor")
-            elif label == "Nestor":
-                vm = tuned(onnx_model, target, UNBOUNDED_TRIALS, work_dir, seconds, True)
-            else:
+            if label == "MetaSchedule" and seconds is not None:
                 onnx_path = os.path.join(work_dir, "model.onnx")
                 onnx.save(onnx_model, onnx_path)
                 metaschedule_for(seconds, onnx_path, work_dir)
                 vm = tuned(onnx_model, target, 0, work_dir)   # what the database holds
+            else:
+                trials = args.trials if seconds is None else UNBOUNDED_TRIALS
+                vm = tuned(onnx_model, target, trials, work_dir, seconds, label != "MetaSchedule", measure)
             took = time.perf_counter() - start
+            count = measured(work_dir)
         data = tvm.runtime.tensor(x)
         out = vm["main"](data)
         out = out if hasattr(out, "numpy") else out[0]  # a model of several outputs: the first
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-3, atol=1e-3)
-        ms[label] = median_ms(lambda: vm["main"](data), args.repeat)
-        print(f"{label}: {ms[label]:.3f} ms (tuned and compiled in {took:.0f} s)", flush=True)
-    ort_ms = median_ms(lambda: session.run(None, {graph_input.name: x}), args.repeat)
-    print(f"{name} via TVM: Nestor {ms['Nestor']:.3f} ms, MetaSchedule {ms['MetaSchedule']:.3f} ms, "
-          f"ONNX Runtime {ort_ms:.3f} ms")
+        vms[label] = vm
+        rate = f", {count} candidates measured: {count / took * 60:.1f} a minute" if label != "MetaSchedule" else ""
+        print(f"{label}: tuned and compiled in {took:.0f} s{rate}", flush=True)
+    data = tvm.runtime.tensor(x)
+    nestor_s, ms_s, ort_s = interleaved_medians([lambda: vms["Nestor"]["main"](data),
+                                                 lambda: vms["MetaSchedule"]["main"](data),
+                                                 lambda: session.run(None, {graph_input.name: x})], args.repeat)
+    print(f"to ONNX Runtime: Nestor {nestor_s / ort_s:.2f}x, MetaSchedule {ms_s / ort_s:.2f}x "
+          f"(medians of {args.repeat} interleaved runs)")
+    print(f"{name} via TVM: Nestor {nestor_s * 1e3:.3f} ms, MetaSchedule {ms_s * 1e3:.3f} ms, "
+          f"ONNX Runtime {ort_s * 1e3:.3f} ms")
 
 
 if __name__ == "__main__":
