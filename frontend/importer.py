@@ -22,6 +22,7 @@ from .graph_passes import optimize_nodes
 from .layout import blocked_layout
 from .ops import NESTOR_DOMAIN, Alias, TensorInfo, UnsupportedOpError, lowering_for, make_context
 from .resize import expand_resizes
+from .conv_transpose import matmul_conv_transposes
 from .rnn import expand_recurrences
 
 # Ops never folded even with constant inputs: their result is not a function of the inputs.
@@ -108,6 +109,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
     outputs = [vi.name for vi in g.output]
     nodes = expand_recurrences(nodes, consts, types, outputs)
     if optimize:
+        nodes = matmul_conv_transposes(nodes, consts, types)
         nodes = optimize_nodes(nodes, consts, types, outputs)
         if blocked:
             nodes = blocked_layout(nodes, consts, types, outputs, winograd, machine)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import nestor
 from nestor import codegen
 from nestor.frontend.ops import UnsupportedOpError
 from nestor.ir import parse_kernel, print_kernel, verify
@@ -84,6 +85,19 @@ def test_conv_transpose(xs, ws, bias, attrs):
         None, inputs)[0]
     np.testing.assert_allclose(run_nestor_node(node("ConvTranspose", inputs, **attrs), inputs,
                                                opset=22)[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_transpose_painting_blocks_is_a_matmul(bias):
+    """Kernel = stride, constant weights, no pads: a MatMul and a block layout (frontend/
+    conv_transpose.py), against ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    x = {"X": rand(2, 3, 4, 5)}
+    consts = {"W": rand(3, 4, 2, 3, seed=1), **({"B": rand(4, seed=2)} if bias else {})}
+    model = single_node_model(node("ConvTranspose", ["X", *consts], strides=[2, 3]), x, consts, opset=17)
+    assert {"MatMul", "Transpose"} <= {n.op_type for n in nestor.import_onnx(model).nodes}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(nestor.compile(model).run(x)[0], want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("equation, shapes, dtype", [

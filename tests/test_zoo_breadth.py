@@ -74,6 +74,8 @@ def test_each_layer_is_a_tiled_projection_and_one_recurrence(builder):
     assert sum(calls for calls, _ in tasks["Recurrence"]) == 2
 
 
-def test_conv_transpose_is_a_tiled_task():
+def test_upsampling_conv_transposes_are_tiled_matmuls():
+    """unet's k = s = 2 ConvTransposes are MatMuls (frontend/conv_transpose.py) the sketch tiles."""
     tasks = _tasks_by_op(unet(**SMALL["unet"]))
-    assert [rules for _, rules in tasks["ConvTranspose"]] == [{"tiling"}, {"tiling"}]
+    assert "ConvTranspose" not in tasks
+    assert len(tasks["MatMul"]) >= 2 and all("tiling" in rules for _, rules in tasks["MatMul"])
