@@ -157,7 +157,8 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     scores = np.zeros(len(groups))
     for f in range(folds):
         train = fold != f
-        scores[~train] = _fit(x[train], seconds[train], groups[train], seed, base).predict_features(x[~train])
+        model = _fit(x[train], seconds[train], groups[train], seed, base)
+        scores[~train] = model.predict_features(x[~train], groups[~train])  # as search ranks a task's pool
     out = []
     for t in tasks:
         mine = groups == t

@@ -148,7 +148,7 @@ class Tuner:
         if not self._model_ready() or len(pool) <= self.batch:
             self.rng.shuffle(pool)
             return pool[:self.batch]
-        scores = self.model.predict([k for _, _, k in pool])
+        scores = self.model.predict([k for _, _, k in pool], self.task)  # with the task's own model
         ranked = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -scores[i])]
         explore = max(1, int(self.batch * EPSILON))
         chosen = ranked[:self.batch - explore]

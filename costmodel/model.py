@@ -10,7 +10,10 @@ hundred trees' worth of work on at most a few thousand rows: well under a second
 simpler and steadier than stacking trees on old ones. `save` writes the samples with the
 boosters, so a reloaded model keeps learning where it stopped, and `pretrain` seeds it from
 past records before a new task is tuned (TenSet's and MetaSchedule's pretrained models): they
-train a base whose scores the model's own trees start from (see CostModel). A file saved with
+train a base whose scores the model's own trees start from (see CostModel). Beside the shared
+model, each task with a few samples of its own gets a small model of its own, whose scores are
+added with weight TASK_WEIGHT when candidates of that task are ranked: the shared trees split on
+what sets kernels apart, a task's own trees on what orders its schedules. A file saved with
 other features (FORMAT, or the feature names) is refused with a CostModelError: its samples
 cannot be read as today's features.
 """
@@ -45,6 +48,10 @@ PARAMS = {
     "colsample_bytree": 0.5,
     "tree_method": "hist",
 }
+TASK_WEIGHT = 0.25     # of a task's own model's scores beside the shared model's
+TASK_MIN_SAMPLES = 4   # own samples a task needs before it gets a model of its own
+TASK_ROUNDS = 50
+TASK_PARAMS = {**PARAMS, "max_depth": 2, "subsample": 1.0}  # tens of samples: shallow, all of them
 _FEATURES_ID = hashlib.sha1("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 
 
@@ -76,6 +83,7 @@ class CostModel:
         self._pre = _no_samples()
         self._booster: xgb.Booster | None = None  # on the own samples, from the base's scores
         self._base: xgb.Booster | None = None     # on the pretraining samples
+        self._tasks: dict[str, xgb.Booster] = {}  # a task's own model, on its own samples only
 
     @property
     def trained(self) -> bool:
@@ -94,6 +102,7 @@ class CostModel:
         """`update` with the feature rows already computed (`features(kernels)`)."""
         self._own = _added(self._own, x, seconds, groups)
         self._booster = self._train(self._own, self._base) or self._booster
+        self._train_tasks(np.unique(np.asarray(groups, dtype=str)))
 
     def pretrain(self, samples: Iterable[tuple[Kernel, float, str]]) -> None:
         """Learn from past records: (kernel, seconds, group) triples; bad times are skipped."""
@@ -127,19 +136,27 @@ class CostModel:
         """The samples the model learns from, pretraining ones first: feature rows, seconds, groups."""
         return tuple(np.concatenate([a, b]) for a, b in zip(self._pre, self._own))
 
-    def predict(self, kernels: list[Kernel]) -> np.ndarray:
-        """A score per kernel, higher = predicted faster (comparable within one task only).
+    def predict(self, kernels: list[Kernel], group: str | None = None) -> np.ndarray:
+        """A score per kernel, higher = predicted faster (comparable within one task only);
+        `group`: the task they are candidates of, whose own model then adds its scores.
         Zeros before any training."""
         if not self.trained:
             return np.zeros(len(kernels))
-        return self.predict_features(features(kernels, self.machine))
+        return self.predict_features(features(kernels, self.machine), group)
 
-    def predict_features(self, x: np.ndarray) -> np.ndarray:
+    def predict_features(self, x: np.ndarray, groups=None) -> np.ndarray:
+        """`predict` with feature rows; `groups`: one task for all rows, or one per row."""
         if not self.trained:
             return np.zeros(len(x))
         if self._booster is None:  # pretrained only
             return self._base.predict(self._matrix(x, None)).astype(np.float64)
-        return self._booster.predict(self._matrix(x, self._base)).astype(np.float64)
+        scores = self._booster.predict(self._matrix(x, self._base)).astype(np.float64)
+        if groups is not None:
+            groups = np.broadcast_to(np.asarray(groups, dtype=str), (len(x),))
+            for group in set(groups) & self._tasks.keys():
+                mine = groups == group
+                scores[mine] += TASK_WEIGHT * self._tasks[group].predict(self._matrix(x[mine], None))
+        return scores
 
     # training
 
@@ -149,7 +166,20 @@ class CostModel:
             data.set_base_margin(base.predict(data, output_margin=True))  # (no margin set yet: base's own)
         return data
 
-    def _train(self, samples, base: xgb.Booster | None) -> xgb.Booster | None:
+    def _train_tasks(self, groups) -> None:
+        """Refit the own models of these tasks (those with TASK_MIN_SAMPLES own samples). The
+        dict is replaced, not changed: a copy of this model (model_quality's folds) keeps its own."""
+        tasks = dict(self._tasks)
+        for group in groups:
+            mine = self._own[2] == group
+            if mine.sum() >= TASK_MIN_SAMPLES:
+                booster = self._train(tuple(column[mine] for column in self._own), None, TASK_PARAMS, TASK_ROUNDS)
+                if booster is not None:
+                    tasks[group] = booster
+        self._tasks = tasks
+
+    def _train(self, samples, base: xgb.Booster | None, params: dict = PARAMS,
+               rounds: int | None = None) -> xgb.Booster | None:
         """A booster ranking `samples` within their groups, from `base`'s scores; None when
         no group has two different times (nothing to learn)."""
         x, seconds, groups = samples
@@ -164,8 +194,8 @@ class CostModel:
             return None
         data = self._matrix(x[order], base, label=labels)
         data.set_group(sizes)
-        params = {**PARAMS, "seed": self.seed, "nthread": self.nthread}
-        return xgb.train(params, data, num_boost_round=self.rounds)
+        params = {**params, "seed": self.seed, "nthread": self.nthread}
+        return xgb.train(params, data, num_boost_round=rounds or self.rounds)
 
     # persistence
 
@@ -216,6 +246,7 @@ class CostModel:
             if booster is not None and booster.num_features() != len(FEATURE_NAMES):
                 raise CostModelError(f"{path}: damaged cost model file (a booster of {booster.num_features()} "
                                      f"features, not {len(FEATURE_NAMES)})")
+        model._train_tasks(np.unique(model._own[2]))  # small and quick: refit, not saved
         return model
 
     def _unraw(self, raw: np.ndarray) -> xgb.Booster | None:

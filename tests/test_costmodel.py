@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, CostModel, kernel_features,
+from nestor.costmodel import (FEATURE_NAMES, STATEMENT_NAMES, CostModel, features, kernel_features,
                               pairwise_accuracy, sampled_top_k_recall, statement_features, top_k_recall)
 from nestor.ir import Store, walk_stmts
 from nestor.passes import ScheduleError, canonical_loops, default_schedule, parse_pipeline
@@ -330,6 +330,29 @@ def test_pretrained_model_ranks_an_unseen_task(tmp_path):
     again = CostModel.load(path)
     np.testing.assert_allclose(again.predict(kernels), model.predict(kernels), rtol=1e-6)
     assert again.samples == 140 and again.pretrain_features(x, secs, groups) == 0
+
+
+def test_a_task_with_its_own_samples_is_ranked_with_its_own_model(tmp_path):
+    """Two tasks whose schedules order oppositely: the shared model cannot serve both, the
+    task's own model (asked for with its group) can; reloaded, the model ranks the same."""
+    rng = random.Random(5)
+    kernels = random_matmul_schedules(_onnx("MatMul", {"A": [32, 48], "B": [48, 64]}, [32, 64]), rng, 60)
+    seconds = np.array([synthetic_seconds(k, rng) for k in kernels])
+    model = CostModel(seed=0)
+    model.update(kernels[:40], seconds[:40], ["a"] * 40)
+    model.update(kernels[:40], 1 / seconds[:40], ["b"] * 40)   # b: the slowest of a is its fastest
+    held = kernels[40:]
+    shared = pairwise_accuracy(model.predict(held), 1 / seconds[40:], ["b"] * 20)
+    own = pairwise_accuracy(model.predict(held, "b"), 1 / seconds[40:], ["b"] * 20)
+    assert own > shared + 0.1, (own, shared)
+    assert pairwise_accuracy(model.predict(held, "a"), seconds[40:], ["a"] * 20) > 0.5
+    np.testing.assert_array_equal(model.predict(held, "new"), model.predict(held))  # no own samples
+    x = features(held)
+    np.testing.assert_array_equal(model.predict_features(x, ["b"] * 10 + ["a"] * 10)[:10],
+                                  model.predict(held, "b")[:10])
+    model.save(str(tmp_path / "model.npz"))
+    np.testing.assert_allclose(CostModel.load(str(tmp_path / "model.npz")).predict(held, "b"),
+                               model.predict(held, "b"), rtol=1e-6)
 
 
 def test_pretraining_from_records_or_a_saved_model(tmp_path):

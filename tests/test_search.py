@@ -127,7 +127,7 @@ class TrainedModel:
     """A cost model that ranks by a fixed random score: the tuner fills whole pools."""
     trained = True
 
-    def predict(self, kernels):
+    def predict(self, kernels, group=None):
         return np.random.default_rng(len(kernels)).random(len(kernels))
 
     def update(self, *args):
