@@ -28,19 +28,19 @@ PARAMETERS = {"Affine": (1.0, 0.0), "LeakyRelu": (0.01, None), "ThresholdedRelu"
 
 def expand_recurrences(nodes: list[onnx.NodeProto], consts: dict, types: dict[str, TensorType],
                        outputs: list[str]) -> list[onnx.NodeProto]:
-    """`nodes` with every LSTM, GRU and RNN node replaced by its unrolled steps; new constants
-    go to `consts`, every new tensor's type to `types`."""
+    """`nodes` with every LSTM, GRU and RNN node replaced by its projection and recurrence; new
+    constants go to `consts`, every new tensor's type to `types`."""
     read = {i for n in nodes for i in n.input if i} | set(outputs)
     out = []
     for node in nodes:
         if node.op_type in DEFAULT_ACTIVATIONS and node.domain in ("", "ai.onnx"):
-            out.extend(_Unrolled(node, consts, types, read).nodes)
+            out.extend(_Split(node, consts, types, read).nodes)
         else:
             out.append(node)
     return out
 
 
-class _Unrolled:
+class _Split:
     """The nodes that compute one recurrent node, built in __init__."""
 
     def __init__(self, node, consts, types, read):

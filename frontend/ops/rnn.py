@@ -48,8 +48,8 @@ def activation(name: str, alpha: float, beta: float):
 
 @register_op("LSTM", "GRU", "RNN")
 def lower_recurrent(ctx: OpContext):
-    raise ctx.unsupported("reached the lowering without being unrolled (its input shapes must be "
-                          "static; the importer unrolls it)")
+    raise ctx.unsupported("reached the lowering whole (its input shapes must be static: the importer "
+                          "splits it into a projection and a recurrence)")
 
 
 @register_op(f"{NESTOR_DOMAIN}.Recurrence")
