@@ -45,6 +45,12 @@ class CompiledKernels:
 
     __getitem__ = get
 
+    def run(self, kernel: Kernel, inputs: list) -> list[np.ndarray]:
+        """Run `kernel`, built into this module under its name, as `run_kernel` does: many
+        kernels checked against one build pay one compile (and, on a GPU, one CUDA compile at
+        loading) instead of one each."""
+        return _call(lambda: self.get(kernel.name), kernel, inputs, self.target)
+
     def export(self, path: str) -> str:
         """Write a shared library (needs a C compiler now, only the TVM runtime to load)."""
         linker = cross_linker(self.target)
@@ -84,8 +90,17 @@ def build(kernels: list[Kernel], target=None) -> CompiledKernels:
     # Loop partitioning peels the guarded last tile of a non-dividing split off the main loop,
     # so the hot loop carries no condition.
     with tvm.transform.PassContext(config={"s_tir.LoopPartition": {"partition_const_loop": True}}):
-        exe = tvm.compile(tvm.IRModule(funcs), target=target)
+        exe = tvm.compile(tvm.IRModule(funcs), target=_with_light_host(target) if gpu else target)
     return CompiledKernels(exe.mod, list(funcs), target)
+
+
+def _with_light_host(target):
+    """A GPU target whose host code is optimized at LLVM's -O1: that code only checks the
+    arguments and launches the kernels, and LLVM's default -O3 spent most of a CUDA build on it
+    (the kernels themselves are CUDA source, compiled apart)."""
+    host = dict(target.host.export())
+    host.setdefault("opt-level", 1)
+    return tvm.target.Target(target, host=tvm.target.Target(host))
 
 
 # Compiled single kernels keyed by the kernel itself (structural equality): the op tests call
@@ -111,6 +126,12 @@ def run_kernel(kernel: Kernel, inputs: list, target=None) -> list[np.ndarray]:
     """Compile (cached), run on the target's device with zero-filled outputs (inputs copied
     there, outputs copied back), return the outputs as numpy."""
     target = as_target(target)
+    return _call(lambda: _compiled(kernel, target), kernel, inputs, target)
+
+
+def _call(function, kernel: Kernel, inputs: list, target) -> list[np.ndarray]:
+    """Check `inputs` against the kernel, then call `function()` (the compiled kernel, asked for
+    only once the inputs are right) on them and zero-filled outputs on the target's device."""
     if len(inputs) != len(kernel.inputs):
         raise ValueError(f"kernel {kernel.name} takes {len(kernel.inputs)} inputs, "
                          f"got {len(inputs)}")
@@ -124,5 +145,5 @@ def run_kernel(kernel: Kernel, inputs: list, target=None) -> list[np.ndarray]:
         # np.asarray(order="C"), not ascontiguousarray: the latter turns a 0-d array into 1-d
         args.append(tvm.runtime.tensor(np.asarray(arr, order="C").view(storage(buf.dtype)), dev))
     outs = [tvm.runtime.tensor(np.zeros(b.shape, storage(b.dtype)), dev) for b in kernel.outputs]
-    _compiled(kernel, target)(*args, *outs)
+    function()(*args, *outs)
     return [o.numpy().view(b.dtype) for o, b in zip(outs, kernel.outputs)]
