@@ -155,7 +155,9 @@ def main() -> None:
         out = out if hasattr(out, "numpy") else out[0]  # a model of several outputs: the first
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-3, atol=1e-3)
         vms[label] = vm
-        rate = f", {count} candidates measured: {count / took * 60:.1f} a minute" if label != "MetaSchedule" else ""
+        tuning_s = took if seconds is None else seconds   # with a budget, the tuning's share of `took`
+        rate = f", {count} candidates measured: {count / max(tuning_s, 1e-9) * 60:.1f} a minute of tuning" \
+            if label != "MetaSchedule" else ""
         print(f"{label}: tuned and compiled in {took:.0f} s{rate}", flush=True)
     data = tvm.runtime.tensor(x)
     nestor_s, ms_s, ort_s = interleaved_medians([lambda: vms["Nestor"]["main"](data),
