@@ -28,7 +28,32 @@ def test_compare_records_times_two_tuning_runs_side_by_side(tmp_path):
     assert "geomean B/A:" in done.stdout.splitlines()[-1]
 
 
-def _run(*args) -> str:
+def _run(script, *args) -> str:
+    """`script`'s stdout, run in this process from examples/: a fresh interpreter would import
+    Nestor, TVM and ONNX Runtime again (seconds on a busy 2-core machine)."""
+    import contextlib
+    import io
+    import os
+    import runpy
+    out, argv, path, cwd = io.StringIO(), sys.argv, list(sys.path), os.getcwd()
+    sys.argv = [str(script), *map(str, args)]
+    sys.path.insert(0, str(EXAMPLES))   # as for a script: it imports its siblings
+    os.chdir(EXAMPLES)
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            pytest.fail(f"{script} exited with {done.code}")
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        os.chdir(cwd)
+    return out.getvalue()
+
+
+def _run_apart(*args) -> str:
+    """`_run` in a child interpreter, for scripts that change TVM's global state (nestor.tvm.install)
+    or serve RPC."""
     done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600,
                           cwd=EXAMPLES)
     assert done.returncode == 0, done.stderr
@@ -86,18 +111,21 @@ def test_costmodel_quality_reports_held_out_ranking_accuracy(tmp_path):
 
 
 def test_bench_kernels_tunes_a_kernel_with_both_tuners():
+    """In this process (as every `_run`), MetaSchedule's first tuning context does not import TVM's
+    tensor intrinsics again (tens of seconds on a busy 2-core machine): other tests did."""
     out = _run(EXAMPLES / "bench_kernels.py", "--kernels", "softmax", "--trials", "4", "--repeat", "2")
     assert out.splitlines()[-1].startswith("geomean speedup vs MetaSchedule: ")
 
 
-def test_readme_main_command_tunes_compiles_and_times_beside_onnx_runtime(tmp_path):
-    """README's first command, with a small model and a few seconds of tuning."""
-    done = subprocess.run([sys.executable, "-m", "nestor.cli", "bench", "models", "--models", "squeezenet",
-                           "--time-budget", "5s"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith("squeezenet"))
+def test_readme_main_command_tunes_compiles_and_times_beside_onnx_runtime(tmp_path, monkeypatch, capsys):
+    """README's first command, with a small model and a few seconds of tuning (in this process)."""
+    from nestor.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "models", "--models", "squeezenet", "--time-budget", "5s"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("squeezenet"))
     assert float(row.split()[1]) >= 5  # tuned for the budget before compiling
-    assert done.stdout.splitlines()[-1].startswith("geomean latency ratio vs ONNX Runtime: ")
+    assert out.splitlines()[-1].startswith("geomean latency ratio vs ONNX Runtime: ")
 
 
 def _tiny_onnx(tmp_path) -> Path:
@@ -111,21 +139,21 @@ def _tiny_onnx(tmp_path) -> Path:
 
 def test_tvm_plugin_compiles_a_model_both_ways_beside_onnx_runtime(tmp_path):
     """Untuned (--trials 0: MetaSchedule's workers take minutes to start on CI); the slow tests tune."""
-    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "0", "--repeat", "2")
+    out = _run_apart(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "0", "--repeat", "2")
     assert re.search(r"via TVM: Nestor [\d.]+ ms, MetaSchedule [\d.]+ ms, ONNX Runtime [\d.]+ ms$",
                      out.splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_tvm_plugin_tunes_with_both(tmp_path):
-    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "3", "--repeat", "2")
+    out = _run_apart(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--trials", "3", "--repeat", "2")
     assert "via TVM: Nestor " in out.splitlines()[-1]
 
 
 @pytest.mark.slow
 def test_ms_cost_model_tunes_a_kernel_with_both_rankings():
     """MetaSchedule's workers take minutes to start on a busy machine: slow."""
-    out = _run(EXAMPLES / "ms_cost_model.py", "--kernels", "layernorm", "--trials", "4", "--repeat", "2")
+    out = _run_apart(EXAMPLES / "ms_cost_model.py", "--kernels", "layernorm", "--trials", "4", "--repeat", "2")
     rows = [line.split() for line in out.splitlines() if line.startswith("layernorm")]
     assert rows and len(rows[-1]) == 6 and all(float(x) > 0 for x in rows[-1][1:]), out
     assert out.splitlines()[-1].startswith("geomean speedup of Nestor's cost model over XGBModel: ")
@@ -134,7 +162,8 @@ def test_ms_cost_model_tunes_a_kernel_with_both_rankings():
 @pytest.mark.slow
 def test_tvm_plugin_gives_each_side_the_time_budget(tmp_path):
     """MetaSchedule, stopped in a child process when its time is up, compiles what it measured."""
-    out = _run(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--time-budget", "60s", "--repeat", "2")
+    out = _run_apart(EXAMPLES / "tvm_plugin.py", "--onnx", _tiny_onnx(tmp_path), "--time-budget", "60s",
+                     "--repeat", "2")
     took = [int(t) for t in re.findall(r"tuned and compiled in (\d+) s", out)]
     assert len(took) == 2 and took[0] >= 60, out   # MetaSchedule's trials outlast any budget
     assert "via TVM: Nestor " in out.splitlines()[-1]
@@ -234,7 +263,7 @@ def test_rpc_throughput_measures_candidates_through_a_tracker(tmp_path):
     loopback = Loopback(str(tmp_path))
     try:
         loopback.serve("one", 1)
-        out = _run(EXAMPLES / "rpc_throughput.py", "--tracker", loopback.address, "--keys", "one",
+        out = _run_apart(EXAMPLES / "rpc_throughput.py", "--tracker", loopback.address, "--keys", "one",
                    "--candidates", "2", "--number", "2")
     finally:
         loopback.close()
