@@ -57,14 +57,18 @@ def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measu
     """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy, its
     database (Nestor's records in work_dir) and its builder and runner (`measure="tvm"`:
     MetaSchedule's LocalBuilder and LocalRunner). MetaSchedule's design spaces stay: Nestor
-    ignores them, and a task it cannot import is searched in them by MetaSchedule's own search.
+    ignores them, and a task it cannot import is searched in them by MetaSchedule's own search
+    (with MetaSchedule's random cost model: its XGBModel would be retrained on every batch).
     `time_budget` (seconds from now) ends the tuning however many trials are left; it also makes
     the batches small, so that MetaSchedule's first round, one batch per task, reaches every task
     early in the budget. The builder's and runner's processes stop with the tuning's last
     reference to them, or with `close_measurement(args)`."""
     deadline = _deadline(time_budget)
+    # MetaSchedule's cost model ranks nothing of Nestor's search (only a task Nestor cannot import,
+    # searched by MetaSchedule's): its XGBModel, retrained after every batch (10 s and more on a
+    # busy 2-core machine), would hold up the tuning for nothing.
     args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=deadline),
-            "database": NestorDatabase(work_dir), **_measurement(measure, deadline)}
+            "database": NestorDatabase(work_dir), "cost_model": "random", **_measurement(measure, deadline)}
     if time_budget is not None:
         args["num_trials_per_iter"] = TIMED_BATCH
     return args
