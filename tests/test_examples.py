@@ -20,12 +20,10 @@ def test_compare_records_times_two_tuning_runs_side_by_side(tmp_path):
     graph = nestor.import_onnx(SUITE["layernorm"].onnx_model())
     Records(a).close()  # A: untuned (an empty database; a missing one is an error)
     tune_graph(graph, Budget(trials=4), records_path=b, show_progress=False)
-    done = subprocess.run([sys.executable, str(EXAMPLES / "compare_records.py"), a, b, "--kernels", "layernorm",
-                           "--repeat", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith("layernorm"))
+    out = _run(EXAMPLES / "compare_records.py", a, b, "--kernels", "layernorm", "--repeat", "2")
+    row = next(line for line in out.splitlines() if line.startswith("layernorm"))
     assert len(row.split()) == 7 and all(float(x) > 0 for x in row.split()[1:])
-    assert "geomean B/A:" in done.stdout.splitlines()[-1]
+    assert "geomean B/A:" in out.splitlines()[-1]
 
 
 def _run(script, *args) -> str:
