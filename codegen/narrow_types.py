@@ -42,6 +42,16 @@ def _format(dtype: str) -> _Format:
                    _SPECIALS[dtype])
 
 
+def _bound(value, dtype: str, body):
+    """body(v) with `value` bound to v once (a Let): the formats' bit arithmetic reads its value
+    many times, and nested copies of a whole expression (quantize, round, encode) grew into a
+    tree that TVM's simplifier took minutes over."""
+    if isinstance(value, (tirx.Var, tirx.IntImm, tirx.FloatImm)):
+        return body(value)
+    var = tirx.Var("v", dtype)
+    return tirx.Let(var, value, body(var))
+
+
 def value_dtype(dtype: str) -> str:
     """The TVM type that holds a value of `dtype` in a register."""
     return "float32" if dtype in NARROW_FLOATS else storage(dtype)
@@ -50,7 +60,7 @@ def value_dtype(dtype: str) -> str:
 def loaded(value, dtype: str):
     """A value loaded from memory holding `dtype` (its storage bits), as computed."""
     if dtype in NARROW_FLOATS:
-        return _decode(value, _format(dtype))
+        return _bound(value, storage(dtype), lambda v: _decode(v, _format(dtype)))
     if dtype in STORAGE and not dtype.startswith("u"):
         return narrowed(value, dtype)
     return value
@@ -60,7 +70,8 @@ def stored(value, dtype: str):
     """A computed value of `dtype` as memory holds it."""
     if dtype in NARROW_FLOATS:  # rounded, should arithmetic have left more bits; infinity kept
         f = _format(dtype)
-        return _encode(tirx.Select(tirx.isinf(value), value, _rounded(value, f)), f)
+        return _bound(value, "float32", lambda v: _bound(tirx.Select(tirx.isinf(v), v, _rounded(v, f)),
+                                                         "float32", lambda r: _encode(r, f)))
     if dtype in STORAGE:
         return tirx.bitwise_and(value, _u(dtype, (1 << bits(dtype)) - 1))
     return value
@@ -70,7 +81,7 @@ def narrowed(value, dtype: str):
     """`value` (already of value_dtype(dtype)) cut to what `dtype` holds: a sub-byte integer's
     low bits, sign-extended when signed; a narrow float rounded and saturated."""
     if dtype in NARROW_FLOATS:
-        return _rounded(value, _format(dtype))
+        return _bound(value, "float32", lambda v: _rounded(v, _format(dtype)))
     if dtype not in STORAGE:
         return value
     if dtype.startswith("u"):

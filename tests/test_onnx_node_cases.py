@@ -24,10 +24,7 @@ def cases_by_op():
     return by_op
 
 
-SLOW = {"Cast"}   # ~100 s: every dtype pair compiled; tests/test_ops_elementwise.py covers Cast's dtypes
-
-
-@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow) if op in SLOW else op for op in OPS])
+@pytest.mark.parametrize("op", OPS)
 def test_op_passes_its_onnx_node_cases(op, cases_by_op):
     results = [run_case(c) for c in cases_by_op.get(op, [])]
     failures = [f"{r.name}: {r.detail}" for r in results if r.status == "fail"]
