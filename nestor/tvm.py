@@ -76,11 +76,15 @@ def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measu
 
 def _measurement(measure: str, deadline: float | None = None) -> dict:
     """The builder and runner arguments of `measure`, whose builds and runs stop at `deadline`."""
-    if measure == "nestor":
-        return measurement(deadline=deadline)
+    _check_choice("measure", measure, _MEASURES)
     if measure == "tvm":  # LocalBuilder's default timeout is shorter than its first import of TVM's intrinsics
         return {"builder": ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT), "runner": ms.runner.LocalRunner()}
-    raise NestorError(f"nestor.tvm: measure must be one of {', '.join(_MEASURES)}, not {measure!r}")
+    return measurement(deadline=deadline)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NestorError(f"nestor.tvm: {name} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _deadline(time_budget: float | None) -> float | None:
@@ -117,10 +121,8 @@ def install(time_budget: float | None = None, search: str = "nestor", measure: s
     Undone by `uninstall`."""
     global _options
     _deadline(time_budget)  # a bad budget fails here, not in the middle of a pipeline
-    if search not in _SEARCHES:
-        raise NestorError(f"nestor.tvm: search must be one of {', '.join(_SEARCHES)}, not {search!r}")
-    if measure not in _MEASURES:
-        raise NestorError(f"nestor.tvm: measure must be one of {', '.join(_MEASURES)}, not {measure!r}")
+    _check_choice("search", search, _SEARCHES)
+    _check_choice("measure", measure, _MEASURES)
     if search == "metaschedule" and time_budget is not None:
         raise NestorError("nestor.tvm: a time budget bounds Nestor's search only (search='nestor')")
     _options = {**options, "time_budget": time_budget, "search": search, "measure": measure}

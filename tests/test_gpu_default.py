@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nestor
+from nestor.autotune.measure import random_array
 from nestor.codegen import build, cuda_target, machine_params, run_kernel
 from nestor.ir import (Allocate, For, Kernel, Seq, Store, parse_kernel, print_expr, print_kernel, structural_hash,
                        verify, walk_stmts)
@@ -53,13 +54,7 @@ def marked(names, fast=FAST):
 
 def random_inputs(kernel, seed=0):
     rng = np.random.default_rng(seed)
-    arrays = []
-    for b in kernel.inputs:
-        kind = np.dtype(b.dtype).kind
-        a = (rng.standard_normal(b.shape) if kind == "f" else rng.random(b.shape) < 0.5 if kind == "b"
-             else rng.integers(0, 2, b.shape))  # in bounds for an index into any axis of 2 or more
-        arrays.append(np.asarray(a).astype(b.dtype))
-    return arrays
+    return [random_array(b.shape, b.dtype, rng) for b in kernel.inputs]
 
 
 def assert_on_threads(kernel):
