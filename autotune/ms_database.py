@@ -19,7 +19,7 @@ from tvm.s_tir import SBlock, SBlockRealize, Schedule
 from tvm.s_tir import meta_schedule as ms
 
 from ..codegen import machine_params, to_primfunc
-from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
+from ..codegen.tir_import import TIRImportError, identifier, kernel_from_primfunc
 from ..ir import canonical, structural_hash
 from ..passes import Schedule as NestorSchedule
 from ..passes import canonical_loops, default_schedule
@@ -50,9 +50,9 @@ def lowered(kernel, workload: tirx.PrimFunc, schedule: NestorSchedule | None = N
 
 def workload_order(kernel, workload: tirx.PrimFunc) -> list[int]:
     """Where each of the workload's params is among the kernel's (inputs, then outputs: the
-    importer's order), matched by name; the importer keeps the params' names."""
+    importer's order), matched by name; the importer keeps the params' names, made identifiers."""
     names = [b.name for b in kernel.params]
-    order = [names.index(p.name) if p.name in names else -1 for p in workload.params]
+    order = [names.index(identifier(p.name)) if identifier(p.name) in names else -1 for p in workload.params]
     want = [(tuple(int(d) for d in p.shape), canonical(str(p.dtype))) for p in workload.params]
     got = [(tuple(kernel.params[i].shape), kernel.params[i].dtype) for i in order if i >= 0]
     if sorted(order) != list(range(len(names))) or want != got:

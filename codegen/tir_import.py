@@ -46,11 +46,12 @@ def kernel_from_primfunc(func: tirx.PrimFunc, name: str | None = None) -> Kernel
     """The PrimFunc as a Nestor kernel named `name` (default: its global symbol, else 'main');
     raises TIRImportError naming the block of a construct it cannot express."""
     name = name or str((func.attrs or {}).get("global_symbol", "main"))
-    return _Importer(func, _identifier(name)).kernel()
+    return _Importer(func, identifier(name)).kernel()
 
 
-def _identifier(name: str) -> str:
-    """A name the IR's text form accepts."""
+def identifier(name: str) -> str:
+    """A name the IR's text form accepts (a parameter's, such as ONNX's 'gpu_0/data_0', becomes
+    the kernel buffer's name this way)."""
     name = re.sub(r"\W", "_", name)
     return name if re.match(r"[A-Za-z_]", name) else "_" + name
 
@@ -86,7 +87,7 @@ class _Importer:
         raise TIRImportError(f"cannot import {self.name}, block {self.block!r}: {reason}")
 
     def fresh(self, base: str) -> str:
-        base = _identifier(base)
+        base = identifier(base)
         name, n = base, 0
         while name in self.used:
             n += 1

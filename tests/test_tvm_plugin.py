@@ -155,10 +155,11 @@ def test_a_task_nestor_cannot_import_is_searched_by_metaschedule(tmp_path):
     assert sch is None or nestor.tvm.MARK not in (sch.mod["main"].attrs or {})
 
 
-def test_nestors_primfunc_takes_the_workloads_arguments_even_with_the_output_first():
+@pytest.mark.parametrize("name", ["A", "gpu_0/data_0"])   # (ResNet-50's ONNX input: no identifier)
+def test_nestors_primfunc_takes_the_workloads_arguments_even_with_the_output_first(name):
     from nestor.autotune.ms_database import lowered
     from nestor.codegen.tir_import import kernel_from_primfunc
-    a, b = te.placeholder((3, 4), name="A"), te.placeholder((4,), name="B")
+    a, b = te.placeholder((3, 4), name=name), te.placeholder((4,), name="B")
     c = te.compute((3, 4), lambda i, j: a[i, j] * 2.0 - b[j], name="C")
     workload = te.create_prim_func([c, a, b])  # the importer's kernel: A, B -> C
     exe = tvm.compile(lowered(kernel_from_primfunc(workload), workload), host_target())
