@@ -4,7 +4,8 @@ and Nestor's default schedule in place of those no tuning reached.
 MetaSchedule's own MetaScheduleApplyDatabase replays a record's trace on the workload, and a
 Nestor record has none (ms_database.py): this pass asks the database for the module instead
 (`query_ir_module`, which NestorDatabase answers from Nestor's records), and takes it only where
-it is Nestor's. The new PrimFunc keeps the original's attributes and is marked scheduled, so
+it is Nestor's; a weight stage of its kernel then runs once, here, where the weight is a constant
+(ms_constants.py). The new PrimFunc keeps the original's attributes and is marked scheduled, so
 MetaSchedule's pass (and DLight) leave it alone after; the functions it does not replace are left
 to them.
 """
@@ -16,6 +17,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
+from .ms_constants import fold_constant_stages
 from .ms_database import MARK, NestorKernels, records_path
 
 
@@ -34,6 +36,7 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
         kernels = None if db is not None else NestorKernels(records_path(work_dir) if tuned else None)
         searched = None if db is not None else _metaschedules_records(work_dir)
         out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+        workloads = {}   # name -> the PrimFunc a Nestor kernel replaced
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
@@ -48,7 +51,8 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
                 found = found["main"] if found is not None else None
             if found is not None and found.attrs and MARK in found.attrs:
                 out[gv] = _in_place_of(found, func)
-        return out
+                workloads[gv.name_hint] = func
+        return fold_constant_stages(out, set(workloads), workloads, target)
     return run
 
 

@@ -35,13 +35,14 @@ def records_path(work_dir: str) -> str:
     return os.path.join(work_dir, RECORDS_FILE)
 
 
-def lowered(kernel, workload: tirx.PrimFunc, schedule: NestorSchedule | None = None) -> tirx.PrimFunc:
+def lowered(kernel, workload: tirx.PrimFunc | None, schedule: NestorSchedule | None = None) -> tirx.PrimFunc:
     """A scheduled kernel as a PrimFunc that takes the workload's arguments (MetaSchedule's
-    runner and Relax's call_tir pass them in the workload's order), marked as Nestor's. Its
-    loops sit in a root block, as a scheduled TIR function's do: Relax's passes after tuning
-    (RewriteDataflowReshape's pattern check) refuse a function without one."""
+    runner and Relax's call_tir pass them in the workload's order), or without a workload the
+    kernel's own (inputs, then outputs), marked as Nestor's. Its loops sit in a root block, as a
+    scheduled TIR function's do: Relax's passes after tuning (RewriteDataflowReshape's pattern
+    check) refuse a function without one."""
     func = to_primfunc(kernel)
-    params = [func.params[i] for i in workload_order(kernel, workload)]
+    params = func.params if workload is None else [func.params[i] for i in workload_order(kernel, workload)]
     func = tirx.PrimFunc(params, SBlockRealize([], True, SBlock([], [], [], "root", func.body)), func.ret_type,
                          func.attrs)
     func = func.with_attr("global_symbol", "main").with_attr(MARK, "" if schedule is None else schedule.to_json())

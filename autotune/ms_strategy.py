@@ -21,6 +21,7 @@ from ..codegen import machine_params
 from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
 from ..costmodel import CostModel
 from .measure import MeasureResult
+from .ms_constants import hoisted
 from .ms_database import lowered, records_path, workload_order
 from .records import Records
 from .search import Tuner
@@ -32,15 +33,19 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
     """The strategy of each task (MetaSchedule clones it per task: the clones share the cost
     model and the records file). `work_dir` (or `records`) locates Nestor's records; pair it
     with NestorDatabase of the same work_dir, which compiles what they hold. Past `deadline` (a
-    time.monotonic() value) no task is given more candidates."""
+    time.monotonic() value) no task is given more candidates. `constant_args`: task name -> the
+    positions of its workload's arguments that are constants at every call
+    (ms_constants.constant_arguments); its candidates are timed without the stages compiling folds."""
 
     def __init__(self, work_dir: str | None = None, records: str | None = None, model: CostModel | None = None,
-                 seed: int = 0, deadline: float | None = None):
+                 seed: int = 0, deadline: float | None = None, constant_args: dict | None = None):
         super().__init__()
         if records is None and work_dir is None:
             raise ValueError("NestorSearch needs a work_dir or a records path")
         self.records_path = records or records_path(work_dir)
         self.work_dir, self.seed, self.deadline = work_dir, seed, deadline
+        self.constant_args = constant_args or {}   # task name -> its workload's arguments that are constants
+        self.constants: frozenset[int] = frozenset()
         self.model = model
         self.tuner: Tuner | None = None
         self.fallback = None     # MetaSchedule's search, for a workload Nestor cannot import
@@ -61,6 +66,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         if self.model is None:
             self.model = CostModel(seed=self.seed, machine=machine)
         self.workload = workload
+        self.constants = self.constant_args.get(context.task_name, frozenset())
         self.tuner = Tuner(kernel, None, Records(self.records_path), self.model, target_key(context.target), machine,
                            seed=self.seed)
 
@@ -88,7 +94,10 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         return [self._candidate(schedule, kernel) for _, schedule, kernel in self.pending]
 
     def _candidate(self, schedule, kernel) -> ms.MeasureCandidate:
-        func = lowered(kernel, self.workload, schedule)
+        """The candidate as MetaSchedule measures it: without the stages that compiling folds
+        (ms_constants.py), which take the folded constants as arguments."""
+        main, stages, _ = hoisted(kernel, self.workload, self.constants) if self.constants else (kernel, [], None)
+        func = lowered(main, None, schedule) if stages else lowered(kernel, self.workload, schedule)
         return ms.MeasureCandidate(Schedule(func), ms.arg_info.ArgInfo.from_prim_func(func))
 
     def notify_runner_results(self, measure_candidates, results) -> None:
@@ -98,7 +107,8 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         self.pending = []
 
     def clone(self):
-        return NestorSearch(self.work_dir, self.records_path, self.model, self.seed, self.deadline)
+        return NestorSearch(self.work_dir, self.records_path, self.model, self.seed, self.deadline,
+                            self.constant_args)
 
 
 def runner_result(r) -> MeasureResult:

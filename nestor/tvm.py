@@ -35,6 +35,7 @@ from tvm.s_tir.meta_schedule.relax_integration import _tune_relax as _ms_tune_re
 
 from .autotune.measure import BUILD_TIMEOUT
 from .autotune.ms_apply import apply_nestor
+from .autotune.ms_constants import constant_arguments
 from .autotune.ms_cost_model import NestorCostModel
 from .autotune.ms_database import MARK, NestorDatabase
 from .autotune.ms_measure import close_measurement, measurement
@@ -53,7 +54,8 @@ _MEASURES = ("nestor", "tvm")            # whose builder and runner measure them
 TIMED_BATCH = 16               # candidates per batch under a time budget (MetaSchedule's default: 64)
 
 
-def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measure: str = "nestor") -> dict:
+def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measure: str = "nestor",
+           constant_args: dict | None = None) -> dict:
     """The arguments that make `ms.tune_tir` / `tune_relax` tune with Nestor: its strategy, its
     database (Nestor's records in work_dir) and its builder and runner (`measure="tvm"`:
     MetaSchedule's LocalBuilder and LocalRunner). MetaSchedule's design spaces stay: Nestor
@@ -62,12 +64,14 @@ def tuning(work_dir: str, seed: int = 0, time_budget: float | None = None, measu
     `time_budget` (seconds from now) ends the tuning however many trials are left; it also makes
     the batches small, so that MetaSchedule's first round, one batch per task, reaches every task
     early in the budget. The builder's and runner's processes stop with the tuning's last
-    reference to them, or with `close_measurement(args)`."""
+    reference to them, or with `close_measurement(args)`. `constant_args` (the Relax tuning's
+    own, from its module): task name -> which of its arguments are constants, whose weight
+    stages compiling folds and measuring leaves out."""
     deadline = _deadline(time_budget)
     # MetaSchedule's cost model ranks nothing of Nestor's search (only a task Nestor cannot import,
     # searched by MetaSchedule's): its XGBModel, retrained after every batch (10 s and more on a
     # busy 2-core machine), would hold up the tuning for nothing.
-    args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=deadline),
+    args = {"strategy": NestorSearch(work_dir, seed=seed, deadline=deadline, constant_args=constant_args),
             "database": NestorDatabase(work_dir), "cost_model": "random", **_measurement(measure, deadline)}
     if time_budget is not None:
         args["num_trials_per_iter"] = TIMED_BATCH
@@ -158,7 +162,7 @@ def _tune_relax(mod, params, target, work_dir, max_trials_global, max_trials_per
         nestor_args = {"cost_model": options.pop("cost_model", None) or cost_model(seed=seed),
                        **_measurement(measure)}
     else:
-        nestor_args = tuning(work_dir, seed, time_budget, measure)
+        nestor_args = tuning(work_dir, seed, time_budget, measure, constant_arguments(mod))
     try:
         ms.relax_integration.tune_relax(
             mod, params, target, work_dir, int(max_trials_global),

@@ -167,3 +167,29 @@ def test_nestors_primfunc_takes_the_workloads_arguments_even_with_the_output_fir
     out = tvm.runtime.tensor(np.zeros((3, 4), "float32"))
     exe["main"](out, tvm.runtime.tensor(x), tvm.runtime.tensor(y))
     np.testing.assert_allclose(out.numpy(), x * 2 - y, rtol=1e-6)
+
+
+def test_a_weight_stage_of_nestors_kernel_runs_once_at_compile_time(model):
+    """A Nestor kernel that packs its weight, called with a Relax constant: compiling runs the
+    pack on the constant, and the kernel left takes the packed weight (same results)."""
+    from nestor.autotune.ms_apply import _in_place_of
+    from nestor.autotune.ms_constants import fold_constant_stages
+    from nestor.autotune.ms_database import lowered
+    from nestor.codegen.tir_import import kernel_from_primfunc
+    from nestor.passes import Schedule, canonical_loops
+    onnx_model, x, want = model
+    target = host_target()
+    with target:
+        mod = relax.get_pipeline("zero")(_relax(onnx_model))
+    name = next(gv.name_hint for gv in mod.functions if "conv" in gv.name_hint)
+    workload = mod[name]
+    kernel = canonical_loops(kernel_from_primfunc(workload))
+    weight = kernel.inputs[1]
+    pack = Schedule.from_json(f'[{{"pass": "pack", "params": {{"buffer": "{weight.name}", "dim": 0, "factor": 2, '
+                              f'"order": [0, 2, 3, 4, 1]}}}}]')
+    mod[mod.get_global_var(name)] = _in_place_of(lowered(pack.apply(kernel), workload, pack), workload)
+    folded = fold_constant_stages(mod, {name}, {name: workload}, target)
+    assert name not in [gv.name_hint for gv in folded.functions]
+    packed = folded[f"{name}_weights_folded"]
+    assert [tuple(int(d) for d in p.shape) for p in packed.params][1] == (2, 3, 3, 3, 2)   # no weight, its packed form
+    _check_runs(tvm.compile(folded, target), x, want)
