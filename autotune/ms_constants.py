@@ -18,11 +18,10 @@ from tvm.relax import PyExprMutator, expr_functor
 
 from ..codegen import host_target, machine_params, run_kernel
 from ..codegen.constant_stages import ConstantStage, hoist_constant_stages
-from ..codegen.tir_import import kernel_from_primfunc
 from ..ir import Kernel
 from ..passes import Schedule as NestorSchedule
 from ..passes import canonical_loops, default_schedule
-from .ms_database import MARK, lowered, workload_order
+from .ms_database import MARK, imported, lowered, workload_order
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -66,10 +65,10 @@ def fold_constant_stages(mod: tvm.IRModule, names: set[str], workloads: dict[str
         if not constants.get(name):
             continue
         func, workload = mod[name], workloads[name]
-        imported = kernel_from_primfunc(workload)
-        main, stages, kept = hoisted(_scheduled(func, imported, target), workload, constants[name])
+        kernel = imported(workload)
+        main, stages, kept = hoisted(_scheduled(func, kernel, target), workload, constants[name])
         if stages:
-            order = workload_order(imported, workload)
+            order = workload_order(kernel, workload)
             arg_of = {order[j]: j for j in range(len(order))}   # kernel input -> call argument
             plans[name] = _Plan(_renamed(lowered(main, None, _schedule_of(func)), func, f"{name}_weights_folded"),
                                 stages, [arg_of[i] for i in kept], arg_of)

@@ -22,12 +22,19 @@ from ..codegen import machine_params, to_primfunc
 from ..codegen.tir_import import TIRImportError, identifier, kernel_from_primfunc
 from ..ir import canonical, structural_hash
 from ..passes import Schedule as NestorSchedule
-from ..passes import canonical_loops, default_schedule
+from ..passes import canonical_loops, default_schedule, inline_copies
 from .records import Records
 from .tune import target_key
 
 RECORDS_FILE = "nestor_records.sqlite"   # Nestor's records inside a MetaSchedule work_dir
 MARK = "nestor.schedule"                 # attribute of a PrimFunc Nestor scheduled: its steps
+
+
+def imported(workload: tirx.PrimFunc, name: str | None = None):
+    """The workload as the Nestor kernel tuned and compiled in its place: imported
+    (codegen.tir_import, TIRImportError where it cannot be), the copies TVM's fusion
+    materializes inlined (passes.inline_copies)."""
+    return inline_copies(kernel_from_primfunc(workload, name))
 
 
 def records_path(work_dir: str) -> str:
@@ -112,7 +119,7 @@ def _imported(mod: tvm.IRModule):
     if not isinstance(func, tirx.PrimFunc) or (func.attrs and MARK in func.attrs):
         return func, None
     try:
-        return func, kernel_from_primfunc(func)
+        return func, imported(func)
     except TIRImportError:
         return func, None
 

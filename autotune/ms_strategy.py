@@ -18,11 +18,11 @@ from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 
 from ..codegen import machine_params
-from ..codegen.tir_import import TIRImportError, kernel_from_primfunc
+from ..codegen.tir_import import TIRImportError
 from ..costmodel import CostModel
 from .measure import MeasureResult
 from .ms_constants import hoisted
-from .ms_database import lowered, records_path, workload_order
+from .ms_database import imported, lowered, records_path, workload_order
 from .records import Records
 from .search import Tuner
 from .tune import target_key
@@ -55,7 +55,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
     def _initialize_with_tune_context(self, context) -> None:
         workload = context.mod["main"]
         try:
-            kernel = kernel_from_primfunc(workload, context.task_name)
+            kernel = imported(workload, context.task_name)
             workload_order(kernel, workload)  # its params can be passed as the workload's
         except TIRImportError as err:
             warnings.warn(f"Nestor cannot import task {context.task_name} ({err}); MetaSchedule searches it")

@@ -3,7 +3,7 @@ from .default import default_schedule, DefaultNest
 from .base import Made, Pass, ScheduleError
 from .loops import Split, Tile, Reorder, Fuse, Distribute
 from .cache import CacheWrite, CacheRead
-from .stages import ComputeAt, Inline
+from .stages import ComputeAt, Inline, inline_copies
 from .layout import Pack
 from .rfactor import Rfactor
 from .merge import Merge

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Const, For, If, Kernel, Load, Seq, Stmt, Store, Var, loads, seq, substitute, walk_stmts
+from ..ir import Allocate, Buffer, Call, Const, For, If, Kernel, Load, Seq, Stmt, Store, Var, loads, seq, substitute, walk_stmts
 from ..ir.visit import rewrite_stmt, stmt_exprs, walk
-from .base import (Pass, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites,
+from .base import (Pass, ScheduleError, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites,
                    replace_loop)
 from .region import inner_extents, local_index, region_of
 
@@ -206,3 +206,42 @@ class Inline(Pass):
     def schedule_space(cls, kernel: Kernel) -> list[Pass]:
         return cls.legal(kernel, [cls(s.buffer.name) for s in walk_stmts(kernel.body)
                                   if isinstance(s, Allocate)])
+
+
+def inline_copies(kernel: Kernel) -> Kernel:
+    """`kernel` with every intermediate inlined whose producer is one elementwise store and whose
+    elements are each read once in all, or twice where the store computes no function call:
+    the copies, broadcasts and stacks a TVM-fused PrimFunc materializes between its real work
+    (ResNet-50's residual Sum as broadcast_to, stack and a sum over the stack: three passes over
+    memory where one is needed). A stage read many times over (a convolution's padding) or an
+    exp read twice (a softmax's) stays a stage."""
+    while True:
+        for alloc in [s for s in walk_stmts(kernel.body) if isinstance(s, Allocate) and s.buffer.scope == "global"]:
+            name, size = alloc.buffer.name, 1
+            for d in alloc.buffer.shape:
+                size *= d
+            stores = [s for s in walk_stmts(alloc.body) if isinstance(s, Store) and s.buffer.name == name]
+            calls = any(isinstance(e, Call) for st in stores for e in walk(st.value))
+            if _reads(alloc.body, name) > (1 if calls else 2) * size:
+                continue
+            try:
+                kernel = Inline(name).apply(kernel)
+                break
+            except ScheduleError:
+                continue
+        else:
+            return kernel
+
+
+def _reads(stmt: Stmt, name: str, trips: int = 1) -> int:
+    """Loads of buffer `name` that `stmt` executes."""
+    if isinstance(stmt, For):
+        return _reads(stmt.body, name, trips * stmt.extent)
+    if isinstance(stmt, Seq):
+        return sum(_reads(s, name, trips) for s in stmt.stmts)
+    if isinstance(stmt, Allocate):
+        return _reads(stmt.body, name, trips)
+    if isinstance(stmt, If):
+        here = sum(1 for l in loads(stmt.cond) if l.buffer.name == name)
+        return trips * here + sum(_reads(s, name, trips) for s in (stmt.then, stmt.otherwise) if s is not None)
+    return trips * sum(1 for l in loads(stmt) if l.buffer.name == name)

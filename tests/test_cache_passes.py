@@ -11,7 +11,7 @@ from nestor.codegen import run_kernel
 from nestor.codegen.constant_stages import hoist_constant_stages
 from nestor.ir import Allocate, Store, parse_kernel, walk_stmts
 from nestor.passes import (CacheRead, CacheWrite, Distribute, Pack, ScheduleError, canonical_loops,
-                           parse_pipeline)
+                           inline_copies, parse_pipeline)
 from nestor.passes.region import simplify_divmod
 from nestor.ir import Var
 from tests.test_passes import _onnx, checked, inputs, kernels, same_results
@@ -210,6 +210,38 @@ def test_conv_padding_moves_into_the_consumer_or_inlines(text):
     out = scheduled(kernel, text)
     assert "X_pad" not in allocations(out)
     same_results(kernel, out)
+
+
+STACK_SUM = """kernel stack_sum(A: f32[4, 8], B: f32[4, 8]) -> (Out: f32[4, 8]) {
+  alloc Bc: f32[4, 8] global {
+    alloc S: f32[2, 4, 8] global {
+      for i in 0..4 { for j in 0..8 { Bc[i, j] = B[i, j] } }
+      for k in 0..2 { for i1 in 0..4 { for j1 in 0..8 { S[k, i1, j1] = select(k == 1, Bc[i1, j1], A[i1, j1]) } } }
+      for i2 in 0..4 { for j2 in 0..8 { Out[i2, j2] = 0.0
+        for r in 0..2 reduce { Out[i2, j2] += S[r, i2, j2] } } }
+    }
+  }
+}"""
+READ_TWICE = """kernel twice(A: f32[4, 8]) -> (Out: f32[4, 8]) {
+  alloc E: f32[4, 8] global {
+    for i in 0..4 { for j in 0..8 { E[i, j] = VALUE } }
+    for i1 in 0..4 { for j1 in 0..8 { Out[i1, j1] = E[i1, j1] * E[i1, j1] } }
+  }
+}"""
+
+
+@pytest.mark.parametrize("text, kept", [(STACK_SUM, {}), (READ_TWICE.replace("VALUE", "A[i, j] * 2.0"), {}),
+                                        (READ_TWICE.replace("VALUE", "exp(A[i, j])"), {"E": ((4, 8), "global")})])
+def test_inline_copies_inlines_stages_read_once_or_cheap_ones_read_twice(text, kept):
+    kernel = parse_kernel(text)
+    out = inline_copies(kernel)
+    assert allocations(out) == kept
+    same_results(kernel, out)
+
+
+def test_inline_copies_keeps_a_convolutions_padding():
+    kernel = kernels()["conv"]
+    assert "X_pad" in allocations(inline_copies(kernel))
 
 
 def test_compute_at_computes_only_the_region_an_iteration_reads():

@@ -174,8 +174,7 @@ def test_a_weight_stage_of_nestors_kernel_runs_once_at_compile_time(model):
     pack on the constant, and the kernel left takes the packed weight (same results)."""
     from nestor.autotune.ms_apply import _in_place_of
     from nestor.autotune.ms_constants import fold_constant_stages
-    from nestor.autotune.ms_database import lowered
-    from nestor.codegen.tir_import import kernel_from_primfunc
+    from nestor.autotune.ms_database import imported, lowered
     from nestor.passes import Schedule, canonical_loops
     onnx_model, x, want = model
     target = host_target()
@@ -183,7 +182,7 @@ def test_a_weight_stage_of_nestors_kernel_runs_once_at_compile_time(model):
         mod = relax.get_pipeline("zero")(_relax(onnx_model))
     name = next(gv.name_hint for gv in mod.functions if "conv" in gv.name_hint)
     workload = mod[name]
-    kernel = canonical_loops(kernel_from_primfunc(workload))
+    kernel = canonical_loops(imported(workload))
     weight = kernel.inputs[1]
     pack = Schedule.from_json(f'[{{"pass": "pack", "params": {{"buffer": "{weight.name}", "dim": 0, "factor": 2, '
                               f'"order": [0, 2, 3, 4, 1]}}}}]')
