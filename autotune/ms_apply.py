@@ -18,7 +18,7 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from .ms_constants import fold_constant_stages
-from .ms_database import MARK, NestorKernels, records_path
+from .ms_database import MARK, NestorKernels, in_place_of, records_path
 
 
 def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pass:
@@ -50,7 +50,7 @@ def apply_nestor(work_dir: str | None = None, database=None) -> tvm.transform.Pa
                 found = db.query_ir_module(workload, target, gv.name_hint)
                 found = found["main"] if found is not None else None
             if found is not None and found.attrs and MARK in found.attrs:
-                out[gv] = _in_place_of(found, func)
+                out[gv] = in_place_of(found, func)
                 workloads[gv.name_hint] = func
         return fold_constant_stages(out, set(workloads), workloads, target)
     return run
@@ -64,10 +64,3 @@ def _metaschedules_records(work_dir: str | None):
     if not all(os.path.exists(f) for f in files):
         return None
     return ms.database.JSONDatabase(*files, allow_missing=False)
-
-
-def _in_place_of(new: tirx.PrimFunc, old: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`new` with `old`'s attributes (global symbol included or not, as `old` has it), marked."""
-    attrs = dict(old.attrs or {})
-    func = new if "global_symbol" in attrs else new.without_attr("global_symbol")
-    return func.with_attrs({**attrs, MARK: new.attrs[MARK], "tirx.is_scheduled": True})

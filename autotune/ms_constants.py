@@ -6,7 +6,7 @@ in a Relax module the kernel is a PrimFunc called with the weight, and the stage
 every call (ResNet-50's last 3x3 convolution: 2.45 ms a call with its 9.4 MB weight repacked,
 1.13 ms without). So where every call of a Nestor kernel passes a Relax constant to the stage,
 the stage is run on it here, the call passes the result instead, and the kernel without the
-stage takes it; tuning times the kernel the same way (`hoisted`), with the stage left out.
+stage takes it; tuning times the kernel the same way, with the stage left out (ms_strategy).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..codegen.constant_stages import ConstantStage, hoist_constant_stages
 from ..ir import Kernel
 from ..passes import Schedule as NestorSchedule
 from ..passes import canonical_loops, default_schedule
-from .ms_database import MARK, imported, lowered, workload_order
+from .ms_database import MARK, imported, in_place_of, lowered, workload_order
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -49,11 +49,10 @@ class _ConstantArguments(relax.PyExprVisitor):
             self.found[name] = self.found.get(name, here) & here
 
 
-def hoisted(kernel: Kernel, workload: tirx.PrimFunc, constant_args) -> tuple[Kernel, list[ConstantStage], list[int]]:
-    """codegen.constant_stages.hoist_constant_stages of the scheduled `kernel` whose workload's
-    arguments at positions `constant_args` are constants."""
+def constant_inputs(kernel: Kernel, workload: tirx.PrimFunc, constant_args) -> set[int]:
+    """The kernel's input indices of the workload's arguments at positions `constant_args`."""
     order = workload_order(kernel, workload)
-    return hoist_constant_stages(kernel, {order[i] for i in constant_args})
+    return {order[i] for i in constant_args}
 
 
 def fold_constant_stages(mod: tvm.IRModule, names: set[str], workloads: dict[str, tirx.PrimFunc], target) -> tvm.IRModule:
@@ -66,11 +65,12 @@ def fold_constant_stages(mod: tvm.IRModule, names: set[str], workloads: dict[str
             continue
         func, workload = mod[name], workloads[name]
         kernel = imported(workload)
-        main, stages, kept = hoisted(_scheduled(func, kernel, target), workload, constants[name])
+        order = workload_order(kernel, workload)
+        main, stages, kept = hoist_constant_stages(_scheduled(func, kernel, target),
+                                                   {order[i] for i in constants[name]})
         if stages:
-            order = workload_order(kernel, workload)
             arg_of = {order[j]: j for j in range(len(order))}   # kernel input -> call argument
-            plans[name] = _Plan(_renamed(lowered(main, None, _schedule_of(func)), func, f"{name}_weights_folded"),
+            plans[name] = _Plan(in_place_of(lowered(main, None, _schedule_of(func)), func, f"{name}_weights_folded"),
                                 stages, [arg_of[i] for i in kept], arg_of)
     if not plans:
         return mod
@@ -91,15 +91,6 @@ class _Plan:
     kept: list[int]               # the call's arguments the new function still takes, before the folded ones
     arg_of: dict[int, int]        # the kernel's input index -> the call's argument position
     callee: relax.GlobalVar | None = None
-
-
-def _renamed(new: tirx.PrimFunc, old: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    """`new` with `old`'s attributes, its global symbol (if `old` has one) `name`."""
-    attrs = dict(old.attrs)
-    if "global_symbol" in attrs:
-        attrs["global_symbol"] = name
-    func = new if "global_symbol" in attrs else new.without_attr("global_symbol")
-    return func.with_attrs({**attrs, MARK: new.attrs[MARK]})
 
 
 def _scheduled(func: tirx.PrimFunc, kernel: Kernel, target) -> Kernel:

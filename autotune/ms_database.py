@@ -56,6 +56,16 @@ def lowered(kernel, workload: tirx.PrimFunc | None, schedule: NestorSchedule | N
     return _partitioned(func.with_attr("tirx.is_scheduled", True))
 
 
+def in_place_of(new: tirx.PrimFunc, old: tirx.PrimFunc, symbol: str | None = None) -> tirx.PrimFunc:
+    """`new` (a Nestor PrimFunc) with `old`'s attributes, marked scheduled; its global symbol
+    `old`'s, or `symbol` where given, and none where `old` has none."""
+    attrs = dict(old.attrs or {})
+    if "global_symbol" in attrs and symbol is not None:
+        attrs["global_symbol"] = symbol
+    func = new if "global_symbol" in attrs else new.without_attr("global_symbol")
+    return func.with_attrs({**attrs, MARK: new.attrs[MARK], "tirx.is_scheduled": True})
+
+
 def workload_order(kernel, workload: tirx.PrimFunc) -> list[int]:
     """Where each of the workload's params is among the kernel's (inputs, then outputs: the
     importer's order), matched by name; the importer keeps the params' names, made identifiers."""

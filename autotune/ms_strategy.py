@@ -21,7 +21,8 @@ from ..codegen import machine_params
 from ..codegen.tir_import import TIRImportError
 from ..costmodel import CostModel
 from .measure import MeasureResult
-from .ms_constants import hoisted
+from ..codegen.constant_stages import hoist_constant_stages
+from .ms_constants import constant_inputs
 from .ms_database import imported, lowered, records_path, workload_order
 from .records import Records
 from .search import Tuner
@@ -45,7 +46,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         self.records_path = records or records_path(work_dir)
         self.work_dir, self.seed, self.deadline = work_dir, seed, deadline
         self.constant_args = constant_args or {}   # task name -> its workload's arguments that are constants
-        self.constants: frozenset[int] = frozenset()
+        self.constants: set[int] = set()   # of the kernel's inputs: its workload's constant arguments
         self.model = model
         self.tuner: Tuner | None = None
         self.fallback = None     # MetaSchedule's search, for a workload Nestor cannot import
@@ -66,7 +67,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
         if self.model is None:
             self.model = CostModel(seed=self.seed, machine=machine)
         self.workload = workload
-        self.constants = self.constant_args.get(context.task_name, frozenset())
+        self.constants = constant_inputs(kernel, workload, self.constant_args.get(context.task_name, ()))
         self.tuner = Tuner(kernel, None, Records(self.records_path), self.model, target_key(context.target), machine,
                            seed=self.seed)
 
@@ -96,7 +97,7 @@ class NestorSearch(ms.search_strategy.PySearchStrategy):
     def _candidate(self, schedule, kernel) -> ms.MeasureCandidate:
         """The candidate as MetaSchedule measures it: without the stages that compiling folds
         (ms_constants.py), which take the folded constants as arguments."""
-        main, stages, _ = hoisted(kernel, self.workload, self.constants) if self.constants else (kernel, [], None)
+        main, stages, _ = hoist_constant_stages(kernel, self.constants)
         func = lowered(main, None, schedule) if stages else lowered(kernel, self.workload, schedule)
         return ms.MeasureCandidate(Schedule(func), ms.arg_info.ArgInfo.from_prim_func(func))
 

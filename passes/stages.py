@@ -15,6 +15,7 @@ inline(T): substitute an elementwise producer's expression into every load of T.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..ir import Allocate, Buffer, Call, Const, For, If, Kernel, Load, Seq, Stmt, Store, Var, loads, seq, substitute, walk_stmts
@@ -217,9 +218,7 @@ def inline_copies(kernel: Kernel) -> Kernel:
     exp read twice (a softmax's) stays a stage."""
     while True:
         for alloc in [s for s in walk_stmts(kernel.body) if isinstance(s, Allocate) and s.buffer.scope == "global"]:
-            name, size = alloc.buffer.name, 1
-            for d in alloc.buffer.shape:
-                size *= d
+            name, size = alloc.buffer.name, math.prod(alloc.buffer.shape)
             stores = [s for s in walk_stmts(alloc.body) if isinstance(s, Store) and s.buffer.name == name]
             calls = any(isinstance(e, Call) for st in stores for e in walk(st.value))
             if _reads(alloc.body, name) > (1 if calls else 2) * size:

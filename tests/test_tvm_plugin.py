@@ -172,9 +172,8 @@ def test_nestors_primfunc_takes_the_workloads_arguments_even_with_the_output_fir
 def test_a_weight_stage_of_nestors_kernel_runs_once_at_compile_time(model):
     """A Nestor kernel that packs its weight, called with a Relax constant: compiling runs the
     pack on the constant, and the kernel left takes the packed weight (same results)."""
-    from nestor.autotune.ms_apply import _in_place_of
     from nestor.autotune.ms_constants import fold_constant_stages
-    from nestor.autotune.ms_database import imported, lowered
+    from nestor.autotune.ms_database import imported, in_place_of, lowered
     from nestor.passes import Schedule, canonical_loops
     onnx_model, x, want = model
     target = host_target()
@@ -186,7 +185,7 @@ def test_a_weight_stage_of_nestors_kernel_runs_once_at_compile_time(model):
     weight = kernel.inputs[1]
     pack = Schedule.from_json(f'[{{"pass": "pack", "params": {{"buffer": "{weight.name}", "dim": 0, "factor": 2, '
                               f'"order": [0, 2, 3, 4, 1]}}}}]')
-    mod[mod.get_global_var(name)] = _in_place_of(lowered(pack.apply(kernel), workload, pack), workload)
+    mod[mod.get_global_var(name)] = in_place_of(lowered(pack.apply(kernel), workload, pack), workload)
     folded = fold_constant_stages(mod, {name}, {name: workload}, target)
     assert name not in [gv.name_hint for gv in folded.functions]
     packed = folded[f"{name}_weights_folded"]
