@@ -12,8 +12,10 @@ what the shared model knows of a kernel before its first measurement.
 
 The models learn from each record's fastest repeat (Record.fastest, as the tuner's model does);
 their scores are judged against the records' medians (the times the tuner ranks schedules by),
-or with truth="fastest" against the fastest repeats, which a busy machine disturbs less. With `pretrained` (records
-of other models, or a saved cost model) every model above also learns from those samples first
+or with truth="fastest" against the fastest repeats, which a busy machine disturbs less, or
+against a re-timed copy of the records (autotune.retime), whose noise caps the measure less.
+With `pretrained` (records of other models, or a saved cost model) every model above also learns
+from those samples first
 (the tuner's `pretrained` does the same), and a third number, `pretrained`, is the pairwise
 accuracy of a model trained on them alone (TenSet's transfer: a new model's kernels ranked by
 what was learned on others). Pretraining samples of a task evaluated here are left out, so
@@ -59,10 +61,11 @@ def _machine(target_key: str) -> MachineParams:
 
 
 def record_samples(records: Records, target: str | None = None, names: dict | None = None,
-                   medians: list | None = None):
+                   medians: list | None = None, schedules: list | None = None):
     """Feature rows, seconds (the fastest repeat) and task of every correct record (of `target`,
     or all) whose schedule still replays; features for the machine each record was measured on.
-    `names`, if given, receives task -> kernel name, and `medians` the records' medians."""
+    `names`, if given, receives task -> kernel name, `medians` the records' medians and
+    `schedules` their schedules (JSON)."""
     rows, seconds, groups = [], [], []
     for task in records.tasks():
         text = records.task_kernel(task)
@@ -79,12 +82,14 @@ def record_samples(records: Records, target: str | None = None, names: dict | No
                 continue
             kernels, secs = by_target.setdefault(r.target, ([], []))
             kernels.append(scheduled)
-            secs.append((r.fastest, r.median))
+            secs.append((r.fastest, r.median, r.schedule))
         for key, (kernels, secs) in by_target.items():
             rows.append(features(kernels, _machine(key)))
-            seconds += [fastest for fastest, _ in secs]
+            seconds += [fastest for fastest, _, _ in secs]
             if medians is not None:
-                medians += [median for _, median in secs]
+                medians += [median for _, median, _ in secs]
+            if schedules is not None:
+                schedules += [schedule for _, _, schedule in secs]
             groups += [task] * len(kernels)
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, str)
@@ -129,20 +134,25 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
              truth: str = "median") -> list[TaskQuality]:
     """Quality per task (tasks with fewer than `min_records` correct records are left out);
     `pretrained`: records databases or saved cost models to pretrain every model with; `truth`:
-    judge against the records' "median" or "fastest" repeat."""
-    if truth not in ("median", "fastest"):
-        raise ValueError(f"truth is 'median' or 'fastest', not {truth!r}")
+    judge against the records' "median" or "fastest" repeat, or the medians a records database
+    (path) holds for the same schedules (`nestor records retime`: more repeats, interleaved;
+    records it lacks are left out)."""
     names: dict[str, str] = {}
     medians: list[float] = []
+    schedules: list[str] = []
     with Records(records_path, create=False) as records:
-        x, seconds, groups = record_samples(records, target, names, medians)
+        x, seconds, groups = record_samples(records, target, names, medians, schedules)
+    if truth not in ("median", "fastest"):
+        medians = _retimed(truth, groups, schedules)
+        known = ~np.isnan(medians)
+        x, seconds, groups, medians = x[known], seconds[known], groups[known], medians[known]
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     if not tasks:
         raise RecordsError(f"records file '{records_path}' has no task with {min_records} correct records "
                            f"that replay: nothing to evaluate")
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
-    judged = np.asarray(medians)[keep] if truth == "median" else seconds
+    judged = seconds if truth == "fastest" else np.asarray(medians)[keep]
     base = None
     if pretrained:
         px, ps, pg = pretraining_samples(pretrained, target)
@@ -172,6 +182,13 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
                                sampled_top_k_recall(s, secs, g, 1, pool, seed=seed),
                                sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone))
     return out
+
+
+def _retimed(path: str, groups, schedules: list[str]) -> np.ndarray:
+    """The median `path` holds for each (task, schedule), NaN where it holds none."""
+    with Records(path, create=False) as truth:
+        median = {(r.task, r.schedule): r.median for r in truth.records(ok_only=True)}
+    return np.array([median.get((g, s), np.nan) for g, s in zip(groups, schedules)], float)
 
 
 def report(quality: list[TaskQuality], pool: int = 64, out=print) -> float:

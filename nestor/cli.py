@@ -111,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--pretrained", metavar="FILE", action="append",
                    help="costmodel: pretrain every model from these records of other models (.sqlite) or this "
                         "saved cost model (repeatable)")
-    b.add_argument("--truth", choices=["median", "fastest"], default="median",
-                   help="costmodel: judge the ranking against each record's median (default) or fastest repeat")
+    b.add_argument("--truth", default="median", metavar="median|fastest|DB",
+                   help="costmodel: judge the ranking against each record's median (default), its fastest repeat, "
+                        "or the same schedules' medians in DB (made by `nestor records retime`)")
     b.add_argument("--time-budget", metavar="30m", type=duration, help="models: tune each model this long first")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)

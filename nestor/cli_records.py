@@ -1,9 +1,9 @@
-"""The `nestor records` commands (export | import | merge | show) and `nestor report`."""
+"""The `nestor records` commands (export | import | merge | retime | show) and `nestor report`."""
 from __future__ import annotations
 
 import re
 
-from .cli_checks import input_shape
+from .cli_checks import at_least, input_shape
 from .ir.errors import InputError
 
 
@@ -23,6 +23,19 @@ def add_commands(sub) -> None:
     m.add_argument("sources", nargs="+", help="records databases (.sqlite) or exports (.jsonl)")
     m.add_argument("-o", "--output", required=True, help="the merged database (.sqlite): a new file, or a source")
     m.set_defaults(func=cmd_merge)
+    t = verbs.add_parser("retime", help="measure a database's schedules again on this machine, with more repeats, "
+                                        "into a new database (a truth for bench costmodel --truth)")
+    t.add_argument("database", help="records database (.sqlite)")
+    t.add_argument("-o", "--output", required=True, help="the re-timed records (.sqlite, new)")
+    t.add_argument("--model", help="model.onnx the records were tuned for: its weights' packing stages are "
+                                   "timed apart, as the tuner timed them")
+    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", type=input_shape,
+                   help="fix a dynamic input's shape of --model (repeatable)")
+    t.add_argument("--rounds", type=at_least(1), default=2, help="measurements of each schedule, each round "
+                                                                  "in a new random order")
+    t.add_argument("--repeats", type=at_least(1), default=10, help="timed repeats of each measurement")
+    t.add_argument("--target", help="time on this target (default: this host's CPU; cuda: its GPU)")
+    t.set_defaults(func=cmd_retime)
     s = verbs.add_parser("show", help="tasks, trials and best time per task and target")
     s.add_argument("database", help="records database (.sqlite)")
     s.set_defaults(func=cmd_show)
@@ -57,6 +70,26 @@ def cmd_merge(args) -> int:
     added = merge_databases(args.sources, args.output)
     print(f"{added.records} records of {len(args.sources)} files merged into {args.output}; "
           f"{added.duplicates} duplicates left out")
+    return 0
+
+
+def cmd_retime(args) -> int:
+    from .autotune.retime import retime
+    from .cli import _input_shapes
+    if args.input_shape and not args.model:
+        raise InputError("--input-shape needs --model")
+    constants = None
+    if args.model:   # records name a task by its kernel's hash, as the tuner's search does
+        from .api import import_onnx
+        from .autotune.task_scheduler import extract_tasks
+        from .ir import structural_hash
+        graph = import_onnx(args.model, _input_shapes(args.input_shape), target=args.target)
+        constants = {structural_hash(t.kernel): t.constants for t in extract_tasks(graph)}
+    done = retime(args.database, args.output, args.rounds, args.repeats, args.target, constants)
+    print(f"{done.schedules} schedules of {done.tasks} tasks re-timed into {args.output}"
+          + (f"; {done.failed} left out (no longer replay, build or run)" if done.failed else "")
+          + (f"; two rounds order {done.mean_agreement:.3f} of pairs alike (a ranking's ceiling)"
+             if done.agreement else ""))
     return 0
 
 
