@@ -48,6 +48,10 @@ FLUSH = "cache_flush_cpu_non_first_arg"
 # no flush of its own for CUDA, and a kernel's inputs in a model come from DRAM more often than
 # from an L2 of 50 MB that the kernels between two calls of it have filled.
 FLUSH_GPU = "nestor.measure.l2_flush_cuda"
+# Timed repeats per candidate. Most of a task's candidates lie within 5% of each other, so the
+# order the cost model learns (from each one's fastest repeat) is mostly noise unless a
+# measurement is repeatable at that grain; a repeat costs about a millisecond, a build 0.2 s.
+REPEATS = 10
 MIN_REPEAT = 1e-3        # number=None: a repeat runs a short kernel enough times to last about this long
 # number=None: a kernel whose run lasts this long is timed one run a repeat, so every timed run
 # finds its weights flushed. Two runs a repeat timed ResNet-50's late 1x1 convs (4 MB of weights,
@@ -106,7 +110,7 @@ class Measurer:
     `switch(reference)` moves the same worker processes to another kernel (the tasks of a model
     take turns); a kernel switched back to keeps its inputs and reference outputs."""
 
-    def __init__(self, reference: Kernel | None, target=None, repeats: int = 5, number: int | None = None,
+    def __init__(self, reference: Kernel | None, target=None, repeats: int = REPEATS, number: int | None = None,
                  timeout: float = 10.0, build_workers: int | None = None, rtol: float = 1e-4,
                  atol: float = 1e-5, seed: int = 0, inputs: list[np.ndarray] | None = None,
                  time_left: Callable[[], float | None] | None = None):

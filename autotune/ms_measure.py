@@ -20,8 +20,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from ..ir.errors import NestorError
-from .measure import (BUILD_TIMEOUT, WAKE, _serve, _shut_down, _targets, _Worker, builders, new_directory,
-                      start_all)
+from .measure import (BUILD_TIMEOUT, REPEATS, WAKE, _serve, _shut_down, _targets, _Worker, builders,
+                      new_directory, start_all)
 
 ARTIFACT = "module.so"   # in a folder of its own: MetaSchedule's RemoveBuildArtifact deletes the folder
 
@@ -31,7 +31,7 @@ class Workers:
     target), stopped by `close` or when the last reference goes. Past `deadline` (a
     time.monotonic() value) what is left of a batch is not built or run."""
 
-    def __init__(self, build_workers: int | None = None, timeout: float = 10.0, repeats: int = 5,
+    def __init__(self, build_workers: int | None = None, timeout: float = 10.0, repeats: int = REPEATS,
                  number: int | None = None, deadline: float | None = None):
         self.build_workers, self.timeout, self.repeats, self.number = build_workers, timeout, repeats, number
         self.deadline = deadline
@@ -121,7 +121,7 @@ class NestorRunner(ms.runner.PyRunner):
         return [_done(r.get("repeats"), r.get("error")) for r in replies]
 
 
-def measurement(build_workers: int | None = None, timeout: float = 10.0, repeats: int = 5,
+def measurement(build_workers: int | None = None, timeout: float = 10.0, repeats: int = REPEATS,
                 number: int | None = None, deadline: float | None = None) -> dict:
     """The builder and runner arguments of ms.tune_tir / tune_relax, sharing one Workers."""
     workers = Workers(build_workers, timeout, repeats, number, deadline)

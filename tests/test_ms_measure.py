@@ -9,6 +9,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 
 import nestor.tvm
+from nestor.autotune.measure import REPEATS
 from nestor.autotune.ms_measure import Workers, close_measurement, measurement
 from nestor.codegen import host_target
 from nestor.ir.errors import NestorError
@@ -50,7 +51,7 @@ def test_tune_tir_measures_with_nestors_builder_and_runner(tmp_path, search):
     assert len(records) == 4
     for record in records:
         secs = [float(s) for s in record.run_secs]
-        assert len(secs) == 5 and all(0 < s < 1 for s in secs)
+        assert len(secs) == REPEATS and all(0 < s < 1 for s in secs)
     _check_matmul(ms.tir_integration.compile_tir(db, workload, target).mod["main"], target)
 
 
@@ -94,7 +95,7 @@ def test_a_candidate_that_fails_to_build_crashes_or_hangs_fails_alone():
         assert "crashed (signal" in crash[1].error_msg
         assert hang[1].error_msg == "timeout after 3 s"
         for build_error, result in (ok, ok_after):
-            assert build_error is None and result.error_msg is None and len(result.run_secs) == 5
+            assert build_error is None and result.error_msg is None and len(result.run_secs) == REPEATS
         # the next batch goes to the replaced runner
         ((build_error, result),) = _measured(args["builder"], args["runner"], [good], target)
         assert result.error_msg is None and all(float(s) > 0 for s in result.run_secs)
