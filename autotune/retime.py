@@ -20,10 +20,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..codegen import as_target
 from ..costmodel import pairwise_accuracy
 from ..ir import NestorError, parse_kernel
 from ..passes import Schedule
-from .measure import Measurer
+from .measure import REPEATS, Measurer
 from .records import Records, RecordsError
 from .tune import target_key
 
@@ -40,7 +41,7 @@ class RetimeSummary:
         return float(np.mean(self.agreement)) if self.agreement else float("nan")
 
 
-def retime(source: str, output: str, rounds: int = 2, repeats: int = 10, target=None,
+def retime(source: str, output: str, rounds: int = 2, repeats: int = REPEATS, target=None,
            constants: dict[str, tuple[int, ...]] | None = None, seed: int = 0,
            progress: Callable[[str], None] | None = None) -> RetimeSummary:
     """Re-measure every distinct correct schedule of `source` (all its targets) on `target` (None:
@@ -54,7 +55,7 @@ def retime(source: str, output: str, rounds: int = 2, repeats: int = 10, target=
     with Records(source, create=False) as src, Records(output) as out:
         if out.count():
             raise RecordsError(f"records file '{output}' already holds records: retime writes a new database")
-        key = target_key(None if target is None else _as_target(target))
+        key = target_key(as_target(target))
         with Measurer(None, target=target, repeats=repeats) as measurer:
             tasks = src.tasks()
             for n, task in enumerate(tasks, 1):
@@ -85,15 +86,15 @@ def retime(source: str, output: str, rounds: int = 2, repeats: int = 10, target=
                     for s, per_round in kept.items():
                         every = [x for r in per_round for x in r]
                         out.add(task, key, s, statistics.median(every), every)
+                line = (f"[retime] task {n}/{len(tasks)} {kernel.name}: {len(kept)} schedules, "
+                        f"{rounds} x {repeats} repeats")
                 if rounds > 1 and len(kept) > 1:
                     summary.agreement.append(_agreement([statistics.median(t[0]) for t in kept.values()],
                                                         [statistics.median(t[1]) for t in kept.values()]))
+                    line += f", rounds agree on {summary.agreement[-1]:.2f} of pairs"
                 summary.tasks += 1
                 summary.schedules += len(kept)
-                progress(f"[retime] task {n}/{len(tasks)} {kernel.name}: {len(kept)} schedules, "
-                         f"{rounds} x {repeats} repeats" +
-                         (f", rounds agree on {summary.agreement[-1]:.2f} of pairs"
-                          if rounds > 1 and len(kept) > 1 else ""))
+                progress(line)
     return summary
 
 
@@ -112,8 +113,3 @@ def _measure_rounds(measurer: Measurer, candidates: dict, rounds: int, rng) -> d
 def _agreement(a: list[float], b: list[float]) -> float:
     """The share of pairs (with different times in `a`) that `b` orders as `a` does."""
     return pairwise_accuracy(-np.asarray(b), a, np.zeros(len(a)))
-
-
-def _as_target(target):
-    from ..codegen import as_target
-    return as_target(target)

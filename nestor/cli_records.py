@@ -33,7 +33,7 @@ def add_commands(sub) -> None:
                    help="fix a dynamic input's shape of --model (repeatable)")
     t.add_argument("--rounds", type=at_least(1), default=2, help="measurements of each schedule, each round "
                                                                   "in a new random order")
-    t.add_argument("--repeats", type=at_least(1), default=10, help="timed repeats of each measurement")
+    t.add_argument("--repeats", type=at_least(1), help="timed repeats of each measurement (default: the tuner's)")
     t.add_argument("--target", help="time on this target (default: this host's CPU; cuda: its GPU)")
     t.set_defaults(func=cmd_retime)
     s = verbs.add_parser("show", help="tasks, trials and best time per task and target")
@@ -74,6 +74,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_retime(args) -> int:
+    from .autotune.measure import REPEATS
     from .autotune.retime import retime
     from .cli import _input_shapes
     if args.input_shape and not args.model:
@@ -85,7 +86,7 @@ def cmd_retime(args) -> int:
         from .ir import structural_hash
         graph = import_onnx(args.model, _input_shapes(args.input_shape), target=args.target)
         constants = {structural_hash(t.kernel): t.constants for t in extract_tasks(graph)}
-    done = retime(args.database, args.output, args.rounds, args.repeats, args.target, constants)
+    done = retime(args.database, args.output, args.rounds, args.repeats or REPEATS, args.target, constants)
     print(f"{done.schedules} schedules of {done.tasks} tasks re-timed into {args.output}"
           + (f"; {done.failed} left out (no longer replay, build or run)" if done.failed else "")
           + (f"; two rounds order {done.mean_agreement:.3f} of pairs alike (a ranking's ceiling)"
