@@ -206,12 +206,14 @@ class KernelInfo:
 
 def row_reductions(kernel: Kernel, nests: list[Nest]) -> tuple[tuple[str, str], ...]:
     """(nest root, loop) of every reduction loop that reads inputs along their contiguous axis,
-    and only along it, and that rfactor splits at some RFACTOR_FACTORS width."""
+    and only along it, and that rfactor splits at some RFACTOR_FACTORS width. Loads the loop does
+    not move (a row's mean, `Mean[i]`, in its variance) are the same in every lane: they do not count."""
     out = []
     for nest in nests:
         spatial = {Var(l.var) for l in nest.spatial}
         for loop in (s for s in walk_stmts(nest.spatial[0]) if isinstance(s, For) and s.axis == "reduce"):
-            last = {l.indices[-1] for l in loads(loop.body) if l.indices}
+            moving = [l for l in loads(loop.body) if l.indices and loop.var in variables(l.indices)]
+            last = {l.indices[-1] for l in moving}
             # along the reduction only: where a spatial loop is contiguous too (a matmul's
             # columns), vectorizing that loop is better and the tiling sketch does it
             if Var(loop.var) in last and not last & spatial and any(

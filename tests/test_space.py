@@ -117,6 +117,43 @@ def test_row_reductions_split_into_vector_lanes(name):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+# TVM's layer norm (TOPI, as Relax legalizes it and te imports it): per-row statistics in 1-D
+# buffers, the mean a nest of its own
+TVM_LAYERNORM = parse_kernel("""
+kernel main(X: f32[16, 96], gamma: f32[96], beta: f32[96]) -> (Y: f32[16, 96]) {
+  alloc X_sum: f32[16] global {
+    alloc X_mean: f32[16] global {
+      alloc X_var_sum: f32[16] global {
+        for i0 in 0..16 { X_sum[i0] = 0.0
+          for r0 in 0..96 reduce { X_sum[i0] += X[i0, r0] } }
+        for i1 in 0..16 { X_mean[i1] = X_sum[i1] / 96.0 }
+        for i2 in 0..16 { X_var_sum[i2] = 0.0
+          for r1 in 0..96 reduce { X_var_sum[i2] += (X[i2, r1] - X_mean[i2]) * (X[i2, r1] - X_mean[i2]) } }
+        for i3 in 0..16 { for i4 in 0..96 {
+          Y[i3, i4] = (X[i3, i4] - X_mean[i3]) * rsqrt(X_var_sum[i3] / 96.0 + 1e-05) * gamma[i4] + beta[i4] } }
+      }
+    }
+  }
+}""")
+
+
+def test_row_statistics_in_1d_buffers_split_and_merge_into_one_row_loop():
+    """The variance reads the row's mean, X_mean[i2]: the same in every lane, so it is a row
+    reduction too; merged, the mean's own nest joins the row loop instead of being vectorized apart."""
+    sketch = Sketch.of(TVM_LAYERNORM, strict=True)
+    assert sketch.info.rows == (("i0", "r0"), ("i2", "r1"))
+    args = inputs(TVM_LAYERNORM)
+    for merge in (False, True):
+        schedule, scheduled = sketch.realize(Candidate("rows", RowDecisions(16, merge)))
+        kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
+        assert kinds["r0_i"] == kinds["r1_i"] == "vectorized"
+        roots = [n.root for n in top_level_nests(scheduled)]
+        assert roots == ["i0"] if merge else len(roots) == 4, roots
+        assert ("default(i1)" in str(schedule)) != merge and kinds["i0"] == "parallel"
+        for got, want in zip(run_kernel(scheduled, args), run_kernel(TVM_LAYERNORM, args)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_row_reductions_leave_matmuls_to_the_tiling_sketch():
     for name in ("matmul", "conv"):
         sketch = Sketch.of(sketch_kernels()[name])

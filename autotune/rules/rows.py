@@ -45,16 +45,24 @@ class RowReductions(SketchRule):
                 b.must(Vectorize(made.one("lane")))
                 b.must(Vectorize(made.one("zero")))
                 split_roots.add(root)
+        # With merge, a nest of one loop over rows and no reduction (TVM's `mean[i] = sum[i] / n`)
+        # waits: its default schedule would split the loop into vectors, and it could no longer
+        # join the row loop before it (one parallel region less); unmerged, it gets it after all.
+        waiting = {n.root for n in info.nests[1:] if d.merge and len(n.spatial) == 1 and not n.reduce
+                   and n.root not in split_roots}
         for nest in info.nests:
             if nest.root in split_roots:
                 # the first loop with work to share (a matrix-vector product's rows are i1,
                 # inside an i0 of extent 1)
                 b.must(Parallel(next((l.var for l in nest.spatial if l.extent > 1), nest.root)))
-            else:
+            elif nest.root not in waiting:
                 b.must(DefaultNest.for_machine(nest.root, info.machine))
         if d.merge:
             roots = [n.root for n in info.nests]
             into = roots[0]
             for root in roots[1:]:
-                if not b.may(Merge(into, root)):
-                    into = root  # a nest that cannot join starts the next group
+                if b.may(Merge(into, root)):
+                    continue
+                if root in waiting:
+                    b.must(DefaultNest.for_machine(root, info.machine))
+                into = root  # a nest that cannot join starts the next group
