@@ -48,6 +48,8 @@ class TaskQuality:
     top5: float
     transfer: float        # pairwise accuracy of a model trained on the other tasks only
     pretrained: float      # ... of a model trained on the pretraining samples only (NaN without)
+    measured: tuple[float, float] = (float("nan"), float("nan"))  # truth=DB: the records' own medians
+    #   as the ranking (pairwise, top-5): how far one measurement of each schedule agrees with the truth
 
 
 @functools.cache
@@ -143,15 +145,17 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     with Records(records_path, create=False) as records:
         x, seconds, groups = record_samples(records, target, names, medians, schedules)
     if truth not in ("median", "fastest"):
+        own = np.asarray(medians)
         medians = _retimed(truth, groups, schedules)
         known = ~np.isnan(medians)
-        x, seconds, groups, medians = x[known], seconds[known], groups[known], medians[known]
+        x, seconds, groups, medians, own = x[known], seconds[known], groups[known], medians[known], own[known]
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     if not tasks:
         raise RecordsError(f"records file '{records_path}' has no task with {min_records} correct records "
                            f"that replay: nothing to evaluate")
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
+    own = own[keep] if truth not in ("median", "fastest") else None
     judged = seconds if truth == "fastest" else np.asarray(medians)[keep]
     base = None
     if pretrained:
@@ -178,9 +182,11 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
                     if others is not None and others.trained else float("nan"))
         alone = (pairwise_accuracy(base.predict_features(x[mine]), secs, g)
                  if base is not None and base.trained else float("nan"))
+        measured = ((pairwise_accuracy(-own[mine], secs, g), sampled_top_k_recall(-own[mine], secs, g, 5, pool, seed=seed))
+                    if own is not None else (float("nan"), float("nan")))
         out.append(TaskQuality(t, names.get(t, t[:8]), int(mine.sum()), pairwise_accuracy(s, secs, g),
                                sampled_top_k_recall(s, secs, g, 1, pool, seed=seed),
-                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone))
+                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone, measured))
     return out
 
 
@@ -206,5 +212,10 @@ def report(quality: list[TaskQuality], pool: int = 64, out=print) -> float:
         return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
     out(f"{'mean':<16} {'':<10} {sum(q.records for q in quality):>7} {mean('pairwise'):>8.3f} "
         f"{mean('top1'):>8.2f} {mean('top5'):>8.2f} {mean('transfer'):>8.3f} {mean('pretrained'):>10.3f}")
+    measured = np.array([q.measured for q in quality])
+    if not np.all(np.isnan(measured)):
+        pairwise, top5 = np.nanmean(measured, axis=0)
+        out(f"the records' own times ranked against the same truth: pairwise {pairwise:.3f}, top5/{pool} {top5:.2f} "
+            f"(how far one measurement agrees with it)")
     out(f"cost model pairwise accuracy on held-out records: {mean('pairwise'):.3f}")
     return mean("pairwise")

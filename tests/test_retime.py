@@ -68,7 +68,9 @@ def test_cli_retime_then_judge_the_cost_model_against_it(tmp_path, capsys):
     assert main(["records", "retime", source, "-o", out, "--rounds", "2", "--repeats", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"16 schedules of 1 tasks re-timed into {out}; ")
     assert main(["bench", "costmodel", "--records", source, "--truth", out]) == 0
-    assert "cost model pairwise accuracy on held-out records: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cost model pairwise accuracy on held-out records: " in printed
+    assert "the records' own times ranked against the same truth: pairwise " in printed
     assert main(["records", "retime", source, "-o", out]) == 1
     assert "already holds records" in capsys.readouterr().err
 
@@ -88,3 +90,6 @@ def test_the_cost_model_is_judged_against_the_retimed_times_of_the_same_schedule
     (upside_down,) = evaluate(path, folds=4, pool=16, truth=str(tmp_path / "reversed.sqlite"))
     assert same.records == 40 and upside_down.records == 30
     assert same.pairwise > 0.65 and upside_down.pairwise < 0.35
+    # the records' own times against that truth: every pair the other way round
+    assert upside_down.measured[0] == 0.0 and upside_down.measured[1] < 0.5
+    assert np.isnan(same.measured).all()
