@@ -6,6 +6,11 @@ outputs against ONNX Runtime's, then time Nestor's best, MetaSchedule's best and
 opinion interleaved in this process: on the CPU ONNX Runtime (2 threads) and, for matmuls,
 NumPy; on a GPU the same op in PyTorch (float32, no TF32), where PyTorch is installed. The
 last line reads `geomean speedup vs MetaSchedule: <X>`.
+
+With `via_tvm`, each kernel is tuned a third time the way a TVM user plugs Nestor in: `tune_tir`
+with Nestor's strategy, database, builder and runner (nestor.tvm.tuning), compiled by
+`compile_tir` from that database, and timed beside the others; a line before the last gives its
+geomean speedup over MetaSchedule's own search and its time against Nestor's own tuning.
 """
 from __future__ import annotations
 
@@ -51,11 +56,14 @@ def metaschedule_target(target):
     return tvm.target.Target({**limits, **dict(target.export())})  # what the target sets wins
 
 
-def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model="xgb", seed: int | None = None):
+def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model="xgb", seed: int | None = None,
+                       nestor_search: bool = False):
     """MetaSchedule's best build after `trials` measurements in all (those already in its
     database in `workdir` count, as Nestor's records do), and the seconds taken. `cost_model`:
     what ranks its evolutionary search's candidates, and `seed` its random state (ms.tune_tir's
-    arguments)."""
+    arguments). `nestor_search`: tune_tir searches with Nestor instead (nestor.tvm.tuning: its
+    strategy, database, builder and runner; batches of Nestor's own size) and `compile_tir`
+    gives Nestor's kernel."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
@@ -63,7 +71,19 @@ def _tune_metaschedule(prim_func, trials: int, workdir: str, target, cost_model=
     mod = tvm.IRModule({"main": prim_func})
     start = time.perf_counter()
     left = trials - _metaschedule_count(workdir)
-    if left > 0:
+    if nestor_search:
+        from . import tvm as plugin
+        from .autotune.ms_database import NestorDatabase
+        if left > 0:  # batches of 16, as Nestor's own tuning measures
+            args = plugin.tuning(workdir, seed=seed or 0)
+            try:
+                database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
+                                       num_trials_per_iter=min(plugin.TIMED_BATCH, left), **args)
+            finally:
+                plugin.close_measurement(args)
+        else:
+            database = NestorDatabase(workdir)
+    elif left > 0:
         # a longer build timeout than the default 30 s: a builder's first import of TVM takes
         # longer on a loaded 2-core machine, and every candidate then "fails" to build
         database = ms.tune_tir(mod, target, workdir, max_trials_global=left,
@@ -118,7 +138,8 @@ def _optional_torch(out):
 
 
 def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
-                  records: str | None = None, out=print, target=None, metaschedule: bool = True) -> float:
+                  records: str | None = None, out=print, target=None, metaschedule: bool = True,
+                  via_tvm: bool = False) -> float:
     """`records`: keep Nestor's measurements in this database and MetaSchedule's beside it
     (`<records>.ms/<kernel>/`); both resume from what is there up to `trials` measurements in
     all, so a run cut short goes on where it stopped and a finished one only times again (the
@@ -137,6 +158,7 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
         need_gpu(target)
     torch = _optional_torch(out) if gpu else None
     rows, ratios = [], []   # ratios: the geomean's, vs MetaSchedule or (without it) the library
+    via = []                # via_tvm: (kernel, its time, MetaSchedule's, Nestor's own, its tuning s)
     for name, suite in kernels.items():
         (node,) = [n for n in import_onnx(suite.onnx_model(), target=target).nodes if n.kernel is not None]
         with tempfile.TemporaryDirectory() as workdir:
@@ -149,19 +171,29 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
                 ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials,
                                                  f"{records}.ms/{name}" if records else os.path.join(workdir, "ms"),
                                                  target)
+            tvm_fn = None
+            if via_tvm:
+                out(f"-- {name}: tuning with Nestor through ms.tune_tir ({trials} trials)")
+                tvm_fn, tvm_s = _tune_metaschedule(suite.prim_func(), trials, f"{records}.tvm/{name}" if records
+                                                   else os.path.join(workdir, "tvm"), target, nestor_search=True)
         if schedule is None and gpu:  # an unscheduled nest binds no threads: it cannot run
             raise NestorError(f"{name}: Nestor's tuner measured no valid schedule for {target.kind.name}")
         best = schedule.apply(node.kernel) if schedule else node.kernel
-        t_nestor, t_ms, t_ref, t_np = _time_side_by_side(name, suite, build([best], target).get(best.name),
-                                                         ms_fn, target, torch, repeat)
+        t_nestor, t_ms, t_ref, t_np, t_tvm = _time_side_by_side(name, suite, build([best], target).get(best.name),
+                                                                ms_fn, target, torch, repeat, tvm_fn)
         gflops = kernel_flops(node.kernel) / t_nestor / 1e9
         speedup = t_ms / t_nestor if t_ms else None
         ratios.append(speedup if metaschedule else t_ref / t_nestor if t_ref else None)
         rows.append((name, t_nestor, t_ms, speedup, nestor_s, ms_s, t_ref, t_np, gflops))
+        if via_tvm:
+            via.append((name, t_tvm, t_ms, t_nestor, tvm_s))
+            out(f"{name}: Nestor through ms.tune_tir {t_tvm * 1e3:.3f} ms ({tvm_s:.0f} s tuning)")
         _print_table(rows[-1:], out, gpu)
     _print_table(rows, out, gpu)
     known = [x for x in ratios if x]
     geomean = float(np.exp(np.mean(np.log(known)))) if known else float("nan")
+    if via:
+        _print_via_tvm(via, out)
     if metaschedule:
         out(f"geomean speedup vs MetaSchedule: {geomean:.2f}")
     else:
@@ -169,10 +201,11 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     return geomean
 
 
-def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
+def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat, tvm_fn=None):
     """Check each competitor's output against ONNX Runtime's, then time them interleaved:
     medians of Nestor, MetaSchedule, the third opinion (ONNX Runtime on the CPU, PyTorch on a
-    GPU; None where there is none) and NumPy (CPU matmuls, else None)."""
+    GPU; None where there is none), NumPy (CPU matmuls, else None) and Nestor through
+    ms.tune_tir (`tvm_fn`, else None)."""
     import tvm
 
     from .codegen import device_of, is_gpu
@@ -189,7 +222,11 @@ def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
     if ms_fn:
         fns.append(lambda: ms_fn(*args, y_ms))
         outputs["MetaSchedule"] = lambda: y_ms.numpy()
-    ours = len(fns)  # Nestor's, and MetaSchedule's where it ran
+    if tvm_fn:
+        y_tvm = tvm.runtime.tensor(np.zeros(suite.output, np.float32), dev)
+        fns.append(lambda: tvm_fn(*args, y_tvm))
+        outputs["Nestor through ms.tune_tir"] = lambda: y_tvm.numpy()
+    ours = len(fns)  # Nestor's, and MetaSchedule's and Nestor's through TVM where they ran
     op = torch_op(suite.node(), torch) if torch else None
     if op:
         txs = [torch.from_numpy(x).cuda() for x in xs]
@@ -211,7 +248,20 @@ def _time_side_by_side(name, suite, nestor_fn, ms_fn, target, torch, repeat):
             fns.append(lambda: np.matmul(*xs))
         times = interleaved_medians(fns, repeat)
         t_ref, t_np = times[ours], (times[ours + 1] if suite.numpy_matmul else None)
-    return times[0], (times[1] if ms_fn else None), t_ref, t_np
+    return times[0], (times[1] if ms_fn else None), t_ref, t_np, (times[ours - 1] if tvm_fn else None)
+
+
+def _print_via_tvm(via, out) -> None:
+    """Nestor through ms.tune_tir against MetaSchedule's own search and Nestor's own tuning."""
+    out(f"{'kernel':<14} {'via tvm ms':>10} {'vs ms':>7} {'vs own':>7} {'tune s':>7}")
+    for name, t_tvm, t_ms, t_own, tune_s in via:
+        vs_ms = f"{t_ms / t_tvm:>7.2f}" if t_ms else f"{'-':>7}"
+        out(f"{name:<14} {t_tvm * 1e3:>10.3f} {vs_ms} {t_tvm / t_own:>7.2f} {tune_s:>7.0f}")
+    own = float(np.exp(np.mean([np.log(t / o) for _, t, _, o, _ in via])))
+    line = f"Nestor through ms.tune_tir: its time / Nestor's own tuning's {own:.2f} (geomean)"
+    if all(m for _, _, m, _, _ in via):
+        line += f", speedup vs MetaSchedule {np.exp(np.mean([np.log(m / t) for _, t, m, _, _ in via])):.2f}"
+    out(line)
 
 
 def _print_table(rows, out, gpu: bool = False) -> None:

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=at_least(1), default=20)
     b.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
                    help="kernels: time Nestor against the library alone (ONNX Runtime, or PyTorch on a GPU)")
+    b.add_argument("--via-tvm", action="store_true",
+                   help="kernels: tune each kernel a third time through TVM's ms.tune_tir with Nestor's strategy "
+                        "(nestor.tvm) and time it beside the others")
     b.add_argument("--records", help="kernels: keep Nestor's measurements in this database; "
                                      "models: tune into it, or without --time-budget compile from it; "
                                      "costmodel: the records to evaluate on")
@@ -350,7 +353,8 @@ def cmd_bench(args) -> int:
     if args.suite == "kernels":
         from .bench_kernels import bench_kernels
         bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
-                      records=args.records, target=args.target, metaschedule=args.metaschedule)
+                      records=args.records, target=args.target, metaschedule=args.metaschedule,
+                      via_tvm=args.via_tvm)
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report

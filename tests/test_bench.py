@@ -248,3 +248,19 @@ def test_with_logits_adds_the_softmax_input_as_an_output():
     assert [o.name for o in model.graph.output] == ["prob", "logits"]
     assert bench.output_error([[1.0, 2.0]], [[1.0, 2.0]]) == 0
     assert bench.output_error([[1.0, 2.02]], [[1.0, 2.0]]) == pytest.approx(0.01)
+
+
+def test_kernel_bench_via_tvm_tunes_through_tune_tir_and_times_it_beside_nestors_own(tmp_path):
+    """The third side: Nestor's strategy inside ms.tune_tir, its database in <records>.tvm/."""
+    lines = []
+    records = str(tmp_path / "k.sqlite")
+    bk.bench_kernels(["softmax"], trials=2, repeat=3, records=records, out=lines.append, metaschedule=False,
+                     via_tvm=True)
+    from nestor.autotune.records import Records
+    from nestor.autotune.ms_database import records_path
+    with Records(records_path(str(tmp_path / "k.sqlite.tvm" / "softmax"))) as via:
+        assert via.count() == 2   # measured through MetaSchedule's flow, kept in Nestor's records there
+    (row,) = [line for line in lines if line.startswith("softmax") and len(line.split()) == 5]
+    t_tvm, vs_ms, vs_own = row.split()[1:4]
+    assert float(t_tvm) > 0 and vs_ms == "-" and float(vs_own) > 0
+    assert lines[-2].startswith("Nestor through ms.tune_tir: its time / Nestor's own tuning's ")
