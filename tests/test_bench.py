@@ -252,6 +252,8 @@ def test_with_logits_adds_the_softmax_input_as_an_output():
 
 def test_kernel_bench_via_tvm_tunes_through_tune_tir_and_times_it_beside_nestors_own(tmp_path):
     """The third side: Nestor's strategy inside ms.tune_tir, its database in <records>.tvm/."""
+    from tests.test_tvm_plugin import _unnamed_log_handlers_dropped
+    _unnamed_log_handlers_dropped()
     lines = []
     records = str(tmp_path / "k.sqlite")
     bk.bench_kernels(["softmax"], trials=2, repeat=3, records=records, out=lines.append, metaschedule=False,
