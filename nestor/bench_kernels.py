@@ -154,6 +154,9 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     kernels = kernels_named(names)
     target = as_target(target)
     gpu = is_gpu(target)
+    if via_tvm and gpu:
+        raise NestorError("bench kernels --via-tvm: Nestor tunes through MetaSchedule for CPU (llvm) targets only, "
+                          f"not {target.kind.name}")
     if gpu:
         need_gpu(target)
     torch = _optional_torch(out) if gpu else None

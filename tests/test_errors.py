@@ -141,6 +141,7 @@ BAD_COMMANDS = [
     # paths to read
     ("compile {d}/missing.onnx", 1, "model '{d}/missing.onnx' does not exist"),
     ("compile {d}/adir", 1, "model '{d}/adir' is a directory"),
+    ("bench kernels --via-tvm --target cuda", 1, "--via-tvm: Nestor tunes through MetaSchedule for CPU (llvm) targets only"),
     ("run {d}/missing.nestor", 1, "does not exist"),
     ("run {d}/adir", 1, "is a directory"),
     ("tune {d}/missing.ir", 1, "does not exist"),
