@@ -144,6 +144,7 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
     schedules: list[str] = []
     with Records(records_path, create=False) as records:
         x, seconds, groups = record_samples(records, target, names, medians, schedules)
+    own = None  # truth=DB: the records' own medians, judged beside the model
     if truth not in ("median", "fastest"):
         own = np.asarray(medians)
         medians = _retimed(truth, groups, schedules)
@@ -155,7 +156,7 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
                            f"that replay: nothing to evaluate")
     keep = np.isin(groups, tasks)
     x, seconds, groups = x[keep], seconds[keep], groups[keep]
-    own = own[keep] if truth not in ("median", "fastest") else None
+    own = own[keep] if own is not None else None
     judged = seconds if truth == "fastest" else np.asarray(medians)[keep]
     base = None
     if pretrained:
