@@ -114,7 +114,7 @@ def import_model(source, input_shapes: dict[str, tuple[int, ...]] | None = None,
         if blocked:
             nodes = blocked_layout(nodes, consts, types, outputs, winograd, machine)
     read = {i for n in nodes for i in n.input} | set(outputs)
-    graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types) for node in nodes]
+    graph_nodes = [_lower(_drop_unread_outputs(node, read), opsets, consts, types, machine.is_gpu) for node in nodes]
     used = {t for n in graph_nodes for t in n.inputs} | set(outputs)
     return Graph(name=name or _identifier(g.name or "model"), inputs=inputs, outputs=outputs,
                  nodes=graph_nodes, types=types,
@@ -247,7 +247,7 @@ def _outer_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _lower(node, opsets, consts, types) -> Node:
+def _lower(node, opsets, consts, types, gpu: bool = False) -> Node:
     opset = opsets.get(node.domain or "ai.onnx")
     if node.domain not in ("", "ai.onnx", NESTOR_DOMAIN):
         raise _foreign_domain(node, opset)
@@ -265,7 +265,7 @@ def _lower(node, opsets, consts, types) -> Node:
         return TensorInfo(t.shape, t.dtype, consts.get(name))
 
     ctx = make_context(node, node.name, opset, [info(i) for i in node.input],
-                       [info(o) for o in node.output if o])
+                       [info(o) for o in node.output if o], gpu)
     lowered = lower(ctx)
     outputs = [o for o in node.output if o]
     if isinstance(lowered, Alias):

@@ -48,7 +48,7 @@ PIPELINES = {
     "conv": ["split(i7, 5); distribute(i7_i); reorder(r0, r1, r2, i7_i_1); vectorize(i7_i); "
              "vectorize(i7_i_1); parallel(i5)",
              "cache_write(Out, i6); parallel(i5); unroll(Out_w3)"],
-    "softmax": ["vectorize(i3); parallel(i2); parallel(i0); unroll(r1)"],
+    "softmax": ["vectorize(i5); parallel(i4); vectorize(i2); parallel(i0); unroll(r1)"],
     "layernorm": ["split(i3, 8); vectorize(i3_i); parallel(i2)"],
     "maxpool": ["parallel(i1); unroll(r0); unroll(r1)"],
     "avgpool": ["fuse(i2, i3); parallel(i1)"],

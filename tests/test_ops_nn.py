@@ -304,6 +304,15 @@ def test_softmax_before_opset13_coerces_to_2d(op):
     np.testing.assert_allclose(got, want.reshape(x.shape), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("target, exps", [("cpu", 1), ("cuda", 2)])
+def test_softmax_computes_exp_once_per_element_on_a_cpu(target, exps):
+    """On a CPU the exps are stored once and read by the sum and the division; on a GPU, where
+    exp is cheap and memory traffic is not, each is computed again in the division."""
+    model = single_node_model(node("Softmax", ["X"], axis=-1), {"X": rand(4, 32)}, opset=17)
+    (kernel,) = [n.kernel for n in nestor.import_onnx(model, target=target).nodes if n.kernel is not None]
+    assert print_kernel(kernel).count("exp(") == exps
+
+
 # -- Gemm and MatMul --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ta, tb, alpha, beta, c_shape", [

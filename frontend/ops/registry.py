@@ -52,6 +52,7 @@ class OpContext:
     inputs: list[TensorInfo | None]        # None for an omitted optional input ('')
     outputs: list[TensorInfo]
     attrs: dict = field(default_factory=dict)
+    gpu: bool = False                      # imported for a GPU, where arithmetic is cheap beside memory
 
     @property
     def op_type(self) -> str:
@@ -106,6 +107,6 @@ def supported_ops() -> list[str]:
 
 
 def make_context(node: onnx.NodeProto, name: str, opset: int,
-                 inputs: list[TensorInfo | None], outputs: list[TensorInfo]) -> OpContext:
+                 inputs: list[TensorInfo | None], outputs: list[TensorInfo], gpu: bool = False) -> OpContext:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return OpContext(node, name, opset, inputs, outputs, attrs)
+    return OpContext(node, name, opset, inputs, outputs, attrs, gpu)
