@@ -7,7 +7,8 @@ checks it on reading); `CompiledModel.load` needs only the TVM runtime and NumPy
 ONNX, no compiler). Runs may come from several threads at once: each takes a workspace (an arena
 and input tensors) of its own from a pool, and they share the weights. The kernels are native code for the
 target recorded in the plan, and the model runs on that target's device (this CPU, or the GPU:
-weights uploaded once, inputs copied in and outputs copied out on every run).
+weights uploaded once, inputs copied in and outputs copied out on every run). On the CPU the
+kernels write most outputs straight into the arrays `run` returns (written_in_place).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tvm
 
-from ..ir import Graph, Kernel, storage
+from ..ir import Graph, Kernel, itemsize, storage
 from ..ir.hashing import structural_hash
 from ..ir.errors import FileError, InputError, ModelError
 from . import artifact
@@ -163,7 +164,8 @@ class CompiledModel:
                 same = tuple(owner.shape) == shape and str(owner.dtype) == dtype
                 tensors[name] = owner if same else owner._create_view(shape, dtype)
         steps = [(self.module.get(s["func"]), [tensors[a] for a in s["args"]]) for s in self.plan["steps"]]
-        return _Workspace(inputs, tensors, steps, self.device)
+        direct = {} if is_gpu(self.target) else written_in_place(self.plan)
+        return _Workspace(inputs, tensors, steps, self.device, direct)
 
     def _take(self) -> "_Workspace":
         """A workspace for one run: a free one, or a new one while every other is busy (so the
@@ -228,11 +230,13 @@ class CompiledModel:
         values = self._values(inputs)
         workspace = self._take()
         try:
+            fresh = workspace.bind_fresh_outputs()
             workspace.feed(values)
             workspace.execute()
-            return [workspace.tensors[n].numpy().view(self.tensor_type(n)[1])  # (sub-byte types)
-                    for n in self.plan["outputs"]]
+            return [fresh[n] if n in fresh else workspace.tensors[n].numpy().view(self.tensor_type(n)[1])
+                    for n in self.plan["outputs"]]  # (.view: sub-byte types)
         finally:
+            workspace.unbind_fresh_outputs()  # the pool keeps no caller's array alive
             with self._lock:
                 self._free.append(workspace)
 
@@ -320,12 +324,71 @@ class CompiledModel:
         return model
 
 
+def written_in_place(plan: dict) -> dict[str, list[tuple[int, int]]]:
+    """The outputs that `run` lets the kernels write straight into the arrays it returns: output
+    name -> the (step, argument) positions that name it. An output qualifies when it lives in the
+    arena, has a NumPy dtype of its own, is written by a kernel (the last output of the first
+    step that names it), and nothing else reads or writes its bytes from then on (no view of it,
+    such as a Reshape's, no other output). The others are copied out of the arena after the
+    run, as a GPU's outputs are."""
+    tensors, steps, outputs = plan["tensors"], plan["steps"], plan["outputs"]
+
+    def span(name: str) -> tuple[int, int]:
+        t = tensors[name]
+        return t["key"], t["key"] + int(np.prod(t["shape"], dtype=np.int64)) * itemsize(t["dtype"])
+
+    found = {}
+    for name in outputs:
+        t = tensors[name]
+        if t["place"] != "arena" or outputs.count(name) > 1 or not _plain_numpy(t["dtype"]):
+            continue
+        uses = [(si, ai) for si, step in enumerate(steps) for ai, arg in enumerate(step["args"]) if arg == name]
+        # written by the first step that names it (a step's last argument is an output), not a
+        # view written through another tensor (an alias node's output, a Concat done in place)
+        if not uses or steps[uses[0][0]]["args"][-1] != name:
+            continue
+        lo, hi = span(name)
+        others = {a for step in steps[uses[0][0]:] for a in step["args"]} | set(outputs)
+        if any(tensors[a]["place"] == "arena" and a != name and span(a)[0] < hi and lo < span(a)[1]
+               for a in others):
+            continue
+        found[name] = uses
+    return found
+
+
+def _plain_numpy(dtype: str) -> bool:
+    """A float or integer type NumPy holds as the kernels store it (not bool, bfloat16, int4 ...)."""
+    try:
+        return storage(dtype) == dtype and np.dtype(dtype).kind in "fiu"
+    except TypeError:
+        return False
+
+
 class _Workspace:
     """What one run writes: the input tensors, the arena (through the views in `tensors`), and
-    every step's function with its bound arguments."""
+    every step's function with its bound arguments. `direct`: the outputs (written_in_place)
+    that each run rebinds to fresh arrays, returned to the caller without a copy."""
 
-    def __init__(self, inputs: list, tensors: dict, steps: list, device):
+    def __init__(self, inputs: list, tensors: dict, steps: list, device,
+                 direct: dict[str, list[tuple[int, int]]] | None = None):
         self.inputs, self.tensors, self.steps, self.device = inputs, tensors, steps, device
+        self.direct = direct or {}
+
+    def bind_fresh_outputs(self) -> dict[str, np.ndarray]:
+        """A new array for each `direct` output, bound where the steps write and read it."""
+        fresh = {}
+        for name, uses in self.direct.items():
+            array = aligned_empty(self.tensors[name].shape, str(self.tensors[name].dtype))
+            bound = tvm.runtime.from_dlpack(array)
+            for si, ai in uses:
+                self.steps[si][1][ai] = bound
+            fresh[name] = array
+        return fresh
+
+    def unbind_fresh_outputs(self) -> None:
+        for name, uses in self.direct.items():
+            for si, ai in uses:
+                self.steps[si][1][ai] = self.tensors[name]
 
     def feed(self, values: list[np.ndarray]) -> None:
         for value, dst in zip(values, self.inputs):
@@ -339,6 +402,15 @@ class _Workspace:
     def execute_synchronized(self) -> None:
         self.execute()
         self.device.sync()
+
+
+def aligned_empty(shape, dtype: str) -> np.ndarray:
+    """An uninitialized array whose data starts at an ALIGN-byte boundary (TVM's kernels assume
+    it of every argument)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _absent_device(target) -> str | None:
