@@ -327,7 +327,7 @@ class CompiledModel:
 def written_in_place(plan: dict) -> dict[str, list[tuple[int, int]]]:
     """The outputs that `run` lets the kernels write straight into the arrays it returns: output
     name -> the (step, argument) positions that name it. An output qualifies when it lives in the
-    arena, has a NumPy dtype of its own, is written by a kernel (the last output of the first
+    arena, is not empty, has a NumPy dtype of its own, is written by a kernel (the last output of the first
     step that names it), and nothing else reads or writes its bytes from then on (no view of it,
     such as a Reshape's, no other output). The others are copied out of the arena after the
     run, as a GPU's outputs are."""
@@ -340,7 +340,8 @@ def written_in_place(plan: dict) -> dict[str, list[tuple[int, int]]]:
     found = {}
     for name in outputs:
         t = tensors[name]
-        if t["place"] != "arena" or outputs.count(name) > 1 or not _plain_numpy(t["dtype"]):
+        if t["place"] != "arena" or outputs.count(name) > 1 or not _plain_numpy(t["dtype"]) \
+                or not np.prod(t["shape"]):  # (an empty array has no aligned data to bind)
             continue
         uses = [(si, ai) for si, step in enumerate(steps) for ai, arg in enumerate(step["args"]) if arg == name]
         # written by the first step that names it (a step's last argument is an output), not a
