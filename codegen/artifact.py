@@ -134,7 +134,8 @@ def _constants(data: bytes, names) -> dict[str, np.ndarray]:
     return {str(n): npz[f"c{i}"] for i, n in enumerate(names)}
 
 
-def _nbytes(shape, dtype) -> int:
+def tensor_bytes(shape, dtype) -> int:
+    """The bytes a plan's tensor of `shape` and `dtype` takes."""
     return math.prod(shape) * itemsize(dtype)
 
 
@@ -153,18 +154,18 @@ def _check_tensors(plan: dict, constants: dict[str, np.ndarray]) -> None:
             raise _Bad(f"tensor '{name}' has dtype '{dtype}'")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise _Bad(f"tensor '{name}' has shape {shape}")
-        nbytes = _nbytes(shape, dtype)
+        size = tensor_bytes(shape, dtype)
         if place == "arena":
             room = plan["arena_bytes"] - key if isinstance(key, int) and key >= 0 else -1
         elif place == "input":
             owner = inputs[key] if isinstance(key, int) and 0 <= key < len(inputs) else None
-            room = _nbytes(tensors[owner]["shape"], tensors[owner]["dtype"]) if owner in tensors else -1
+            room = tensor_bytes(tensors[owner]["shape"], tensors[owner]["dtype"]) if owner in tensors else -1
         elif place == "constant":
             room = constants[key].nbytes if key in constants else -1
         else:
             raise _Bad(f"tensor '{name}' has place '{place}'")
-        if nbytes > room:
-            raise _Bad(f"tensor '{name}' ({nbytes} bytes) does not fit in its {place} place {key!r}")
+        if size > room:
+            raise _Bad(f"tensor '{name}' ({size} bytes) does not fit in its {place} place {key!r}")
     for name in inputs:
         if tensors[name]["place"] != "input":
             raise _Bad(f"input '{name}' is placed in the {tensors[name]['place']}")

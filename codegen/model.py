@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tvm
 
-from ..ir import Graph, Kernel, itemsize, storage
+from ..ir import Graph, Kernel, storage
 from ..ir.hashing import structural_hash
 from ..ir.errors import FileError, InputError, ModelError
 from . import artifact
@@ -106,6 +106,8 @@ class CompiledModel:
         self._free: list[_Workspace] = []   # workspaces no run holds now
         self._fixed: _Workspace | None = None   # kernels_only's and profile's own
         self._constants: dict[str, tvm.runtime.Tensor] | None = None
+        # outputs the kernels write straight into `run`'s arrays (a GPU's are copied to the host)
+        self._direct = {} if is_gpu(self.target) else written_in_place(plan)
         if not self._absent:
             self._free.append(self._workspace())   # bound now: a model that cannot bind fails at load
 
@@ -164,8 +166,7 @@ class CompiledModel:
                 same = tuple(owner.shape) == shape and str(owner.dtype) == dtype
                 tensors[name] = owner if same else owner._create_view(shape, dtype)
         steps = [(self.module.get(s["func"]), [tensors[a] for a in s["args"]]) for s in self.plan["steps"]]
-        direct = {} if is_gpu(self.target) else written_in_place(self.plan)
-        return _Workspace(inputs, tensors, steps, self.device, direct)
+        return _Workspace(inputs, tensors, steps, self.device, self._direct)
 
     def _take(self) -> "_Workspace":
         """A workspace for one run: a free one, or a new one while every other is busy (so the
@@ -335,7 +336,7 @@ def written_in_place(plan: dict) -> dict[str, list[tuple[int, int]]]:
 
     def span(name: str) -> tuple[int, int]:
         t = tensors[name]
-        return t["key"], t["key"] + int(np.prod(t["shape"], dtype=np.int64)) * itemsize(t["dtype"])
+        return t["key"], t["key"] + artifact.tensor_bytes(t["shape"], t["dtype"])
 
     found = {}
     for name in outputs:
