@@ -2,15 +2,19 @@
 interface as the local Measurer: the tuner cannot tell which it has.
 
 Candidates are built here, in parallel (the Measurer's builders, for the target: its triple where
-it names one), and a slice of them is timed there while the next slice builds here, each in an
-RPC session of its own on a device registered under the key: the module is uploaded, run there
-once and checked against the reference outputs, then timed there. One runner process per free
-device, so every device times a candidate at once.
-A session per candidate, as MetaSchedule's RPC runner: the server ends a session that runs past
-the timeout (a hung candidate) and the device serves the next; a device that disappears costs the
-candidate it was running, and the candidates after it go to the other devices. A candidate that
-crashes its session (a segfault) takes TVM's rpc_server down with it: the server's listening
-thread dies of the session's exit status, and the process lives on, unregistered, serving no one.
+it names one), and a slice of them is timed there while the next slice builds here: each uploaded
+to a device registered under the key, run there once and checked against the reference outputs,
+then timed there. One runner process per free device, so every device times a candidate at once.
+A runner keeps its RPC session (and the kernel's inputs there) from one candidate to the next
+until the batch ends, rather than one session per candidate as MetaSchedule's RPC runner: a new
+session costs a request to the tracker, a process forked there and the device registering again,
+many times a small kernel's timing. A session lasts SESSION_SPAN timeouts (a candidate starts in
+it only while one whole timeout is left): the server ends it then, which is how a hung candidate
+ends (so it holds its device up to SESSION_SPAN timeouts); one that finishes past its timeout is
+still a timeout. A device that disappears costs the candidate it was running, and the candidates
+after it go to the other devices (the next round of the batch). A candidate that crashes its
+session (a segfault) takes TVM's rpc_server down with it: the server's listening thread dies of
+the session's exit status, and the process lives on, unregistered, serving no one.
 So a candidate no device took (all gone, or busy past QUEUE_WAIT) is not its fault: it is offered
 again to the devices found then; when none is left it stays unmeasured (unrecorded), and the next
 batch ends in one RPCError that names the devices lost. Between batches the runners follow the
@@ -32,7 +36,8 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the tracker
 DEVICE_WAIT = 30.0      # seconds tuning waits for a free device under the key before it gives up
 QUEUE_WAIT = 30.0       # seconds a runner waits for a device mid-batch (while another was lost)
 SETTLE = 2.0            # seconds a device takes to register again after a session
-POLL = 0.2              # seconds between two looks at the tracker's queue
+POLL = 0.05             # seconds between two looks at the tracker's queue
+SESSION_SPAN = 3        # a runner's session on a device lasts this many candidate timeouts
 RETRIES = 3             # rounds a batch's candidates no device took are offered to the devices again
 UNSERVED = "unserved"   # a runner's reply: no device took the candidate (never run: tried again)
 
@@ -117,7 +122,9 @@ class RPCMeasurer(Measurer):
         try:
             self._free = wait_for_devices(self._tracker, tracker, key, device_wait)
             # a runner's own limit: it may first wait for a device (after one was lost), then upload
-            super().__init__(reference, target, timeout=timeout + QUEUE_WAIT + CONNECT_TIMEOUT, **options)
+            # (a hang ends with the session it runs in: SESSION_SPAN timeouts after it opened)
+            super().__init__(reference, target, timeout=SESSION_SPAN * timeout + QUEUE_WAIT + CONNECT_TIMEOUT,
+                             **options)
         except BaseException:
             self._tracker.close()
             raise
@@ -157,7 +164,13 @@ class RPCMeasurer(Measurer):
                 ok = [n for n, b in zip(part, built) if "error" not in b]
                 timed = dict(zip(ok, self._time_on_devices([runs[n] for n in ok], deadline)))
                 done += [(b, timed.get(n)) for n, b in zip(part, built)]
+        self._release()
         return done
+
+    def _release(self) -> None:
+        """The runners end their sessions: the devices go back to the tracker (for counting, and
+        for the tracker's other clients) until the next batch."""
+        _serve(self._runners, [{"release": True}] * len(self._runners), self.timeout, "")
 
     def _time_on_devices(self, runs: list[dict], deadline: float | None) -> list[dict]:
         """Each run's reply. A run no device took (UNSERVED: every device gone or busy; not the
@@ -169,6 +182,7 @@ class RPCMeasurer(Measurer):
         waiting = list(range(len(runs)))
         for round_ in range(RETRIES + 1):
             if round_:
+                self._release()
                 try:
                     self._follow_devices()
                 except RPCError:
@@ -215,18 +229,24 @@ class RPCMeasurer(Measurer):
 
 
 def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
-    """A runner process's serve(request): each candidate in a session of its own on a device
-    under `key`, its result tagged with the device key."""
+    """A runner process's serve(request): candidates timed on a device under `key` in a session
+    it keeps for the next ones (while SESSION_SPAN timeouts last), each result tagged with the
+    device key. `{"release": True}` ends the session (the device goes back to the tracker)."""
     from tvm import rpc
     from tvm.rpc.base import TrackerCode, recvjson, sendjson
     kernel = dict(config)
     trackers = []  # the connection to the tracker, made again after a failure
+    held = {}      # the open session: remote, device, until (time.monotonic), bench (the kernel's arrays there)
+    lost = []      # the device lost mid-round: the round's next candidates are for the other runners
 
     def next_device() -> tuple[str, int, str] | None:
         """The address and match key of the next free device, waiting QUEUE_WAIT at most; None
         at once when no device is registered under the key (all gone: none will come free)."""
         if not trackers:
             trackers.append(rpc.connect_tracker(*tracker))
+            # TVM writes a message's length and its body in two sends: without this, each
+            # question to the tracker waits out a delayed ACK (40 ms)
+            trackers[0]._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = trackers[0]
         deadline = time.monotonic() + QUEUE_WAIT
         try:
@@ -253,11 +273,8 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
         url, port, matchkey = answer[1]
         return url, port, matchkey
 
-    def serve(request) -> dict:
-        if "configure" in request:
-            kernel.clear()
-            kernel.update(request["configure"])
-            return {}
+    def open_session() -> dict | None:
+        """A session on the next free device (held), or the reply when there is none."""
         try:
             found = next_device()
         except Exception as err:
@@ -267,20 +284,50 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
         if found is None:
             return {"error": f"not measured: no device under key '{key}' ({why})", UNSERVED: True}
         url, port, matchkey = found
-        device = f"{key}@{url}:{port}"
+        span = SESSION_SPAN * timeout
+        held.update(device=f"{key}@{url}:{port}", until=time.monotonic() + span)
+        held["remote"] = rpc.connect(url, port, matchkey, session_timeout=span)
+        return None
+
+    def serve(request) -> dict:
+        if "configure" in request:
+            kernel.clear()
+            kernel.update(request["configure"])
+            held.pop("bench", None)
+            return {}
+        if request.get("release"):
+            held.clear()  # the last reference to the session: it ends, the device registers again
+            lost.clear()
+            return {}
+        start = time.monotonic()
+        if held and start + timeout > held["until"]:  # too little left of it for a whole candidate
+            held.clear()
+        if not held and lost:
+            return {"error": f"not measured: {lost[0]} was lost", UNSERVED: True}
         try:
-            remote = rpc.connect(url, port, matchkey, session_timeout=timeout)
+            if not held and (unserved := open_session()):
+                return unserved
+            remote = held["remote"]
             remote.upload(request["path"])
             module = remote.load_module(os.path.basename(request["path"]))
-            reply = _Bench(kernel, remote.cpu(), FLUSH, remote=True).run(module, request)
+            if "bench" not in held:
+                held["bench"] = _Bench(kernel, remote.cpu(), FLUSH, remote=True)
+            reply = held["bench"].run(module, request)
+            if time.monotonic() - start > timeout:  # it ended, but later than a session of its own would have
+                reply = {"error": f"timeout after {timeout:g} s on {held['device']}"}
         except Exception as err:  # the candidate failed there, or the device was lost mid-run
+            device = held.get("device", f"{key}@?")
+            held.clear()
             if "RPCSessionTimeoutError" in str(err):  # the server ended the session (a hang)
                 reply = {"error": f"timeout after {timeout:g} s on {device}"}
             elif "kShutdown" in str(err) or isinstance(err, ConnectionError):  # the session's process is gone
                 reply = {"error": f"run failed on {device}: the session ended mid-run (the candidate crashed "
                                   f"it, or the device went away): {_brief(err)}", "lost": True}
+                lost.append(device)
             else:
                 reply = {"error": f"run failed on {device}: {_brief(err)}"}
-        reply["device"] = device
+            reply["device"] = device
+            return reply
+        reply["device"] = held["device"]
         return reply
     return serve

@@ -7,8 +7,10 @@ on the key's devices. Start the tracker and servers first:
     python -m tvm.exec.rpc_server --tracker HOST:9190 --key two      # on each of two devices
     python examples/rpc_throughput.py --tracker HOST:9190 --keys one two [--candidates 16] [--number 100]
 
-Builds take about sum(build seconds) / build workers of a batch; the rest is the timing on the
-devices, which is what more devices divide.
+Builds take about sum(build seconds) / build workers of a batch (the "builds s" column), overlapped
+with the timing on the devices, which is what more devices divide: more devices measure more
+candidates a minute while the timing takes longer than the builds (slow devices, long timings:
+--size, --repeats, --number), not once the builds are what the batch waits for.
 """
 import argparse
 import random
@@ -19,10 +21,13 @@ from nestor.autotune.space import Sketch
 from nestor.codegen import as_target, machine_params
 from nestor.ir import parse_kernel
 
-MATMUL = parse_kernel("""kernel mm(A: f32[128, 128], B: f32[128, 128]) -> (C: f32[128, 128]) {
-  for i in 0..128 { for j in 0..128 { C[i, j] = 0.0 } }
-  for i in 0..128 { for j in 0..128 { for k in 0..128 reduce { C[i, j] += A[i, k] * B[k, j] } } }
-}""")
+
+
+def matmul(n: int):
+    return parse_kernel(f"""kernel mm(A: f32[{n}, {n}], B: f32[{n}, {n}]) -> (C: f32[{n}, {n}]) {{
+  for i in 0..{n} {{ for j in 0..{n} {{ C[i, j] = 0.0 }} }}
+  for i in 0..{n} {{ for j in 0..{n} {{ for k in 0..{n} reduce {{ C[i, j] += A[i, k] * B[k, j] }} }} }}
+}}""")
 
 
 def main() -> None:
@@ -30,15 +35,18 @@ def main() -> None:
     p.add_argument("--tracker", required=True, metavar="HOST:PORT")
     p.add_argument("--keys", required=True, nargs="+", help="device keys, each measured in turn")
     p.add_argument("--candidates", type=int, default=16)
+    p.add_argument("--size", type=int, default=128, help="the matmul's N (N×N by N×N; default 128)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats a candidate (default 3)")
     p.add_argument("--number", type=int, help="runs a timed repeat (default: about 1 ms a repeat)")
     p.add_argument("--target", help="the devices' target (default: this host's CPU)")
     args = p.parse_args()
-    sketch = Sketch.of(MATMUL, machine_params(as_target(args.target)))
+    kernel = matmul(args.size)
+    sketch = Sketch.of(kernel, machine_params(as_target(args.target)))
     rng = random.Random(0)
     candidates = [sketch.realize(sketch.sample(rng))[1] for _ in range(args.candidates)]
     print(f"{'key':<12} {'devices':>7} {'cand/min':>9} {'batch s':>8} {'builds s':>8} {'ok':>4}")
     for key in args.keys:
-        with RPCMeasurer(MATMUL, args.tracker, key, target=args.target, repeats=3, number=args.number,
+        with RPCMeasurer(kernel, args.tracker, key, target=args.target, repeats=args.repeats, number=args.number,
                          timeout=120) as m:
             m.measure(candidates[:2])  # every process has run once
             start = time.perf_counter()

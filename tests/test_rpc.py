@@ -155,6 +155,21 @@ def test_remote_checks_records_and_a_killed_device(loopback, pair, tmp_path):
         assert len(m._runners) == 1 and all(r.ok and r.device == survivor for r in again)
 
 
+def test_a_runner_keeps_its_session_for_the_batch_then_gives_the_device_back(loopback):
+    """A session per batch, not per candidate: one fork there, one registration with the tracker."""
+    (device,) = loopback.serve("keep", 1)
+    with RPCMeasurer(MATMUL, loopback.address, "keep", repeats=2) as m:
+        results = m.measure([GOOD, WRONG, GOOD, MATMUL, GOOD])
+        assert [r.ok for r in results] == [True, False, True, True, True]
+        assert loopback.log(device).count("start serving") == 1
+        deadline = time.monotonic() + 10  # given back when the batch ended (the server logs it after)
+        while "finish serving" not in loopback.log(device):
+            assert time.monotonic() < deadline, "the session outlived its batch"
+            time.sleep(0.05)
+        assert all(r.ok for r in m.measure([GOOD, GOOD]))  # the next batch: a session of its own
+        assert loopback.log(device).count("start serving") == 2
+
+
 @pytest.mark.slow
 def test_remote_results_equal_local_ones(loopback):
     loopback.serve("equal", 2)
