@@ -349,27 +349,41 @@ def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str,
     "timeout ...", after `prefix`) and is replaced for the next; so is one whose reply says
     `replace` (its process is unusable: a GPU fault). At `deadline` (time.monotonic) the
     requests in flight are stopped and they and those not sent get BUDGET_ENDED."""
-    replies: list = [None] * len(requests)
-    todo = collections.deque(range(len(requests)))
-    idle, busy = list(workers), {}
-    while todo or busy:
+    (replies,) = _serve_stages([(workers, timeout, prefix)], [requests], deadline)
+    return replies
+
+
+def _serve_stages(stages: list[tuple[list[_Worker], float, str]], requests: list[list],
+                  deadline: float | None = None) -> list[list[dict | None]]:
+    """As _serve, for jobs that pass through stages of workers (stages[k]: workers, timeout,
+    prefix; requests[k][n]: job n's request there): a job goes on to the next stage as soon as
+    its reply has no error. replies[k][n]; None where job n did not reach stage k."""
+    jobs = len(requests[0])
+    replies: list[list] = [[None] * jobs for _ in stages]
+    todo = [collections.deque(range(jobs))] + [collections.deque() for _ in stages[1:]]
+    idle = [list(workers) for workers, _, _ in stages]
+    busy: dict[_Worker, tuple[int, int]] = {}  # worker -> (stage, job)
+    while any(todo) or busy:
         if deadline is not None and time.monotonic() >= deadline:
-            for w, n in busy.items():
+            for w, (k, n) in busy.items():
                 w.stop()
-                replies[n] = {"error": BUDGET_ENDED}
-            for n in todo:
-                replies[n] = {"error": BUDGET_ENDED}
+                replies[k][n] = {"error": BUDGET_ENDED}
+            for k, waiting in enumerate(todo):
+                for n in waiting:
+                    replies[k][n] = {"error": BUDGET_ENDED}
             break
-        while todo and idle:
-            w = idle.pop()
-            n = todo.popleft()
-            w.submit(requests[n])
-            busy[w] = n
-        end = min(w.since + timeout for w in busy)
+        for k, waiting in enumerate(todo):
+            while waiting and idle[k]:
+                w = idle[k].pop()
+                n = waiting.popleft()
+                w.submit(requests[k][n])
+                busy[w] = (k, n)
+        end = min(w.since + stages[k][1] for w, (k, _) in busy.items())
         if deadline is not None:
             end = min(end, deadline)
         ready = wait([w.conn for w in busy], max(end - time.monotonic(), 0.0))
-        for w in list(busy):
+        for w, (k, n) in list(busy.items()):
+            _, timeout, prefix = stages[k]
             if w.conn in ready:
                 r = w.reply()
                 if "error" in r and r["error"].startswith("crashed"):
@@ -381,8 +395,11 @@ def _serve(workers: list[_Worker], requests: list, timeout: float, prefix: str,
                 r = {"error": f"{prefix}timeout after {timeout:g} s"}
             else:
                 continue
-            replies[busy.pop(w)] = r
-            idle.append(w)
+            replies[k][n] = r
+            del busy[w]
+            idle[k].append(w)
+            if "error" not in r and k + 1 < len(stages):
+                todo[k + 1].append(n)
     return replies
 
 

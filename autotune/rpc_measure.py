@@ -2,9 +2,9 @@
 interface as the local Measurer: the tuner cannot tell which it has.
 
 Candidates are built here, in parallel (the Measurer's builders, for the target: its triple where
-it names one), and a slice of them is timed there while the next slice builds here: each uploaded
-to a device registered under the key, run there once and checked against the reference outputs,
-then timed there. One runner process per free device, so every device times a candidate at once.
+it names one), and each is timed there as soon as it is built here: uploaded to a device
+registered under the key, run there once and checked against the reference outputs, then timed
+there. One runner process per free device, so every device times a candidate at once.
 A runner keeps its RPC session (and the kernel's inputs there) from one candidate to the next
 until the batch ends, rather than one session per candidate as MetaSchedule's RPC runner: a new
 session costs a request to the tracker, a process forked there and the device registering again,
@@ -27,10 +27,9 @@ import os
 import socket
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ..ir.errors import NestorError
-from .measure import BUDGET_ENDED, BUILD_TIMEOUT, FLUSH, Measurer, _Bench, _brief, _serve, _Worker
+from .measure import BUDGET_ENDED, BUILD_TIMEOUT, FLUSH, Measurer, _Bench, _brief, _serve, _serve_stages, _Worker
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the tracker
 DEVICE_WAIT = 30.0      # seconds tuning waits for a free device under the key before it gives up
@@ -147,54 +146,45 @@ class RPCMeasurer(Measurer):
         return super().measure(candidates)
 
     def _build_and_time(self, builds, runs, deadline):
-        """As the Measurer's, but in slices (as many jobs as builders or devices, whichever are
-        more): a slice is timed there while the next one builds here, where no timing runs."""
-        size = max(len(self._builders), len(self._runners))
-        slices = [range(start, min(start + size, len(builds))) for start in range(0, len(builds), size)]
-        done = []
-        with ThreadPoolExecutor(1) as background:  # the builders' pipes, the main thread the runners'
-            def build(part):
-                return background.submit(_serve, self._builders, [builds[n] for n in part], BUILD_TIMEOUT,
-                                         "build failed: ", deadline)
-            pending = build(slices[0]) if slices else None
-            for k, part in enumerate(slices):
-                built = pending.result()
-                if k + 1 < len(slices):
-                    pending = build(slices[k + 1])
-                ok = [n for n, b in zip(part, built) if "error" not in b]
-                timed = dict(zip(ok, self._time_on_devices([runs[n] for n in ok], deadline)))
-                done += [(b, timed.get(n)) for n, b in zip(part, built)]
+        """As the Measurer's, but each candidate is timed there as soon as it is built here
+        (where no timing runs), so the devices wait for no slower build than their next one."""
+        built, timed = _serve_stages([(self._builders, BUILD_TIMEOUT, "build failed: "),
+                                      (self._runners, self.timeout, "")], [builds, runs], deadline)
+        timed = self._offer_again(runs, timed, deadline)
         self._release()
-        return done
+        return list(zip(built, timed))
 
     def _release(self) -> None:
         """The runners end their sessions: the devices go back to the tracker (for counting, and
         for the tracker's other clients) until the next batch."""
         _serve(self._runners, [{"release": True}] * len(self._runners), self.timeout, "")
 
-    def _time_on_devices(self, runs: list[dict], deadline: float | None) -> list[dict]:
-        """Each run's reply. A run no device took (UNSERVED: every device gone or busy; not the
-        candidate's fault) is offered to the devices there are then, RETRIES rounds at most. One
-        still left gets BUDGET_ENDED, the mark of a candidate the tuner does not record: a later
-        batch measures it, or its _follow_devices says in one RPCError that no device is left
-        (after this batch's results, the crash that took the device among them, are recorded)."""
-        replies: list[dict] = [{}] * len(runs)
-        waiting = list(range(len(runs)))
-        for round_ in range(RETRIES + 1):
-            if round_:
-                self._release()
-                try:
-                    self._follow_devices()
-                except RPCError:
-                    break
-            for n, reply in zip(waiting, _serve(self._runners, [runs[n] for n in waiting], self.timeout, "",
-                                                deadline)):
-                if reply.pop("lost", False):
-                    self._lost.append(reply["device"])
-                replies[n] = reply
-            waiting = [n for n in waiting if replies[n].get(UNSERVED)]
+    def _offer_again(self, runs: list[dict], replies: list[dict | None], deadline: float | None) -> list:
+        """The replies (None: not built), with the runs no device took (UNSERVED: every device
+        gone or busy, or the runner's lost; not the candidate's fault) offered to the devices
+        there are then, RETRIES rounds at most. One still left gets BUDGET_ENDED, the mark of a
+        candidate the tuner does not record: a later batch measures it, or its _follow_devices
+        says in one RPCError that no device is left (after this batch's results, the crash that
+        took the device among them, are recorded)."""
+        def note(reply: dict) -> dict:
+            if reply.pop("lost", False):
+                self._lost.append(reply["device"])
+            return reply
+
+        replies = [r and note(r) for r in replies]
+        waiting = [n for n, r in enumerate(replies) if r and r.get(UNSERVED)]
+        for _ in range(RETRIES):
             if not waiting:
                 break
+            self._release()
+            try:
+                self._follow_devices()
+            except RPCError:
+                break
+            for n, reply in zip(waiting, _serve(self._runners, [runs[n] for n in waiting], self.timeout, "",
+                                                deadline)):
+                replies[n] = note(reply)
+            waiting = [n for n in waiting if replies[n].get(UNSERVED)]
         for n in waiting:
             replies[n] = {"error": BUDGET_ENDED}
         return replies

@@ -20,6 +20,7 @@ from nestor.cli import main
 from nestor.autotune.search import Tuner
 from nestor.codegen import build, host_target, machine_params
 from nestor.ir import print_kernel
+from nestor.passes import parse_pipeline
 
 from .test_measure import BAD, GOOD, MATMUL, parse_kernel
 
@@ -170,6 +171,19 @@ def test_a_runner_keeps_its_session_for_the_batch_then_gives_the_device_back(loo
         assert loopback.log(device).count("start serving") == 2
 
 
+def test_a_candidate_is_timed_as_soon_as_it_is_built(loopback):
+    """The device does not wait for a slow build of another candidate (several seconds: 8,192
+    statements unrolled) to time the ones built before it."""
+    (device,) = loopback.serve("stream", 1)
+    slow = parse_pipeline("split(i2, 2); reorder(i2_o, i2_i, i3, r0); unroll(i2_i); unroll(i3); unroll(r0)"
+                          ).apply(MATMUL)
+    with RPCMeasurer(MATMUL, loopback.address, "stream", repeats=2, build_workers=2) as m:
+        results = m.measure([slow, GOOD, GOOD, GOOD])
+    assert all(r.ok for r in results)
+    loaded = [int(n) for n in re.findall(r"load_module \S*candidate(\d+)\.so", loopback.log(device))]
+    assert loaded[-1] == min(loaded), loaded  # the first candidate, the slow one, timed last
+
+
 @pytest.mark.slow
 def test_remote_results_equal_local_ones(loopback):
     loopback.serve("equal", 2)
@@ -210,7 +224,8 @@ def test_a_crash_that_takes_the_only_device_down_is_its_error_then_one_line(loop
     the next batch says in one line which device was lost. (A server started again is used:
     test_a_hang_and_a_crash_cost_their_candidates.)"""
     (device,) = loopback.serve("solo", 1)
-    with RPCMeasurer(MATMUL, loopback.address, "solo", repeats=2, device_wait=1) as m:
+    # one builder: the crash is built, so timed, first (a candidate is timed once built)
+    with RPCMeasurer(MATMUL, loopback.address, "solo", repeats=2, device_wait=1, build_workers=1) as m:
         crash, after = m.measure([parse_kernel(BAD["crash"][0]), GOOD])
         assert crash.error.startswith(f"run failed on {device}: the session ended mid-run (the candidate crashed")
         assert after.error == BUDGET_ENDED
