@@ -67,7 +67,11 @@ def tracker_session(host: str, port: int):
         raise RPCError(f"RPC tracker {host}:{port} cannot be reached: {err}") from None
     if magic != RPC_TRACKER_MAGIC:
         raise RPCError(f"{host}:{port} is not an RPC tracker")
-    return rpc.connect_tracker(host, port)
+    session = rpc.connect_tracker(host, port)
+    # TVM writes a message's length and its body in two sends: without this, each question to
+    # the tracker waits out a delayed ACK (40 ms)
+    session._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return session
 
 
 def free_devices(tracker, key: str) -> tuple[int, int]:
@@ -233,10 +237,7 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
         """The address and match key of the next free device, waiting QUEUE_WAIT at most; None
         at once when no device is registered under the key (all gone: none will come free)."""
         if not trackers:
-            trackers.append(rpc.connect_tracker(*tracker))
-            # TVM writes a message's length and its body in two sends: without this, each
-            # question to the tracker waits out a delayed ACK (40 ms)
-            trackers[0]._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            trackers.append(tracker_session(*tracker))
         conn = trackers[0]
         deadline = time.monotonic() + QUEUE_WAIT
         try:

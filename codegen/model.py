@@ -409,7 +409,7 @@ class _Workspace:
 def aligned_empty(shape, dtype: str) -> np.ndarray:
     """An uninitialized array whose data starts at an ALIGN-byte boundary (TVM's kernels assume
     it of every argument)."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    nbytes = artifact.tensor_bytes(shape, dtype)
     raw = np.empty(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
