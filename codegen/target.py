@@ -40,6 +40,10 @@ def use_all_cores() -> int:
     2-core machine that ran every `parallel` loop on one thread. Returns the thread count."""
     if not os.environ.get("TVM_NUM_THREADS"):
         os.environ["TVM_NUM_THREADS"] = str(host_cores())  # read when the pool starts, at first use
+    if host_cores() < (os.cpu_count() or 1):
+        # TVM pins its thread i to the machine's i-th core, whatever cores this process was given
+        # (taskset, a CPU set): under `taskset -c 8-9` two processes' threads would share cores 0-1
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
     return int(os.environ["TVM_NUM_THREADS"])
 
 
