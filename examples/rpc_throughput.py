@@ -10,10 +10,14 @@ on the key's devices. Start the tracker and servers first:
 Builds take about sum(build seconds) / build workers of a batch (the "builds s" column), overlapped
 with the timing on the devices, which is what more devices divide: more devices measure more
 candidates a minute while the timing takes longer than the builds (slow devices, long timings:
---size, --repeats, --number), not once the builds are what the batch waits for.
+--size, --repeats, --number), not once the builds are what the batch waits for. "vs first" is the
+geometric mean of each candidate's time on the key against the first key's (1.00: the same).
+Servers sharing one host, each under `taskset`, need TVM_BIND_THREADS=0 as well: else TVM pins
+every server's threads to the machine's first cores.
 """
 import argparse
 import random
+import statistics
 import time
 
 from nestor.autotune.rpc_measure import RPCMeasurer
@@ -44,7 +48,8 @@ def main() -> None:
     sketch = Sketch.of(kernel, machine_params(as_target(args.target)))
     rng = random.Random(0)
     candidates = [sketch.realize(sketch.sample(rng))[1] for _ in range(args.candidates)]
-    print(f"{'key':<12} {'devices':>7} {'cand/min':>9} {'batch s':>8} {'builds s':>8} {'ok':>4}")
+    print(f"{'key':<12} {'devices':>7} {'cand/min':>9} {'batch s':>8} {'builds s':>8} {'ok':>4} {'vs first':>8}")
+    first = None  # the first key's median time of each candidate: the others' results compared with them
     for key in args.keys:
         with RPCMeasurer(kernel, args.tracker, key, target=args.target, repeats=args.repeats, number=args.number,
                          timeout=120) as m:
@@ -54,8 +59,12 @@ def main() -> None:
             seconds = time.perf_counter() - start
             builds = sum(r.build_seconds for r in results) / len(m._builders)
             devices = len({r.device for r in results if r.ok})
+            medians = [r.median for r in results]
+            first = first or medians
+            ratios = [t / f for t, f in zip(medians, first) if t and f]
+            same = statistics.geometric_mean(ratios) if ratios else float("nan")
             print(f"{key:<12} {devices:>7} {60 * len(results) / seconds:>9.1f} {seconds:>8.1f} {builds:>8.1f} "
-                  f"{sum(r.ok for r in results):>4}", flush=True)
+                  f"{sum(r.ok for r in results):>4} {same:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -268,4 +268,4 @@ def test_rpc_throughput_measures_candidates_through_a_tracker(tmp_path):
     finally:
         loopback.close()
     row = next(line.split() for line in out.splitlines() if line.startswith("one "))
-    assert row[1] == "1" and float(row[2]) > 0, out
+    assert row[1] == "1" and float(row[2]) > 0 and row[-1] == "1.00", out  # the first key is its own reference
