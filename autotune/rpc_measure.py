@@ -290,14 +290,14 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
             held.clear()  # the last reference to the session: it ends, the device registers again
             lost.clear()
             return {}
-        start = time.monotonic()
-        if held and start + timeout > held["until"]:  # too little left of it for a whole candidate
+        if held and time.monotonic() + timeout > held["until"]:  # too little left of it for a whole candidate
             held.clear()
         if not held and lost:
             return {"error": f"not measured: {lost[0]} was lost", UNSERVED: True}
         try:
             if not held and (unserved := open_session()):
                 return unserved
+            start = time.monotonic()  # the candidate's time starts once it has a device
             remote = held["remote"]
             remote.upload(request["path"])
             module = remote.load_module(os.path.basename(request["path"]))

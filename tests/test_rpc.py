@@ -305,3 +305,26 @@ def test_a_missing_cross_compiler_is_named_before_tuning():
     with pytest.raises(RPCError, match=r"target triple riscv64-linux-gnu needs the cross compiler "
                                        r"riscv64-linux-gnu-g\+\+ on PATH"):
         RPCMeasurer(MATMUL, "127.0.0.1:1", "k", target={"kind": "llvm", "mtriple": "riscv64-linux-gnu"})
+
+
+def test_the_wait_for_a_device_is_not_the_candidates_time(loopback, monkeypatch, tmp_path):
+    """A runner that waited for a device longer than the timeout (a busy tracker, a device coming
+    back) still gives its candidate the whole timeout there."""
+    from nestor.autotune import rpc_measure
+    loopback.serve("late", 1)
+    path = str(tmp_path / "good.so")
+    build([GOOD], host_target()).export(path)
+    slow_tracker = rpc_measure.tracker_session
+
+    def late(host, port):
+        time.sleep(2.5)
+        return slow_tracker(host, port)
+    with RPCMeasurer(MATMUL, loopback.address, "late", repeats=2, timeout=2.0) as m:
+        assert m.measure([GOOD])[0].ok  # configured: the runner's config names the kernel's arrays
+        monkeypatch.setattr(rpc_measure, "tracker_session", late)
+        serve = rpc_measure.remote_runner(**m._runners[0].config)  # in this process, as a runner runs it
+        try:
+            reply = serve({"path": path, "name": GOOD.name, "repeats": 2, "number": None})
+        finally:
+            serve({"release": True})
+    assert "error" not in reply and len(reply["repeats"]) == 2, reply
