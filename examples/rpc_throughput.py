@@ -26,7 +26,6 @@ from nestor.codegen import as_target, machine_params
 from nestor.ir import parse_kernel
 
 
-
 def matmul(n: int):
     return parse_kernel(f"""kernel mm(A: f32[{n}, {n}], B: f32[{n}, {n}]) -> (C: f32[{n}, {n}]) {{
   for i in 0..{n} {{ for j in 0..{n} {{ C[i, j] = 0.0 }} }}
