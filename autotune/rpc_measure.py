@@ -222,6 +222,14 @@ class RPCMeasurer(Measurer):
         self._workers += added
 
 
+def _session_gone(err: BaseException) -> bool:
+    """Whether the session's process is gone: it exited (a crash: kShutdown) or its socket
+    closed under the call (a device killed or unplugged: TVM's SockChannel error). Not the
+    candidate's device to wait for: the batch's other candidates go to the devices left."""
+    text = str(err)
+    return isinstance(err, ConnectionError) or "kShutdown" in text or "SockChannel" in text
+
+
 def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
     """A runner process's serve(request): candidates timed on a device under `key` in a session
     it keeps for the next ones (while SESSION_SPAN timeouts last), each result tagged with the
@@ -311,7 +319,7 @@ def remote_runner(tracker: tuple[str, int], key: str, timeout: float, **config):
             held.clear()
             if "RPCSessionTimeoutError" in str(err):  # the server ended the session (a hang)
                 reply = {"error": f"timeout after {timeout:g} s on {device}"}
-            elif "kShutdown" in str(err) or isinstance(err, ConnectionError):  # the session's process is gone
+            elif _session_gone(err):
                 reply = {"error": f"run failed on {device}: the session ended mid-run (the candidate crashed "
                                   f"it, or the device went away): {_brief(err)}", "lost": True}
                 lost.append(device)

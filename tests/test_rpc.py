@@ -150,7 +150,8 @@ def test_remote_checks_records_and_a_killed_device(loopback, pair, tmp_path):
         results = m.measure([MATMUL] * 5)
         killer.join()
         lost = [r for r in results if not r.ok]
-        assert len(lost) == 1 and lost[0].error.startswith(f"run failed on {doomed}: ")
+        assert len(lost) == 1 and lost[0].error.startswith(f"run failed on {doomed}: the session ended mid-run")
+        assert m._lost == [doomed]  # known lost at once: its runner waits for no other device
         assert len(results) == 5 and all(r.device == survivor for r in results if r.ok)
         again = m.measure([GOOD, MATMUL])  # the next batch: one runner for the one device left
         assert len(m._runners) == 1 and all(r.ok and r.device == survivor for r in again)
