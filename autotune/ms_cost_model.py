@@ -85,7 +85,8 @@ class NestorCostModel(ms.cost_model.PyCostModel):
         group = _group(context)
         best, neutral = self.best.get(group, self.best_any), self.neutral.get(group, NEUTRAL)
         scores = np.full(len(candidates), neutral)
-        scores[ok] = np.exp(np.minimum(self.slope * (self.model.predict_features(x[ok]) - best), _MAX_LOG))
+        # the task's own model too, as Nestor's tuner ranks a task's candidates
+        scores[ok] = np.exp(np.minimum(self.slope * (self.model.predict_features(x[ok], group) - best), _MAX_LOG))
         return scores
 
     # features
@@ -131,7 +132,7 @@ class NestorCostModel(ms.cost_model.PyCostModel):
         if not self.model.trained:
             return
         x, secs, groups = self.model.training_data()
-        margins = self.model.predict_features(x)
+        margins = self.model.predict_features(x, groups)
         labels = np.log(secs)
         dm, dl = [], []
         for g in np.unique(groups):

@@ -76,6 +76,18 @@ def test_the_model_learns_to_rank_candidates_it_has_not_seen(task):
     assert fastest_seen == pytest.approx(1.0, rel=0.05)  # a score reads as best measured time / predicted
 
 
+def test_a_task_is_ranked_with_its_own_model_too_as_nestors_tuner_ranks_it(task):
+    context, candidates = task
+    model = NestorCostModel()
+    model.update(context, candidates[:24], _results([_truth(c) for c in candidates[:24]]))
+    (group,) = model.model._tasks  # 24 samples of one task: it has a model of its own
+    x, _ = model.features(context, candidates[24:])
+    own = model.model.predict_features(x, group)
+    assert not np.allclose(own, model.model.predict_features(x))  # the task's model adds something
+    np.testing.assert_allclose(np.log(model.predict(context, candidates[24:])),
+                               model.slope * (own - model.best[group]), rtol=1e-5)
+
+
 def test_a_model_pretrained_on_a_saved_one_ranks_from_the_first_round(task, tmp_path):
     context, candidates = task
     donor = NestorCostModel()
