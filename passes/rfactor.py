@@ -10,12 +10,16 @@ becomes, with factor F,
 `r_i` is a spatial loop (each lane owns its partial), so it vectorizes: a row sum, maximum or
 variance over a contiguous axis runs F lanes wide instead of one scalar chain. The partials
 reassociate the reduction, as any reordering of a float reduction does.
+With `tail`, F need not divide N: `r_o` rounds up and the update is guarded by
+`r_o * F + r_i < N` (a lane past the end adds nothing to its partial, which started at the
+identity). For GPU threads, one partial each, on rows of prime length (a ViT's 197 tokens):
+the guard keeps the lane loop from vectorizing on a CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Const, For, Kernel, Load, Store, Var, is_float, seq, substitute, walk
+from ..ir import Allocate, Buffer, Const, For, If, Kernel, Load, Store, Var, is_float, lt, seq, substitute, walk
 from ..ir.visit import stmt_exprs
 from .analysis import variables
 from .base import Pass, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites, replace_loop
@@ -40,20 +44,22 @@ def identity(op: str, dtype: str) -> Const:
 @dataclass(frozen=True)
 class Rfactor(Pass):
     """Reduce `loop` in `factor` partial results (loop `<loop>_i`, to vectorize), combined after it;
-    the partial results in a `scope` buffer (shared: one per GPU thread, combined by all)."""
+    the partial results in a `scope` buffer (shared: one per GPU thread, combined by all);
+    `tail`: a factor that does not divide the extent, the last chunk guarded."""
     name = "rfactor"
     loop: str
     factor: int
     scope: str = "local"
+    tail: bool = False
 
     def apply(self, kernel: Kernel) -> Kernel:
         site = find_loop(kernel, self.loop, self)
         loop = site.loop
         if loop.axis != "reduce" or loop.kind != "serial":
             raise self.fail(self.loop, f"is a {loop.kind} {loop.axis} loop; rfactor splits a serial reduction loop")
-        if self.factor < 2 or loop.extent % self.factor:
+        if self.factor < 2 or self.factor > loop.extent or (loop.extent % self.factor and not self.tail):
             raise self.fail(self.loop, f"factor {self.factor} does not divide its extent {loop.extent} "
-                                       f"(or is below 2)")
+                                       f"(or is below 2{', or above the extent' if self.tail else ''})")
         update = loop.body
         if not isinstance(update, Store) or update.reduce is None:
             raise self.fail(self.loop, "its body must be one reduction store (`S[...] op= value`)")
@@ -73,11 +79,13 @@ class Rfactor(Pass):
                          update.buffer.dtype, self.scope)
         taken = loop_names(kernel)
         zero, outer, lane, combine = (fresh_name(f"{loop.var}_{tag}", taken) for tag in "zoic")
-        value = substitute(update.value, {loop.var: Var(outer) * self.factor + Var(lane)})
+        index = Var(outer) * self.factor + Var(lane)
+        accumulate = Store(partial, (Var(lane),), substitute(update.value, {loop.var: index}), update.reduce)
+        if loop.extent % self.factor:
+            accumulate = If(lt(index, loop.extent), accumulate)
         new = Allocate(partial, seq(
             For(zero, self.factor, Store(partial, (Var(zero),), init)),
-            For(outer, loop.extent // self.factor,
-                For(lane, self.factor, Store(partial, (Var(lane),), value, update.reduce)), axis="reduce"),
+            For(outer, -(-loop.extent // self.factor), For(lane, self.factor, accumulate), axis="reduce"),
             For(combine, self.factor, Store(update.buffer, update.indices, Load(partial, (Var(combine),)),
                                             update.reduce), axis="reduce")))
         return replace_loop(kernel, site, new)

@@ -48,7 +48,23 @@ def test_integer_max_starts_from_the_smallest_integer():
     np.testing.assert_array_equal(got, x.max(axis=1))
 
 
+@pytest.mark.parametrize("factor", [5, 32, 37])
+def test_with_a_tail_a_factor_that_does_not_divide_keeps_the_value(factor):
+    """Rows of prime length (37) on GPU threads: the last chunk's lanes past the row add nothing."""
+    kernel = parse_kernel(ROWS.replace("64", "37"))
+    steps = "; ".join(f"rfactor(r{n}, {factor}, tail=true)" for n in range(4))
+    split = parse_pipeline(steps).apply(kernel)
+    verify(split)
+    assert parse_kernel(print_kernel(split)) == split
+    kinds = {s.var: s.extent for s in walk_stmts(split.body) if isinstance(s, For)}
+    assert kinds["r0_o"] == -(-37 // factor) and kinds["r0_i"] == factor
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(split, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("step,reason", [
+    ("rfactor(r0, 65, tail=true)", "or above the extent"),
     ("rfactor(i0, 4)", "serial reduction loop"),
     ("rfactor(r0, 48)", "does not divide its extent 64"),
     ("rfactor(r0, 1)", "or is below 2"),
