@@ -9,7 +9,7 @@ import pytest
 
 from nestor.api import import_onnx
 from nestor.autotune.nest import top_level_nests
-from nestor.autotune.rules.gpu_rows import GpuRowReductions
+from nestor.autotune.rules.gpu_rows import GpuRowDecisions, GpuRowReductions
 from nestor.autotune.space import Sketch
 from nestor.autotune.task_scheduler import extract_tasks
 from nestor.codegen import as_target, cuda_target, machine_params, run_kernel
@@ -109,3 +109,34 @@ def test_a_reduction_that_is_not_a_row_stays_out_of_the_row_block():
                     if isinstance(s, Store) and s.reduce and s.buffer.scope == "global"], c.decisions
         for got, ref in zip(run_kernel(scheduled, args), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=str(c.decisions))
+
+
+def _softmax(rows: int, cols: int):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Softmax", ["X"], ["Y"], axis=-1)], "sm",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, (rows, cols))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, (rows, cols))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (node,) = [n for n in import_onnx(model, target=as_target("cuda")).nodes if n.kernel is not None]
+    return node.kernel
+
+
+def test_rows_of_prime_length_get_a_block_per_row_their_last_chunk_guarded():
+    """A ViT's attention softmax over 197 tokens: no block width divides the row, so its
+    reductions split over the threads with the last chunk guarded (it ran a thread per row)."""
+    kernel = _softmax(3, 197)
+    sketch = Sketch.of(kernel, CUDA, strict=True, rules=(GpuRowReductions(),))
+    args = inputs(kernel)
+    want = run_kernel(kernel, args)
+    built = []
+    for threads in (32, 64, 128):
+        for merge in (True, False):
+            decisions = dataclasses.replace(sketch.rule_decisions()[0], decisions=GpuRowDecisions(threads, merge))
+            _, scheduled = sketch.realize(decisions)
+            assert launches(scheduled)[0] == (3, threads), (threads, merge)
+            for got, ref in zip(run_kernel(scheduled, args), want):
+                np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=str((threads, merge)))
+            built.append(dataclasses.replace(scheduled, name=f"t{threads}{'m' if merge else ''}"))
+    assert GpuRowDecisions(256, True) not in [c.decisions for c in sketch.rule_decisions()]  # more than a row
+    source = build(built, cuda_target("sm_90")).module.imports[0].inspect_source()
+    assert "__syncthreads()" in source and source.count("__global__") >= len(built)

@@ -72,7 +72,7 @@ class GpuRowReductions(SketchRule):
         for root, loop in info.rows:
             if root in apart:
                 continue
-            made = b.must(Rfactor(loop, d.threads, "shared"))   # the widths divide every row
+            made = b.must(Rfactor(loop, d.threads, "shared", tail=info.extent(loop) % d.threads != 0))
             if made:
                 split.setdefault(root, []).append((root, made))
         for group in groups:
@@ -115,12 +115,14 @@ class GpuRowReductions(SketchRule):
 
 
 def _thread_counts(info: KernelInfo) -> tuple[int, ...]:
-    """Block widths that split every row reduction (rfactor needs a divisor of its extent; one
-    left whole would run in every thread of the block, each accumulating into the same global
-    element) and the machine allows."""
-    most = info.machine.max_threads_per_block
-    return tuple(t for t in THREADS if info.rows and t <= most
-                 and all(info.extent(loop) % t == 0 for _, loop in info.rows))
+    """Block widths that split every row reduction (one left whole would run in every thread of
+    the block, each accumulating into the same global element) and the machine allows: those
+    that divide every row, else (rows of prime length: a ViT's 197 tokens) those no longer than
+    the shortest row, its last chunk guarded."""
+    most = [t for t in THREADS if t <= info.machine.max_threads_per_block] if info.rows else []
+    extents = [info.extent(loop) for _, loop in info.rows]
+    dividing = tuple(t for t in most if all(e % t == 0 for e in extents))
+    return dividing or tuple(t for t in most if t <= min(extents))
 
 
 def _other_reduction(info: KernelInfo, nest: Nest) -> bool:
