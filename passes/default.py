@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from .analysis import independence_problem
 from .base import Pass, find_loop, loop_ref, loop_sites, replace_loop
 from .default_gpu import bind_nest, gpu_schedule, gpu_threads
-from ..ir import (Allocate, Binary, For, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
-                  walk, walk_stmts)
+from ..ir import (Allocate, Binary, For, If, Kernel, Seq, Stmt, Store, Var, loads, replace_body, substitute,
+                  lt, walk, walk_stmts)
 from ..ir.machine import GENERIC_CPU, MachineParams
 
 MIN_PARALLEL_WORK = 1 << 14    # innermost iterations below which threads cost more than they save
@@ -55,12 +55,17 @@ def _vectorize_innermost(loop: For, lanes: int, outer: tuple[For, ...] = ()) -> 
         return loop
     width = _vector_width(loop.extent, lanes)
     if width is None:
-        return loop
+        if loop.extent < 4:
+            return loop
+        width = lanes  # nothing divides (197, 251): the last vector guarded, peeled off by codegen
     if width == loop.extent:
         return For(loop.var, loop.extent, body, "vectorized", loop.axis)
     outer, inner = f"{loop.var}_o", f"{loop.var}_v"
-    split = substitute(body, {loop.var: Var(outer) * width + Var(inner)})
-    return For(outer, loop.extent // width, For(inner, width, split, "vectorized"), axis=loop.axis)
+    index = Var(outer) * width + Var(inner)
+    split = substitute(body, {loop.var: index})
+    if loop.extent % width:
+        split = If(lt(index, loop.extent), split)
+    return For(outer, -(-loop.extent // width), For(inner, width, split, "vectorized"), axis=loop.axis)
 
 
 def _sink_into_reduction(loop: For, lanes: int) -> Stmt:
@@ -126,7 +131,7 @@ def _innermost(loop: For, wrap) -> For:
 def _vector_width(extent: int, lanes: int) -> int | None:
     """A lane count dividing `extent`: `lanes`, or a half or quarter of it, if one divides, else
     the largest divisor in 4..lanes (7 or 14 columns of a ResNet feature map are better in one
-    short vector than none)."""
+    short vector than none); None where none divides."""
     for w in (lanes, lanes // 2, lanes // 4):
         if w >= 4 and extent % w == 0:
             return w

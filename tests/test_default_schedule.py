@@ -21,6 +21,8 @@ CASES = [
     ("Softmax", {"x": (3, 40)}, dict(axis=-1)),
     ("Relu", {"x": (2, 3, 35)}, {}),
     ("Relu", {"x": (4, 128, 64)}, {}),
+    ("Softmax", {"x": (3, 197)}, dict(axis=-1)),
+    ("Relu", {"x": (2, 3, 37)}, {}),
 ]
 
 
@@ -52,3 +54,18 @@ def test_default_schedule_annotates_big_kernels():
     kernel = default_schedule(lowering_for("Relu")(ctx).kernel)
     kinds = {s.kind for s in walk_stmts(kernel.body) if isinstance(s, For)}
     assert {"parallel", "vectorized"} <= kinds
+
+
+@pytest.mark.parametrize("width", [197, 37, 34])
+def test_a_loop_no_vector_width_divides_is_vectorized_its_last_vector_guarded(width):
+    """Rows of prime length (a ViT's 197 tokens) ran scalar: their exp was libm-slow per element.
+    Now split by the lanes, the last vector guarded (codegen peels it off as a shorter one)."""
+    from nestor.ir import For, If, walk_stmts
+    node = helper.make_node("Exp", ["x"], ["y"])
+    ctx = make_context(node, "exp", 17, [TensorInfo((5, width), "float32")], [TensorInfo((5, width), "float32")])
+    kernel = lowering_for("Exp")(ctx).kernel
+    scheduled = default_schedule(kernel)
+    (vector,) = [s for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "vectorized"]
+    assert vector.extent == 16 and isinstance(vector.body, If)
+    x = np.random.default_rng(0).standard_normal((5, width)).astype(np.float32)
+    np.testing.assert_allclose(run_kernel(scheduled, [x])[0], np.exp(x), rtol=1e-5)
