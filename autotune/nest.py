@@ -162,7 +162,7 @@ class KernelInfo:
         extra = tuple(p for name, pass_ in list_passes().items() if name not in BUILTINS
                       for p in pass_.schedule_space(kernel))
         return cls(kernel, machine, nests, main, vector, inputs, lane_choices(kernel, main, vector, machine),
-                   row_reductions(kernel, list(nests), guarded=machine.is_gpu), stages_read(kernel, main), panel_inputs(kernel, main, vector),
+                   row_reductions(kernel, list(nests)), stages_read(kernel, main), panel_inputs(kernel, main, vector),
                    extra)
 
     @property
@@ -204,12 +204,11 @@ class KernelInfo:
         return tuple(f for f in CHUNK_FACTORS if f < extent and extent % f == 0)
 
 
-def row_reductions(kernel: Kernel, nests: list[Nest], guarded: bool = False) -> tuple[tuple[str, str], ...]:
+def row_reductions(kernel: Kernel, nests: list[Nest]) -> tuple[tuple[str, str], ...]:
     """(nest root, loop) of every reduction loop that reads inputs along their contiguous axis,
-    and only along it, and that rfactor splits at some RFACTOR_FACTORS width: one that divides
-    it (vector lanes), or with `guarded` one that does not (GPU threads, the last chunk
-    guarded). Loads the loop does not move (a row's mean, `Mean[i]`, in its variance) are the
-    same in every lane: they do not count."""
+    and only along it, and that rfactor splits at some RFACTOR_FACTORS width (one that divides
+    it, or with the last chunk guarded: rows of prime length). Loads the loop does not move (a
+    row's mean, `Mean[i]`, in its variance) are the same in every lane: they do not count."""
     out = []
     for nest in nests:
         spatial = {Var(l.var) for l in nest.spatial}
@@ -219,7 +218,7 @@ def row_reductions(kernel: Kernel, nests: list[Nest], guarded: bool = False) -> 
             # along the reduction only: where a spatial loop is contiguous too (a matmul's
             # columns), vectorizing that loop is better and the tiling sketch does it
             if Var(loop.var) in last and not last & spatial and any(
-                    _accepts(Rfactor(loop.var, f, tail=guarded), kernel) for f in RFACTOR_FACTORS):
+                    _accepts(Rfactor(loop.var, f, tail=True), kernel) for f in RFACTOR_FACTORS):
                 out.append((nest.root, loop.var))
     return tuple(out)
 

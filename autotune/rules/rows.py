@@ -40,7 +40,7 @@ class RowReductions(SketchRule):
     def realize(self, info: KernelInfo, d: RowDecisions, b: Builder) -> None:
         split_roots = set()
         for root, loop in info.rows:
-            made = b.may(Rfactor(loop, d.rfactor))  # each row reduction at the widths it divides
+            made = b.may(Rfactor(loop, d.rfactor, tail=_tail(info.extent(loop))))
             if made:
                 b.must(Vectorize(made.one("lane")))
                 b.must(Vectorize(made.one("zero")))
@@ -66,3 +66,10 @@ class RowReductions(SketchRule):
                 if root in waiting:
                     b.must(DefaultNest.for_machine(root, info.machine))
                 into = root  # a nest that cannot join starts the next group
+
+
+def _tail(extent: int) -> bool:
+    """Whether a row reduction is split with its last chunk guarded: only where no width
+    divides it (a ViT's 197 tokens; codegen peels the guarded chunk off as a shorter vector).
+    A row some width divides is split at those widths alone."""
+    return not any(extent % f == 0 for f in RFACTOR_FACTORS)
