@@ -12,8 +12,8 @@ variance over a contiguous axis runs F lanes wide instead of one scalar chain. T
 reassociate the reduction, as any reordering of a float reduction does.
 With `tail`, F need not divide N: `r_o` rounds up and the update is guarded by
 `r_o * F + r_i < N` (a lane past the end adds nothing to its partial, which started at the
-identity). For GPU threads, one partial each, on rows of prime length (a ViT's 197 tokens):
-the guard keeps the lane loop from vectorizing on a CPU.
+identity): rows of prime length (a ViT's 197 tokens), on GPU threads one partial each, on a
+CPU vector lanes whose last, guarded chunk codegen peels off as a shorter vector.
 """
 from __future__ import annotations
 
