@@ -104,6 +104,8 @@ UNSEEN: dict[str, SuiteKernel] = {k.name: k for k in (
     _mm("classifier", 1, 1280, 1000),
     _bmm("attn_scores_197", 6, 197, 64, 197),
     _bmm("attn_context_197", 6, 197, 197, 64),
+    SuiteKernel("attn_softmax_197", (("X", (6, 197, 197)),), (6, 197, 197),
+                lambda: helper.make_node("Softmax", ["X"], ["Y"], axis=-1), _softmax),
     _conv_kernel("depthwise3x3_s2", 96, 96, 112, 3, 2, 1, groups=96),
     _conv_kernel("depthwise5x5", 240, 240, 28, 5, 1, 2, groups=240),
     _conv_kernel("depthwise5x5_s2", 144, 144, 56, 5, 2, 2, groups=144),
