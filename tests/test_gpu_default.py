@@ -241,7 +241,9 @@ def test_cpu_default_schedule_unchanged():
     """The CPU default of SqueezeNet's, ResNet-50's and an encoder's kernels, as it was before
     the GPU form (tests/data/cpu_default_fca6876.json). Since then SqueezeNet's global pool reads
     its input blocked (3206e16): that pool and the conversion after it are new kernels; and a
-    softmax on a CPU computes each exp once (3efa52d): the three models' softmaxes are new kernels."""
+    softmax on a CPU computes each exp once (3efa52d): the three models' softmaxes are new kernels.
+    And a loop no vector width divides is vectorized, its last vector guarded (5649eaf): ResNet-50's
+    stem pads its input to 229 columns, which ran scalar; only that loop may differ."""
     saved = json.loads((DATA / "cpu_default_fca6876.json").read_text())
     checked, new = set(), set()
     for label, m in (("squeezenet", light_model("squeezenet")), ("resnet50", light_model("resnet50")),
@@ -252,7 +254,12 @@ def test_cpu_default_schedule_unchanged():
                 if key not in saved:
                     new.add(f"{label}/{k.name}")
                     continue
-                assert print_kernel(default_schedule(k, machine)) == saved[key], key
+                now = print_kernel(default_schedule(k, machine))
+                if key.startswith("resnet50/conv_relu/00ca82d8454f/"):
+                    assert now.count("vectorized") == saved[key].count("vectorized") + 1, key
+                    assert now.count("< 229 {") == 1 and "for p3 in 0..229" in saved[key], key
+                else:
+                    assert now == saved[key], key
                 checked.add(key)
     softmaxes = {"squeezenet/softmax", "resnet50/softmax", "encoder/softmax"}
     assert new <= {"squeezenet/globalaveragepoolnchwc", "squeezenet/from_nchwc"} | softmaxes
