@@ -17,6 +17,7 @@ from nestor.codegen.build import build
 from nestor.ir import Store, parse_kernel, walk_stmts
 from nestor.zoo import encoder_block
 from nestor.zoo_breadth import llama_block
+from tests.op_harness import single_node_model
 from tests.test_passes import inputs
 from tests.test_rules import launches
 
@@ -112,11 +113,9 @@ def test_a_reduction_that_is_not_a_row_stays_out_of_the_row_block():
 
 
 def _softmax(rows: int, cols: int):
-    from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("Softmax", ["X"], ["Y"], axis=-1)], "sm",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, (rows, cols))],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, (rows, cols))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    from onnx import helper
+    model = single_node_model(helper.make_node("Softmax", ["X"], ["Y"], axis=-1),
+                              {"X": np.zeros((rows, cols), np.float32)})
     (node,) = [n for n in import_onnx(model, target=as_target("cuda")).nodes if n.kernel is not None]
     return node.kernel
 
