@@ -58,6 +58,19 @@ def _run_apart(*args) -> str:
     return done.stdout
 
 
+def test_compare_row_tails_tunes_a_prime_row_with_and_without_the_tail():
+    import nestor.bench_kernels as bk
+    from nestor.autotune import nest
+    from nestor.passes import Rfactor
+    timer = bk._time_side_by_side
+    out = _run(EXAMPLES / "compare_row_tails.py", "--kernels", "softmax:4x37", "--trials", "2", "--repeat", "3",
+               "--rounds", "1")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[:3] for r in rows] == [["softmax_4x37", "0", "without"], ["softmax_4x37", "0", "with"]]
+    assert all(float(x) > 0 for r in rows for x in r[3:])
+    assert bk._time_side_by_side is timer and nest.Rfactor is Rfactor  # left as it found them
+
+
 def test_compare_units_measures_both_units_rule_candidates():
     out = _run(EXAMPLES / "compare_units.py", "squeezenet", "--tasks", "1")
     times = re.findall(r"(\d+\.\d{3}) +\d+ +\(", out.splitlines()[1])  # ms, GF/s, the tile: per unit
