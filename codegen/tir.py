@@ -293,8 +293,11 @@ class _Lower:
                         self.stmt(s.otherwise)
         elif isinstance(s, Allocate):
             b = s.buffer
-            # AllocBuffer emitted inside the enclosing loop body: a parallel loop gets its own copy
-            buf = T.alloc_buffer(b.shape, storage(b.dtype), scope=b.scope)
+            # AllocBuffer emitted inside the enclosing loop body: a parallel loop gets its own copy.
+            # On a CPU, TVM puts a small buffer on the stack only where its scope is "global"; a
+            # "local" one costs a TVMBackendAllocWorkspace call each time its loop body runs.
+            scope = "global" if not self.gpu and b.scope == "local" else b.scope
+            buf = T.alloc_buffer(b.shape, storage(b.dtype), scope=scope)
             IRBuilder.name(b.name, buf)
             with _bound(self.bufs, b, buf):
                 self.stmt(s.body)
