@@ -7,14 +7,19 @@ A layer norm's mean, variance and output nests then run as one loop over rows: o
 region instead of three, and each row stays in L1 between the three passes over it. Legal when
 iteration i of B needs from A only what iteration i of A made, and A never needs what B
 overwrites: every buffer one of them writes and the other touches is indexed, in every access
-of both, by the loop variable alone in one and the same dimension (the row `Mean[i, 0]`).
+of both, by the loop variable alone in one and the same dimension (the row `Mean[i, 0]`), or by
+the same expressions of it alone in some dimensions that together name a different slice in each
+iteration (a loop over heads × tokens fused into one: `Max[i // 197, i % 197, 0]`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, For, If, Kernel, Load, Seq, Stmt, Store, Var, replace_body, seq, substitute, walk_stmts
-from ..ir.visit import stmt_exprs, walk
+import numpy as np
+
+from ..ir import Allocate, Binary, Const, Expr, For, If, Kernel, Load, Seq, Stmt, Store, Var, replace_body, seq, \
+    substitute, walk_stmts
+from ..ir.visit import stmt_exprs, variables, walk
 from .analysis import independence_problem, written_uses
 from .base import Pass, find_loop, loop_ref, loop_sites
 
@@ -32,6 +37,45 @@ def _accesses(body: Stmt) -> dict[str, list[tuple]]:
                 if isinstance(x, Load) and x.buffer.name not in local:
                     found.setdefault(x.buffer.name, []).append(x.indices)
     return found
+
+
+_NUMPY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "floordiv": np.floor_divide, "mod": np.mod}
+_MAX_ROWS = 1 << 20  # beyond this, a slice check by evaluation is not worth its time
+
+
+def _row_values(e: Expr, row: str, extent: int) -> np.ndarray | None:
+    """The integer expression `e` of loop variable `row` alone, evaluated at every iteration
+    (None for other expressions); floordiv and mod as the IR's, Python's."""
+    if isinstance(e, Var):
+        return np.arange(extent, dtype=np.int64) if e.name == row else None
+    if isinstance(e, Const):
+        return np.full(extent, e.value, dtype=np.int64) if type(e.value) is int else None
+    if isinstance(e, Binary) and e.op in _NUMPY_OPS:
+        a, b = _row_values(e.a, row, extent), _row_values(e.b, row, extent)
+        if a is None or b is None or (e.op in ("floordiv", "mod") and not b.all()):
+            return None
+        return _NUMPY_OPS[e.op](a, b)
+    return None
+
+
+def _one_slice_per_row(indices: list[tuple], row: str, extent: int) -> bool:
+    """Whether the accesses `indices` of one buffer touch, in iteration `row` of a loop of
+    `extent`, only a slice that no other iteration touches: some dimensions are indexed, in
+    every access, by the same expressions of `row` alone, and together they differ between any
+    two iterations."""
+    rank = len(indices[0])
+    if any(len(ix) != rank for ix in indices):
+        return False
+    dims = [d for d in range(rank) if all(ix[d] == indices[0][d] for ix in indices)
+            and variables((indices[0][d],)) == {row}]
+    if any(indices[0][d] == Var(row) for d in dims):
+        return True
+    if not dims or extent > _MAX_ROWS:
+        return False
+    values = [_row_values(indices[0][d], row, extent) for d in dims]
+    if any(v is None for v in values):
+        return False
+    return len(np.unique(np.stack(values, axis=1), axis=0)) == extent
 
 
 def _replace_pair(s: Stmt, first: For, second: For, merged: For) -> tuple[Stmt, bool]:
@@ -90,15 +134,12 @@ class Merge(Pass):
                 raise self.fail(self.second, f"would run in parallel inside {a.var}, but its iterations "
                                              f"are not independent: {problem}")
         later = substitute(b.body, {b.var: Var(a.var)})
-        row = Var(a.var)
         uses_a, uses_b = _accesses(a.body), _accesses(later)
         written_a, written_b = ({b.name for b in written_uses(s)} for s in (a.body, later))
         for name in sorted((written_a & set(uses_b)) | (written_b & set(uses_a))):
-            indices = uses_a[name] + uses_b[name]
-            rank = len(indices[0])
-            if not any(all(len(ix) == rank and ix[d] == row for ix in indices) for d in range(rank)):
+            if not _one_slice_per_row(uses_a[name] + uses_b[name], a.var, a.extent):
                 raise self.fail(self.second, f"{name} is shared with {a.var}'s body at other positions than "
-                                             f"one dimension indexed by the loop variable alone: an "
+                                             f"a slice indexed by the loop variable alone: an "
                                              f"iteration would see another iteration's data")
         merged = For(a.var, a.extent, seq(a.body, later), a.kind, a.axis)
         body, done = _replace_pair(kernel.body, a, b, merged)
