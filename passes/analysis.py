@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..ir import Allocate, Binary, Buffer, Const, Expr, For, Load, Stmt, Store, Var, print_expr, rewrite, walk, walk_stmts
 from ..ir.affine import affine_form
+from ..ir.interval import index_bounds
 from ..ir.visit import stmt_exprs, variables
 
 
@@ -111,13 +112,28 @@ def independence_problem(loop: For, outer, body: Stmt | None = None) -> str | No
     extents = loop_extents(list(outer) + [loop], body)
     fixed = {l.var for l in outer}
     for buffer, uses in written_uses(body).items():
-        if _independent_writes(loop.var, uses.indices, fixed, extents):
+        indices = _without_loads_of_unwritten(buffer, body, uses.indices, extents)
+        if _independent_writes(loop.var, indices, fixed, extents):
             continue
-        idx = _single_index(buffer, uses)
+        idx = _single_index(buffer, Uses(indices, uses.stores, uses.loaded))
         if isinstance(idx, str):
             return idx
         return f"different iterations may write the same element {_show(buffer, idx)}"
     return None
+
+
+def _without_loads_of_unwritten(buffer: Buffer, body: Stmt, indices, extents: dict[str, int]):
+    """`indices` less the loads of elements that no store of `body` writes (their ranges apart
+    in some dimension, over every value of the loops): such a load never sees another
+    iteration's write (a halving `P[h] = max(P[h], P[h + 8])`, h < 8, reads the upper half only)."""
+    stored = {s.indices for s in walk_stmts(body) if isinstance(s, Store) and s.buffer == buffer}
+    written = [[index_bounds(e, extents) for e in idx] for idx in stored]
+
+    def apart(idx) -> bool:
+        read = [index_bounds(e, extents) for e in idx]
+        return all(any(r is not None and w is not None and (r[1] < w[0] or w[1] < r[0])
+                       for r, w in zip(read, bounds)) for bounds in written)
+    return frozenset(idx for idx in indices if idx in stored or not apart(idx))
 
 
 def _independent_writes(var: str, indices, fixed: set[str], extents: dict[str, int]) -> bool:

@@ -23,12 +23,12 @@ from .default import DefaultNest
 from .layout import Pack
 from .loops import Distribute, Fuse, Reorder, Split, Tile
 from .merge import Merge
-from .rfactor import Rfactor
+from .rfactor import Rfactor, TreeCombine
 from .stages import ComputeAt, Inline
 
 GROUP = "nestor.passes"
 BUILTINS: dict[str, type[Pass]] = {p.name: p for p in (
-    Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack, Rfactor, Merge,
+    Split, Tile, Reorder, Fuse, Distribute, ComputeAt, Inline, CacheWrite, CacheRead, Pack, Rfactor, TreeCombine, Merge,
     Parallel, Vectorize, Unroll, Bind, DefaultNest)}
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Allocate, Buffer, Const, For, If, Kernel, Load, Store, Var, is_float, lt, seq, substitute, walk
-from ..ir.visit import stmt_exprs
+from ..ir import Allocate, Binary, Buffer, Const, For, If, Kernel, Load, Seq, Store, Var, is_float, lt, seq, substitute, walk
+from ..ir.visit import stmt_exprs, walk_stmts
 from .analysis import variables
 from .base import Pass, buffer_names, find_loop, fresh_name, loop_names, loop_ref, loop_sites, replace_loop
 
@@ -100,3 +100,53 @@ class Rfactor(Pass):
         sites = loop_sites(kernel.body)
         return cls.legal(kernel, [cls(loop_ref(s, sites), f) for s in sites if s.loop.axis == "reduce"
                                   for f in (8, 16, 32, 64)])
+
+
+@dataclass(frozen=True)
+class TreeCombine(Pass):
+    """Fold rfactor's partial results in halves instead of one chain:
+
+        for c in 0..F reduce { S[i] op= P[c] }
+    becomes (F a power of two)
+        for h in 0..F/2 { P[h] = P[h] op P[h + F/2] }   ...   for h_k in 0..1 { P[h_k] = ... }
+        for c in 0..1 reduce { S[i] op= P[c] }
+
+    Each halving loop is spatial, its lanes independent (to vectorize): log2(F) dependent steps
+    instead of F. That chain is what a short row waits on before its next stage (a softmax's
+    exp waits for the row's max). `loop` must end the allocation of P, as rfactor leaves it,
+    since the halvings overwrite P."""
+    name = "tree_combine"
+    loop: str
+
+    def apply(self, kernel: Kernel) -> Kernel:
+        site = find_loop(kernel, self.loop, self)
+        loop = site.loop
+        update = loop.body
+        partial = update.value.buffer if isinstance(update, Store) and isinstance(update.value, Load) else None
+        if (loop.axis != "reduce" or loop.kind != "serial" or partial is None or update.reduce is None
+                or update.value.indices != (Var(loop.var),) or partial.shape != (loop.extent,)):
+            raise self.fail(self.loop, "is not a combine of partial results (`for c reduce { S op= P[c] }` "
+                                       "over all of a 1-D P)")
+        if loop.extent < 2 or loop.extent & (loop.extent - 1):
+            raise self.fail(self.loop, f"has {loop.extent} partial results; halving needs a power of two")
+        if not any(isinstance(s, Allocate) and s.buffer.name == partial.name and isinstance(s.body, Seq)
+                   and s.body.stmts[-1] is loop for s in walk_stmts(kernel.body)):
+            raise self.fail(self.loop, f"is not the last statement in the allocation of {partial.name}")
+        taken = loop_names(kernel)
+        steps, width = [], loop.extent
+        while width > 1:
+            width //= 2
+            h = fresh_name(f"{loop.var}_h", taken)
+            pair = Binary(update.reduce, Load(partial, (Var(h),)), Load(partial, (Var(h) + width,)))
+            steps.append(For(h, width, Store(partial, (Var(h),), pair)))
+        last = For(loop.var, 1, update, axis="reduce")  # P[c] at c = 0: the one partial left
+        return replace_loop(kernel, site, seq(*steps, last))
+
+    def loop_roles(self, before: Kernel, new: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """`halves`: the halving loops, widest first."""
+        return {"halves": new}
+
+    @classmethod
+    def schedule_space(cls, kernel: Kernel) -> list[Pass]:
+        sites = loop_sites(kernel.body)
+        return cls.legal(kernel, [cls(loop_ref(s, sites)) for s in sites if s.loop.axis == "reduce"])

@@ -107,3 +107,64 @@ def test_rfactor_into_shared_memory_and_bad_scope():
     np.testing.assert_allclose(run_kernel(out, [x])[0], x.sum(1), rtol=1e-5)
     with pytest.raises(ScheduleError, match="scope 'global' is not one of local, shared"):
         Rfactor("r", 16, "global").apply(kernel)
+
+
+@pytest.mark.parametrize("factor", [2, 16, 64])
+def test_tree_combine_folds_the_partials_in_vector_halves(factor):
+    kernel = parse_kernel(ROWS)
+    steps = "; ".join(f"rfactor(r{n}, {factor}); vectorize(r{n}_i); tree_combine(r{n}_c)" for n in range(4))
+    halves = [f"r0_c_h{'' if k == 0 else f'_{k}'}" for k in range(factor.bit_length() - 1)]
+    folded = parse_pipeline(f"{steps}; {'; '.join(f'vectorize({h})' for h in halves)}; parallel(i0)").apply(kernel)
+    verify(folded)
+    assert parse_kernel(print_kernel(folded)) == folded
+    loops = {s.var: (s.kind, s.extent) for s in walk_stmts(folded.body) if isinstance(s, For)}
+    # 64 partials: 32, 16, ..., 1 lanes, each halving one vector step; no serial combine left
+    assert [loops[h] for h in halves] == [("vectorized", factor >> (k + 1)) for k in range(len(halves))]
+    assert loops["r0_c"] == ("serial", 1)
+    args = inputs(kernel)
+    for got, want in zip(run_kernel(folded, args), run_kernel(kernel, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline,reason", [
+    ("rfactor(r0, 16, tail=true); tree_combine(r0_o)", "not a combine of partial results"),
+    ("rfactor(r0, 32); split(r0_c, 16); tree_combine(r0_c_o)", "not a combine of partial results"),
+    ("tree_combine(r0)", "not a combine of partial results"),
+])
+def test_tree_combine_refusals(pipeline, reason):
+    with pytest.raises(ScheduleError, match=reason):
+        parse_pipeline(pipeline).apply(parse_kernel(ROWS))
+
+
+def test_tree_combine_needs_a_power_of_two_and_the_end_of_the_partials():
+    odd = parse_kernel("""kernel odd(X: f32[12]) -> (Y: f32[1]) {
+      alloc P: f32[6] local {
+        for z in 0..6 { P[z] = 0.0 }
+        for r in 0..12 reduce { P[r % 6] += X[r] }
+        for c in 0..6 reduce { Y[0] += P[c] } } }""")
+    with pytest.raises(ScheduleError, match="needs a power of two"):
+        parse_pipeline("tree_combine(r1)").apply(odd)
+    # P read again after its combine: the halvings would have changed it
+    reread = parse_kernel("""kernel reread(X: f32[8]) -> (Y: f32[1], Z: f32[1]) {
+      alloc P: f32[4] local {
+        for z in 0..4 { P[z] = X[z] }
+        for c in 0..4 reduce { Y[0] += P[c] }
+        Z[0] = P[1] } }""")
+    with pytest.raises(ScheduleError, match="last statement in the allocation of P"):
+        parse_pipeline("tree_combine(r0)").apply(reread)
+
+
+def test_a_loop_reading_what_no_iteration_writes_vectorizes_but_not_an_overlap():
+    # the halving's shape: iteration h writes P[h] and reads P[h + 4], which no iteration writes
+    text = """kernel half(X: f32[8]) -> (Y: f32[4]) {
+      alloc P: f32[8] local {
+        for z in 0..8 { P[z] = X[z] }
+        for h in 0..4 { P[h] += P[h + OFFSET] }
+        for y in 0..4 { Y[y] = P[y] } } }"""
+    kernel = parse_kernel(text.replace("OFFSET", "4"))
+    out = parse_pipeline("vectorize(i1)").apply(kernel)
+    x = np.arange(8, dtype=np.float32)
+    np.testing.assert_allclose(run_kernel(out, [x])[0], x[:4] + x[4:])
+    # reading P[h + 1]: iteration h + 1 writes it, so the order matters
+    with pytest.raises(ScheduleError, match="not independent"):
+        parse_pipeline("vectorize(i1)").apply(parse_kernel(text.replace("OFFSET", "1")))
