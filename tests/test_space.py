@@ -113,12 +113,27 @@ def test_row_reductions_split_into_vector_lanes(name, second_row, elementwise):
         schedule, scheduled = sketch.realize(Candidate("rows", RowDecisions(16, merge)))
         kinds = {s.var: s.kind for s in walk_stmts(scheduled.body) if isinstance(s, For)}
         assert kinds["r0_i"] == kinds["r1_i"] == "vectorized" and kinds["i0"] == "parallel"
+        # each row's partials folded in vector halves (16 -> 8 -> 4 -> 2 -> 1)
+        assert str(schedule).count("tree_combine(") == 2 and kinds["r0_c_h"] == kinds["r1_c_h_2"] == "vectorized"
         assert all(f"default({e})" in str(schedule) for e in elementwise)
         # merged: one parallel loop over rows runs every nest
         outer = {second_row, *elementwise}
         assert not outer & set(kinds) if merge else kinds[second_row] == "parallel"
         for got, want in zip(run_kernel(scheduled, args), run_kernel(kernel, args)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_rows_of_several_dimensions_are_one_parallel_loop():
+    # attention's softmax: heads x tokens rows; merged, the stages run in one parallel loop over
+    # all 15 rows (not over 3 heads), each row's stages in turn
+    kernel = _onnx("Softmax", {"X": [3, 5, 37]}, [3, 5, 37], axis=-1)
+    sketch = Sketch.of(kernel, strict=True)
+    schedule, scheduled = sketch.realize(Candidate("rows", RowDecisions(16, True)))
+    (nest,) = top_level_nests(scheduled)
+    assert [(l.extent, l.kind) for l in nest.spatial] == [(15, "parallel")]
+    assert [s.var for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "parallel"] == [nest.root]
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-5, atol=1e-6)
 
 
 # TVM's layer norm (TOPI, as Relax legalizes it and te imports it): per-row statistics in 1-D
