@@ -156,8 +156,9 @@ class Tuner:
         return chosen + self.rng.sample(rest, min(explore, len(rest)))
 
     def _default_candidate(self) -> tuple[None, Schedule, Kernel] | None:
-        """The untuned default schedule as steps (`default` on every top-level nest), measured
-        first, so tuning never ends worse than not tuning. None once it was measured."""
+        """The basic schedule as steps (`default` on every top-level nest), measured first; the
+        first rule-built tile, the untuned default on a CPU, leads the same batch (_candidates),
+        so tuning never ends worse than not tuning. None once it was measured."""
         schedule = Schedule(tuple(DefaultNest.for_machine(n.root, self.sketch.machine)
                                   for n in self.sketch.info.nests))
         if schedule.to_json() in self.seen:

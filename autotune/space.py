@@ -19,7 +19,7 @@ from ..codegen.target import machine_params
 from ..ir import Kernel
 from ..ir.errors import NestorError
 from ..ir.machine import MachineParams
-from ..passes import Schedule
+from ..passes import Schedule, default_schedule
 from . import decisions
 from .nest import KernelInfo
 from .rules import Builder, SketchRule, rules_for
@@ -109,3 +109,16 @@ class Sketch:
 
     def schedule(self, c: Candidate) -> Schedule:
         return self.realize(c)[0]
+
+
+def rule_of_thumb(kernel: Kernel, machine: MachineParams) -> Kernel:
+    """`kernel` scheduled without measuring anything: the first seed of its sketch (its first
+    rule's rule of thumb for `machine`: the candidate a tuning measures first), or the basic
+    default schedule where no rule applies."""
+    info = KernelInfo.of(kernel, machine)
+    rules = tuple(r for r in rules_for(machine) if r.applies(info))
+    sketch = Sketch(info, rules) if rules else None
+    seeds = sketch.rule_decisions() if sketch else []
+    if not seeds:
+        return default_schedule(kernel, machine)
+    return sketch.realize(seeds[0])[1]

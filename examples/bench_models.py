@@ -18,7 +18,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", help=f"comma-separated subset of {','.join(MODELS)}")
     p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--schedule", default="default", choices=["default", "none"],
+    p.add_argument("--schedule", default="default", choices=["default", "basic", "none"],
                    help="for kernels without tuned records")
     p.add_argument("--time-budget", metavar="30m", type=functools.partial(duration, allow_zero=True),
                    help="tune each model this long first (s, m or h; 0: no tuning)")

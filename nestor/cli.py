@@ -153,8 +153,9 @@ def _target(args):
 def _shape_and_schedule_args(p, default_schedule: str = "default") -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...", type=input_shape,
                    help="fix a dynamic input's shape (repeatable)")
-    p.add_argument("--schedule", default=default_schedule, metavar="default|none|FILE.json|PIPELINE",
-                   help=f"kernel schedule: default, none, a schedule file, or a pipeline string "
+    p.add_argument("--schedule", default=default_schedule, metavar="default|basic|none|FILE.json|PIPELINE",
+                   help=f"kernel schedule: default (untuned rules of thumb), basic (parallel outer, "
+                        f"vectorized inner loops), none, a schedule file, or a pipeline string "
                         f"such as 'split(i0, 4); vectorize(i0_i)' for every kernel "
                         f"(default: {default_schedule or 'default'})")
 

@@ -7,9 +7,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import nestor
-from nestor.api import import_onnx
+from nestor.api import import_onnx, scheduler
+from nestor.autotune.space import Sketch
+from nestor.codegen import cuda_target, host_target, machine_params
 from nestor.cli import main
 from nestor.ir import print_kernel, structural_hash
+from nestor.passes import default_schedule
 from nestor.passes.model_schedule import ModelSchedule, ModelScheduleError, load_model_schedule
 from nestor.passes.registry import BUILTINS
 
@@ -72,9 +75,21 @@ def test_ir_prints_scheduled_nests(tmp_path, model, capsys):
     assert "# node 'mm'" in out and "for i0_o in 0..4 parallel" in out and "act1" not in out
     assert main(["ir", model, "--schedule", "vectorize(i1)", "--node", "act2"]) == 0
     assert "for i1 in 0..48 vectorized" in capsys.readouterr().out
-    for plain in ("none", "default"):
+    for plain in ("none", "default", "basic"):
         assert main(["ir", model, "--schedule", plain]) == 0
         assert capsys.readouterr().out.count("# node ") == 3
+
+
+def test_untuned_default_is_the_rules_first_seed_on_a_cpu_and_basic_on_a_gpu():
+    graph = import_onnx(matmul_relu_model())
+    mm = next(n.kernel for n in graph.nodes if n.name == "mm")
+    sketch = Sketch.of(mm, machine_params(host_target()))
+    seeded = sketch.realize(sketch.rule_decisions()[0])[1]
+    assert scheduler("default", graph)(mm) == seeded != scheduler("basic", graph)(mm)
+    assert "cache_write" in str(sketch.schedule(sketch.rule_decisions()[0]))  # a register tile
+    assert scheduler("basic", graph)(mm) == default_schedule(mm, machine_params(host_target()))
+    gpu = machine_params(cuda_target())
+    assert scheduler("default", graph, target=cuda_target())(mm) == default_schedule(mm, gpu)
 
 
 def test_selectors_by_kernel_name_and_hash():
