@@ -20,7 +20,8 @@ from ..codegen import host_target, machine_params, run_kernel
 from ..codegen.constant_stages import ConstantStage, hoist_constant_stages
 from ..ir import Kernel
 from ..passes import Schedule as NestorSchedule
-from ..passes import canonical_loops, default_schedule
+from ..passes import canonical_loops
+from .space import untuned_schedule
 from .ms_database import MARK, imported, in_place_of, lowered, workload_order
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -98,7 +99,7 @@ def _scheduled(func: tirx.PrimFunc, kernel: Kernel, target) -> Kernel:
     applied to `kernel`, its workload imported (no steps: Nestor's default schedule)."""
     schedule = _schedule_of(func)
     if schedule is None:
-        return default_schedule(kernel, machine_params(target))
+        return untuned_schedule(kernel, machine_params(target))
     return schedule.apply(canonical_loops(kernel))
 
 

@@ -22,8 +22,9 @@ from ..codegen import machine_params, to_primfunc
 from ..codegen.tir_import import TIRImportError, identifier, kernel_from_primfunc
 from ..ir import canonical, structural_hash
 from ..passes import Schedule as NestorSchedule
-from ..passes import canonical_loops, default_schedule, inline_copies
+from ..passes import canonical_loops, inline_copies
 from .records import Records
+from .space import untuned_schedule
 from .tune import target_key
 
 RECORDS_FILE = "nestor_records.sqlite"   # Nestor's records inside a MetaSchedule work_dir
@@ -118,7 +119,7 @@ class NestorKernels:
             return None
         key = (structural_hash(kernel), target_key(target), "default")
         if key not in self._found:
-            self._found[key] = _lowered_or_none(default_schedule(kernel, machine_params(target)), func)
+            self._found[key] = _lowered_or_none(untuned_schedule(kernel, machine_params(target)), func)
         return self._found[key]
 
 

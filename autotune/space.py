@@ -10,6 +10,7 @@ tests) and is counted in `refused` otherwise.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -111,11 +112,18 @@ class Sketch:
         return self.realize(c)[0]
 
 
-def rule_of_thumb(kernel: Kernel, machine: MachineParams) -> Kernel:
-    """`kernel` scheduled without measuring anything: the first seed of its sketch (its first
-    rule's rule of thumb for `machine`: the candidate a tuning measures first), or the basic
-    default schedule where no rule applies."""
+def untuned_schedule(kernel: Kernel, machine: MachineParams) -> Kernel:
+    """`kernel` scheduled without measuring anything. On a CPU, where each output reduces at
+    least a vector's worth of elements (a matmul, a convolution, a softmax's rows), the first
+    seed of its sketch (its first rule's rule of thumb: the candidate a tuning measures first),
+    far faster than the basic schedule. Elsewhere the basic default schedule: on a GPU (the GPU
+    rules' seeds run slower than its plain binding), and where an output reduces a handful of
+    elements or none (LRN's 5 channels, a 3x3 pool, elementwise kernels), where a register tile
+    gains little and its unrolled lanes can take many times as long to build."""
     info = KernelInfo.of(kernel, machine)
+    spatial = math.prod(l.extent for l in info.main.spatial)
+    if machine.is_gpu or info.main.work < spatial * machine.line_elements("float32"):
+        return default_schedule(kernel, machine)
     rules = tuple(r for r in rules_for(machine) if r.applies(info))
     sketch = Sketch(info, rules) if rules else None
     seeds = sketch.rule_decisions() if sketch else []

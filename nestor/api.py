@@ -17,13 +17,8 @@ from .passes.fusion import fuse_elementwise
 from .passes.model_schedule import ModelSchedule, read_model_schedule
 
 def _untuned(kernel: Kernel, machine) -> Kernel:
-    """On a CPU each kernel's first sketch seed (a register tile, row reductions in vector
-    lanes): 2-5x faster than the basic schedule on the bench models. On a GPU the basic one,
-    which ran 1.2-8x faster than the GPU rules' seeds."""
-    if machine.is_gpu:
-        return default_schedule(kernel, machine)
-    from .autotune.space import rule_of_thumb
-    return rule_of_thumb(kernel, machine)
+    from .autotune.space import untuned_schedule
+    return untuned_schedule(kernel, machine)
 
 
 SCHEDULES: dict[str, Callable[..., Kernel] | None] = {   # called with the kernel and the machine

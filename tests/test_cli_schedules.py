@@ -8,13 +8,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import nestor
 from nestor.api import import_onnx, scheduler
-from nestor.autotune.space import Sketch
+from nestor.autotune.space import Sketch, untuned_schedule
 from nestor.codegen import cuda_target, host_target, machine_params
 from nestor.cli import main
 from nestor.ir import print_kernel, structural_hash
 from nestor.passes import default_schedule
 from nestor.passes.model_schedule import ModelSchedule, ModelScheduleError, load_model_schedule
 from nestor.passes.registry import BUILTINS
+from tests.test_passes import _onnx
 
 WEIGHT = np.random.default_rng(0).standard_normal((32, 48)).astype(np.float32)
 
@@ -90,6 +91,11 @@ def test_untuned_default_is_the_rules_first_seed_on_a_cpu_and_basic_on_a_gpu():
     assert scheduler("basic", graph)(mm) == default_schedule(mm, machine_params(host_target()))
     gpu = machine_params(cuda_target())
     assert scheduler("default", graph, target=cuda_target())(mm) == default_schedule(mm, gpu)
+    # where an output reduces a handful of elements or none, the basic schedule
+    relu = next(n.kernel for n in graph.nodes if n.name == "act1")
+    lrn = _onnx("LRN", {"X": [1, 8, 6, 6]}, [1, 8, 6, 6], size=5)
+    for kernel in (relu, lrn):
+        assert untuned_schedule(kernel, machine_params(host_target())) == scheduler("basic", graph)(kernel)
 
 
 def test_selectors_by_kernel_name_and_hash():
