@@ -65,14 +65,19 @@ def determined_vars(indices: tuple[Expr, ...], extents: dict[str, int]) -> set[s
 
     A dimension determines its variables when it is affine with mixed-radix coefficients (each
     larger than the span of all smaller terms). A pair of dimensions `e // c`, `e % c` (what
-    fuse makes) stands for `e`.
+    fuse makes) stands for `e`, which may pair again.
     """
     dims = list(indices)
-    for d in indices:
-        if isinstance(d, Binary) and d.op == "floordiv":
-            partner = Binary("mod", d.a, d.b)
-            if partner in dims:
-                dims = [x for x in dims if x not in (d, partner)] + [d.a]
+    paired = True
+    while paired:  # pairs of pairs too: three loops fused, `(f // 77) // 12, (f // 77) % 12, f % 77`
+        paired = False
+        for d in dims:
+            if isinstance(d, Binary) and d.op == "floordiv":
+                partner = Binary("mod", d.a, d.b)
+                if partner in dims:
+                    dims = [x for x in dims if x not in (d, partner)] + [d.a]
+                    paired = True
+                    break
     out: set[str] = set()
     for d in dims:
         form = affine_form(d)
@@ -112,7 +117,7 @@ def independence_problem(loop: For, outer, body: Stmt | None = None) -> str | No
     extents = loop_extents(list(outer) + [loop], body)
     fixed = {l.var for l in outer}
     for buffer, uses in written_uses(body).items():
-        indices = _without_loads_of_unwritten(buffer, body, uses.indices, extents)
+        indices = _without_loads_of_unwritten(buffer, body, uses.indices, extents) if uses.loaded else uses.indices
         if _independent_writes(loop.var, indices, fixed, extents):
             continue
         idx = _single_index(buffer, Uses(indices, uses.stores, uses.loaded))

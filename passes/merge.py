@@ -8,19 +8,16 @@ region instead of three, and each row stays in L1 between the three passes over 
 iteration i of B needs from A only what iteration i of A made, and A never needs what B
 overwrites: every buffer one of them writes and the other touches is indexed, in every access
 of both, by the loop variable alone in one and the same dimension (the row `Mean[i, 0]`), or by
-the same expressions of it alone in some dimensions that together name a different slice in each
-iteration (a loop over heads × tokens fused into one: `Max[i // 197, i % 197, 0]`).
+the same expressions of it alone in some dimensions that together determine it (a loop over
+heads × tokens fused into one: `Max[i // 197, i % 197, 0]`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..ir import Allocate, Binary, Const, Expr, For, If, Kernel, Load, Seq, Stmt, Store, Var, replace_body, seq, \
-    substitute, walk_stmts
+from ..ir import Allocate, For, If, Kernel, Load, Seq, Stmt, Store, Var, replace_body, seq, substitute, walk_stmts
 from ..ir.visit import stmt_exprs, variables, walk
-from .analysis import independence_problem, written_uses
+from .analysis import determined_vars, independence_problem, written_uses
 from .base import Pass, find_loop, loop_ref, loop_sites
 
 
@@ -39,43 +36,16 @@ def _accesses(body: Stmt) -> dict[str, list[tuple]]:
     return found
 
 
-_NUMPY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "floordiv": np.floor_divide, "mod": np.mod}
-_MAX_ROWS = 1 << 20  # beyond this, a slice check by evaluation is not worth its time
-
-
-def _row_values(e: Expr, row: str, extent: int) -> np.ndarray | None:
-    """The integer expression `e` of loop variable `row` alone, evaluated at every iteration
-    (None for other expressions); floordiv and mod as the IR's, Python's."""
-    if isinstance(e, Var):
-        return np.arange(extent, dtype=np.int64) if e.name == row else None
-    if isinstance(e, Const):
-        return np.full(extent, e.value, dtype=np.int64) if type(e.value) is int else None
-    if isinstance(e, Binary) and e.op in _NUMPY_OPS:
-        a, b = _row_values(e.a, row, extent), _row_values(e.b, row, extent)
-        if a is None or b is None or (e.op in ("floordiv", "mod") and not b.all()):
-            return None
-        return _NUMPY_OPS[e.op](a, b)
-    return None
-
-
 def _one_slice_per_row(indices: list[tuple], row: str, extent: int) -> bool:
     """Whether the accesses `indices` of one buffer touch, in iteration `row` of a loop of
     `extent`, only a slice that no other iteration touches: some dimensions are indexed, in
-    every access, by the same expressions of `row` alone, and together they differ between any
-    two iterations."""
+    every access, by the same expressions of `row` alone, and together they determine `row`."""
     rank = len(indices[0])
     if any(len(ix) != rank for ix in indices):
         return False
-    dims = [d for d in range(rank) if all(ix[d] == indices[0][d] for ix in indices)
-            and variables((indices[0][d],)) == {row}]
-    if any(indices[0][d] == Var(row) for d in dims):
-        return True
-    if not dims or extent > _MAX_ROWS:
-        return False
-    values = [_row_values(indices[0][d], row, extent) for d in dims]
-    if any(v is None for v in values):
-        return False
-    return len(np.unique(np.stack(values, axis=1), axis=0)) == extent
+    dims = tuple(indices[0][d] for d in range(rank) if all(ix[d] == indices[0][d] for ix in indices)
+                 and variables((indices[0][d],)) == {row})
+    return row in determined_vars(dims, {row: extent})
 
 
 def _replace_pair(s: Stmt, first: For, second: For, merged: For) -> tuple[Stmt, bool]:

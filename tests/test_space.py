@@ -126,14 +126,16 @@ def test_row_reductions_split_into_vector_lanes(name, second_row, elementwise):
 def test_merged_rows_of_several_dimensions_are_one_parallel_loop():
     # attention's softmax: heads x tokens rows; merged, the stages run in one parallel loop over
     # all 15 rows (not over 3 heads), each row's stages in turn
-    kernel = _onnx("Softmax", {"X": [3, 5, 37]}, [3, 5, 37], axis=-1)
-    sketch = Sketch.of(kernel, strict=True)
-    schedule, scheduled = sketch.realize(Candidate("rows", RowDecisions(16, True)))
-    (nest,) = top_level_nests(scheduled)
-    assert [(l.extent, l.kind) for l in nest.spatial] == [(15, "parallel")]
-    assert [s.var for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "parallel"] == [nest.root]
-    args = inputs(kernel)
-    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-5, atol=1e-6)
+    # (and a batch of 2 of them: three loops fused, 30 rows)
+    for shape, rows in (([3, 5, 37], 15), ([2, 3, 5, 37], 30)):
+        kernel = _onnx("Softmax", {"X": shape}, shape, axis=-1)
+        sketch = Sketch.of(kernel, strict=True)
+        schedule, scheduled = sketch.realize(Candidate("rows", RowDecisions(16, True)))
+        (nest,) = top_level_nests(scheduled)
+        assert [(l.extent, l.kind) for l in nest.spatial] == [(rows, "parallel")]
+        assert [s.var for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "parallel"] == [nest.root]
+        args = inputs(kernel)
+        np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-5, atol=1e-6)
 
 
 # TVM's layer norm (TOPI, as Relax legalizes it and te imports it): per-row statistics in 1-D

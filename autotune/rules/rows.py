@@ -47,9 +47,9 @@ class RowReductions(SketchRule):
                 b.must(Vectorize(made.one("lane")))
                 b.must(Vectorize(made.one("zero")))
                 halves = b.must(TreeCombine(made.one("combine")))
-                for loop in halves.get("halves") if halves else ():
-                    if b.extents()[loop] > 1:
-                        b.must(Vectorize(loop))
+                for half in halves.get("halves") if halves else ():
+                    if b.extents()[half] > 1:
+                        b.must(Vectorize(half))
                 split_roots.add(roots[root])
         # With merge, a nest of one loop over rows and no reduction (TVM's `mean[i] = sum[i] / n`)
         # waits: its default schedule would split the loop into vectors, and it could no longer
