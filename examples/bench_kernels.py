@@ -4,7 +4,7 @@
         [--records kernels.sqlite] [--target cuda] [--via-tvm]
 
 Prints, per kernel, both tuned medians, their ratio, both tuning wall times, ONNX Runtime's time
-(2 threads; and NumPy's for matmuls; on a GPU target PyTorch's instead), then the table; the
+(every core; and NumPy's for matmuls; on a GPU target PyTorch's instead), then the table; the
 last line reads `geomean speedup vs MetaSchedule: <X>`. With --records, both tuners resume from
 what an earlier run stored, up to --trials measurements in all. --no-metaschedule times Nestor
 against the library alone. --via-tvm tunes each kernel a third time through TVM's `ms.tune_tir`

@@ -5,7 +5,7 @@
 Two kernels, each compiled by `nestor.compile` from an ONNX model with a pipeline schedule:
 - a 1024×1024×1024 float32 matmul (both operands are inputs), against NumPy's `a @ b`;
 - ResNet-50's 3×3 convolution (56×56, 64→64 channels, pad 1; weights are constants), against
-  ONNX Runtime (2 threads).
+  ONNX Runtime (as many threads as Nestor).
 Times are medians of interleaved runs in this process (nestor.bench.interleaved_medians). The last
 line reads `matmul1024 <P>% of NumPy, conv3x3 <Q>% of ONNX Runtime` (speed: their time / ours).
 """

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import onnx
 
+from .codegen.target import host_cores
 from .ir.errors import NestorError
 from .zoo import LIGHT_MODELS, encoder_block, light_model
 from .zoo_breadth import BREADTH_MODELS
@@ -57,13 +58,15 @@ def output_error(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     return worst
 
 
-def ort_session(model, threads: int = 2):
+def ort_session(model, threads: int | None = None):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (default: the cores this
+    process may use, as Nestor's own thread pool takes them), nodes run one at a time."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise NestorError("this benchmark needs onnxruntime: pip install onnxruntime") from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or host_cores()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

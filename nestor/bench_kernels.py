@@ -3,7 +3,7 @@
 For each kernel of autotune.kernel_suite: tune with Nestor (records in a temporary database)
 and with MetaSchedule (`tune_tir` on the same computation as a tensor expression), check both
 outputs against ONNX Runtime's, then time Nestor's best, MetaSchedule's best and a third
-opinion interleaved in this process: on the CPU ONNX Runtime (2 threads) and, for matmuls,
+opinion interleaved in this process: on the CPU ONNX Runtime (as many threads as Nestor) and, for matmuls,
 NumPy; on a GPU the same op in PyTorch (float32, no TF32), where PyTorch is installed. The
 last line reads `geomean speedup vs MetaSchedule: <X>`.
 

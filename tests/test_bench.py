@@ -266,3 +266,11 @@ def test_kernel_bench_via_tvm_tunes_through_tune_tir_and_times_it_beside_nestors
     t_tvm, vs_ms, vs_own = row.split()[1:4]
     assert float(t_tvm) > 0 and vs_ms == "-" and float(vs_own) > 0
     assert lines[-2].startswith("Nestor through ms.tune_tir: its time / Nestor's own tuning's ")
+
+
+def test_onnx_runtime_gets_as_many_threads_as_nestor(monkeypatch):
+    # A fixed 2 gave ONNX Runtime 2 of a 16-core machine's cores while Nestor's pool took all 16.
+    monkeypatch.setattr(bench, "host_cores", lambda: 5)
+    session = bench.ort_session(bench.example_model("squeezenet"))
+    assert session.get_session_options().intra_op_num_threads == 5
+    assert bench.ort_session(bench.example_model("squeezenet"), threads=1).get_session_options().intra_op_num_threads == 1
