@@ -18,7 +18,7 @@ from nestor.autotune.rules.rows import RowReductions
 from nestor.autotune.rules.tile_seeds import BlockedConvTiles, ChannelTiles, LaneTiles, MatmulTiles
 from nestor.autotune.rules.tiling import MultiLevelTiling
 from nestor.autotune.decisions import Choice
-from nestor.autotune.space import Sketch
+from nestor.autotune.space import Candidate, Sketch
 from nestor.codegen import build, cuda_target, machine_params, run_kernel
 from nestor.ir import For, Store, walk_stmts
 from nestor.ir.machine import AVX2, AVX512
@@ -113,6 +113,29 @@ def test_matmul_tiles_on_extents_no_vector_divides(shape):
     # the outer loops of such tiles stay apart: fused, their guards would read // and %
     fuse = sketch.rules["tiling"].domain(sketch.info, "fuse", dataclasses.asdict(seeds[0]))
     assert fuse.values == ((1, 2) if n % 8 == 0 else (1,))
+
+
+@pytest.mark.parametrize("m, tail_free", [(77, {7}), (109, set()), (1000, {5})])
+def test_row_tiles_are_register_rows_and_the_extents_divisors(m, tail_free):
+    """A row loop is offered the register tile's rows (tails guarded and peeled) and each
+    divisor of its extent up to a vector's rows, which needs no tail (no 7 where 7 does not
+    divide); the register tile's limit shrinks a tile to a smaller factor of the same list."""
+    from nestor.autotune.rules.tiling import TILE_ROWS
+    kernel = _onnx("MatMul", {"A": [m, 64], "B": [64, 64]}, [m, 64])
+    sketch = Sketch.of(kernel, AVX2, strict=True)
+    info, rule = sketch.info, sketch.rules["tiling"]
+    earlier = {"lanes": None}
+    offered = set(rule.domain(info, "factors", earlier).choices[info.row].values)
+    assert offered == {f for f in TILE_ROWS if f <= m} | {1} | tail_free
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, 64), np.float32), rng.standard_normal((64, 64), np.float32)
+    for f in sorted(tail_free):
+        factors = [1] * len(info.main.spatial)
+        factors[info.row], factors[info.vector] = f, 16
+        d = rule.constrain(info, dataclasses.replace(_plain(info), factors=tuple(factors)))
+        assert d.factors[info.row] in offered and m % f == 0
+        _, scheduled = sketch.realize(Candidate("tiling", d))
+        np.testing.assert_allclose(run_kernel(scheduled, [a, b])[0], a @ b, rtol=1e-4, atol=1e-4)
 
 
 def _plain(info):

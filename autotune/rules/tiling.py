@@ -36,7 +36,9 @@ from ..decisions import Choice, PerLoop
 from ..nest import KernelInfo, Lanes
 from .base import Builder, SketchRule
 
-TILE_FACTORS = (1, 2, 3, 4, 6, 7, 8, 16)   # 7: feature maps of 7, 14, 28, 56, 112
+# A register tile's rows: a few vectors of accumulators each, whatever the extent (where one
+# does not divide it, the last tile is guarded and codegen peels it off the loop).
+TILE_ROWS = (1, 2, 3, 4, 6, 8, 16)
 VECTOR_FACTORS = (1, 4, 8, 16, 32, 64)
 UNROLL_FACTORS = (1, 2, 4, 8)
 MAX_UNROLLED = 16           # tile loops longer than this stay loops
@@ -62,6 +64,14 @@ class TileDecisions:
     def plain(cls, loops: int) -> TileDecisions:
         """No tiling: every loop outer, nothing optional (what seeds start from)."""
         return cls(None, (1,) * loops, 0, 1, False, False, None, None, None, 1, None)
+
+
+def tile_factors(extent: int) -> tuple[int, ...]:
+    """The tile factors a loop of `extent` (not the vector loop) is offered: TILE_ROWS, and each
+    divisor of the extent up to a vector's rows (TILE_UNIT), a tile with no tail (7 for 56 and
+    77, 5 for 1000)."""
+    divisors = (f for f in range(1, min(extent, TILE_UNIT) + 1) if extent % f == 0)
+    return tuple(sorted({f for f in TILE_ROWS if f <= extent}.union(divisors)))
 
 
 def effective_factors(info: KernelInfo, d) -> list[int]:
@@ -124,7 +134,7 @@ class MultiLevelTiling(SketchRule):
                 if k == lanes_at:  # its factor is the lane count
                     choices.append(Choice((1,)))
                     continue
-                pool = VECTOR_FACTORS if k == vector else TILE_FACTORS
+                pool = VECTOR_FACTORS if k == vector else tile_factors(loop.extent)
                 # a loop that shares an output dimension with another (a grouped conv's
                 # g * 28 + c) is cut evenly: a guard's wider range there defeats the dependence
                 # test of the band's reorder
@@ -184,7 +194,7 @@ class MultiLevelTiling(SketchRule):
         limit = max_tile(info)
         while tile_size(factors, vector) > limit and any(f > 1 for i, f in enumerate(factors) if i != vector):
             k = max((i for i in range(len(factors)) if i != vector), key=lambda i: factors[i])
-            factors[k] = max(f for f in TILE_FACTORS if f < factors[k])
+            factors[k] = max(f for f in tile_factors(info.main.spatial[k].extent) if f < factors[k])
         if d.lanes:
             factors[vector] = d.factors[vector]
         return TileDecisions(**{**d.__dict__, "factors": tuple(factors)})
