@@ -156,9 +156,9 @@ def need_gpu(target) -> None:
 
 def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
                  time_budget: float | None = None, records: str | None = None, out=print,
-                 target=None) -> float:
+                 target=None, seed: int = 0) -> float:
     """With `time_budget` (seconds per model), each model is first tuned (task scheduler) into
-    `records` (default: a temporary database per run). Each model is compiled from the best
+    `records` (default: a temporary database per run), with the tuner's random `seed`. Each model is compiled from the best
     schedules in `records` when given (without a budget: re-time what an earlier run tuned).
     `target`: anything codegen.as_target takes (default: this CPU); on a GPU the competitor is
     PyTorch eager on the same ONNX model (through onnx2torch) instead of ONNX Runtime.
@@ -202,7 +202,7 @@ def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str
                 from .autotune.tune import tune_graph
                 start = time.perf_counter()
                 tune_graph(import_onnx(model, target=target), Budget(seconds=time_budget), records_path=records,
-                           target=target)
+                           target=target, seed=seed)
                 tune_s = time.perf_counter() - start
             start = time.perf_counter()
             compiled = nestor_compile(model, schedule=schedule, records=records, target=target)

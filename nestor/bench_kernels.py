@@ -26,7 +26,7 @@ from .bench import gpu_interleaved_medians, import_torch, interleaved_medians, n
 from .ir.errors import NestorError
 
 
-def _tune_nestor(kernel, trials: int, records_path: str, target):
+def _tune_nestor(kernel, trials: int, records_path: str, target, seed: int = 0):
     """The best schedule after `trials` measurements in all (those already in the records count:
     a run cut short resumes where it stopped; None: none measured), and the seconds taken."""
     from .autotune.budget import Budget
@@ -38,7 +38,7 @@ def _tune_nestor(kernel, trials: int, records_path: str, target):
         left = trials - records.count(structural_hash(kernel), target_key(target))
     if left > 0:
         (task,) = tune_kernels({"k": kernel}, Budget(left), records_path=records_path, target=target,
-                               show_progress=True)
+                               show_progress=True, seed=seed)
     return best_schedules(records_path, target, similar=False)(kernel), time.perf_counter() - start
 
 
@@ -139,13 +139,13 @@ def _optional_torch(out):
 
 def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int = 20,
                   records: str | None = None, out=print, target=None, metaschedule: bool = True,
-                  via_tvm: bool = False) -> float:
+                  via_tvm: bool = False, seed: int = 0) -> float:
     """`records`: keep Nestor's measurements in this database and MetaSchedule's beside it
     (`<records>.ms/<kernel>/`); both resume from what is there up to `trials` measurements in
     all, so a run cut short goes on where it stopped and a finished one only times again (the
     tune-seconds columns count this run's tuning). By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU).
-    Without `metaschedule`, Nestor is timed against the library alone (what a long tuning of one
+    `seed`: every tuning's random seed. Without `metaschedule`, Nestor is timed against the library alone (what a long tuning of one
     kernel against cuBLAS or cuDNN needs) and the last line is the geomean share of its speed."""
     from .api import import_onnx
     from .autotune.kernel_suite import kernels_named
@@ -167,18 +167,19 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
         with tempfile.TemporaryDirectory() as workdir:
             out(f"-- {name}: tuning with Nestor ({trials} trials)")
             schedule, nestor_s = _tune_nestor(node.kernel, trials,
-                                              records or os.path.join(workdir, "nestor.sqlite"), target)
+                                              records or os.path.join(workdir, "nestor.sqlite"), target, seed)
             ms_fn, ms_s = None, None
             if metaschedule:
                 out(f"-- {name}: tuning with MetaSchedule ({trials} trials)")
                 ms_fn, ms_s = _tune_metaschedule(suite.prim_func(), trials,
                                                  f"{records}.ms/{name}" if records else os.path.join(workdir, "ms"),
-                                                 target)
+                                                 target, seed=seed)
             tvm_fn = None
             if via_tvm:
                 out(f"-- {name}: tuning with Nestor through ms.tune_tir ({trials} trials)")
                 tvm_fn, tvm_s = _tune_metaschedule(suite.prim_func(), trials, f"{records}.tvm/{name}" if records
-                                                   else os.path.join(workdir, "tvm"), target, nestor_search=True)
+                                                   else os.path.join(workdir, "tvm"), target, nestor_search=True,
+                                                   seed=seed)
         if schedule is None and gpu:  # an unscheduled nest binds no threads: it cannot run
             raise NestorError(f"{name}: Nestor's tuner measured no valid schedule for {target.kind.name}")
         best = schedule.apply(node.kernel) if schedule else node.kernel

@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="costmodel: judge the ranking against each record's median (default), its fastest repeat, "
                         "or the same schedules' medians in DB (made by `nestor records retime`)")
     b.add_argument("--time-budget", metavar="30m", type=duration, help="models: tune each model this long first")
+    b.add_argument("--seed", type=int, default=0,
+                   help="kernels, models: the tunings' random seed (repeat a benchmark with others to see how "
+                        "much of a difference is the search's luck; default: %(default)s)")
     _target_arg(b)
     b.set_defaults(func=cmd_bench)
     from .cli_records import add_commands
@@ -131,6 +134,8 @@ def _tuning_args(p) -> None:
                                               "with --time-budget alone: as many as fit)")
     p.add_argument("--time-budget", metavar="30m", type=duration, help="stop tuning after this long (s, m or h)")
     p.add_argument("--cost-model", metavar="FILE", help="load and save the cost model here")
+    p.add_argument("--seed", type=int, default=0, help="the tuning's random seed: samples, evolution and the "
+                                                       "cost model's (default: %(default)s)")
     p.add_argument("--pretrained", metavar="FILE", action="append",
                    help="pretrain the cost model from these records of other tunings (.sqlite) or this saved "
                         "cost model (repeatable)")
@@ -355,7 +360,7 @@ def cmd_bench(args) -> int:
         from .bench_kernels import bench_kernels
         bench_kernels(args.kernels.split(",") if args.kernels else None, args.trials, args.repeat,
                       records=args.records, target=args.target, metaschedule=args.metaschedule,
-                      via_tvm=args.via_tvm)
+                      via_tvm=args.via_tvm, seed=args.seed)
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report
@@ -364,7 +369,7 @@ def cmd_bench(args) -> int:
     from .bench import bench_models
     names = args.models.split(",") if args.models else None
     bench_models(names, repeat=args.repeat, time_budget=args.time_budget, records=args.records,
-                 target=args.target)
+                 target=args.target, seed=args.seed)
     return 0
 
 
@@ -374,7 +379,8 @@ def cmd_tune(args) -> int:
         from .autotune.tune import tune_kernels
         kernel = _read_kernel(args.model)
         _tune(lambda budget: tune_kernels({kernel.name: kernel}, budget, args.records, target=args.target,
-                                          model_path=args.cost_model, pretrained=args.pretrained, rpc=_rpc(args)),
+                                          model_path=args.cost_model, pretrained=args.pretrained, rpc=_rpc(args),
+                                          seed=args.seed),
               f"kernel {kernel.name}", 1, args)
     else:
         from .api import import_onnx
@@ -408,7 +414,7 @@ def _tune_graph(graph, args) -> None:
     from .ir import structural_hash
     distinct = len({structural_hash(k) for k in graph.kernels()})
     _tune(lambda budget: tune_graph(graph, budget, args.records, target=args.target, model_path=args.cost_model,
-                                    pretrained=args.pretrained, rpc=_rpc(args)),
+                                    pretrained=args.pretrained, rpc=_rpc(args), seed=args.seed),
           f"{distinct} distinct kernels of {len(graph.kernels())} calls", distinct, args)
 
 

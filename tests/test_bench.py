@@ -61,22 +61,34 @@ def test_bench_on_cuda_without_a_gpu_says_so_before_tuning(monkeypatch):
         bench.bench_models(["squeezenet"], target="cuda", out=lambda line: None)
 
 
-def _tuners_targets(monkeypatch, target, lines):
-    """The targets the two tuners of bench_kernels receive (the bench stops after MetaSchedule)."""
+def _tuners_targets(monkeypatch, target, lines, seeds=None, run=None):
+    """The targets the two tuners of bench_kernels receive (the bench stops after MetaSchedule);
+    `seeds` receives their random seeds; `run` starts the bench (default: bench_kernels)."""
     seen = {}
+    seeds = {} if seeds is None else seeds
 
-    def nestor_tuner(kernel, trials, records, target):
-        seen["nestor"] = target
+    def nestor_tuner(kernel, trials, records, target, seed):
+        seen["nestor"], seeds["nestor"] = target, seed
         return None, 0.0
 
-    def ms_tuner(prim_func, trials, workdir, target):
-        seen["metaschedule"] = target
+    def ms_tuner(prim_func, trials, workdir, target, seed):
+        seen["metaschedule"], seeds["metaschedule"] = target, seed
         raise _Stop
     monkeypatch.setattr(bk, "_tune_nestor", nestor_tuner)
     monkeypatch.setattr(bk, "_tune_metaschedule", ms_tuner)
     with pytest.raises(_Stop):
-        bk.bench_kernels(["softmax"], trials=1, target=target, out=lines.append)
+        (run or (lambda: bk.bench_kernels(["softmax"], trials=1, target=target, out=lines.append)))()
     return seen
+
+
+def test_bench_seed_reaches_both_tuners(monkeypatch):
+    from nestor.cli import main
+    seeds = {}
+    _tuners_targets(monkeypatch, None, [], seeds, lambda: main(["bench", "kernels", "--kernels", "softmax",
+                                                                "--trials", "1", "--seed", "7"]))
+    assert seeds == {"nestor": 7, "metaschedule": 7}
+    _tuners_targets(monkeypatch, None, [], seeds)
+    assert seeds == {"nestor": 0, "metaschedule": 0}   # the default: reproducible, not MetaSchedule's random
 
 
 def test_bench_kernels_tunes_both_for_the_target_given(monkeypatch):

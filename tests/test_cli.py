@@ -109,6 +109,24 @@ def test_tune_pretrained_from_other_records_and_an_old_cost_model_refused(tmp_pa
     assert "saved by another Nestor (format 1" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["tune", "compile"])
+def test_tune_seed_reaches_the_tuner(tmp_path, monkeypatch, command):
+    import nestor.autotune.tune as tune
+    seeds = []
+
+    def tune_graph(graph, budget, records, seed=0, **kwargs):
+        from nestor.autotune.records import Records
+        with Records(records):   # compile --tune then compiles from it
+            seeds.append(seed)
+        return []
+    monkeypatch.setattr(tune, "tune_graph", tune_graph)
+    model = _tiny_onnx(tmp_path)
+    extra = ["--tune", "-o", str(tmp_path / "tiny.nestor")] if command == "compile" else []
+    for args in (["--seed", "3"], []):
+        assert main([command, model, *extra, "--trials", "1", "--records", str(tmp_path / "r.sqlite"), *args]) == 0
+    assert seeds == [3, 0]
+
+
 # --- --target ----------------------------------------------------------------------------------
 
 def _tiny_onnx(tmp_path) -> str:
