@@ -157,9 +157,10 @@ def need_gpu(target) -> None:
 def bench_models(names: list[str] | None = None, repeat: int = 20, schedule: str = "default",
                  time_budget: float | None = None, records: str | None = None, out=print,
                  target=None, seed: int = 0) -> float:
-    """With `time_budget` (seconds per model), each model is first tuned (task scheduler) into
-    `records` (default: a temporary database per run), with the tuner's random `seed`. Each model is compiled from the best
-    schedules in `records` when given (without a budget: re-time what an earlier run tuned).
+    """With `time_budget` (seconds per model), each model is first tuned (task scheduler, random
+    `seed`) into `records` (default: a temporary database per run). Each model is compiled from
+    the best schedules in `records` when given (without a budget: re-time what an earlier run
+    tuned).
     `target`: anything codegen.as_target takes (default: this CPU); on a GPU the competitor is
     PyTorch eager on the same ONNX model (through onnx2torch) instead of ONNX Runtime.
     Both run each model with its logits as extra outputs (`with_logits`); the error column is

@@ -3,8 +3,8 @@
 For each kernel of autotune.kernel_suite: tune with Nestor (records in a temporary database)
 and with MetaSchedule (`tune_tir` on the same computation as a tensor expression), check both
 outputs against ONNX Runtime's, then time Nestor's best, MetaSchedule's best and a third
-opinion interleaved in this process: on the CPU ONNX Runtime (as many threads as Nestor) and, for matmuls,
-NumPy; on a GPU the same op in PyTorch (float32, no TF32), where PyTorch is installed. The
+opinion interleaved in this process: on the CPU ONNX Runtime (as many threads as Nestor) and,
+for matmuls, NumPy; on a GPU the same op in PyTorch (float32, no TF32), where PyTorch is installed. The
 last line reads `geomean speedup vs MetaSchedule: <X>`.
 
 With `via_tvm`, each kernel is tuned a third time the way a TVM user plugs Nestor in: `tune_tir`
@@ -145,8 +145,9 @@ def bench_kernels(names: list[str] | None = None, trials: int = 256, repeat: int
     all, so a run cut short goes on where it stopped and a finished one only times again (the
     tune-seconds columns count this run's tuning). By default both go to a
     temporary directory. `target`: anything codegen.as_target takes (default: this CPU).
-    `seed`: every tuning's random seed. Without `metaschedule`, Nestor is timed against the library alone (what a long tuning of one
-    kernel against cuBLAS or cuDNN needs) and the last line is the geomean share of its speed."""
+    `seed`: every tuning's random seed. Without `metaschedule`, Nestor is timed against the
+    library alone (what a long tuning of one kernel against cuBLAS or cuDNN needs) and the last
+    line is the geomean share of its speed."""
     from .api import import_onnx
     from .autotune.kernel_suite import kernels_named
     from .autotune.search import kernel_flops
