@@ -16,8 +16,9 @@ from .passes import ScheduleError, default_schedule
 from .passes.fusion import fuse_elementwise
 from .passes.model_schedule import ModelSchedule, read_model_schedule
 
+
 def _untuned(kernel: Kernel, machine) -> Kernel:
-    from .autotune.space import untuned_schedule
+    from .autotune.space import untuned_schedule   # here: at `import nestor` it would load the sketch rules
     return untuned_schedule(kernel, machine)
 
 

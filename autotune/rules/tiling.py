@@ -66,6 +66,7 @@ class TileDecisions:
         return cls(None, (1,) * loops, 0, 1, False, False, None, None, None, 1, None)
 
 
+@functools.cache   # asked for every loop each time a search samples or mutates a candidate
 def tile_factors(extent: int) -> tuple[int, ...]:
     """The tile factors a loop of `extent` (not the vector loop) is offered: TILE_ROWS, and each
     divisor of the extent up to a vector's rows (TILE_UNIT), a tile with no tail (7 for 56 and
