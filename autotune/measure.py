@@ -66,6 +66,8 @@ BUDGET_ENDED = "not measured: the time budget ended"
 # Tests: a builder sleeps this many seconds before each candidate's build (a hung build).
 BUILD_DELAY_ENV = "NESTOR_TEST_BUILD_DELAY"
 DIR_PREFIX = "nestor-measure-"  # then the owner's pid and a dash: nestor-measure-1234-k2j4x_
+# A search round measures 16 candidates: more builders would idle, each holding TVM (~260 MB).
+MAX_BUILDERS = 16
 WAKE = 0.1               # a batch's first candidate runs untimed this long before its timing
 
 
@@ -100,8 +102,7 @@ class Measurer:
     (FLUSH); `timeout` bounds the whole.
     `inputs` replaces the random inputs (integer inputs are random 0s and 1s: often indices).
     `target`: anything `codegen.as_target` takes (None: this host; "cuda": this machine's GPU,
-    which must be present). `build_workers` (None): 2 on the CPU, where builds must not compete
-    with the timing for 2 cores; one per core when the timing is on the GPU.
+    which must be present). `build_workers` (None): `default_builders()`.
     The reference output is computed on the CPU (the unscheduled kernel binds no GPU threads).
 
     `time_left()`: the seconds left of the tuning's time budget (None: no limit); a batch's
@@ -122,8 +123,7 @@ class Measurer:
         self._tasks: dict[str, int] = {}  # structural hash -> number of its files in _dir
         target, host, self._gpu = _targets(target)
         if build_workers is None:
-            from ..codegen import host_cores
-            build_workers = host_cores() if self._gpu else 2
+            build_workers = default_builders()
         self._dir = new_directory()
         self._builders = builders(target, host, build_workers, self._dir)
         self._runners = self._new_runners()
@@ -254,6 +254,13 @@ def new_directory() -> str:
     removing those of owners that are gone."""
     remove_stale_directories()
     return tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")
+
+
+def default_builders() -> int:
+    """Builder processes: one per core, as a batch is all built before any of it is timed (no
+    build competes with a timing), up to MAX_BUILDERS."""
+    from ..codegen import host_cores
+    return min(host_cores(), MAX_BUILDERS)
 
 
 def builders(target: str, host: str, count: int, directory: str) -> list[_Worker]:

@@ -21,7 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..ir.errors import NestorError
 from .measure import (BUILD_TIMEOUT, REPEATS, WAKE, _serve, _shut_down, _targets, _Worker, builders,
-                      new_directory, start_all)
+                      default_builders, new_directory, start_all)
 
 ARTIFACT = "module.so"   # in a folder of its own: MetaSchedule's RemoveBuildArtifact deletes the folder
 
@@ -47,10 +47,9 @@ class Workers:
             return
         if self.target is not None:
             raise NestorError(f"measure: these workers build for {self.target}, not {target}")
-        from ..codegen import host_cores
         json_target, host, gpu = _targets(target)
         self.directory = new_directory()
-        count = self.build_workers or (host_cores() if gpu else 2)
+        count = self.build_workers or default_builders()
         self.builders = builders(json_target, host, count, self.directory)
         self.runner = _Worker("runner", {"gpu": gpu}, os.path.join(self.directory, "runner.log"))
         workers = [*self.builders, self.runner]

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from nestor.autotune import measure
 from nestor.autotune.measure import MIN_REPEAT, SINGLE_RUN, Measurer, MeasureResult, _mismatch, runs_per_repeat
 from nestor.ir import parse_kernel
 from nestor.ir.errors import NestorError
@@ -170,6 +171,14 @@ def test_a_kernel_of_a_fifth_of_a_millisecond_is_timed_one_run_a_repeat():
     half = SINGLE_RUN / 2
     assert 1 < runs_per_repeat(half) and abs(runs_per_repeat(half) * half - MIN_REPEAT) <= half
     assert 1000 <= runs_per_repeat(1e-6) <= 1001
+
+
+def test_a_batch_builds_on_every_core_up_to_a_batch(monkeypatch):
+    # builds and timings take turns, so builders need not leave cores to the timing
+    import nestor.codegen
+    for cores, want in ((2, 2), (8, 8), (64, measure.MAX_BUILDERS)):
+        monkeypatch.setattr(nestor.codegen, "host_cores", lambda: cores)
+        assert measure.default_builders() == want
 
 
 def test_workers_do_not_import_from_the_working_directory(tmp_path, monkeypatch):
