@@ -11,6 +11,7 @@ tunes would recurse). They talk to the parent over a socket pair with pickled me
 On an NVIDIA GPU the same: builders compile (nvcc or NVRTC, through TVM), the runner times on the
 device with its event timer, and a kernel that faults (an illegal address poisons the process's
 CUDA context) gets its error and the runner is replaced before the next candidate.
+Between batches the builders also realize the search's pools for it (realize.py).
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ import numpy as np
 
 from ..ir import Kernel, structural_hash
 from ..ir.errors import NestorError
+from ..ir.machine import MachineParams
+from ..passes import Schedule
 from .records import LOCAL_DEVICE
+from .space import Candidate, Sketch
 
 # Before each repeat every argument but the first is flushed from the caches (clflush), as a
 # kernel finds them in a model: its input was just written by the kernel before it, its weights
@@ -223,6 +227,23 @@ class Measurer:
                 reps = tuple(r["repeats"])
                 results[n] = MeasureResult(statistics.median(reps), reps, None, build_s, device)
         return results
+
+    def realize(self, sketch: Sketch, candidates: list[Candidate],
+                machine: MachineParams) -> tuple[list[Schedule], np.ndarray] | None:
+        """`realize.realize_pool`, the candidates dealt in order over the builder processes (idle
+        while the search proposes); None where one of them fails (the caller then realizes the
+        pool itself, where the error is its own)."""
+        parts = min(len(self._builders), len(candidates))
+        if not parts:
+            return [], np.zeros((0, 0), np.float32)
+        cut = [len(candidates) * n // parts for n in range(parts + 1)]
+        requests = [{"realize": (sketch, candidates[a:b], machine)} for a, b in zip(cut, cut[1:])]
+        replies = _serve(self._builders, requests, BUILD_TIMEOUT, "realizing failed: ")
+        if any("error" in r for r in replies):
+            return None
+        for r in replies:
+            sketch.refused.update(r["refused"])
+        return [s for r in replies for s in r["schedules"]], np.concatenate([r["features"] for r in replies])
 
     def _build_and_time(self, builds: list, runs: list[dict], deadline: float | None) -> list[tuple[dict, dict | None]]:
         """Each job's build reply and, where it built, its run's reply: every job built (in
@@ -623,6 +644,7 @@ def _builder(target: str, host: str):
     import tvm
 
     from ..codegen import build
+    from .realize import serve_realize
     _cuda_compiler()
 
     def compute_reference(reference: Kernel, inputs: str, save: str) -> dict:
@@ -649,6 +671,8 @@ def _builder(target: str, host: str):
         return tvm.compile(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target)
 
     def serve(request) -> dict:
+        if isinstance(request, dict) and "realize" in request:
+            return serve_realize(*request["realize"])
         if isinstance(request, dict):
             return compute_reference(**request)
         kernels, path = request

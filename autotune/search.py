@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
 from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .measure import BUDGET_ENDED
+from .realize import realize_pool
 from .space import Candidate, Sketch
 
 POOL = 256           # candidates ranked by the cost model per round (at most)
@@ -59,7 +62,7 @@ class Tuner:
         self.best: Schedule | None = None
         self.stored = 0
         self.errors = 0
-        self._unmeasured: dict[str, tuple[dict, Schedule, Kernel]] = {}  # the last pool, by schedule
+        self._unmeasured: dict[str, tuple[dict, Schedule, np.ndarray]] = {}  # the last pool, by schedule
         self._schedule_of: dict[str, str] = {}  # repr of decisions realized -> their schedule's JSON
         # good decisions of similar kernels (the task scheduler's other tasks): offered first,
         # and mutated until this kernel has measured parents of its own
@@ -89,48 +92,66 @@ class Tuner:
 
     # proposing
 
-    def _candidates(self) -> list[tuple[dict, Schedule, Kernel]]:
+    def _candidates(self) -> list[tuple[dict, Schedule, np.ndarray]]:
+        """The round's pool: (decisions, schedule, feature row) each, no schedule seen before."""
         size = min(POOL, POOL_PER_TRIAL * self.batch)
+        if not self._model_ready():
+            size = min(size, self.batch)  # no model yet: random samples are all we can do
         # Up to half the pool: the last round's newest candidates not measured, realized already.
         # Realizing one (its passes applied in Python, ~6 ms) is much of a round's cost: a pool
         # of 256 for Inception-v2's 2-trial warm-ups took 1-6 s a task (up to 900 realized: a
         # small space gives many repeats) against 0.3 s of measuring.
         carried = [(k, c) for k, c in self._unmeasured.items() if k not in self.seen]
-        pool: dict[str, tuple[dict, Schedule, Kernel]] = dict(carried[len(carried) - size // 2:] if carried else [])
+        pool: dict[str, tuple[dict, Schedule, np.ndarray]] = dict(carried[len(carried) - size // 2:] if carried else [])
         parents = self.good_decisions(8) or self.seeds[:8]
         tries = 0
         # the kernel's own first rule-built tile leads: a warm-up round may be 2 trials (the
         # default schedule and this)
         offered = [] if self.measured else self.rules[:1] + self.seeds + self.rules[1:]
         while len(pool) < size and tries < 2 * size:
-            tries += 1
-            r = self.rng.random()
-            if offered:
-                d = offered.pop(0)
-            elif parents and r < 0.6:
-                d = self.sketch.mutate(self.rng.choice(parents), self.rng)
-            elif len(parents) >= 2 and r < 0.75:
-                d = self.sketch.crossover(*self.rng.sample(parents, 2), self.rng)
-            else:
-                d = self.sketch.sample(self.rng)
-            # mutations of the same parents repeat themselves: half of a pool's tries were
-            # schedules already measured or pooled, and a decision seen before is known unrealized
-            known = self._schedule_of.get(repr(d))
-            if known is not None and (known in self.seen or known in pool):
-                continue
-            if known in self._unmeasured:  # realized for the last pool, not carried: no need to again
-                pool[known] = self._unmeasured[known]
-                continue
-            schedule, kernel = self.sketch.realize(d)
-            key = schedule.to_json()
-            self._schedule_of[repr(d)] = key
-            if key in self.seen or key in pool:
-                continue
-            pool[key] = (d, schedule, kernel)
-            if not self._model_ready() and len(pool) >= self.batch:
-                break  # no model yet: random samples are all we can do
+            fresh: dict[str, Candidate] = {}  # repr -> decisions to realize, drawn together
+            while len(pool) + len(fresh) < size and tries < 2 * size:
+                tries += 1
+                d = self._draw(offered, parents)
+                # mutations of the same parents repeat themselves: half of a pool's tries were
+                # schedules already measured or pooled, and a decision seen before is known unrealized
+                known = self._schedule_of.get(repr(d))
+                if known is not None and (known in self.seen or known in pool):
+                    continue
+                if known in self._unmeasured:  # realized for the last pool, not carried: no need to again
+                    pool[known] = self._unmeasured[known]
+                    continue
+                fresh.setdefault(repr(d), d)
+            for (text, d), schedule, row in zip(fresh.items(), *self._realize(list(fresh.values()))):
+                key = schedule.to_json()
+                self._schedule_of[text] = key
+                if key not in self.seen and key not in pool:
+                    pool[key] = (d, schedule, row)
         self._unmeasured = pool
         return list(pool.values())
+
+    def _draw(self, offered: list[Candidate], parents: list[Candidate]) -> Candidate:
+        """The next decisions to try: those offered first, then mutations and crossovers of the
+        parents, and fresh samples."""
+        r = self.rng.random()
+        if offered:
+            return offered.pop(0)
+        if parents and r < 0.6:
+            return self.sketch.mutate(self.rng.choice(parents), self.rng)
+        if len(parents) >= 2 and r < 0.75:
+            return self.sketch.crossover(*self.rng.sample(parents, 2), self.rng)
+        return self.sketch.sample(self.rng)
+
+    def _realize(self, candidates: list[Candidate]) -> tuple[list[Schedule], np.ndarray]:
+        """Their schedules and feature rows: in the measurer's worker processes where it has them
+        (Measurer.realize), else (or where they fail) here."""
+        machine = getattr(self.model, "machine", self.sketch.machine)  # what the model's features count
+        spread = getattr(self.measurer, "realize", None)
+        if spread is not None and len(candidates) > 1:
+            done = spread(self.sketch, candidates, machine)
+            if done is not None:
+                return done
+        return realize_pool(self.sketch, candidates, machine)
 
     def good_decisions(self, n: int) -> list[Candidate]:
         """The decisions of this run's `n` fastest measured candidates, fastest first."""
@@ -148,7 +169,8 @@ class Tuner:
         if not self._model_ready() or len(pool) <= self.batch:
             self.rng.shuffle(pool)
             return pool[:self.batch]
-        scores = self.model.predict([k for _, _, k in pool], self.task)  # with the task's own model
+        rows = np.array([row for _, _, row in pool])
+        scores = self.model.predict_features(rows, self.task)  # with the task's own model
         ranked = [pool[i] for i in sorted(range(len(pool)), key=lambda i: -scores[i])]
         explore = max(1, int(self.batch * EPSILON))
         chosen = ranked[:self.batch - explore]
@@ -178,7 +200,7 @@ class Tuner:
         """The next batch to measure, (decisions, schedule, kernel) each: the default schedule
         first while unmeasured. Another measurer (MetaSchedule's runner) may time it; `learn`
         takes its results."""
-        batch = self._choose(self._candidates())
+        batch = [(d, schedule, schedule.apply(self.kernel)) for d, schedule, _ in self._choose(self._candidates())]
         default = self._default_candidate()
         if default is not None:
             batch = [default] + batch[:max(self.batch - 1, 0)]

@@ -173,6 +173,24 @@ def test_a_kernel_of_a_fifth_of_a_millisecond_is_timed_one_run_a_repeat():
     assert 1000 <= runs_per_repeat(1e-6) <= 1001
 
 
+def test_a_pool_realized_in_the_builders_is_the_pool_realized_here(measurer):
+    import random
+    from nestor.autotune.realize import realize_pool
+    from nestor.autotune.space import Candidate, Sketch
+    from nestor.ir.machine import AVX2
+    from nestor.passes import canonical_loops
+    sketch = Sketch.of(canonical_loops(MATMUL), AVX2)
+    rng = random.Random(0)
+    pool = [sketch.sample(rng) for _ in range(7)]  # dealt 4 and 3 to two builders
+    schedules, rows = measurer.realize(sketch, pool, AVX2)
+    here, want = realize_pool(sketch, pool, AVX2)
+    assert [s.to_json() for s in schedules] == [s.to_json() for s in here]
+    np.testing.assert_array_equal(rows, want)
+    assert len(set(map(str, schedules))) > 1
+    # a candidate no rule of the sketch realizes: the caller realizes the pool itself
+    assert measurer.realize(sketch, pool[:2] + [Candidate("no such rule", None)], AVX2) is None
+
+
 def test_a_batch_builds_on_every_core_up_to_a_batch(monkeypatch):
     # builds and timings take turns, so builders need not leave cores to the timing
     import nestor.codegen

@@ -127,8 +127,8 @@ class TrainedModel:
     """A cost model that ranks by a fixed random score: the tuner fills whole pools."""
     trained = True
 
-    def predict(self, kernels, group=None):
-        return np.random.default_rng(len(kernels)).random(len(kernels))
+    def predict_features(self, rows, group=None):
+        return np.random.default_rng(len(rows)).random(len(rows))
 
     def update(self, *args):
         pass
