@@ -20,6 +20,7 @@ import ctypes
 import dataclasses
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -610,9 +611,14 @@ def _child(fd: int) -> None:
     conn.send("ready")
     while True:
         try:
-            request = conn.recv()
+            message = conn.recv_bytes()
         except EOFError:
             return
+        try:
+            request = pickle.loads(message)
+        except Exception as err:  # a class the parent has and we cannot import (a rule of its __main__)
+            conn.send({"error": f"cannot read the request: {_brief(err)}"})
+            continue
         conn.send(serve(request))
 
 

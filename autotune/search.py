@@ -64,6 +64,7 @@ class Tuner:
         self.errors = 0
         self._unmeasured: dict[str, tuple[dict, Schedule, np.ndarray]] = {}  # the last pool, by schedule
         self._schedule_of: dict[str, str] = {}  # repr of decisions realized -> their schedule's JSON
+        self._spread = True  # pools realized in the measurer's workers, where it has them
         # good decisions of similar kernels (the task scheduler's other tasks): offered first,
         # and mutated until this kernel has measured parents of its own
         self.seeds = [a for a in (self.sketch.adopt(d) for d in seeds) if a is not None]
@@ -147,10 +148,11 @@ class Tuner:
         (Measurer.realize), else (or where they fail) here."""
         machine = getattr(self.model, "machine", self.sketch.machine)  # what the model's features count
         spread = getattr(self.measurer, "realize", None)
-        if spread is not None and len(candidates) > 1:
+        if spread is not None and self._spread and len(candidates) > 1:
             done = spread(self.sketch, candidates, machine)
             if done is not None:
                 return done
+            self._spread = False  # (a rule the workers cannot import): not tried again
         return realize_pool(self.sketch, candidates, machine)
 
     def good_decisions(self, n: int) -> list[Candidate]:

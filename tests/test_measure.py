@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nestor.autotune import measure
+from nestor.autotune.rules.tiling import MultiLevelTiling
 from nestor.autotune.measure import MIN_REPEAT, SINGLE_RUN, Measurer, MeasureResult, _mismatch, runs_per_repeat
 from nestor.ir import parse_kernel
 from nestor.ir.errors import NestorError
@@ -173,6 +174,10 @@ def test_a_kernel_of_a_fifth_of_a_millisecond_is_timed_one_run_a_repeat():
     assert 1000 <= runs_per_repeat(1e-6) <= 1001
 
 
+class LocalRule(MultiLevelTiling):
+    name = "local tiling"
+
+
 def test_a_pool_realized_in_the_builders_is_the_pool_realized_here(measurer):
     import random
     from nestor.autotune.realize import realize_pool
@@ -189,6 +194,13 @@ def test_a_pool_realized_in_the_builders_is_the_pool_realized_here(measurer):
     assert len(set(map(str, schedules))) > 1
     # a candidate no rule of the sketch realizes: the caller realizes the pool itself
     assert measurer.realize(sketch, pool[:2] + [Candidate("no such rule", None)], AVX2) is None
+    # a rule the workers cannot import (this test module is not on their path): the same, and
+    # the workers live on
+    pids = [w.proc.pid for w in measurer._builders]
+    local = Sketch.of(canonical_loops(MATMUL), AVX2, rules=(LocalRule(),))
+    assert measurer.realize(local, [local.sample(rng) for _ in range(4)], AVX2) is None
+    assert measurer.realize(sketch, pool, AVX2)[1].shape == rows.shape
+    assert [w.proc.pid for w in measurer._builders] == pids
 
 
 def test_a_batch_builds_on_every_core_up_to_a_batch(monkeypatch):
