@@ -13,6 +13,7 @@ import random
 import numpy as np
 
 from ..ir import Allocate, For, Kernel, Seq, Store, print_kernel, structural_hash
+from ..costmodel import features
 from ..ir.machine import MachineParams
 from ..passes import DefaultNest, Schedule, canonical_loops
 from .measure import BUDGET_ENDED
@@ -146,14 +147,18 @@ class Tuner:
     def _realize(self, candidates: list[Candidate]) -> tuple[list[Schedule], np.ndarray]:
         """Their schedules and feature rows: in the measurer's worker processes where it has them
         (Measurer.realize), else (or where they fail) here."""
-        machine = getattr(self.model, "machine", self.sketch.machine)  # what the model's features count
         spread = getattr(self.measurer, "realize", None)
         if spread is not None and self._spread and len(candidates) > 1:
-            done = spread(self.sketch, candidates, machine)
+            done = spread(self.sketch, candidates, self._machine)
             if done is not None:
                 return done
             self._spread = False  # (a rule the workers cannot import): not tried again
-        return realize_pool(self.sketch, candidates, machine)
+        return realize_pool(self.sketch, candidates, self._machine)
+
+    @property
+    def _machine(self) -> MachineParams:
+        """The machine whose features the cost model learns (its caches, lanes and cores)."""
+        return getattr(self.model, "machine", self.sketch.machine)
 
     def good_decisions(self, n: int) -> list[Candidate]:
         """The decisions of this run's `n` fastest measured candidates, fastest first."""
@@ -202,15 +207,16 @@ class Tuner:
         """The next batch to measure, (decisions, schedule, kernel) each: the default schedule
         first while unmeasured. Another measurer (MetaSchedule's runner) may time it; `learn`
         takes its results."""
-        batch = [(d, schedule, schedule.apply(self.kernel)) for d, schedule, _ in self._choose(self._candidates())]
+        chosen = self._choose(self._candidates())
         default = self._default_candidate()
         if default is not None:
-            batch = [default] + batch[:max(self.batch - 1, 0)]
-        return batch
+            chosen = chosen[:max(self.batch - 1, 0)]
+        batch = [(d, schedule, schedule.apply(self.kernel)) for d, schedule, _ in chosen]
+        return [default] + batch if default is not None else batch
 
     def learn(self, batch, results) -> None:
         """Store a proposed batch's measurements (MeasureResult each) and train the model on them."""
-        good_kernels, good_secs = [], []
+        good_kernels, good_keys, good_secs = [], [], []
         for (d, schedule, kernel), res in zip(batch, results):
             if res.error == BUDGET_ENDED:  # cut, not measured: a later run measures it
                 continue
@@ -225,12 +231,20 @@ class Tuner:
             if d is not None:  # the default schedule has no decisions to mutate
                 self.measured.append((res.median, d))
             good_kernels.append(kernel)
+            good_keys.append(key)
             good_secs.append(res.fastest)  # the model learns from the fastest repeat
             self.times[key] = res.median
             if self.best_seconds is None or res.median < self.best_seconds:
                 self.best_seconds, self.best = res.median, schedule
         if self.model is not None and good_kernels:
-            self.model.update(good_kernels, good_secs, [self.task] * len(good_kernels))
+            self.model.update_features(self._rows(good_keys, good_kernels), good_secs, [self.task] * len(good_kernels))
+
+    def _rows(self, keys: list[str], kernels: list[Kernel]) -> np.ndarray:
+        """Feature rows of measured kernels: those of the pool that offered them, computed when it
+        was realized; the others (the default schedule) featurized now."""
+        pooled = self._unmeasured
+        others = iter(features([k for key, k in zip(keys, kernels) if key not in pooled], self._machine))
+        return np.array([pooled[key][2] if key in pooled else next(others) for key in keys])
 
     def rerank(self, top: int, limit: int | None = None) -> int:
         """Measure the `top` fastest schedules again, in one batch, and take the fastest by these

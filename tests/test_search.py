@@ -133,6 +133,9 @@ class TrainedModel:
     def update(self, *args):
         pass
 
+    def update_features(self, *args):
+        pass
+
 
 def test_a_round_realizes_no_decision_twice_and_keeps_what_it_did_not_measure(monkeypatch):
     """Realizing a candidate is most of a round's cost: a decision realized once is never
@@ -187,3 +190,29 @@ def test_tune_kernels_shares_equal_kernels(tmp_path):
     a, b = small_matmul(), small_matmul()
     (task,) = tune_kernels({"a": a, "b": b}, Budget(4), str(tmp_path / "r.sqlite"), show_progress=False)
     assert task.nodes == ["a", "b"] and task.trials == 4
+
+
+def test_the_model_learns_the_measured_kernels_features_from_the_pool_rows():
+    """learn() takes each measured candidate's features from the pool that offered it (computed
+    when it was realized), the default schedule's computed then: the same rows as featurizing the
+    measured kernels again."""
+    from nestor.costmodel import CostModel, features
+
+    class Measured:
+        def __init__(self):
+            self.batches = []
+
+        def measure(self, kernels):
+            self.batches.append(kernels)
+            return [MeasureResult(1e-3 * (n + 1), (1e-3 * (n + 1),), None, 0.0) for n in range(len(kernels))]
+
+    model, measurer = CostModel(machine=AVX512), Measured()
+    learnt = []
+    update = model.update_features
+    model.update_features = lambda x, secs, groups: learnt.append(x) or update(x, secs, groups)
+    tuner = Tuner(small_matmul(), measurer, None, model, "test-target", AVX512, batch=4)
+    for _ in range(3):
+        tuner.round()
+    assert len(learnt) == len(measurer.batches) == 3
+    for x, kernels in zip(learnt, measurer.batches):  # the first holds the default schedule
+        np.testing.assert_array_equal(x, features(kernels, AVX512))
