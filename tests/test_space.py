@@ -328,6 +328,20 @@ def test_channels_without_lanes_get_a_channel_tile_over_whole_rows():
         np.testing.assert_allclose(run_kernel(sketch.realize(d)[1], args)[0], want[0], rtol=1e-4, atol=1e-4)
 
 
+def test_a_pack_copies_on_every_core_a_vector_at_a_time():
+    # B is an activation here (a second matmul input), so its copy runs at every call: left
+    # serial, the other threads would wait through it
+    kernel = _onnx("MatMul", {"X": [24, 256], "W": [256, 256]}, [24, 256])
+    sketch = Sketch.of(kernel, AVX512, strict=True)
+    rule = next(d for d in sketch.rule_decisions() if d.decisions.panel)
+    schedule, scheduled = sketch.realize(rule)
+    (copy,) = [s for s in top_level_nests(scheduled) if s.output is not None and s.output.name == "B_packed"]
+    kinds = {s.kind for s in walk_stmts(copy.spatial[0]) if isinstance(s, For)}
+    assert {"parallel", "vectorized"} <= kinds, str(schedule)
+    args = inputs(kernel)
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], args[0] @ args[1], rtol=1e-4, atol=1e-4)
+
+
 def test_matmul_rule_reads_its_weights_in_contiguous_panels():
     kernel = _onnx("MatMul", {"X": [24, 64], "W": [64, 64]}, [24, 64])
     sketch = Sketch.of(kernel, AVX512, strict=True)

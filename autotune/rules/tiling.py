@@ -238,15 +238,22 @@ class MultiLevelTiling(SketchRule):
             for stage in info.stages:
                 if b.must(ComputeAt(stage, outer[d.stage_at])):
                     inlined.add(stage)
+        packs = []
         for buffer, dim in lanes.packs if lanes else ():  # what packed_inputs names
             rank = len(info.input_shape(buffer))
-            b.must(Pack(buffer, dim, d.lanes[1], tuple(x for x in range(rank + 1) if x != dim + 1) + (dim + 1,)))
+            packs.append(Pack(buffer, dim, d.lanes[1], tuple(x for x in range(rank + 1) if x != dim + 1) + (dim + 1,)))
         if d.panel and vector_name is not None:
             # a matmul's weights B[k, n] read a row per reduction step, with the vector tile's
             # columns: blocked into panels [n / tile][k][tile], each tile's stream contiguous
             for buffer in info.panels:
                 rank = len(info.input_shape(buffer))
-                b.must(Pack(buffer, rank - 1, factors[vector], (rank - 1, *range(rank - 1), rank)))
+                packs.append(Pack(buffer, rank - 1, factors[vector], (rank - 1, *range(rank - 1), rank)))
+        for pack in packs:
+            made = b.must(pack)
+            if made and made.get("new"):
+                # the copy runs on every core, a vector at a time: left serial, an activation's
+                # copy ran on one thread while the others waited (a weight's runs at compile time)
+                b.must(DefaultNest.for_machine(made.get("new")[0], info.machine))
         if d.cache_read and outer:
             buffer, at = d.cache_read
             made = b.may(CacheRead(buffer, outer[at]))  # refused where the region is too large
