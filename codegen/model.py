@@ -89,7 +89,8 @@ def compile_graph(graph: Graph, target=None,
 
 def _stored(value: np.ndarray) -> np.ndarray:
     """The array as the device holds it: sub-byte integers as their bytes (ir.dtypes.STORAGE)."""
-    return value.view(storage(value.dtype.name))
+    held = storage(value.dtype.name)
+    return value if held == value.dtype.name else value.view(held)
 
 
 class CompiledModel:
@@ -108,6 +109,9 @@ class CompiledModel:
         self._constants: dict[str, tvm.runtime.Tensor] | None = None
         # outputs the kernels write straight into `run`'s arrays (a GPU's are copied to the host)
         self._direct = {} if is_gpu(self.target) else written_in_place(plan)
+        # (name, shape, dtype) of each input, made once: `run` checks every call's inputs against them
+        self._input_types = [(name, self.tensor_type(name)[0], np.dtype(self.tensor_type(name)[1]))
+                             for name in plan["inputs"]]
         if not self._absent:
             self._free.append(self._workspace())   # bound now: a model that cannot bind fails at load
 
@@ -192,36 +196,40 @@ class CompiledModel:
         return tvm.runtime.empty((max(nbytes, 1),), "uint8", self.device), 0
 
     def _values(self, inputs) -> list[np.ndarray]:
-        """The input arrays in input order, checked against the model's inputs."""
+        """The input arrays in input order, checked against the model's inputs (as the device
+        stores them, C-contiguous)."""
         if self._absent:
             raise ModelError(f"model '{self.plan['name']}' {self._absent}")
         names = self.plan["inputs"]
-        if not isinstance(inputs, (Mapping, list, tuple)):
-            raise InputError(f"inputs are a dict by name or a list in the order {names}, "
-                             f"not {type(inputs).__name__}")
-        if isinstance(inputs, Mapping):
-            missing = [n for n in names if n not in inputs]
-            unknown = [n for n in inputs if n not in names]
-            if missing or unknown:
-                raise InputError(f"model inputs are {names}; missing {missing}" +
-                                 (f", unknown {unknown}" if unknown else ""))
-            values = [inputs[n] for n in names]
-        else:
-            values = list(inputs)
+        if isinstance(inputs, (list, tuple)):
+            values = inputs
             if len(values) != len(names):
                 raise InputError(f"model takes {len(names)} inputs {names}, got {len(values)}")
-        checked = []
-        for name, value in zip(names, values):
+        elif isinstance(inputs, Mapping):
             try:
-                value = np.asarray(value)
-            except ValueError as err:   # a ragged nested list
-                raise InputError(f"input '{name}' is not an array: {err}") from None
-            shape, dtype = self.tensor_type(name)
+                values = [inputs[n] for n in names]
+            except KeyError:
+                values = None
+            if values is None or len(inputs) != len(names):
+                missing = [n for n in names if n not in inputs]
+                unknown = [n for n in inputs if n not in names]
+                raise InputError(f"model inputs are {names}; missing {missing}" +
+                                 (f", unknown {unknown}" if unknown else ""))
+        else:
+            raise InputError(f"inputs are a dict by name or a list in the order {names}, "
+                             f"not {type(inputs).__name__}")
+        checked = []
+        for (name, shape, dtype), value in zip(self._input_types, values):
+            if type(value) is not np.ndarray:
+                try:
+                    value = np.asarray(value)
+                except ValueError as err:   # a ragged nested list
+                    raise InputError(f"input '{name}' is not an array: {err}") from None
             if value.shape != shape:
                 raise InputError(f"input '{name}' must have shape {shape}, got {value.shape}")
-            if value.dtype != np.dtype(dtype):
+            if value.dtype != dtype:
                 raise InputError(f"input '{name}' must have dtype {dtype}, got {value.dtype}")
-            checked.append(_stored(np.asarray(value, order="C")))
+            checked.append(_stored(value if value.flags.c_contiguous else np.ascontiguousarray(value)))
         return checked
 
     def run(self, inputs) -> list[np.ndarray]:
@@ -234,8 +242,8 @@ class CompiledModel:
             fresh = workspace.bind_fresh_outputs()
             workspace.feed(values)
             workspace.execute()
-            return [fresh[n] if n in fresh else workspace.tensors[n].numpy().view(self.tensor_type(n)[1])
-                    for n in self.plan["outputs"]]  # (.view: sub-byte types)
+            return [fresh[n] if n in fresh else workspace.fetch(n, self.tensor_type(n)[1])
+                    for n in self.plan["outputs"]]
         finally:
             workspace.unbind_fresh_outputs()  # the pool keeps no caller's array alive
             with self._lock:
@@ -375,12 +383,25 @@ class _Workspace:
                  direct: dict[str, list[tuple[int, int]]] | None = None):
         self.inputs, self.tensors, self.steps, self.device = inputs, tensors, steps, device
         self.direct = direct or {}
+        self._views: dict[str, np.ndarray | None] = {}   # fetch's, made on first use
+        self._input_views = [_host_view(t) for t in inputs]
+        self._fresh, self._fresh_bytes = [], 0   # bind_fresh_outputs': each output's place in one block
+        for name, uses in self.direct.items():
+            shape, dtype = tuple(tensors[name].shape), str(tensors[name].dtype)
+            nbytes = artifact.tensor_bytes(shape, dtype)
+            self._fresh.append((name, uses, self._fresh_bytes, nbytes, shape, dtype))
+            self._fresh_bytes += -(-nbytes // ALIGN) * ALIGN
 
     def bind_fresh_outputs(self) -> dict[str, np.ndarray]:
-        """A new array for each `direct` output, bound where the steps write and read it."""
+        """A new array for each `direct` output, bound where the steps write and read it (one
+        allocation for all of them: each is an ALIGN-ed slice of it)."""
+        if not self.direct:
+            return {}
+        raw = np.empty(self._fresh_bytes + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
         fresh = {}
-        for name, uses in self.direct.items():
-            array = aligned_empty(self.tensors[name].shape, str(self.tensors[name].dtype))
+        for name, uses, offset, nbytes, shape, dtype in self._fresh:
+            array = raw[start + offset:start + offset + nbytes].view(dtype).reshape(shape)
             bound = tvm.runtime.from_dlpack(array)
             for si, ai in uses:
                 self.steps[si][1][ai] = bound
@@ -393,8 +414,18 @@ class _Workspace:
                 self.steps[si][1][ai] = self.tensors[name]
 
     def feed(self, values: list[np.ndarray]) -> None:
-        for value, dst in zip(values, self.inputs):
-            dst.copyfrom(value)
+        for value, dst, view in zip(values, self.inputs, self._input_views):
+            if view is None:
+                dst.copyfrom(value)
+            else:
+                np.copyto(view, value)   # (a plain copy: a third of copyfrom's time on small arrays)
+
+    def fetch(self, name: str, dtype: str) -> np.ndarray:
+        """A copy of tensor `name` on the host, as `dtype`."""
+        if name not in self._views:
+            self._views[name] = _host_view(self.tensors[name])
+        view = self._views[name]
+        return (view.copy() if view is not None else self.tensors[name].numpy()).view(dtype)
 
     def execute(self) -> None:
         # launched back to back: on the GPU they queue on one stream, with no host wait between
@@ -406,13 +437,15 @@ class _Workspace:
         self.device.sync()
 
 
-def aligned_empty(shape, dtype: str) -> np.ndarray:
-    """An uninitialized array whose data starts at an ALIGN-byte boundary (TVM's kernels assume
-    it of every argument)."""
-    nbytes = artifact.tensor_bytes(shape, dtype)
-    raw = np.empty(nbytes + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+def _host_view(tensor) -> np.ndarray | None:
+    """A NumPy array on `tensor`'s memory, or None where there is none (a GPU's tensor, a type
+    NumPy cannot take by DLPack, such as bfloat16)."""
+    if tensor.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+        return None
+    try:
+        return np.from_dlpack(tensor)
+    except (TypeError, BufferError, RuntimeError, ValueError):
+        return None
 
 
 def _absent_device(target) -> str | None:
