@@ -19,7 +19,9 @@ from those samples first
 (the tuner's `pretrained` does the same), and a third number, `pretrained`, is the pairwise
 accuracy of a model trained on them alone (TenSet's transfer: a new model's kernels ranked by
 what was learned on others). Pretraining samples of a task evaluated here are left out, so
-both measure transfer to unseen kernels.
+both measure transfer to unseen kernels. With `metaschedule`, MetaSchedule's own cost model is
+trained and scored on the same folds (autotune.ms_model_quality): the peers' model on the same
+measurements.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ class TaskQuality:
     pretrained: float      # ... of a model trained on the pretraining samples only (NaN without)
     measured: tuple[float, float] = (float("nan"), float("nan"))  # truth=DB: the records' own medians
     #   as the ranking (pairwise, top-5): how far one measurement of each schedule agrees with the truth
+    metaschedule: tuple[float, float] = (float("nan"), float("nan"))  # MetaSchedule's cost model's
+    #   (pairwise, top-5), out of the same folds (autotune.ms_model_quality)
 
 
 @functools.cache
@@ -63,11 +67,13 @@ def _machine(target_key: str) -> MachineParams:
 
 
 def record_samples(records: Records, target: str | None = None, names: dict | None = None,
-                   medians: list | None = None, schedules: list | None = None):
+                   medians: list | None = None, schedules: list | None = None,
+                   kernels: list | None = None, targets: list | None = None):
     """Feature rows, seconds (the fastest repeat) and task of every correct record (of `target`,
     or all) whose schedule still replays; features for the machine each record was measured on.
-    `names`, if given, receives task -> kernel name, `medians` the records' medians and
-    `schedules` their schedules (JSON)."""
+    `names`, if given, receives task -> kernel name, `medians` the records' medians,
+    `schedules` their schedules (JSON), `kernels` the scheduled kernels and `targets` the
+    target keys they were measured on."""
     rows, seconds, groups = [], [], []
     for task in records.tasks():
         text = records.task_kernel(task)
@@ -82,17 +88,21 @@ def record_samples(records: Records, target: str | None = None, names: dict | No
                 scheduled = Schedule.from_json(r.schedule).apply(kernel)
             except Exception:  # measured by an older Nestor whose passes differ
                 continue
-            kernels, secs = by_target.setdefault(r.target, ([], []))
-            kernels.append(scheduled)
+            replayed, secs = by_target.setdefault(r.target, ([], []))
+            replayed.append(scheduled)
             secs.append((r.fastest, r.median, r.schedule))
-        for key, (kernels, secs) in by_target.items():
-            rows.append(features(kernels, _machine(key)))
+        for key, (scheduled, secs) in by_target.items():
+            rows.append(features(scheduled, _machine(key)))
             seconds += [fastest for fastest, _, _ in secs]
             if medians is not None:
                 medians += [median for _, median, _ in secs]
             if schedules is not None:
                 schedules += [schedule for _, _, schedule in secs]
-            groups += [task] * len(kernels)
+            if kernels is not None:
+                kernels += scheduled
+            if targets is not None:
+                targets += [key] * len(scheduled)
+            groups += [task] * len(scheduled)
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, str)
     return np.concatenate(rows), np.asarray(seconds), np.asarray(groups)
@@ -133,29 +143,35 @@ def _fit(x, seconds, groups, seed, base: CostModel | None = None) -> CostModel:
 
 def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool: int = 64,
              seed: int = 0, min_records: int = 8, pretrained: str | Sequence[str] | None = None,
-             truth: str = "median") -> list[TaskQuality]:
+             truth: str = "median", metaschedule: bool = False) -> list[TaskQuality]:
     """Quality per task (tasks with fewer than `min_records` correct records are left out);
     `pretrained`: records databases or saved cost models to pretrain every model with; `truth`:
     judge against the records' "median" or "fastest" repeat, or the medians a records database
     (path) holds for the same schedules (`nestor records retime`: more repeats, interleaved;
-    records it lacks are left out)."""
+    records it lacks are left out); `metaschedule`: score MetaSchedule's cost model too, on the
+    same folds (TaskQuality.metaschedule)."""
     names: dict[str, str] = {}
     medians: list[float] = []
     schedules: list[str] = []
+    kernels: list = []
+    targets: list[str] = []
     with Records(records_path, create=False) as records:
-        x, seconds, groups = record_samples(records, target, names, medians, schedules)
+        x, seconds, groups = record_samples(records, target, names, medians, schedules,
+                                            kernels if metaschedule else None, targets if metaschedule else None)
+    index = np.arange(len(groups))   # of each sample left, in kernels and targets
     own = None  # truth=DB: the records' own medians, judged beside the model
     if truth not in ("median", "fastest"):
         own = np.asarray(medians)
         medians = _retimed(truth, groups, schedules)
         known = ~np.isnan(medians)
         x, seconds, groups, medians, own = x[known], seconds[known], groups[known], medians[known], own[known]
+        index = index[known]
     tasks = [t for t in dict.fromkeys(groups) if np.sum(groups == t) >= min_records]
     if not tasks:
         raise RecordsError(f"records file '{records_path}' has no task with {min_records} correct records "
                            f"that replay: nothing to evaluate")
     keep = np.isin(groups, tasks)
-    x, seconds, groups = x[keep], seconds[keep], groups[keep]
+    x, seconds, groups, index = x[keep], seconds[keep], groups[keep], index[keep]
     own = own[keep] if own is not None else None
     judged = seconds if truth == "fastest" else np.asarray(medians)[keep]
     base = None
@@ -174,6 +190,11 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
         train = fold != f
         model = _fit(x[train], seconds[train], groups[train], seed, base)
         scores[~train] = model.predict_features(x[~train], groups[~train])  # as search ranks a task's pool
+    ms_scores = None
+    if metaschedule:
+        from .ms_model_quality import metaschedule_scores
+        ms_scores = metaschedule_scores([kernels[i] for i in index], seconds, groups, fold,
+                                        [targets[i] for i in index], seed)
     out = []
     for t in tasks:
         mine = groups == t
@@ -185,9 +206,13 @@ def evaluate(records_path: str, target: str | None = None, folds: int = 4, pool:
                  if base is not None and base.trained else float("nan"))
         measured = ((pairwise_accuracy(-own[mine], secs, g), sampled_top_k_recall(-own[mine], secs, g, 5, pool, seed=seed))
                     if own is not None else (float("nan"), float("nan")))
+        theirs = ((pairwise_accuracy(ms_scores[mine], secs, g),
+                   sampled_top_k_recall(ms_scores[mine], secs, g, 5, pool, seed=seed))
+                  if ms_scores is not None else (float("nan"), float("nan")))
         out.append(TaskQuality(t, names.get(t, t[:8]), int(mine.sum()), pairwise_accuracy(s, secs, g),
                                sampled_top_k_recall(s, secs, g, 1, pool, seed=seed),
-                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone, measured))
+                               sampled_top_k_recall(s, secs, g, 5, pool, seed=seed), transfer, alone, measured,
+                               theirs))
     return out
 
 
@@ -218,5 +243,10 @@ def report(quality: list[TaskQuality], pool: int = 64, out=print) -> float:
         pairwise, top5 = np.nanmean(measured, axis=0)
         out(f"the records' own times ranked against the same truth: pairwise {pairwise:.3f}, top5/{pool} {top5:.2f} "
             f"(how far one measurement agrees with it)")
+    theirs = np.array([q.metaschedule for q in quality])
+    if not np.all(np.isnan(theirs)):
+        pairwise, top5 = np.nanmean(theirs, axis=0)
+        out(f"MetaSchedule's cost model (PerStoreFeature, XGBModel), same folds: pairwise {pairwise:.3f}, "
+            f"top5/{pool} {top5:.2f}; Nestor's: {mean('pairwise'):.3f}, {mean('top5'):.2f}")
     out(f"cost model pairwise accuracy on held-out records: {mean('pairwise'):.3f}")
     return mean("pairwise")

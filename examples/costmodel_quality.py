@@ -9,8 +9,9 @@ candidates, `transfer` (a model trained on the other tasks only) and, with --pre
 (records of other models), `pretrained` (a model trained on those alone; with them every model
 above is pretrained too). Models learn from each record's fastest repeat and are judged against
 its median, or with --truth fastest its fastest repeat, or with --truth DB the median DB holds for
-the same schedule (`nestor records retime kernels.sqlite -o DB`: measured again, steadier). The
-last line reads
+the same schedule (`nestor records retime kernels.sqlite -o DB`: measured again, steadier).
+MetaSchedule's own cost model (its features of each schedule's TIR, its XGBModel) is scored on
+the same folds beside it, unless --no-metaschedule. The last line reads
 `cost model pairwise accuracy on held-out records: <X>`.
 """
 import argparse
@@ -26,6 +27,8 @@ if __name__ == "__main__":
     p.add_argument("--truth", default="median", metavar="median|fastest|DB",
                    help="judge against each record's median, its fastest repeat, or the same schedules' medians "
                         "in DB (nestor records retime)")
+    p.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
+                   help="leave out MetaSchedule's cost model, scored beside Nestor's on the same folds")
     args = p.parse_args()
-    report(evaluate(args.records, folds=args.folds, pool=args.pool, pretrained=args.pretrained, truth=args.truth),
-           pool=args.pool)
+    report(evaluate(args.records, folds=args.folds, pool=args.pool, pretrained=args.pretrained, truth=args.truth,
+                    metaschedule=args.metaschedule), pool=args.pool)

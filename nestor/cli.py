@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--trials", type=at_least(1), default=256, help="kernels: trials per kernel and tuner")
     b.add_argument("--repeat", type=at_least(1), default=20)
     b.add_argument("--no-metaschedule", dest="metaschedule", action="store_false",
-                   help="kernels: time Nestor against the library alone (ONNX Runtime, or PyTorch on a GPU)")
+                   help="kernels: time Nestor against the library alone (ONNX Runtime, or PyTorch on a GPU); "
+                        "costmodel: leave out MetaSchedule's cost model, scored beside Nestor's on the same folds")
     b.add_argument("--via-tvm", action="store_true",
                    help="kernels: tune each kernel a third time through TVM's ms.tune_tir with Nestor's strategy "
                         "(nestor.tvm) and time it beside the others")
@@ -364,7 +365,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.suite == "costmodel":
         from .autotune.model_quality import evaluate, report
-        report(evaluate(args.records, pretrained=args.pretrained, truth=args.truth))
+        report(evaluate(args.records, pretrained=args.pretrained, truth=args.truth, metaschedule=args.metaschedule))
         return 0
     from .bench import bench_models
     names = args.models.split(",") if args.models else None

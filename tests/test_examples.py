@@ -117,8 +117,9 @@ def test_manual_schedules_beat_their_references_correctly():
 def test_costmodel_quality_reports_held_out_ranking_accuracy(tmp_path):
     from tests.test_costmodel import synthetic_records
     records = synthetic_records(tmp_path / "q.sqlite", ("matmul",), count=16)  # measuring them takes long
-    out = _run(EXAMPLES / "costmodel_quality.py", records, "--folds", "2", "--pool", "4")
+    out = _run(EXAMPLES / "costmodel_quality.py", records, "--folds", "2", "--pool", "4", "--no-metaschedule")
     assert out.splitlines()[-1].startswith("cost model pairwise accuracy on held-out records: ")
+    assert "MetaSchedule" not in out
 
 
 def test_bench_kernels_tunes_a_kernel_with_both_tuners():
@@ -267,7 +268,9 @@ def test_readme_bench_costmodel_reports_ranking_quality(tmp_path, capsys):
     from tests.test_costmodel import synthetic_records
     records = synthetic_records(tmp_path / "k.sqlite", ("matmul",), count=16)
     assert main(["bench", "costmodel", "--records", records]) == 0
-    assert re.search(r"^matmul +\w+ +16 +[01]\.\d{3}", capsys.readouterr().out, re.M)
+    out = capsys.readouterr().out
+    assert re.search(r"^matmul +\w+ +16 +[01]\.\d{3}", out, re.M)
+    assert re.search(r"^MetaSchedule's cost model .*: pairwise [01]\.\d{3}", out, re.M)
 
 
 def test_rpc_throughput_measures_candidates_through_a_tracker(tmp_path):
