@@ -211,16 +211,24 @@ def row_reductions(kernel: Kernel, nests: list[Nest]) -> tuple[tuple[str, str], 
     row's mean, `Mean[i]`, in its variance) are the same in every lane: they do not count."""
     out = []
     for nest in nests:
-        spatial = {Var(l.var) for l in nest.spatial}
+        spatial = {l.var for l in nest.spatial}
         for loop in (s for s in walk_stmts(nest.spatial[0]) if isinstance(s, For) and s.axis == "reduce"):
             moving = [l for l in loads(loop.body) if l.indices and loop.var in variables(l.indices)]
-            last = {l.indices[-1] for l in moving}
-            # along the reduction only: where a spatial loop is contiguous too (a matmul's
-            # columns), vectorizing that loop is better and the tiling sketch does it
-            if Var(loop.var) in last and not last & spatial and any(
+            strides = [_unit_strides(l.indices[-1]) for l in moving]
+            # every load it moves steps one element at a time, along its last axis (a load
+            # it moves along another, a Winograd output's M[r, tile, k], would gather a lane
+            # at a time), and no spatial loop steps so too (a matmul's columns): vectorizing
+            # that loop is better, and the tiling sketch does it
+            if strides and all(loop.var in unit and not unit & spatial for unit in strides) and any(
                     _accepts(Rfactor(loop.var, f, tail=True), kernel) for f in RFACTOR_FACTORS):
                 out.append((nest.root, loop.var))
     return tuple(out)
+
+
+def _unit_strides(index: Expr) -> set[str]:
+    """The variables that step `index` by one element (none where it is not affine)."""
+    form = affine_form(index)
+    return {v for v, c in form[0].items() if c == 1} if form else set()
 
 
 def reduction_loads(nest: Nest) -> list[Load]:

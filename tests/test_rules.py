@@ -59,6 +59,26 @@ def test_which_cpu_rules_apply(name, rules):
     assert list(Sketch.of(sketch_kernels()[name], AVX512).rules) == rules
 
 
+def test_a_winograd_output_is_tiled_along_its_channels_not_split_as_a_row():
+    """WinogradOutput reduces 16 products of M[r, tile, k], whose contiguous axis is the channel
+    k, a spatial loop: rfactor along r would gather a lane at a time (23x the basic schedule in
+    ResNet-50). Its untuned schedule vectorizes the channels and computes the same outputs."""
+    from nestor.autotune.space import untuned_schedule
+    nodes = [("Conv", ["x", "w1"], ["a"], {"kernel_shape": [1, 1]}), ("Conv", ["a", "w2"], ["y"], CONV3)]
+    model = make_model(nodes, {"x": [1, 8, 12, 10]}, {"y": [1, 32, 12, 10]},
+                       {"w1": weights((32, 8, 1, 1)), "w2": weights((32, 32, 3, 3))})
+    kernel = next(n.kernel for n in nestor.import_onnx(model).nodes if n.op_type == "WinogradOutput")
+    info = KernelInfo.of(kernel, AVX2)
+    assert info.rows == () and list(Sketch.of(kernel, AVX2).rules) == ["tiling"]
+    scheduled = untuned_schedule(kernel, AVX2)
+    channels = kernel.outputs[0].shape[-1]
+    vectors = [s for s in walk_stmts(scheduled.body) if isinstance(s, For) and s.kind == "vectorized"]
+    assert vectors and all(s.extent == channels and s.axis == "spatial" for s in vectors)
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(b.shape).astype(np.float32) for b in kernel.inputs]
+    np.testing.assert_allclose(run_kernel(scheduled, args)[0], run_kernel(kernel, args)[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name, seeds", [
     ("matmul", {MatmulTiles}), ("conv", {ChannelTiles}), ("blocked_conv", {BlockedConvTiles}),
     ("grouped_conv", {ChannelTiles}), ("elementwise", set()), ("softmax_rows", set())])
