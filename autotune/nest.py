@@ -172,8 +172,13 @@ class KernelInfo:
 
     @property
     def row(self) -> int | None:
-        """Position of the loop of the output's next-to-last dimension (a feature map's row)."""
-        return self.vector - 1 if self.vector else None
+        """Position of the loop of the output's next-to-last dimension (a feature map's row): the
+        loop before the vector loop, where it indexes that dimension (a global pool's output
+        [1, C/16, 1, 1, 16] has no row; the loop before its lanes walks channel blocks)."""
+        if not self.vector or len(self.main.index) < 2:
+            return None
+        row = self.vector - 1
+        return row if self.main.spatial[row].var in variables((self.main.index[-2],)) else None
 
     @functools.cached_property
     def mixed_loops(self) -> frozenset[str]:
@@ -239,13 +244,17 @@ def reduction_loads(nest: Nest) -> list[Load]:
 
 def panel_inputs(kernel: Kernel, main: Nest, vector: int | None) -> tuple[str, ...]:
     """Inputs of the main nest's reduction indexed by the vector loop alone in their last
-    dimension and by a reduction loop in another: a matmul's B[k, n]."""
+    dimension and by a reduction loop in another, in a product with another buffer the reduction
+    moves along: a matmul's B[k, n]. (A pool's input, reduced alone, would only be copied.)"""
     if vector is None or not main.reduce:
         return ()
     var = main.spatial[vector].var
     inputs = {b.name for b in kernel.inputs}
+    loaded = reduction_loads(main)
+    if len({l.buffer.name for l in loaded if set(main.reduce) & variables(l.indices)}) < 2:
+        return ()
     out = []
-    for load in reduction_loads(main):
+    for load in loaded:
         idx = load.indices
         if load.buffer.name in inputs and len(idx) >= 2 and idx[-1] == Var(var) \
                 and set(main.reduce) & variables(idx[:-1]) and var not in variables(idx[:-1]):

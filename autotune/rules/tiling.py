@@ -229,8 +229,10 @@ class MultiLevelTiling(SketchRule):
         vector_name = next((name for k, name in inner if k == vector), None)
         copies: dict[str, list[str]] = {}   # a tile loop -> its copies in the nests distribute made
         compute_tile = tile
-        if info.main.reduce and outer and tile and info.main.output is not None:
-            compute_tile = self._accumulate(info, d, b, lanes, outer, tile, copies)
+        if info.main.reduce and (outer or ones) and tile and info.main.output is not None:
+            # a tile of every loop but those of extent 1 (a global pool's one vector of channels)
+            # accumulates at the last of those: left in place, its lanes would hold the reduction
+            compute_tile = self._accumulate(info, d, b, lanes, outer or ones[-1:], tile, copies)
         inlined = set()  # stages computed inside the main nest: no nest of their own left
         if d.stage_at is not None and outer:
             # each padded input computed where it is read, one tile's region at a time (before
