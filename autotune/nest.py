@@ -88,6 +88,7 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: Machin
     if not nest.reduce or nest.output is None or _block_lanes(nest, vector, machine):
         return ()
     inputs = {b.name: b for b in kernel.inputs}
+    operands = {l.buffer.name for l in reduction_loads(nest) if set(nest.reduce) & variables(l.indices)}
     out = []
     for k, loop in enumerate(nest.spatial):
         var = Var(loop.var)
@@ -95,13 +96,16 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: Machin
         if k == vector or len(dims) != 1 or any(loop.var in variables((e,)) for d, e in enumerate(nest.index)
                                                 if d != dims[0]):
             continue
-        packs, ok = [], True
+        packs, ok, broadcast = [], True, False
         # the reduction's loads decide; an epilogue (bias, residual) is read once per output
         # element and may gather across the lanes
         for load in reduction_loads(nest):
             uses = [d for d, e in enumerate(load.indices) if loop.var in variables((e,))]
-            if not uses or (uses == [len(load.indices) - 1] and load.indices[-1] == var):
-                continue  # a broadcast, or already contiguous along the loop
+            if not uses:
+                broadcast = True
+                continue
+            if uses == [len(load.indices) - 1] and load.indices[-1] == var:
+                continue  # already contiguous along the loop
             if len(uses) == 1 and _moves_with(load.indices[uses[0]], loop.var, loop.extent) \
                     and load.buffer.name in inputs:
                 packs.append((load.buffer.name, uses[0]))
@@ -109,7 +113,10 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: Machin
                 ok = False
         sizes = [loop.extent] + [inputs[b].shape[d] for b, d in packs]
         factors = tuple(f for f in LANE_FACTORS if all(n % f == 0 for n in sizes))
-        if ok and packs and factors:
+        # of a product, one operand the same in every lane (a conv's input, across its output
+        # channels): where the loop indexes every operand (a batched matmul's batch) each lane
+        # is a matrix of its own, packed, and the output's contiguous loop holds the lanes better
+        if ok and packs and factors and (broadcast or len(operands) < 2):
             out.append(Lanes(k, dims[0], tuple(dict.fromkeys(packs)), factors))
     return tuple(out)
 
