@@ -34,7 +34,8 @@ def metaschedule_scores(kernels: list[Kernel], seconds: np.ndarray, groups: np.n
     tasks = list(contexts)
     scores = np.zeros(len(candidates))
     quiet = logging.getLogger("tvm.s_tir.meta_schedule")
-    level, quiet.level = quiet.level, logging.ERROR   # its XGBModel logs every update
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # its XGBModel logs every update
     try:
         for f in np.unique(fold):
             config = XGBConfig(seed=seed)
@@ -48,5 +49,5 @@ def metaschedule_scores(kernels: list[Kernel], seconds: np.ndarray, groups: np.n
                 if len(held):
                     scores[held] = model.predict(contexts[t], [candidates[i] for i in held])
     finally:
-        quiet.level = level
+        quiet.setLevel(level)
     return scores

@@ -88,7 +88,8 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: Machin
     if not nest.reduce or nest.output is None or _block_lanes(nest, vector, machine):
         return ()
     inputs = {b.name: b for b in kernel.inputs}
-    operands = {l.buffer.name for l in reduction_loads(nest) if set(nest.reduce) & variables(l.indices)}
+    loaded = reduction_loads(nest)
+    operands = reduction_operands(nest, loaded)
     out = []
     for k, loop in enumerate(nest.spatial):
         var = Var(loop.var)
@@ -99,7 +100,7 @@ def lane_choices(kernel: Kernel, nest: Nest, vector: int | None, machine: Machin
         packs, ok, broadcast = [], True, False
         # the reduction's loads decide; an epilogue (bias, residual) is read once per output
         # element and may gather across the lanes
-        for load in reduction_loads(nest):
+        for load in loaded:
             uses = [d for d, e in enumerate(load.indices) if loop.var in variables((e,))]
             if not uses:
                 broadcast = True
@@ -249,6 +250,12 @@ def reduction_loads(nest: Nest) -> list[Load]:
     return [l for x in updates for l in loads(x.value)]
 
 
+def reduction_operands(nest: Nest, loaded: list[Load]) -> set[str]:
+    """The buffers among the reduction's loads (`loaded`) that its loops move along: a product's
+    two operands, a pool's one input (not a bias or a row's mean read once per output)."""
+    return {l.buffer.name for l in loaded if set(nest.reduce) & variables(l.indices)}
+
+
 def panel_inputs(kernel: Kernel, main: Nest, vector: int | None) -> tuple[str, ...]:
     """Inputs of the main nest's reduction indexed by the vector loop alone in their last
     dimension and by a reduction loop in another, in a product with another buffer the reduction
@@ -258,7 +265,7 @@ def panel_inputs(kernel: Kernel, main: Nest, vector: int | None) -> tuple[str, .
     var = main.spatial[vector].var
     inputs = {b.name for b in kernel.inputs}
     loaded = reduction_loads(main)
-    if len({l.buffer.name for l in loaded if set(main.reduce) & variables(l.indices)}) < 2:
+    if len(reduction_operands(main, loaded)) < 2:
         return ()
     out = []
     for load in loaded:
